@@ -1,0 +1,99 @@
+//! Small measuring helpers shared by cellbox's benchmarks: repeated timings,
+//! medians and a Markdown table with ratios to a peer.
+
+use std::time::{Duration, Instant};
+
+/// Timings of one measured operation.
+#[derive(Debug, Clone)]
+pub struct Sample {
+    pub name: String,
+    times: Vec<Duration>,
+}
+
+impl Sample {
+    /// The `q` quantile (0.5 = median).
+    pub fn quantile(&self, q: f64) -> Duration {
+        let mut sorted = self.times.clone();
+        sorted.sort();
+        let index = ((sorted.len() - 1) as f64 * q).round() as usize;
+        sorted[index]
+    }
+
+    pub fn p50(&self) -> Duration {
+        self.quantile(0.5)
+    }
+
+    pub fn runs(&self) -> usize {
+        self.times.len()
+    }
+}
+
+/// Times `runs` calls of `f` (after `warmup` untimed ones).
+pub async fn measure<F, Fut>(name: &str, warmup: usize, runs: usize, mut f: F) -> Sample
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    for _ in 0..warmup {
+        f().await;
+    }
+    let mut times = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        let started = Instant::now();
+        f().await;
+        times.push(started.elapsed());
+    }
+    Sample {
+        name: name.to_string(),
+        times,
+    }
+}
+
+/// Formats a duration in the unit that suits it.
+pub fn human(d: Duration) -> String {
+    let micros = d.as_secs_f64() * 1e6;
+    if micros < 1000.0 {
+        format!("{micros:.0} µs")
+    } else {
+        format!("{:.2} ms", micros / 1000.0)
+    }
+}
+
+/// A Markdown table of samples, each with its ratio to `peer`'s median.
+pub fn table(samples: &[&Sample], peer: &Sample) -> String {
+    let mut out =
+        String::from("| measurement | runs | p50 | p90 | vs peer (p50) |\n|---|---|---|---|---|\n");
+    for sample in samples.iter().copied().chain([peer]) {
+        let ratio = sample.p50().as_secs_f64() / peer.p50().as_secs_f64();
+        out.push_str(&format!(
+            "| {} | {} | {} | {} | {:.2}× |\n",
+            sample.name,
+            sample.runs(),
+            human(sample.p50()),
+            human(sample.quantile(0.9)),
+            ratio
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantiles_and_table() {
+        let sample = Sample {
+            name: "a".into(),
+            times: (1..=5).map(Duration::from_millis).collect(),
+        };
+        assert_eq!(sample.p50(), Duration::from_millis(3));
+        assert_eq!(sample.quantile(1.0), Duration::from_millis(5));
+        let text = table(&[&sample], &sample);
+        assert!(
+            text.contains("| a | 5 | 3.00 ms | 5.00 ms | 1.00× |"),
+            "{text}"
+        );
+        assert_eq!(human(Duration::from_micros(250)), "250 µs");
+    }
+}

@@ -1,0 +1,95 @@
+//! The artefact cache: a directory outside any checkout, one sub-folder per
+//! artefact keyed by a hash of the inputs that built it.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, Result};
+
+/// Where cached artefacts live: `$CELLBOX_CACHE_DIR`, else
+/// `$XDG_CACHE_HOME/cellbox`, else `~/.cache/cellbox`.
+pub fn default_cache_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("CELLBOX_CACHE_DIR") {
+        return PathBuf::from(dir);
+    }
+    if let Some(dir) = std::env::var_os("XDG_CACHE_HOME") {
+        return PathBuf::from(dir).join("cellbox");
+    }
+    match std::env::var_os("HOME") {
+        Some(home) => PathBuf::from(home).join(".cache/cellbox"),
+        None => std::env::temp_dir().join("cellbox-cache"),
+    }
+}
+
+/// A short hex key for a list of named inputs.
+pub fn input_key<'a>(inputs: impl IntoIterator<Item = (&'a str, &'a [u8])>) -> String {
+    let mut hasher = Sha256::new();
+    for (name, bytes) in inputs {
+        hasher.update((name.len() as u64).to_le_bytes());
+        hasher.update(name.as_bytes());
+        hasher.update((bytes.len() as u64).to_le_bytes());
+        hasher.update(bytes);
+    }
+    hasher
+        .finalize()
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// An exclusive lock on a cache folder, so that two processes never build the
+/// same artefact at once. Released on drop.
+#[derive(Debug)]
+pub struct CacheLock {
+    _file: File,
+}
+
+impl CacheLock {
+    /// Blocks until the lock on `dir` is held, creating `dir` if needed.
+    pub fn acquire(dir: &Path) -> Result<CacheLock> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Error::io(format!("creating cache folder {}", dir.display()), e))?;
+        let path = dir.join(".lock");
+        let file = File::create(&path)
+            .map_err(|e| Error::io(format!("creating {}", path.display()), e))?;
+        file.lock()
+            .map_err(|e| Error::io(format!("locking {}", path.display()), e))?;
+        Ok(CacheLock { _file: file })
+    }
+}
+
+/// Writes `bytes` to `path` through a temporary file and a rename, so a
+/// reader never sees half a file.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("partial");
+    std::fs::write(&tmp, bytes)
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .map_err(|e| Error::io(format!("writing {}", path.display()), e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn input_key_depends_on_names_and_contents() {
+        let a = input_key([("a", &b"1"[..]), ("b", &b"2"[..])]);
+        assert_eq!(a.len(), 16);
+        assert_eq!(a, input_key([("a", &b"1"[..]), ("b", &b"2"[..])]));
+        assert_ne!(a, input_key([("a", &b"1"[..]), ("b", &b"3"[..])]));
+        assert_ne!(a, input_key([("a1", &b""[..]), ("b", &b"2"[..])]));
+    }
+
+    #[test]
+    fn lock_and_atomic_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let _lock = CacheLock::acquire(&dir.path().join("x")).unwrap();
+        let file = dir.path().join("x/out.bin");
+        write_atomically(&file, b"hello").unwrap();
+        assert_eq!(std::fs::read(&file).unwrap(), b"hello");
+        assert!(!file.with_extension("partial").exists());
+    }
+}

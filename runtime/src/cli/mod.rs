@@ -1,0 +1,51 @@
+//! Argument parsing and the runtime setup shared by the subcommands.
+
+mod render;
+mod run;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Run stateful Python cells in a local sandbox.
+#[derive(Debug, Parser)]
+#[command(name = "cellbox", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run cells in order in one fresh session.
+    Run(run::RunArgs),
+}
+
+/// Exit status: every cell ran without error.
+pub const EXIT_OK: u8 = 0;
+/// Exit status: a cell raised an exception.
+pub const EXIT_CELL_ERROR: u8 = 1;
+/// Exit status: the sandbox itself failed.
+pub const EXIT_SANDBOX_ERROR: u8 = 2;
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("cellbox: error: cannot start the async runtime: {e}");
+            return ExitCode::from(EXIT_SANDBOX_ERROR);
+        }
+    };
+    let status = match cli.command {
+        Command::Run(args) => runtime.block_on(run::run(args)),
+    };
+    ExitCode::from(status)
+}

@@ -1,0 +1,120 @@
+//! `cellbox run`: cells in order in one fresh session.
+
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+
+use cellbox::{
+    Backend, Error, Execution, Executor, Progress, RunOptions, WasmConfig, WasmEngine, WasmExecutor,
+};
+
+use super::render::Output;
+use super::{EXIT_CELL_ERROR, EXIT_OK, EXIT_SANDBOX_ERROR};
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Which backend runs the cells.
+    #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
+    backend: BackendChoice,
+    /// Print one JSON object per cell (the Execution plus "backend").
+    #[arg(long)]
+    json: bool,
+    /// Wall-clock limit per cell, in seconds.
+    #[arg(long, value_name = "SECS", value_parser = parse_timeout)]
+    timeout: Option<Duration>,
+    /// Start the interpreter from scratch instead of from the snapshot.
+    #[arg(long, hide = true)]
+    no_preinit: bool,
+    /// A cell of Python code; repeat for more cells.
+    #[arg(short = 'c', long = "code", value_name = "CELL", required = true)]
+    cells: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum BackendChoice {
+    /// The best backend for each cell (for now: wasm).
+    Auto,
+    /// CPython for WASI in process.
+    Wasm,
+    /// A KVM microVM.
+    Vm,
+    /// A Linux-namespace sandbox.
+    Namespace,
+}
+
+fn parse_timeout(text: &str) -> Result<Duration, String> {
+    match text.parse::<f64>() {
+        Ok(secs) if secs > 0.0 && secs.is_finite() && secs < 1e9 => {
+            Ok(Duration::from_secs_f64(secs))
+        }
+        _ => Err(format!("`{text}` is not a positive number of seconds")),
+    }
+}
+
+/// Runs the cells and returns the exit status.
+pub async fn run(args: RunArgs) -> u8 {
+    let out = Output::new(args.json);
+    let backend = match args.backend {
+        BackendChoice::Auto | BackendChoice::Wasm => Backend::Wasm,
+        BackendChoice::Vm => Backend::Vm,
+        BackendChoice::Namespace => Backend::Namespace,
+    };
+    let mut session = match start(backend, args.no_preinit).await {
+        Ok(session) => session,
+        Err(error) => {
+            out.sandbox_error(backend, &Execution::default(), &error);
+            return EXIT_SANDBOX_ERROR;
+        }
+    };
+    let options = RunOptions {
+        timeout: args.timeout,
+        ..Default::default()
+    };
+    let mut status = EXIT_OK;
+    for cell in &args.cells {
+        let mut seen = Execution::default();
+        let result = session
+            .execute(cell, &options, &mut |event| {
+                seen.apply(event);
+                out.stream(event);
+            })
+            .await;
+        match result {
+            Ok(execution) => {
+                out.execution(backend, &execution);
+                if execution.error.is_some() {
+                    status = status.max(EXIT_CELL_ERROR);
+                }
+            }
+            Err(error) => {
+                out.sandbox_error(backend, &seen, &error);
+                status = EXIT_SANDBOX_ERROR;
+                if !matches!(error, Error::Timeout { .. } | Error::SandboxDied { .. }) {
+                    break;
+                }
+            }
+        }
+    }
+    let _ = session.close().await;
+    status
+}
+
+async fn start(backend: Backend, no_preinit: bool) -> cellbox::Result<Box<dyn Executor>> {
+    match backend {
+        Backend::Wasm => {
+            let engine = WasmEngine::load(WasmConfig {
+                preinitialize: !no_preinit,
+                progress: Progress::new(|line| eprintln!("cellbox: {line}")),
+                ..Default::default()
+            })
+            .await?;
+            Ok(Box::new(
+                WasmExecutor::start(&engine, Default::default()).await?,
+            ))
+        }
+        Backend::Vm | Backend::Namespace => Err(Error::Unavailable {
+            backend,
+            reason: "not available yet in this version of cellbox (use --backend wasm)".into(),
+        }),
+    }
+}

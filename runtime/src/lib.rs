@@ -1,0 +1,37 @@
+//! cellbox runs untrusted, stateful Python cells the way a notebook does —
+//! variables persist between cells, the last expression is a rich result —
+//! inside a local sandbox, embedded in your program.
+//!
+//! - The result model ([`Execution`], [`CellResult`], [`Logs`],
+//!   [`ExecutionError`]) matches E2B's `Execution`.
+//! - [`Executor`] is the one seam every backend implements; [`Event`]s stream
+//!   while a cell runs.
+//! - [`wasm`] is the WebAssembly fast path ([`WasmExecutor`]).
+//!
+//! ```no_run
+//! # async fn demo() -> cellbox::Result<()> {
+//! use cellbox::{Executor, WasmEngine, WasmExecutor};
+//!
+//! let engine = WasmEngine::load(Default::default()).await?;
+//! let mut session = WasmExecutor::start(&engine, Default::default()).await?;
+//! session.run("x = 1").await?;
+//! let execution = session.run("x += 1; x").await?;
+//! assert_eq!(execution.text(), Some("2"));
+//! # Ok(()) }
+//! ```
+
+pub mod cache;
+pub mod error;
+pub mod event;
+pub mod execution;
+pub mod executor;
+pub mod progress;
+pub mod wasm;
+
+pub use cache::default_cache_dir;
+pub use error::{Error, Result};
+pub use event::Event;
+pub use execution::{CellResult, Execution, ExecutionError, Logs};
+pub use executor::{Backend, EventCallback, Executor, RunOptions};
+pub use progress::Progress;
+pub use wasm::{WasmConfig, WasmEngine, WasmExecutor, WasmSessionOptions};

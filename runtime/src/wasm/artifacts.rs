@@ -1,0 +1,170 @@
+//! Finding, building and caching cellbox-python: the interpreter module, its
+//! standard library, the pre-initialised snapshot and compiled machine code.
+
+use std::hash::{Hash, Hasher};
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+
+use wasmtime::{Engine, Module};
+
+use crate::cache::{self, CacheLock};
+use crate::error::{Error, Result};
+use crate::progress::Progress;
+
+const BUILD_SCRIPT: &str = include_str!("../../../python-wasm/build.sh");
+const MAIN_C: &str = include_str!("../../../python-wasm/cellbox_main.c");
+const DRIVER_PY: &str = include_str!("../../../python-wasm/cellbox_driver.py");
+
+/// A built cellbox-python: `python.wasm` and `lib/python3.11/`.
+#[derive(Debug, Clone)]
+pub(crate) struct PythonWasm {
+    dir: PathBuf,
+}
+
+impl PythonWasm {
+    /// The cache folder for the current build inputs.
+    fn dir_in(cache_root: &Path) -> PathBuf {
+        let key = cache::input_key([
+            ("build.sh", BUILD_SCRIPT.as_bytes()),
+            ("cellbox_main.c", MAIN_C.as_bytes()),
+            ("cellbox_driver.py", DRIVER_PY.as_bytes()),
+        ]);
+        cache_root.join("python-wasm").join(key)
+    }
+
+    /// Returns the cached build, building it first if there is none (about a
+    /// minute; progress goes to `progress`). Blocking.
+    pub fn ensure(cache_root: &Path, progress: &Progress) -> Result<PythonWasm> {
+        let dir = Self::dir_in(cache_root);
+        let built = PythonWasm { dir: dir.clone() };
+        if built.wasm_path().is_file() {
+            return Ok(built);
+        }
+        let _lock = CacheLock::acquire(dir.parent().unwrap_or(cache_root))?;
+        if built.wasm_path().is_file() {
+            return Ok(built); // another process built it while we waited
+        }
+        progress.report(&format!(
+            "building cellbox-python into {} (first run only)",
+            dir.display()
+        ));
+        run_build_script(&dir, progress)?;
+        if !built.wasm_path().is_file() {
+            return Err(build_error("the build script finished without python.wasm"));
+        }
+        Ok(built)
+    }
+
+    pub fn wasm_path(&self) -> PathBuf {
+        self.dir.join("python.wasm")
+    }
+
+    pub fn stdlib_dir(&self) -> PathBuf {
+        self.dir.join("lib/python3.11")
+    }
+
+    /// Where the pre-initialised snapshot of this build is kept.
+    pub fn snapshot_path(&self) -> PathBuf {
+        self.dir.join("python-preinit.wasm")
+    }
+
+    pub fn lock(&self) -> Result<CacheLock> {
+        CacheLock::acquire(&self.dir)
+    }
+}
+
+fn build_error(reason: impl Into<String>) -> Error {
+    Error::Artifact {
+        what: "building cellbox-python (CPython for WASI)".into(),
+        reason: reason.into(),
+    }
+}
+
+/// Writes the embedded build inputs to a temporary folder and runs the script,
+/// streaming its lines to `progress`.
+fn run_build_script(out: &Path, progress: &Progress) -> Result<()> {
+    let src = tempfile::tempdir().map_err(|e| Error::io("creating a build folder", e))?;
+    for (name, text) in [
+        ("build.sh", BUILD_SCRIPT),
+        ("cellbox_main.c", MAIN_C),
+        ("cellbox_driver.py", DRIVER_PY),
+    ] {
+        std::fs::write(src.path().join(name), text)
+            .map_err(|e| Error::io(format!("writing {name}"), e))?;
+    }
+    let mut child = Command::new("bash")
+        .arg(src.path().join("build.sh"))
+        .arg(out)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| Error::io("starting bash for python-wasm/build.sh", e))?;
+    let tail = Arc::new(Mutex::new(Vec::<String>::new()));
+    let readers = [
+        child
+            .stdout
+            .take()
+            .map(|s| Box::new(s) as Box<dyn Read + Send>),
+        child
+            .stderr
+            .take()
+            .map(|s| Box::new(s) as Box<dyn Read + Send>),
+    ]
+    .into_iter()
+    .flatten()
+    .map(|stream| {
+        let (progress, tail) = (progress.clone(), tail.clone());
+        std::thread::spawn(move || {
+            for line in BufReader::new(stream).lines().map_while(|l| l.ok()) {
+                progress.report(&line);
+                let mut tail = tail.lock().unwrap_or_else(|p| p.into_inner());
+                tail.push(line);
+                if tail.len() > 20 {
+                    tail.remove(0);
+                }
+            }
+        })
+    })
+    .collect::<Vec<_>>();
+    let status = child
+        .wait()
+        .map_err(|e| Error::io("waiting for python-wasm/build.sh", e))?;
+    readers.into_iter().for_each(|r| drop(r.join()));
+    if status.success() {
+        return Ok(());
+    }
+    let tail = tail.lock().unwrap_or_else(|p| p.into_inner()).join("\n");
+    Err(build_error(format!(
+        "python-wasm/build.sh failed ({status}):\n{tail}"
+    )))
+}
+
+/// Loads `wasm` compiled for `engine`, from the compiled-code cache beside it
+/// when present, else compiling it (seconds) and filling the cache. Blocking.
+pub(crate) fn load_compiled(engine: &Engine, wasm: &Path) -> Result<Module> {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    engine.precompile_compatibility_hash().hash(&mut hasher);
+    let compiled = wasm.with_extension(format!("{:016x}.cwasm", hasher.finish()));
+    if compiled.is_file() {
+        // SAFETY: the file is a `Module::serialize` output that this code wrote
+        // into the user's own cache folder, keyed by the engine's compatibility
+        // hash; wasmtime checks its header and version before using it.
+        match unsafe { Module::deserialize_file(engine, &compiled) } {
+            Ok(module) => return Ok(module),
+            Err(e) => tracing::warn!("recompiling {}: {e:#}", compiled.display()),
+        }
+    }
+    let module = Module::from_file(engine, wasm).map_err(|e| Error::Artifact {
+        what: format!("compiling {}", wasm.display()),
+        reason: format!("{e:#}"),
+    })?;
+    let bytes = module.serialize().map_err(|e| Error::Artifact {
+        what: "serialising the compiled module".into(),
+        reason: format!("{e:#}"),
+    })?;
+    cache::write_atomically(&compiled, &bytes)?;
+    Ok(module)
+}

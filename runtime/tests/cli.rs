@@ -1,0 +1,149 @@
+//! The `cellbox run` contract: JSON lines, exit statuses, timeouts.
+
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+fn cellbox(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_cellbox"))
+        .args(args)
+        .output()
+        .expect("running cellbox")
+}
+
+fn json_lines(output: &Output) -> Vec<Value> {
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("each line is a JSON object"))
+        .collect()
+}
+
+#[test]
+fn cells_share_state_and_report_their_backend() {
+    let output = cellbox(&[
+        "run",
+        "--backend",
+        "wasm",
+        "--json",
+        "-c",
+        "x = 1",
+        "-c",
+        "x += 1; x",
+    ]);
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    let lines = json_lines(&output);
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[0]["backend"], "wasm");
+    assert_eq!(lines[1]["results"][0]["text"], "2");
+    assert_eq!(lines[1]["results"][0]["is_main_result"], true);
+    assert_eq!(lines[1]["execution_count"], 2);
+    assert_eq!(lines[1]["error"], Value::Null);
+}
+
+#[test]
+fn logs_and_result_in_one_line() {
+    let output = cellbox(&[
+        "run",
+        "--json",
+        "-c",
+        r#"print("a"); print("b", file=__import__("sys").stderr); 40 + 2"#,
+    ]);
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    let line = &json_lines(&output)[0];
+    assert_eq!(line["logs"]["stdout"], serde_json::json!(["a\n"]));
+    assert_eq!(line["logs"]["stderr"], serde_json::json!(["b\n"]));
+    assert_eq!(line["results"][0]["text"], "42");
+}
+
+#[test]
+fn a_raising_cell_exits_1_and_later_cells_still_run() {
+    let output = cellbox(&[
+        "run",
+        "--json",
+        "-c",
+        "undefined_name",
+        "-c",
+        "def f(:",
+        "-c",
+        "7",
+    ]);
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    let lines = json_lines(&output);
+    assert_eq!(lines[0]["error"]["name"], "NameError");
+    assert!(
+        lines[0]["error"]["traceback"]
+            .as_str()
+            .unwrap()
+            .contains("Traceback")
+    );
+    assert_eq!(lines[1]["error"]["name"], "SyntaxError");
+    assert_eq!(lines[2]["results"][0]["text"], "7");
+}
+
+#[test]
+fn a_timeout_is_a_sandbox_error_within_the_limit() {
+    let started = Instant::now();
+    let output = cellbox(&[
+        "run",
+        "--json",
+        "--timeout",
+        "2",
+        "-c",
+        "while True: pass",
+        "-c",
+        "1 + 1",
+    ]);
+    let elapsed = started.elapsed();
+    assert_eq!(output.status.code(), Some(2), "{output:?}");
+    let lines = json_lines(&output);
+    assert_eq!(lines[0]["sandbox_error"]["kind"], "timeout");
+    assert_eq!(
+        lines[1]["results"][0]["text"], "2",
+        "the next cell runs in a fresh session"
+    );
+    assert!(elapsed < Duration::from_secs(10), "took {elapsed:?}");
+}
+
+#[test]
+fn host_files_are_not_readable() {
+    let output = cellbox(&["run", "--json", "-c", r#"open("/etc/passwd").read()"#]);
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    assert_eq!(json_lines(&output)[0]["error"]["name"], "PermissionError");
+}
+
+#[test]
+fn backends_not_built_yet_say_so() {
+    for backend in ["vm", "namespace"] {
+        let output = cellbox(&["run", "--backend", backend, "--json", "-c", "1"]);
+        assert_eq!(output.status.code(), Some(2), "{output:?}");
+        let line = &json_lines(&output)[0];
+        assert_eq!(line["sandbox_error"]["kind"], "unavailable");
+        assert!(
+            line["sandbox_error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("not available yet")
+        );
+        let plain = cellbox(&["run", "--backend", backend, "-c", "1"]);
+        assert!(String::from_utf8_lossy(&plain.stderr).contains("not available yet"));
+    }
+}
+
+#[test]
+fn readable_output_shows_streams_and_results() {
+    let output = cellbox(&["run", "-c", "print('hello')", "-c", "6 * 7", "-c", "1/0"]);
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("hello\n"), "{stdout}");
+    assert!(stdout.contains("Out[2]: 42"), "{stdout}");
+    assert!(String::from_utf8_lossy(&output.stderr).contains("ZeroDivisionError"));
+}
+
+#[test]
+fn bad_arguments_are_refused() {
+    let output = cellbox(&["run", "--timeout", "-3", "-c", "1"]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("positive number of seconds"));
+    assert_eq!(cellbox(&["run"]).status.code(), Some(2), "no cells");
+}
