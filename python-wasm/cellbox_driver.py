@@ -89,6 +89,13 @@ class _Stream(io.TextIOBase):
             _cellbox.emit(self._kind, text.encode("utf-8", "replace"))
 
 
+HOME = "/home/user"
+try:
+    os.chdir(HOME)  # the session's scratch folder, as in E2B
+except OSError:
+    pass
+os.environ.setdefault("HOME", HOME)
+
 sys.stdout = sys.__stdout__ = _Stream(STDOUT, "<stdout>")
 sys.stderr = sys.__stderr__ = _Stream(STDERR, "<stderr>")
 
