@@ -29,11 +29,7 @@ impl Sample {
 }
 
 /// Times `runs` calls of `f` (after `warmup` untimed ones).
-pub async fn measure<F, Fut>(name: &str, warmup: usize, runs: usize, mut f: F) -> Sample
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = ()>,
-{
+pub async fn measure(name: &str, warmup: usize, runs: usize, mut f: impl AsyncFnMut()) -> Sample {
     for _ in 0..warmup {
         f().await;
     }

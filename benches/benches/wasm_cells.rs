@@ -3,6 +3,8 @@
 //!
 //!     cargo bench -p cellbox-benches --bench wasm_cells
 
+#![allow(clippy::print_stdout)] // the report is this program's output
+
 use std::process::Command;
 
 use cellbox::{Executor, WasmConfig, WasmEngine, WasmExecutor};
@@ -24,22 +26,19 @@ async fn main() {
         .await
         .unwrap();
     session.run("x = 0").await.unwrap();
-    let warm = measure("warm cell `x += 1; x`", 50, 1000, || async {
+    let warm = measure("warm cell `x += 1; x`", 50, 1000, async || {
         let execution = session.run("x += 1; x").await.unwrap();
         assert!(execution.text().is_some());
     })
     .await;
 
     let new_session = |engine: WasmEngine| {
-        move || {
-            let engine = engine.clone();
-            async move {
-                let mut session = WasmExecutor::start(&engine, Default::default())
-                    .await
-                    .unwrap();
-                let execution = session.run("1 + 1").await.unwrap();
-                assert_eq!(execution.text(), Some("2"));
-            }
+        async move || {
+            let mut session = WasmExecutor::start(&engine, Default::default())
+                .await
+                .unwrap();
+            let execution = session.run("1 + 1").await.unwrap();
+            assert_eq!(execution.text(), Some("2"));
         }
     };
     let with_snapshot = measure(
@@ -57,13 +56,18 @@ async fn main() {
     )
     .await;
 
-    let peer = measure("peer: native `python3 -c 'print(1+1)'`", 3, 30, || async {
-        let output = Command::new("python3")
-            .args(["-c", "print(1+1)"])
-            .output()
-            .unwrap();
-        assert_eq!(output.stdout, b"2\n");
-    })
+    let peer = measure(
+        "peer: native `python3 -c 'print(1+1)'`",
+        3,
+        30,
+        async || {
+            let output = Command::new("python3")
+                .args(["-c", "print(1+1)"])
+                .output()
+                .unwrap();
+            assert_eq!(output.stdout, b"2\n");
+        },
+    )
     .await;
 
     println!(

@@ -11,7 +11,7 @@ pub enum Event {
     /// A chunk of standard error.
     Stderr(String),
     /// A rich result: the main result or a `display()`ed value.
-    Result(CellResult),
+    Result(Box<CellResult>),
     /// The exception the cell raised.
     Error(ExecutionError),
     /// The cell finished; no more events follow for it.

@@ -35,7 +35,7 @@ impl Execution {
         match event {
             Event::Stdout(text) => self.logs.stdout.push(text.clone()),
             Event::Stderr(text) => self.logs.stderr.push(text.clone()),
-            Event::Result(result) => self.results.push(result.clone()),
+            Event::Result(result) => self.results.push(result.as_ref().clone()),
             Event::Error(error) => self.error = Some(error.clone()),
             Event::End { execution_count } => self.execution_count = *execution_count,
         }
@@ -175,11 +175,11 @@ mod tests {
         let events = [
             Event::Stdout("a\n".into()),
             Event::Stderr("b\n".into()),
-            Event::Result(CellResult {
+            Event::Result(Box::new(CellResult {
                 text: Some("42".into()),
                 is_main_result: true,
                 ..Default::default()
-            }),
+            })),
             Event::End {
                 execution_count: Some(1),
             },

@@ -11,7 +11,9 @@ use std::sync::Arc;
 /// progress.report("building the guest image");
 /// ```
 #[derive(Clone, Default)]
-pub struct Progress(Option<Arc<dyn Fn(&str) + Send + Sync>>);
+pub struct Progress(Option<Arc<ProgressFn>>);
+
+type ProgressFn = dyn Fn(&str) + Send + Sync;
 
 impl Progress {
     /// Progress that calls `f` for each line.

@@ -60,7 +60,7 @@ fn decode(kind: i32, payload: &[u8]) -> Option<Event> {
         STDERR => Some(Event::Stderr(String::from_utf8_lossy(payload).into_owned())),
         RESULT => serde_json::from_slice::<CellResult>(payload)
             .ok()
-            .map(Event::Result),
+            .map(|r| Event::Result(Box::new(r))),
         ERROR => serde_json::from_slice::<ExecutionError>(payload)
             .ok()
             .map(Event::Error),
