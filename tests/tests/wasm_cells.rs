@@ -308,3 +308,27 @@ async fn sessions_are_isolated_and_have_their_own_randomness() {
         "sessions from one snapshot must not share RNG state"
     );
 }
+
+#[tokio::test]
+async fn an_interpreter_that_exits_or_crashes_is_replaced() {
+    let mut session = wasm_session().await;
+    for code in [
+        "import os; os._exit(3)",
+        // Deep C recursion overflows the interpreter's stack.
+        "import sys; sys.setrecursionlimit(10**7)\nl = []\nfor _ in range(10**6): l = [l]\nrepr(l)",
+    ] {
+        session.run("z = 1").await.unwrap();
+        let outcome = session.run(code).await;
+        assert!(
+            matches!(&outcome, Err(Error::SandboxDied { reason }) if reason.contains("restarted")),
+            "{code}: {outcome:?}"
+        );
+        let after = session.run("'z' in globals(), 3 * 3").await.unwrap();
+        assert_eq!(after.text(), Some("(False, 9)"));
+    }
+    let exit = session.run("raise SystemExit(4)").await.unwrap();
+    assert_eq!(
+        exit.error.expect("SystemExit is the cell's error").name,
+        "SystemExit"
+    );
+}

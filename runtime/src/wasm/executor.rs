@@ -165,6 +165,21 @@ async fn instantiate(
     }
 }
 
+/// Why the interpreter stopped, without the wasm backtrace.
+fn trap_summary(error: &wasmtime::Error) -> String {
+    if let Some(exit) = error.downcast_ref::<wasmtime_wasi::I32Exit>() {
+        return format!("the interpreter exited with status {}", exit.0);
+    }
+    let cause = match error.downcast_ref::<wasmtime::Trap>() {
+        Some(trap) => trap.to_string(),
+        None => error.root_cause().to_string(),
+    };
+    format!(
+        "the interpreter crashed: {}",
+        cause.lines().next().unwrap_or_default()
+    )
+}
+
 fn died(reason: &str) -> Error {
     Error::SandboxDied {
         reason: format!("{reason}; the session was restarted and its state is lost"),
@@ -236,7 +251,7 @@ impl Executor for WasmExecutor {
             }
             Outcome::Finished(Ok(-2)) => died("the interpreter is out of memory"),
             Outcome::Finished(Ok(_)) => died("the interpreter's driver failed"),
-            Outcome::Finished(Err(trap)) => died(&format!("the interpreter crashed: {trap:#}")),
+            Outcome::Finished(Err(e)) => died(&trap_summary(&e)),
             Outcome::TimedOut => Error::Timeout {
                 after: timeout,
                 restarted: true,
