@@ -64,12 +64,25 @@ clang-19 --target=wasm32-wasi -mexec-model=reactor -O2 -Wall -Werror \
     -Wl,-z,stack-size=8388608 -Wl,--strip-debug \
     -o "$OUT.tmp/python.wasm" || die "linking python.wasm failed"
 
-step 4 "trimming the standard library"
+step 4 "trimming and byte-compiling the standard library"
 STDLIB="$OUT.tmp/lib/python3.11"
 cp -r "$CPY/lib/python3.11" "$STDLIB"
 rm -rf "$STDLIB"/{test,idlelib,tkinter,turtledemo,ensurepip,lib2to3,config-3.11-wasm32-wasi,site-packages,venv}
-find "$STDLIB" -depth -name '__pycache__' -path '*/test*' -exec rm -rf {} +
 cp "$HERE/cellbox_driver.py" "$STDLIB/_cellbox_driver.py"
+# The shipped .pyc files do not match their sources' mtimes, so CPython would
+# recompile every import. Compile afresh with a host CPython 3.11 (same bytecode)
+# as unchecked-hash pycs: the library is read-only, so sources are never re-checked.
+find "$STDLIB" -depth -name '__pycache__' -exec rm -rf {} +
+HOST_PY=""
+for candidate in python3.11 python3 /usr/bin/python3; do
+    if "$candidate" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' 2>/dev/null; then
+        HOST_PY="$candidate"
+        break
+    fi
+done
+[[ -n "$HOST_PY" ]] || die "byte-compiling the standard library needs a host CPython 3.11 (apt-get install python3)"
+"$HOST_PY" -m compileall -q -j 0 -o 0 --invalidation-mode unchecked-hash "$STDLIB" >/dev/null \
+    || echo "note: some standard library modules did not byte-compile (they load from source)"
 
 step 5 "installing into $OUT"
 rm -rf "$OUT"

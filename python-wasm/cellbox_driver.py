@@ -6,15 +6,15 @@ produces goes back through _cellbox.emit(kind, payload):
   1 stdout text    2 stderr text    3 result (JSON mime bundle)    4 error (JSON)
 """
 
-import ast
-import base64
+# Kept to cheap imports: a session started without the snapshot pays for each
+# module here. traceback and linecache load on the first error.
+import _ast
+import binascii
 import builtins
 import io
 import json
-import linecache
 import os
 import sys
-import traceback
 
 import _cellbox
 
@@ -107,7 +107,7 @@ def _flush_streams():
 
 def _encode(fmt, value):
     if fmt in _BINARY_FORMATS and isinstance(value, (bytes, bytearray)):
-        return base64.b64encode(value).decode("ascii")
+        return binascii.b2a_base64(value, newline=False).decode("ascii")
     if fmt == "json":
         return value
     if isinstance(value, (bytes, bytearray)):
@@ -130,7 +130,7 @@ def _mime_bundle(obj):
                     if fmt and value is not None:
                         bundle[fmt] = _encode(fmt, value)
             except Exception:
-                traceback.print_exc()
+                _print_exc()
         for name, fmt in _REPR_METHODS:
             method = getattr(obj, name, None)
             if fmt in bundle or not callable(method):
@@ -138,7 +138,7 @@ def _mime_bundle(obj):
             try:
                 value = method()
             except Exception:
-                traceback.print_exc()
+                _print_exc()
                 continue
             if isinstance(value, tuple):  # (data, metadata)
                 value = value[0]
@@ -147,6 +147,12 @@ def _mime_bundle(obj):
     if "text" not in bundle:
         bundle["text"] = repr(obj)
     return bundle
+
+
+def _print_exc():
+    import traceback
+
+    traceback.print_exc()
 
 
 def _send_result(obj, is_main):
@@ -170,6 +176,7 @@ class _Session:
         self.count = 0
         self.namespace = {"__name__": "__main__", "__builtins__": builtins, "display": display}
         self.started = False
+        self.sources = {}  # filename -> source, for tracebacks
 
     def start(self):
         """Per-session entropy: a pre-initialised snapshot shares its RNG state."""
@@ -180,11 +187,11 @@ class _Session:
 
     def run(self, code):
         filename = f"<cell {self.count}>"
-        linecache.cache[filename] = (len(code), None, code.splitlines(True), filename)
-        tree = ast.parse(code, filename, "exec")
+        self.sources[filename] = code
+        tree = compile(code, filename, "exec", _ast.PyCF_ONLY_AST)
         last = None
-        if tree.body and isinstance(tree.body[-1], ast.Expr) and not code.rstrip().endswith(";"):
-            last = ast.Expression(tree.body.pop().value)
+        if tree.body and isinstance(tree.body[-1], _ast.Expr) and not code.rstrip().endswith(";"):
+            last = _ast.Expression(tree.body.pop().value)
         exec(compile(tree, filename, "exec"), self.namespace)
         if last is not None:
             value = eval(compile(last, filename, "eval"), self.namespace)
@@ -194,6 +201,11 @@ class _Session:
 
 
 def _report(exc):
+    import linecache
+    import traceback
+
+    for filename, code in _session.sources.items():
+        linecache.cache[filename] = (len(code), None, code.splitlines(True), filename)
     _flush_streams()
     if isinstance(exc, SyntaxError):
         lines = traceback.format_exception_only(type(exc), exc)

@@ -56,12 +56,18 @@ async fn main() {
     )
     .await;
 
+    // The interpreter itself, not a launcher shim (pyenv puts a shell script first on PATH).
+    let python = Command::new("python3")
+        .args(["-c", "import sys; print(sys.executable)"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .expect("python3 on PATH");
     let peer = measure(
         "peer: native `python3 -c 'print(1+1)'`",
         3,
         30,
         async || {
-            let output = Command::new("python3")
+            let output = Command::new(&python)
                 .args(["-c", "print(1+1)"])
                 .output()
                 .unwrap();
