@@ -62,15 +62,24 @@ pub fn table(samples: &[&Sample], peer: &Sample) -> String {
     for sample in samples.iter().copied().chain([peer]) {
         let ratio = sample.p50().as_secs_f64() / peer.p50().as_secs_f64();
         out.push_str(&format!(
-            "| {} | {} | {} | {} | {:.2}× |\n",
+            "| {} | {} | {} | {} | {} |\n",
             sample.name,
             sample.runs(),
             human(sample.p50()),
             human(sample.quantile(0.9)),
-            ratio
+            ratio_text(ratio)
         ));
     }
     out
+}
+
+/// A ratio with enough digits to tell small ones apart.
+fn ratio_text(ratio: f64) -> String {
+    if ratio < 0.1 {
+        format!("{ratio:.4}×")
+    } else {
+        format!("{ratio:.2}×")
+    }
 }
 
 #[cfg(test)]
@@ -91,5 +100,6 @@ mod tests {
             "{text}"
         );
         assert_eq!(human(Duration::from_micros(250)), "250 µs");
+        assert_eq!(ratio_text(0.0016), "0.0016×");
     }
 }
