@@ -45,6 +45,16 @@ pub async fn measure(name: &str, warmup: usize, runs: usize, mut f: impl AsyncFn
     }
 }
 
+impl Sample {
+    /// A sample from timings measured elsewhere (a peer process), in seconds.
+    pub fn from_secs(name: &str, secs: &[f64]) -> Sample {
+        Sample {
+            name: name.to_string(),
+            times: secs.iter().map(|s| Duration::from_secs_f64(*s)).collect(),
+        }
+    }
+}
+
 /// Formats a duration in the unit that suits it.
 pub fn human(d: Duration) -> String {
     let micros = d.as_secs_f64() * 1e6;

@@ -29,3 +29,10 @@ pub async fn wasm_session_with(options: WasmSessionOptions) -> WasmExecutor {
         .await
         .expect("starting a wasm session")
 }
+
+/// A fresh namespace sandbox (building the guest on a machine that has none).
+pub async fn namespace_session() -> cellbox::NamespaceExecutor {
+    cellbox::NamespaceExecutor::start(cellbox::NamespaceConfig::default())
+        .await
+        .expect("starting a namespace sandbox (needs root)")
+}

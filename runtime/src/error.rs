@@ -24,6 +24,10 @@ pub enum Error {
     #[error("the sandbox died: {reason}")]
     SandboxDied { reason: String },
 
+    /// No such file, folder or context in the sandbox.
+    #[error("not found: {0}")]
+    NotFound(String),
+
     /// The caller asked for something that cannot be done.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
@@ -57,21 +61,10 @@ impl Error {
             Error::Unavailable { .. } => "unavailable",
             Error::Artifact { .. } => "artifact",
             Error::SandboxDied { .. } => "sandbox_died",
+            Error::NotFound(_) => "not_found",
             Error::InvalidArgument(_) => "invalid_argument",
             Error::Closed => "closed",
             Error::Io { .. } => "io",
-        }
-    }
-
-    /// Whether the session can still run cells after this error.
-    pub fn session_survives(&self) -> bool {
-        match self {
-            Error::Timeout { .. } | Error::InvalidArgument(_) => true,
-            Error::Unavailable { .. }
-            | Error::Artifact { .. }
-            | Error::SandboxDied { .. }
-            | Error::Closed
-            | Error::Io { .. } => false,
         }
     }
 }

@@ -7,6 +7,9 @@
 //! - [`Executor`] is the one seam every backend implements; [`Event`]s stream
 //!   while a cell runs.
 //! - [`wasm`] is the WebAssembly fast path ([`WasmExecutor`]).
+//! - [`namespace`] runs the full guest (IPython, numpy, pandas, matplotlib)
+//!   in Linux namespaces ([`NamespaceExecutor`]); [`guest`] is the host side
+//!   of the guest protocol it shares with the microVM backend.
 //!
 //! ```no_run
 //! # async fn demo() -> cellbox::Result<()> {
@@ -20,11 +23,14 @@
 //! # Ok(()) }
 //! ```
 
+mod builder;
 pub mod cache;
 pub mod error;
 pub mod event;
 pub mod execution;
 pub mod executor;
+pub mod guest;
+pub mod namespace;
 pub mod progress;
 pub mod wasm;
 
@@ -33,5 +39,6 @@ pub use error::{Error, Result};
 pub use event::Event;
 pub use execution::{CellResult, Execution, ExecutionError, Logs};
 pub use executor::{Backend, EventCallback, Executor, RunOptions};
+pub use namespace::{NamespaceConfig, NamespaceExecutor};
 pub use progress::Progress;
 pub use wasm::{WasmConfig, WasmEngine, WasmExecutor, WasmSessionOptions};

@@ -115,8 +115,29 @@ fn host_files_are_not_readable() {
 }
 
 #[test]
+fn the_namespace_backend_runs_the_full_guest() {
+    let output = cellbox(&[
+        "run",
+        "--backend",
+        "namespace",
+        "--json",
+        "-c",
+        "x = 1",
+        "-c",
+        "x += 1; x",
+        "-c",
+        "!echo hi",
+    ]);
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    let lines = json_lines(&output);
+    assert_eq!(lines[1]["backend"], "namespace");
+    assert_eq!(lines[1]["results"][0]["text"], "2");
+    assert_eq!(lines[2]["logs"]["stdout"][0], "hi\n");
+}
+
+#[test]
 fn backends_not_built_yet_say_so() {
-    for backend in ["vm", "namespace"] {
+    for backend in ["vm"] {
         let output = cellbox(&["run", "--backend", backend, "--json", "-c", "1"]);
         assert_eq!(output.status.code(), Some(2), "{output:?}");
         let line = &json_lines(&output)[0];

@@ -5,7 +5,8 @@ use std::time::Duration;
 use clap::{Args, ValueEnum};
 
 use cellbox::{
-    Backend, Error, Execution, Executor, Progress, RunOptions, WasmConfig, WasmEngine, WasmExecutor,
+    Backend, Error, Execution, Executor, NamespaceConfig, NamespaceExecutor, Progress, RunOptions,
+    WasmConfig, WasmEngine, WasmExecutor,
 };
 
 use super::render::Output;
@@ -112,7 +113,14 @@ async fn start(backend: Backend, no_preinit: bool) -> cellbox::Result<Box<dyn Ex
                 WasmExecutor::start(&engine, Default::default()).await?,
             ))
         }
-        Backend::Vm | Backend::Namespace => Err(Error::Unavailable {
+        Backend::Namespace => {
+            let config = NamespaceConfig {
+                progress: Progress::new(|line| eprintln!("cellbox: {line}")),
+                ..Default::default()
+            };
+            Ok(Box::new(NamespaceExecutor::start(config).await?))
+        }
+        Backend::Vm => Err(Error::Unavailable {
             backend,
             reason: "not available yet in this version of cellbox (use --backend wasm)".into(),
         }),

@@ -2,13 +2,11 @@
 //! standard library, the pre-initialised snapshot and compiled machine code.
 
 use std::hash::{Hash, Hasher};
-use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
 
 use wasmtime::{Engine, Module};
 
+use crate::builder;
 use crate::cache::{self, CacheLock};
 use crate::error::{Error, Result};
 use crate::progress::Progress;
@@ -38,23 +36,23 @@ impl PythonWasm {
     /// minute; progress goes to `progress`). Blocking.
     pub fn ensure(cache_root: &Path, progress: &Progress) -> Result<PythonWasm> {
         let dir = Self::dir_in(cache_root);
-        let built = PythonWasm { dir: dir.clone() };
-        if built.wasm_path().is_file() {
-            return Ok(built);
-        }
-        let _lock = CacheLock::acquire(dir.parent().unwrap_or(cache_root))?;
-        if built.wasm_path().is_file() {
-            return Ok(built); // another process built it while we waited
-        }
-        progress.report(&format!(
-            "building cellbox-python into {} (first run only)",
-            dir.display()
-        ));
-        run_build_script(&dir, progress)?;
-        if !built.wasm_path().is_file() {
-            return Err(build_error("the build script finished without python.wasm"));
-        }
-        Ok(built)
+        let dir = builder::ensure_built(&dir, "python.wasm", |dir| {
+            progress.report(&format!(
+                "building cellbox-python into {} (first run only)",
+                dir.display()
+            ));
+            builder::run_embedded_script(
+                &[
+                    ("build.sh", BUILD_SCRIPT),
+                    ("cellbox_main.c", MAIN_C),
+                    ("cellbox_driver.py", DRIVER_PY),
+                ],
+                &[dir],
+                progress,
+                "building cellbox-python (CPython for WASI) with python-wasm/build.sh",
+            )
+        })?;
+        Ok(PythonWasm { dir })
     }
 
     pub fn wasm_path(&self) -> PathBuf {
@@ -73,73 +71,6 @@ impl PythonWasm {
     pub fn lock(&self) -> Result<CacheLock> {
         CacheLock::acquire(&self.dir)
     }
-}
-
-fn build_error(reason: impl Into<String>) -> Error {
-    Error::Artifact {
-        what: "building cellbox-python (CPython for WASI)".into(),
-        reason: reason.into(),
-    }
-}
-
-/// Writes the embedded build inputs to a temporary folder and runs the script,
-/// streaming its lines to `progress`.
-fn run_build_script(out: &Path, progress: &Progress) -> Result<()> {
-    let src = tempfile::tempdir().map_err(|e| Error::io("creating a build folder", e))?;
-    for (name, text) in [
-        ("build.sh", BUILD_SCRIPT),
-        ("cellbox_main.c", MAIN_C),
-        ("cellbox_driver.py", DRIVER_PY),
-    ] {
-        std::fs::write(src.path().join(name), text)
-            .map_err(|e| Error::io(format!("writing {name}"), e))?;
-    }
-    let mut child = Command::new("bash")
-        .arg(src.path().join("build.sh"))
-        .arg(out)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| Error::io("starting bash for python-wasm/build.sh", e))?;
-    let tail = Arc::new(Mutex::new(Vec::<String>::new()));
-    let readers = [
-        child
-            .stdout
-            .take()
-            .map(|s| Box::new(s) as Box<dyn Read + Send>),
-        child
-            .stderr
-            .take()
-            .map(|s| Box::new(s) as Box<dyn Read + Send>),
-    ]
-    .into_iter()
-    .flatten()
-    .map(|stream| {
-        let (progress, tail) = (progress.clone(), tail.clone());
-        std::thread::spawn(move || {
-            for line in BufReader::new(stream).lines().map_while(|l| l.ok()) {
-                progress.report(&line);
-                let mut tail = tail.lock().unwrap_or_else(|p| p.into_inner());
-                tail.push(line);
-                if tail.len() > 20 {
-                    tail.remove(0);
-                }
-            }
-        })
-    })
-    .collect::<Vec<_>>();
-    let status = child
-        .wait()
-        .map_err(|e| Error::io("waiting for python-wasm/build.sh", e))?;
-    readers.into_iter().for_each(|r| drop(r.join()));
-    if status.success() {
-        return Ok(());
-    }
-    let tail = tail.lock().unwrap_or_else(|p| p.into_inner()).join("\n");
-    Err(build_error(format!(
-        "python-wasm/build.sh failed ({status}):\n{tail}"
-    )))
 }
 
 /// Loads `wasm` compiled for `engine`, from the compiled-code cache beside it

@@ -1,0 +1,230 @@
+#!/usr/bin/env bash
+# Builds the base tree of the cellbox guest root filesystem: a minimal Debian 12
+# "bookworm" with Python 3.11, IPython, numpy, pandas, matplotlib and Pillow,
+# no init system, no kernel, no documentation.
+#
+#   build.sh OUT_DIR
+#
+# Output: OUT_DIR/tree/ (the unpacked root filesystem), OUT_DIR/packages.txt
+# (name, version and architecture of every installed package) and
+# OUT_DIR/.cellbox-rootfs (a marker that lets a later run replace OUT_DIR).
+# guest-init's files are added later, when the ext4 image is made (make-ext4.sh).
+#
+# Needs: root (dpkg must create files owned by other users and run maintainer
+# scripts in a chroot), apt-get, network access to deb.debian.org, about 3 GiB
+# free beside OUT_DIR (the finished tree is much smaller). mmdebstrap is
+# installed with apt-get when missing. Takes a few minutes, mostly downloading.
+#
+# The build goes to OUT_DIR.tmp and is moved to OUT_DIR only when complete, so an
+# interrupted build never leaves a half-built tree at OUT_DIR.
+set -Eeuo pipefail
+
+SUITE=bookworm
+MIRROR=http://deb.debian.org/debian
+SECURITY_MIRROR=http://deb.debian.org/debian-security
+MIN_FREE_BYTES=$((3 * 1024 * 1024 * 1024))
+MARKER=.cellbox-rootfs
+# Installed on top of the minbase variant (Essential:yes, Priority:required and
+# apt), with their hard dependencies but without Recommends.
+PACKAGES=(
+    python3                   # 3.11
+    ipython3                  # IPython 8.5
+    python3-numpy
+    python3-pandas
+    python3-matplotlib
+    python3-pil
+    python3-matplotlib-inline # IPython's inline plot backend
+    # python3-fonttools (needed by matplotlib) depends on "python3-scipy |
+    # python3-munkres"; apt takes the first, and scipy drags in pythran, gcc,
+    # g++, boost and the Python headers (about 700 MB). Naming the 40 kB
+    # alternative keeps all of that out.
+    python3-munkres
+)
+# What must work in the finished tree: the imports, Agg as the default backend,
+# a plot rendered to PNG and a table rendered to HTML.
+IMPORT_CHECK='import io, sys, IPython, numpy, pandas, matplotlib, PIL, matplotlib_inline
+import matplotlib.pyplot as plt
+assert matplotlib.get_backend().lower() == "agg", "default backend is " + matplotlib.get_backend()
+png = io.BytesIO()
+plt.plot(numpy.arange(10) ** 2)
+plt.savefig(png, format="png")
+assert png.getvalue().startswith(b"\x89PNG"), "matplotlib did not write a PNG"
+assert "<table" in pandas.DataFrame({"a": [1, 2]})._repr_html_(), "pandas did not render HTML"
+print("python", sys.version.split()[0], "| IPython", IPython.__version__, "| numpy", numpy.__version__,
+      "| pandas", pandas.__version__, "| matplotlib", matplotlib.__version__, "| Pillow", PIL.__version__)'
+
+STEPS=6
+step() { echo "[rootfs $1/$STEPS] $2"; }
+die() { echo "rootfs: error: $*" >&2; exit 1; }
+
+[[ $# -eq 1 && -n "$1" ]] || { echo "usage: build.sh OUT_DIR" >&2; exit 2; }
+OUT="$(realpath -m -- "$1")"
+TMP="$OUT.tmp"
+OLD="$OUT.old"
+START=$SECONDS
+
+# Removes a directory this script made, refusing when something is still mounted
+# below it (mmdebstrap mounts /proc, /sys and /dev in the chroot while it runs,
+# and rm -rf must never walk into the host's /sys or /dev).
+remove_build_dir() {
+    local dir="$1"
+    [[ -e "$dir" ]] || return 0
+    if findmnt -rn -o TARGET | grep -qF -- "$dir/"; then
+        die "something is still mounted below $dir; unmount it (findmnt | grep '$dir') and run again"
+    fi
+    rm -rf --one-file-system -- "$dir"
+}
+
+# A directory may be replaced only when it is empty or was made by this script.
+ours_or_empty() {
+    [[ ! -e "$1" ]] || [[ -f "$1/$MARKER" ]] || [[ -d "$1" && -z "$(ls -A -- "$1")" ]]
+}
+
+on_error() {
+    local rc=$?
+    # errtrace makes subshells inherit the trap; report once, from the main shell.
+    [[ $BASHPID -eq $$ ]] || return "$rc"
+    local where=""
+    [[ -e "$TMP" ]] && where="; the partial build is in $TMP"
+    echo "rootfs: error: the build failed at: $BASH_COMMAND (exit status $rc)$where" >&2
+}
+trap on_error ERR
+
+step 1 "checking the build host"
+[[ $(id -u) -eq 0 ]] || die "must run as root (dpkg creates files owned by other users and runs maintainer scripts in a chroot); try: sudo $0 $1"
+command -v apt-get >/dev/null || die "apt-get not found; this script needs a Debian or Ubuntu build host"
+for d in "$OUT" "$TMP" "$OLD"; do
+    ours_or_empty "$d" || die "$d exists and was not made by this script; remove it or choose another OUT_DIR"
+done
+# The nearest existing ancestor of OUT_DIR tells which filesystem the build lands on.
+probe="$(dirname -- "$OUT")"
+while [[ ! -d "$probe" ]]; do probe="$(dirname -- "$probe")"; done
+free=$(df -B1 --output=avail -- "$probe" | tail -n 1 | tr -d ' ')
+# A stale OUT_DIR.tmp from an interrupted run is removed below; count its space as free.
+if ((free < MIN_FREE_BYTES)) && [[ ! -e "$TMP" ]]; then
+    die "only $((free / 1024 / 1024)) MiB free in the filesystem of $probe; the build needs at least $((MIN_FREE_BYTES / 1024 / 1024)) MiB"
+fi
+remove_build_dir "$TMP"
+remove_build_dir "$OLD"
+free=$(df -B1 --output=avail -- "$probe" | tail -n 1 | tr -d ' ')
+((free >= MIN_FREE_BYTES)) \
+    || die "only $((free / 1024 / 1024)) MiB free in the filesystem of $probe; the build needs at least $((MIN_FREE_BYTES / 1024 / 1024)) MiB"
+
+step 2 "checking for mmdebstrap"
+if ! command -v mmdebstrap >/dev/null; then
+    echo "installing mmdebstrap with apt-get"
+    apt-get update -q >/dev/null || die "apt-get update failed"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends mmdebstrap >/dev/null \
+        || die "apt-get install mmdebstrap failed"
+fi
+echo "using $(mmdebstrap --version)"
+MERGED_USR_HOOK=/usr/share/mmdebstrap/hooks/merged-usr
+[[ -d "$MERGED_USR_HOOK" ]] || die "$MERGED_USR_HOOK is missing; mmdebstrap 1.0 or newer is needed"
+
+mkdir -p -- "$TMP"
+touch -- "$TMP/$MARKER"
+
+step 3 "installing Debian $SUITE with ${PACKAGES[*]} (downloads about 100 MB; takes a few minutes)"
+# The dpkg options are written to /etc/dpkg/dpkg.cfg.d/99mmdebstrap in the tree,
+# so they also hold for packages installed into it later. C.UTF-8 is built into
+# glibc, so no locale data is kept apart from locale.alias. Copyright files are
+# kept: they are small and some licences ask for them to travel with the binaries.
+# /usr/share/unicode (37 MB) comes with unicode-data, a dependency of
+# python3-fonttools that nothing here reads. (The Python test suites cannot be
+# excluded this way: py3compile fails on missing files; step 4 removes them.)
+mmopts=(
+    --mode=root --format=directory --variant=minbase --architectures=amd64
+    --include="$(IFS=,; echo "${PACKAGES[*]}")"
+    --dpkgopt='path-exclude=/usr/share/doc/*'
+    --dpkgopt='path-include=/usr/share/doc/*/copyright'
+    --dpkgopt='path-exclude=/usr/share/man/*'
+    --dpkgopt='path-exclude=/usr/share/info/*'
+    --dpkgopt='path-exclude=/usr/share/locale/*'
+    --dpkgopt='path-include=/usr/share/locale/locale.alias'
+    --dpkgopt='path-exclude=/usr/share/lintian/*'
+    --dpkgopt='path-exclude=/usr/share/bug/*'
+    --dpkgopt='path-exclude=/usr/share/unicode/*'
+    --aptopt='Acquire::Languages "none"'
+    # init-system-helpers (Priority: required) depends on "usrmerge |
+    # usr-is-merged", and usrmerge, a conversion tool in Perl, drags in Perl
+    # (about 55 MB). This hook of mmdebstrap's creates the /bin, /sbin, /lib*
+    # -> usr/... symlinks up front and installs usr-is-merged instead.
+    --hook-dir="$MERGED_USR_HOOK"
+)
+if [[ -n "${ROOTFS_VERBOSE:-}" ]]; then mmopts+=(--verbose); fi
+mmdebstrap "${mmopts[@]}" "$SUITE" "$TMP/tree" \
+    "deb $MIRROR $SUITE main" \
+    "deb $MIRROR $SUITE-updates main" \
+    "deb $SECURITY_MIRROR $SUITE-security main" \
+    || die "mmdebstrap failed (see its messages above; run with ROOTFS_VERBOSE=1 for apt and dpkg output); the partial build is in $TMP"
+echo "mmdebstrap finished after $((SECONDS - START)) s"
+
+step 4 "configuring the tree"
+T="$TMP/tree"
+# mmdebstrap unmounts what it mounted in the chroot; make sure before deleting anything.
+if findmnt -rn -o TARGET | grep -qF -- "$T/"; then
+    die "mmdebstrap left filesystems mounted below $T; unmount them (findmnt | grep '$T') and run again"
+fi
+# mmdebstrap copies the build host's name and resolver into the tree; the guest
+# has its own name and no network.
+echo cellbox >"$T/etc/hostname"
+printf '127.0.0.1\tlocalhost\n127.0.1.1\tcellbox\n::1\t\tlocalhost ip6-localhost ip6-loopback\n' >"$T/etc/hosts"
+: >"$T/etc/resolv.conf"
+# No display in the guest: plots render with Agg and come back as PNG.
+# Debian's matplotlib reads /etc/matplotlibrc as its system-wide rc file.
+printf '# cellbox: no display in the guest; render with Agg\nbackend: Agg\n' >"$T/etc/matplotlibrc"
+# The sessions' home and the place for guest-init's files.
+mkdir -p "$T/home/user" "$T/usr/lib/cellbox"
+chmod 0755 "$T/home/user" "$T/usr/lib/cellbox"
+# mmdebstrap already removed apt's lists and downloaded packages; these are the rest.
+rm -rf "$T"/var/lib/apt/lists/* "$T"/var/cache/apt/*.bin "$T"/var/cache/apt/archives/*.deb \
+    "$T"/var/cache/debconf/*-old "$T"/var/lib/dpkg/*-old "$T"/var/log/apt/*
+# The test suites of the Python packages (pandas, sympy, numpy, matplotlib, ...:
+# about 90 MB with their .pyc files) are never imported by user code; pd.test()
+# and np.test() are the only things that lose them. dpkg still lists the files,
+# which does not matter for an image that is rebuilt rather than upgraded.
+find "$T/usr/lib/python3/dist-packages" -xdev -type d -name tests -prune -exec rm -rf {} +
+if [[ -n "$(find "$T/var/lib/apt/lists" "$T/var/cache/apt/archives" -type f ! -name lock -print -quit)" ]]; then
+    die "apt's package lists or downloaded packages are still in the tree"
+fi
+
+step 5 "checking that Python and its libraries import in the tree"
+# Runs in a plain chroot without /proc, /sys or /dev mounted; -B and a
+# throwaway HOME and MPLCONFIGDIR under /tmp keep the tree unchanged.
+mkdir -p "$T/tmp/cellbox-check"
+versions="$(chroot "$T" /usr/bin/env -i PATH=/usr/bin:/bin HOME=/tmp/cellbox-check \
+    MPLCONFIGDIR=/tmp/cellbox-check /usr/bin/python3 -B -c "$IMPORT_CHECK" 2>&1)" \
+    || die "python3 in the new tree cannot do what cellbox needs: $versions"
+rm -rf "$T/tmp/cellbox-check"
+echo "$versions"
+for p in systemd systemd-sysv sysvinit-core runit openrc usrmerge; do
+    # shellcheck disable=SC2016 # dpkg-query expands these itself
+    if chroot "$T" dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then
+        die "$p was installed into the tree; it must not be (an init system, or usrmerge and Perl)"
+    fi
+done
+if compgen -G "$T/boot/vmlinu*" >/dev/null || ls "$T"/lib/modules/* >/dev/null 2>&1; then
+    die "a kernel was installed into the tree; it must not be"
+fi
+
+step 6 "moving the tree into $OUT"
+# shellcheck disable=SC2016 # dpkg-query expands these itself
+chroot "$T" dpkg-query -W -f='${Package} ${Version} ${Architecture}\n' | sort >"$TMP/packages.txt"
+# Empty mount points, made last because programs run in the chroot above create
+# files in them (Python's imports leave a plain file at /dev/null when /dev is
+# empty). The guest mounts proc, sysfs, devtmpfs and tmpfs over them, or the
+# namespace sandbox binds its own.
+for d in proc sys dev run tmp; do
+    mkdir -p "$T/$d"
+    find "$T/$d" -xdev -mindepth 1 -delete
+done
+chmod 0555 "$T/proc" "$T/sys"
+chmod 0755 "$T/dev" "$T/run"
+chmod 1777 "$T/tmp"
+if [[ -e "$OUT" ]]; then
+    mv -- "$OUT" "$OLD"
+fi
+mv -- "$TMP" "$OUT"
+remove_build_dir "$OLD"
+trap - ERR
+echo "rootfs ready: $OUT/tree ($(du -sh --one-file-system "$OUT/tree" | cut -f1), $(wc -l <"$OUT/packages.txt") packages) in $((SECONDS - START)) s"

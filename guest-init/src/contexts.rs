@@ -1,0 +1,180 @@
+//! Contexts: named kernels, each with its own state and working folder. Cells
+//! in one context run in order; different contexts run side by side.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use crate::kernel::{self, CellEnd, Kernel};
+use crate::protocol::{ContextInfo, DEFAULT_CONTEXT, Failure, ReplyBody};
+
+/// All contexts of the guest.
+#[derive(Debug)]
+pub struct Contexts {
+    python: String,
+    default_cwd: String,
+    next_id: AtomicU64,
+    table: Mutex<BTreeMap<String, Arc<Context>>>,
+}
+
+#[derive(Debug)]
+struct Context {
+    cwd: String,
+    /// The kernel, started on the first cell; `None` after it died.
+    kernel: Mutex<Option<Kernel>>,
+    /// The running kernel's pid, for interrupts while `kernel` is locked.
+    pid: AtomicI32,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Contexts {
+    pub fn new(python: &str, default_cwd: &str) -> Contexts {
+        let contexts = Contexts {
+            python: python.into(),
+            default_cwd: default_cwd.into(),
+            next_id: AtomicU64::new(1),
+            table: Mutex::new(BTreeMap::new()),
+        };
+        contexts.insert(DEFAULT_CONTEXT.into(), default_cwd.into());
+        contexts
+    }
+
+    fn insert(&self, id: String, cwd: String) -> ContextInfo {
+        let info = ContextInfo {
+            id: id.clone(),
+            cwd: cwd.clone(),
+        };
+        let context = Context {
+            cwd,
+            kernel: Mutex::new(None),
+            pid: AtomicI32::new(0),
+        };
+        lock(&self.table).insert(id, Arc::new(context));
+        info
+    }
+
+    fn get(&self, id: &str) -> Result<Arc<Context>, ReplyBody> {
+        lock(&self.table)
+            .get(id)
+            .cloned()
+            .ok_or_else(|| ReplyBody::failed(Failure::NotFound, format!("no context `{id}`")))
+    }
+
+    pub fn create(&self, cwd: Option<String>) -> ReplyBody {
+        let cwd = cwd.unwrap_or_else(|| self.default_cwd.clone());
+        if !std::path::Path::new(&cwd).is_dir() {
+            return ReplyBody::failed(Failure::NotFound, format!("no folder {cwd}"));
+        }
+        let id = format!("ctx-{}", self.next_id.fetch_add(1, Ordering::Relaxed));
+        ReplyBody::Context(self.insert(id, cwd))
+    }
+
+    pub fn list(&self) -> ReplyBody {
+        let contexts = lock(&self.table)
+            .iter()
+            .map(|(id, c)| ContextInfo {
+                id: id.clone(),
+                cwd: c.cwd.clone(),
+            })
+            .collect();
+        ReplyBody::Contexts { contexts }
+    }
+
+    pub fn restart(&self, id: &str) -> ReplyBody {
+        match self.get(id) {
+            Ok(context) => {
+                context.stop();
+                ReplyBody::Done
+            }
+            Err(failed) => failed,
+        }
+    }
+
+    pub fn remove(&self, id: &str) -> ReplyBody {
+        match lock(&self.table).remove(id) {
+            Some(context) => {
+                context.stop();
+                ReplyBody::Done
+            }
+            None => ReplyBody::failed(Failure::NotFound, format!("no context `{id}`")),
+        }
+    }
+
+    pub fn interrupt(&self, id: &str) -> ReplyBody {
+        match self.get(id) {
+            Ok(context) => {
+                let pid = context.pid.load(Ordering::Relaxed);
+                if pid > 0 {
+                    kernel::interrupt_pid(pid);
+                }
+                ReplyBody::Done
+            }
+            Err(failed) => failed,
+        }
+    }
+
+    /// Runs a cell, sending its replies, the final one included.
+    pub fn execute(
+        &self,
+        id: &str,
+        code: &str,
+        env: &BTreeMap<String, String>,
+        timeout: Option<Duration>,
+        send: &mut dyn FnMut(ReplyBody),
+    ) {
+        let context = match self.get(id) {
+            Ok(context) => context,
+            Err(failed) => return send(failed),
+        };
+        let mut slot = lock(&context.kernel);
+        if slot.is_none() {
+            match Kernel::start(&self.python, &context.cwd) {
+                Ok(kernel) => {
+                    context.pid.store(kernel.pid(), Ordering::Relaxed);
+                    *slot = Some(kernel);
+                }
+                Err(reason) => return send(ReplyBody::failed(Failure::KernelDied, reason)),
+            }
+        }
+        let Some(kernel) = slot.as_mut() else { return };
+        let end = kernel.execute(code, env, timeout, send);
+        if let CellEnd::Died(_) = end {
+            context.pid.store(0, Ordering::Relaxed);
+            *slot = None;
+        }
+        match (kernel::failure_for(&end, timeout), end) {
+            (Some(failed), _) => send(failed),
+            (None, CellEnd::Done { execution_count }) => {
+                send(ReplyBody::ExecuteDone { execution_count })
+            }
+            (None, _) => {}
+        }
+    }
+
+    /// Stops every kernel.
+    pub fn stop_all(&self) {
+        for context in lock(&self.table).values() {
+            context.stop();
+        }
+    }
+}
+
+impl Context {
+    fn stop(&self) {
+        let pid = self.pid.swap(0, Ordering::Relaxed);
+        if pid > 0 {
+            // Unblocks a cell that holds the kernel lock; its reply says the kernel died.
+            // SAFETY: kill(2) on the process group of a kernel this context started.
+            unsafe {
+                libc::kill(-pid, libc::SIGKILL);
+            }
+        }
+        *lock(&self.kernel) = None;
+    }
+}

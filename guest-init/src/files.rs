@@ -1,0 +1,178 @@
+//! File requests, answered from the guest's own file system.
+
+use std::fs;
+use std::io::{Read, Write};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+
+use crate::protocol::{FILE_CHUNK, Failure, FileStat, ReplyBody};
+
+fn failed(path: &str, e: std::io::Error) -> ReplyBody {
+    let failure = if e.kind() == std::io::ErrorKind::NotFound {
+        Failure::NotFound
+    } else {
+        Failure::Io
+    };
+    ReplyBody::failed(failure, format!("{path}: {e}"))
+}
+
+fn done(path: &str, result: std::io::Result<()>) -> ReplyBody {
+    result.map_or_else(|e| failed(path, e), |()| ReplyBody::Done)
+}
+
+/// Streams a file in chunks; the last reply has `eof: true`.
+pub fn read(path: &str, send: &mut dyn FnMut(ReplyBody)) {
+    let mut file = match fs::File::open(path) {
+        Ok(file) => file,
+        Err(e) => return send(failed(path, e)),
+    };
+    let mut buffer = vec![0u8; FILE_CHUNK];
+    loop {
+        let mut filled = 0;
+        while filled < buffer.len() {
+            match file.read(&mut buffer[filled..]) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) => return send(failed(path, e)),
+            }
+        }
+        let eof = filled < buffer.len();
+        send(ReplyBody::FileChunk {
+            data: BASE64.encode(&buffer[..filled]),
+            eof,
+        });
+        if eof {
+            return;
+        }
+    }
+}
+
+pub fn write(path: &str, data: &str, append: bool) -> ReplyBody {
+    let bytes = match BASE64.decode(data) {
+        Ok(bytes) => bytes,
+        Err(e) => {
+            return ReplyBody::failed(Failure::BadRequest, format!("data is not base64: {e}"));
+        }
+    };
+    if let Some(parent) = Path::new(path)
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+    {
+        if let Err(e) = fs::create_dir_all(parent) {
+            return failed(path, e);
+        }
+    }
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .append(append)
+        .truncate(!append)
+        .open(path);
+    done(path, file.and_then(|mut f| f.write_all(&bytes)))
+}
+
+pub fn stat(path: &str) -> Result<FileStat, ReplyBody> {
+    let meta = fs::symlink_metadata(path).map_err(|e| failed(path, e))?;
+    let name = Path::new(path)
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| path.to_string());
+    Ok(FileStat {
+        name,
+        path: path.to_string(),
+        is_dir: meta.is_dir(),
+        size: meta.len(),
+        mode: meta.permissions().mode(),
+        modified: meta.mtime(),
+    })
+}
+
+pub fn list(path: &str) -> ReplyBody {
+    let entries = match fs::read_dir(path) {
+        Ok(entries) => entries,
+        Err(e) => return failed(path, e),
+    };
+    let mut stats = Vec::new();
+    for entry in entries.flatten() {
+        if let Ok(stat) = stat(&entry.path().to_string_lossy()) {
+            stats.push(stat);
+        }
+    }
+    stats.sort_by(|a, b| a.name.cmp(&b.name));
+    ReplyBody::Entries { entries: stats }
+}
+
+pub fn make_dir(path: &str) -> ReplyBody {
+    done(path, fs::create_dir_all(path))
+}
+
+pub fn remove(path: &str) -> ReplyBody {
+    let result = match fs::symlink_metadata(path) {
+        Ok(meta) if meta.is_dir() => fs::remove_dir_all(path),
+        Ok(_) => fs::remove_file(path),
+        Err(e) => Err(e),
+    };
+    done(path, result)
+}
+
+pub fn rename(from: &str, to: &str) -> ReplyBody {
+    done(from, fs::rename(from, to))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn write_read_stat_list_rename_remove() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/a.bin");
+        let path = path.to_str().unwrap();
+        let data = vec![7u8; FILE_CHUNK + 10];
+        assert_eq!(
+            write(path, &BASE64.encode(&data[..5]), false),
+            ReplyBody::Done
+        );
+        assert_eq!(
+            write(path, &BASE64.encode(&data[5..]), true),
+            ReplyBody::Done
+        );
+        let mut chunks = Vec::new();
+        read(path, &mut |reply| chunks.push(reply));
+        let mut back = Vec::new();
+        for chunk in &chunks {
+            let ReplyBody::FileChunk { data, .. } = chunk else {
+                panic!("{chunk:?}")
+            };
+            back.extend(BASE64.decode(data).unwrap());
+        }
+        assert_eq!(back, data);
+        assert_eq!(chunks.len(), 2);
+        assert_eq!(stat(path).unwrap().size, data.len() as u64);
+        let sub = dir.path().join("sub");
+        let ReplyBody::Entries { entries } = list(sub.to_str().unwrap()) else {
+            panic!()
+        };
+        assert_eq!(entries[0].name, "a.bin");
+        let moved = dir.path().join("b.bin");
+        assert_eq!(rename(path, moved.to_str().unwrap()), ReplyBody::Done);
+        assert_eq!(remove(sub.to_str().unwrap()), ReplyBody::Done);
+        assert!(matches!(
+            stat(path),
+            Err(ReplyBody::Failed {
+                failure: Failure::NotFound,
+                ..
+            })
+        ));
+        assert!(matches!(
+            write(path, "not base64!", false),
+            ReplyBody::Failed {
+                failure: Failure::BadRequest,
+                ..
+            }
+        ));
+    }
+}

@@ -1,0 +1,360 @@
+//! One Python kernel process (`cellbox_kernel.py` on IPython): requests go in
+//! on its fd 3 as JSON lines, events come back on its fd 4; whatever it or its
+//! children write to fds 1 and 2 is forwarded as raw output.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::time::{Duration, Instant};
+
+use crate::protocol::{Failure, ReplyBody, Stream};
+
+/// Where the kernel driver lives in the guest.
+pub const DRIVER: &str = "/usr/lib/cellbox/cellbox_kernel.py";
+/// How long an interrupted cell may take to wind down before the kernel is killed.
+const INTERRUPT_GRACE: Duration = Duration::from_secs(3);
+/// How long a new kernel may take to import IPython and say it is ready.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// What the kernel process said, in order.
+#[derive(Debug)]
+enum Said {
+    /// One JSON event line from fd 4.
+    Event(serde_json::Value),
+    /// Raw bytes its fd 1 or 2 received.
+    Raw(Stream, String),
+    /// fd 4 closed: the kernel exited or died.
+    Gone,
+}
+
+/// A running kernel.
+#[derive(Debug)]
+pub struct Kernel {
+    child: Child,
+    requests: File,
+    said: Receiver<Said>,
+}
+
+/// How a cell ended, seen from the kernel.
+#[derive(Debug)]
+pub enum CellEnd {
+    Done {
+        execution_count: Option<u32>,
+    },
+    /// Interrupted after the timeout; the kernel survived with its state.
+    TimedOut,
+    /// The kernel died (or was killed after not answering an interrupt).
+    Died(String),
+}
+
+impl Kernel {
+    /// Starts a kernel in `cwd` and waits until it is ready.
+    pub fn start(python: &str, cwd: &str) -> Result<Kernel, String> {
+        let (request_read, request_write) = pipe()?;
+        let (event_read, event_write) = pipe()?;
+        let (request_fd, event_fd) = (request_read.as_raw_fd(), event_write.as_raw_fd());
+        let mut command = Command::new(python);
+        command
+            .arg(DRIVER)
+            .current_dir(cwd)
+            .env("MPLBACKEND", "Agg")
+            .env("PYTHONUNBUFFERED", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        // SAFETY: between fork and exec the closure only calls setsid, fcntl and
+        // dup2, which are async-signal-safe, on descriptors that stay open until after spawn.
+        unsafe {
+            command.pre_exec(move || {
+                // Its own process group, so that killing it also ends what it started.
+                libc::setsid();
+                // Move both ends above 4 first: dup2 onto an fd the other end
+                // holds would clobber it, and dup2(fd, fd) keeps close-on-exec.
+                let request = libc::fcntl(request_fd, libc::F_DUPFD_CLOEXEC, 10);
+                let event = libc::fcntl(event_fd, libc::F_DUPFD_CLOEXEC, 10);
+                if request < 0
+                    || event < 0
+                    || libc::dup2(request, 3) < 0
+                    || libc::dup2(event, 4) < 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let mut child = command
+            .spawn()
+            .map_err(|e| format!("starting {python} {DRIVER}: {e}"))?;
+        drop((request_read, event_write));
+
+        let (tx, said) = mpsc::channel();
+        forward_raw(child.stdout.take(), Stream::Stdout, tx.clone());
+        forward_raw(child.stderr.take(), Stream::Stderr, tx.clone());
+        forward_events(File::from(event_read), tx);
+        let mut kernel = Kernel {
+            child,
+            requests: File::from(request_write),
+            said,
+        };
+        kernel.wait_ready()?;
+        Ok(kernel)
+    }
+
+    fn wait_ready(&mut self) -> Result<(), String> {
+        let deadline = Instant::now() + START_TIMEOUT;
+        let mut log = String::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.said.recv_timeout(left) {
+                Ok(Said::Event(event)) if event["type"] == "ready" => return Ok(()),
+                Ok(Said::Raw(_, text)) => log.push_str(&text),
+                Ok(Said::Event(_)) => {}
+                Ok(Said::Gone) | Err(RecvTimeoutError::Disconnected) => {
+                    return Err(format!("the kernel exited while starting:\n{log}"));
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    self.kill();
+                    return Err(format!(
+                        "the kernel did not start within {START_TIMEOUT:?}:\n{log}"
+                    ));
+                }
+            }
+        }
+    }
+
+    /// The kernel's process id (for interrupts from other threads).
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// Runs one cell, passing each reply to `send`, until it ends.
+    pub fn execute(
+        &mut self,
+        code: &str,
+        env: &std::collections::BTreeMap<String, String>,
+        timeout: Option<Duration>,
+        send: &mut dyn FnMut(ReplyBody),
+    ) -> CellEnd {
+        let request = serde_json::json!({ "code": code, "env": env }).to_string();
+        if let Err(e) = writeln!(self.requests, "{request}") {
+            return CellEnd::Died(format!("the kernel stopped reading: {e}"));
+        }
+        let mut deadline = timeout.map(|t| Instant::now() + t);
+        let mut interrupted = false;
+        loop {
+            let said = match deadline {
+                Some(at) => self
+                    .said
+                    .recv_timeout(at.saturating_duration_since(Instant::now())),
+                None => self.said.recv().map_err(|_| RecvTimeoutError::Disconnected),
+            };
+            match said {
+                Ok(Said::Raw(stream, text)) => send(ReplyBody::Output { stream, text }),
+                Ok(Said::Event(event)) => match reply_for(event) {
+                    EventReply::End(execution_count) if interrupted => {
+                        let _ = execution_count;
+                        return CellEnd::TimedOut;
+                    }
+                    EventReply::End(execution_count) => return CellEnd::Done { execution_count },
+                    // The KeyboardInterrupt our own timeout caused is not the user's error.
+                    EventReply::Send(ReplyBody::Error { .. }) if interrupted => {}
+                    EventReply::Send(reply) => send(reply),
+                    EventReply::Ignore => {}
+                },
+                Ok(Said::Gone) | Err(RecvTimeoutError::Disconnected) => {
+                    return CellEnd::Died(self.exit_reason());
+                }
+                Err(RecvTimeoutError::Timeout) if !interrupted => {
+                    interrupted = true;
+                    self.interrupt();
+                    deadline = Some(Instant::now() + INTERRUPT_GRACE);
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    self.kill();
+                    return CellEnd::Died(
+                        "the cell ignored the interrupt after its timeout; the kernel was restarted"
+                            .into(),
+                    );
+                }
+            }
+        }
+    }
+
+    /// Sends SIGINT (KeyboardInterrupt in the running cell).
+    pub fn interrupt(&self) {
+        interrupt_pid(self.pid());
+    }
+
+    fn exit_reason(&mut self) -> String {
+        // The events pipe closes as the process exits; give it a moment to be reaped.
+        for _ in 0..50 {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return format!("the kernel died ({status})");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        self.kill();
+        "the kernel stopped answering".into()
+    }
+
+    /// Kills the kernel and everything in its process group.
+    pub fn kill(&mut self) {
+        // SAFETY: kill(2) on the process group the kernel leads (see setsid above).
+        unsafe {
+            libc::kill(-self.pid(), libc::SIGKILL);
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Kernel {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Sends SIGINT to a kernel.
+pub fn interrupt_pid(pid: i32) {
+    // SAFETY: kill(2) with a pid we started and SIGINT has no memory effects.
+    unsafe {
+        libc::kill(pid, libc::SIGINT);
+    }
+}
+
+enum EventReply {
+    Send(ReplyBody),
+    End(Option<u32>),
+    Ignore,
+}
+
+/// Translates one kernel event into a reply.
+fn reply_for(mut event: serde_json::Value) -> EventReply {
+    let text =
+        |event: &serde_json::Value, key: &str| event[key].as_str().unwrap_or_default().to_string();
+    match event["type"].as_str().unwrap_or_default() {
+        "stdout" => EventReply::Send(ReplyBody::Output {
+            stream: Stream::Stdout,
+            text: text(&event, "text"),
+        }),
+        "stderr" => EventReply::Send(ReplyBody::Output {
+            stream: Stream::Stderr,
+            text: text(&event, "text"),
+        }),
+        "result" => {
+            if let Some(object) = event.as_object_mut() {
+                object.remove("type");
+            }
+            EventReply::Send(ReplyBody::Result { result: event })
+        }
+        "error" => EventReply::Send(ReplyBody::Error {
+            name: text(&event, "name"),
+            value: text(&event, "value"),
+            traceback: text(&event, "traceback"),
+        }),
+        "end" => EventReply::End(
+            event["execution_count"]
+                .as_u64()
+                .and_then(|n| u32::try_from(n).ok()),
+        ),
+        _ => EventReply::Ignore,
+    }
+}
+
+/// The failure reply for a cell that did not end normally.
+pub fn failure_for(end: &CellEnd, timeout: Option<Duration>) -> Option<ReplyBody> {
+    match end {
+        CellEnd::Done { .. } => None,
+        CellEnd::TimedOut => Some(ReplyBody::failed(
+            Failure::Timeout,
+            format!(
+                "the cell did not finish within {:?}; it was interrupted and the kernel kept its state",
+                timeout.unwrap_or_default()
+            ),
+        )),
+        CellEnd::Died(reason) => Some(ReplyBody::failed(Failure::KernelDied, reason.clone())),
+    }
+}
+
+fn pipe() -> Result<(OwnedFd, OwnedFd), String> {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 writes two new descriptors into the array we own.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
+        return Err(format!("pipe: {}", std::io::Error::last_os_error()));
+    }
+    use std::os::fd::FromRawFd;
+    // SAFETY: both descriptors were just created and are owned by nobody else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+fn forward_raw(stream: Option<impl Read + Send + 'static>, which: Stream, tx: Sender<Said>) {
+    let Some(mut stream) = stream else { return };
+    std::thread::spawn(move || {
+        let mut buffer = vec![0u8; 64 * 1024];
+        while let Ok(n @ 1..) = stream.read(&mut buffer) {
+            let text = String::from_utf8_lossy(&buffer[..n]).into_owned();
+            if tx.send(Said::Raw(which, text)).is_err() {
+                break;
+            }
+        }
+    });
+}
+
+fn forward_events(events: File, tx: Sender<Said>) {
+    std::thread::spawn(move || {
+        let mut lines = BufReader::new(events);
+        let mut line = Vec::new();
+        loop {
+            line.clear();
+            match lines.read_until(b'\n', &mut line) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {
+                    let said = match serde_json::from_slice(&line) {
+                        Ok(event) => Said::Event(event),
+                        Err(_) => Said::Raw(
+                            Stream::Stderr,
+                            "[cellbox: the kernel sent a malformed event]\n".into(),
+                        ),
+                    };
+                    if tx.send(said).is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+        let _ = tx.send(Said::Gone);
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_become_replies() {
+        let reply =
+            reply_for(serde_json::json!({"type": "result", "text": "2", "is_main_result": true}));
+        let EventReply::Send(ReplyBody::Result { result }) = reply else {
+            panic!("expected a result");
+        };
+        assert_eq!(
+            result,
+            serde_json::json!({"text": "2", "is_main_result": true})
+        );
+        assert!(matches!(
+            reply_for(serde_json::json!({"type": "end", "execution_count": 3})),
+            EventReply::End(Some(3))
+        ));
+        assert!(matches!(
+            reply_for(serde_json::json!({"type": "what"})),
+            EventReply::Ignore
+        ));
+        assert!(matches!(
+            reply_for(serde_json::json!(42)),
+            EventReply::Ignore
+        ));
+    }
+}

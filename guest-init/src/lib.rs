@@ -1,0 +1,20 @@
+//! The cellbox guest's PID 1 (binary `guest-init`) and the protocol the host
+//! speaks to it. The host side (`runtime/`) uses [`protocol`] and [`frame`].
+//!
+//! - [`protocol`], [`frame`]: the messages and how they are framed
+//! - [`server`]: answers requests; [`contexts`] and [`kernel`] run Python,
+//!   [`files`] and [`commands`] the rest
+//! - [`pid1`]: mounts, reaping and shutdown when running as PID 1
+
+pub mod commands;
+pub mod contexts;
+pub mod files;
+pub mod frame;
+pub mod kernel;
+pub mod pid1;
+pub mod protocol;
+pub mod server;
+
+/// Where this crate's sources are, so that the host can build `guest-init`
+/// for the guest image on first use.
+pub const SOURCE_DIR: &str = env!("CARGO_MANIFEST_DIR");

@@ -1,0 +1,112 @@
+//! `guest-init`: PID 1 of the cellbox guest.
+//!
+//! ```text
+//! guest-init --fd N [--namespace-root DIR --overlay MOUNT_DATA] [--python PATH] [--home DIR]
+//! ```
+//!
+//! `--fd N` is the host connection (a Unix socket the launcher passed in).
+//! With `--namespace-root`, guest-init first mounts the overlay on DIR and
+//! pivots into it (the namespace sandbox); as PID 1 it then forks the server
+//! and reaps orphans until the server exits.
+
+use std::fs::File;
+use std::os::fd::FromRawFd;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use cellbox_guest_init::contexts::Contexts;
+use cellbox_guest_init::{pid1, server};
+use nix::unistd::{ForkResult, fork};
+
+#[derive(Debug, Default)]
+struct Args {
+    fd: Option<i32>,
+    namespace_root: Option<String>,
+    overlay: Option<String>,
+    python: Option<String>,
+    home: Option<String>,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut args = Args::default();
+    let mut words = std::env::args().skip(1);
+    while let Some(flag) = words.next() {
+        let mut value = || words.next().ok_or(format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--fd" => args.fd = Some(value()?.parse().map_err(|_| "--fd takes a number")?),
+            "--namespace-root" => args.namespace_root = Some(value()?),
+            "--overlay" => args.overlay = Some(value()?),
+            "--python" => args.python = Some(value()?),
+            "--home" => args.home = Some(value()?),
+            other => return Err(format!("unknown argument {other}")),
+        }
+    }
+    if args.fd.is_none() {
+        return Err(
+            "--fd is required (the microVM's vsock transport comes with the microVM backend)"
+                .into(),
+        );
+    }
+    Ok(args)
+}
+
+fn main() -> ExitCode {
+    let args = match parse_args() {
+        Ok(args) => args,
+        Err(e) => {
+            eprintln!("guest-init: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let is_pid1 = std::process::id() == 1;
+    let setup = match (&args.namespace_root, &args.overlay) {
+        (Some(root), Some(overlay)) => pid1::enter_namespace_root(root, overlay),
+        (Some(_), None) | (None, Some(_)) => {
+            eprintln!("guest-init: --namespace-root and --overlay go together");
+            return ExitCode::from(2);
+        }
+        (None, None) if is_pid1 => pid1::mount_vm_basics(),
+        (None, None) => Ok(()),
+    };
+    if let Err(e) = setup {
+        eprintln!("guest-init: setup failed: {e}");
+        return ExitCode::from(3);
+    }
+    if !is_pid1 {
+        return run_server(&args);
+    }
+    // SAFETY: guest-init is single-threaded here; the child only runs the server.
+    match unsafe { fork() } {
+        Ok(ForkResult::Child) => run_server(&args),
+        Ok(ForkResult::Parent { child }) => {
+            let code = pid1::reap_until(child);
+            pid1::kill_everything();
+            if args.namespace_root.is_none() {
+                pid1::power_off();
+            }
+            ExitCode::from(code.clamp(0, 255) as u8)
+        }
+        Err(e) => {
+            eprintln!("guest-init: fork: {e}");
+            ExitCode::from(3)
+        }
+    }
+}
+
+fn run_server(args: &Args) -> ExitCode {
+    let Some(fd) = args.fd else {
+        return ExitCode::from(2);
+    };
+    // SAFETY: the launcher passed this descriptor to us for our exclusive use.
+    let stream = unsafe { File::from_raw_fd(fd) };
+    let home = args.home.as_deref().unwrap_or("/home/user");
+    let _ = std::fs::create_dir_all(home);
+    let python = args.python.as_deref().unwrap_or("/usr/bin/python3");
+    let contexts = Arc::new(Contexts::new(python, home));
+    let ended = server::serve(stream, contexts.clone());
+    contexts.stop_all();
+    match ended {
+        server::Ended::Shutdown => ExitCode::SUCCESS,
+        server::Ended::Disconnected => ExitCode::from(1),
+    }
+}

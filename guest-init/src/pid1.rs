@@ -1,0 +1,167 @@
+//! PID 1 duties: the guest's mounts, entering the root file system in a
+//! namespace sandbox, reaping orphans, and shutting down.
+
+use nix::mount::{MntFlags, MsFlags, mount, umount2};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::{Pid, pivot_root, sethostname};
+
+/// A failed setup step, with what was being done.
+#[derive(Debug, thiserror::Error)]
+#[error("{step}: {source}")]
+pub struct SetupError {
+    step: String,
+    source: nix::Error,
+}
+
+fn step<T>(what: impl Into<String>, result: nix::Result<T>) -> Result<T, SetupError> {
+    result.map_err(|source| SetupError {
+        step: what.into(),
+        source,
+    })
+}
+
+fn mount_fs(
+    fstype: &str,
+    target: &str,
+    flags: MsFlags,
+    data: Option<&str>,
+) -> Result<(), SetupError> {
+    let _ = std::fs::create_dir_all(target);
+    step(
+        format!("mounting {fstype} on {target}"),
+        mount(Some(fstype), target, Some(fstype), flags, data),
+    )
+}
+
+const NODEV_NOSUID: MsFlags = MsFlags::MS_NODEV.union(MsFlags::MS_NOSUID);
+
+/// Mounts `/proc`, `/sys`, `/dev`, `/tmp` and `/run` in a microVM guest.
+pub fn mount_vm_basics() -> Result<(), SetupError> {
+    mount_fs("proc", "/proc", NODEV_NOSUID | MsFlags::MS_NOEXEC, None)?;
+    mount_fs("sysfs", "/sys", NODEV_NOSUID | MsFlags::MS_NOEXEC, None)?;
+    mount_fs("devtmpfs", "/dev", MsFlags::MS_NOSUID, None)?;
+    mount_common()
+}
+
+fn mount_common() -> Result<(), SetupError> {
+    mount_fs("tmpfs", "/tmp", NODEV_NOSUID, Some("mode=1777"))?;
+    mount_fs("tmpfs", "/run", NODEV_NOSUID, Some("mode=755"))?;
+    mount_fs("tmpfs", "/dev/shm", NODEV_NOSUID, Some("mode=1777"))?;
+    let _ = std::os::unix::fs::symlink("/proc/self/fd", "/dev/fd");
+    Ok(())
+}
+
+/// In a fresh mount and PID namespace: mounts the overlay `data` on `root`,
+/// gives it a minimal `/dev` (bind mounts of the host's harmless devices),
+/// pivots into it and mounts the rest. Nothing of the host stays visible.
+pub fn enter_namespace_root(root: &str, overlay: &str) -> Result<(), SetupError> {
+    step(
+        "making mounts private",
+        mount(
+            None::<&str>,
+            "/",
+            None::<&str>,
+            MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+            None::<&str>,
+        ),
+    )?;
+    step(
+        format!("mounting the root overlay on {root}"),
+        mount(
+            Some("overlay"),
+            root,
+            Some("overlay"),
+            MsFlags::empty(),
+            Some(overlay),
+        ),
+    )?;
+    let dev = format!("{root}/dev");
+    mount_fs(
+        "tmpfs",
+        &dev,
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        Some("mode=755"),
+    )?;
+    for node in ["null", "zero", "full", "random", "urandom", "tty"] {
+        let target = format!("{dev}/{node}");
+        let _ = std::fs::File::create(&target);
+        step(
+            format!("binding /dev/{node}"),
+            mount(
+                Some(format!("/dev/{node}").as_str()),
+                target.as_str(),
+                None::<&str>,
+                MsFlags::MS_BIND,
+                None::<&str>,
+            ),
+        )?;
+    }
+    // A user namespace may mount proc only while a full proc is visible, so
+    // before the host's file system is detached.
+    mount_fs(
+        "proc",
+        &format!("{root}/proc"),
+        NODEV_NOSUID | MsFlags::MS_NOEXEC,
+        None,
+    )?;
+    let old = format!("{root}/.host");
+    let _ = std::fs::create_dir_all(&old);
+    step("pivoting into the root", pivot_root(root, old.as_str()))?;
+    step("entering /", nix::unistd::chdir("/"))?;
+    step(
+        "detaching the host's file system",
+        umount2("/.host", MntFlags::MNT_DETACH),
+    )?;
+    let _ = std::fs::remove_dir("/.host");
+    mount_common()?;
+    let _ = sethostname("cellbox");
+    loopback_up();
+    Ok(())
+}
+
+/// Brings up `lo` (a new network namespace starts with it down).
+fn loopback_up() {
+    // SAFETY: plain ioctls on a socket we own, with a zeroed `ifreq` whose
+    // name is a NUL-terminated "lo"; failure only leaves loopback down.
+    unsafe {
+        let sock = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if sock < 0 {
+            return;
+        }
+        let mut request: libc::ifreq = std::mem::zeroed();
+        request.ifr_name[0] = b'l' as libc::c_char;
+        request.ifr_name[1] = b'o' as libc::c_char;
+        if libc::ioctl(sock, libc::SIOCGIFFLAGS, &mut request) == 0 {
+            request.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+            libc::ioctl(sock, libc::SIOCSIFFLAGS, &request);
+        }
+        libc::close(sock);
+    }
+}
+
+/// Reaps every child until `main` exits; returns its exit code.
+pub fn reap_until(main: Pid) -> i32 {
+    loop {
+        match waitpid(None, Some(WaitPidFlag::__WALL)) {
+            Ok(WaitStatus::Exited(pid, code)) if pid == main => return code,
+            Ok(WaitStatus::Signaled(pid, signal, _)) if pid == main => return 128 + signal as i32,
+            Ok(_) => {}
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(_) => return 1,
+        }
+    }
+}
+
+/// Ends every other process in this PID namespace.
+pub fn kill_everything() {
+    let _ = nix::sys::signal::kill(Pid::from_raw(-1), nix::sys::signal::Signal::SIGKILL);
+}
+
+/// Powers the microVM off (PID 1 must never just exit there).
+pub fn power_off() -> ! {
+    nix::unistd::sync();
+    let _ = nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_POWER_OFF);
+    loop {
+        std::thread::park();
+    }
+}

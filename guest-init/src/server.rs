@@ -1,0 +1,119 @@
+//! The protocol server: reads requests from the host, answers each on its own
+//! thread, so that file and command requests are served while a cell runs.
+
+use std::fs::File;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::contexts::Contexts;
+use crate::frame::{self, FrameError};
+use crate::protocol::{Failure, Op, Reply, ReplyBody, Request, VERSION};
+use crate::{commands, files};
+
+/// Why the conversation ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Ended {
+    /// The host asked for a shutdown.
+    Shutdown,
+    /// The host went away or the stream broke.
+    Disconnected,
+}
+
+/// Serves one host connection until it ends.
+pub fn serve(stream: File, contexts: Arc<Contexts>) -> Ended {
+    let writer = match stream.try_clone() {
+        Ok(writer) => Arc::new(Mutex::new(writer)),
+        Err(_) => return Ended::Disconnected,
+    };
+    let mut reader = std::io::BufReader::new(stream);
+    loop {
+        let request: Request = match frame::read(&mut reader) {
+            Ok(Some(request)) => request,
+            Ok(None) => return Ended::Disconnected,
+            Err(e) => {
+                send(
+                    &writer,
+                    0,
+                    ReplyBody::failed(Failure::BadRequest, e.to_string()),
+                );
+                if e.is_recoverable() {
+                    continue;
+                }
+                return Ended::Disconnected;
+            }
+        };
+        if request.op == Op::Shutdown {
+            contexts.stop_all();
+            send(&writer, request.id, ReplyBody::Done);
+            return Ended::Shutdown;
+        }
+        let (writer, contexts) = (writer.clone(), contexts.clone());
+        std::thread::spawn(move || {
+            let id = request.id;
+            handle(request.op, &contexts, &mut |body| send(&writer, id, body));
+        });
+    }
+}
+
+fn send(writer: &Mutex<File>, id: u64, body: ReplyBody) {
+    let mut writer = writer.lock().unwrap_or_else(|p| p.into_inner());
+    match frame::write(&mut *writer, &Reply { id, body }) {
+        Ok(()) => {}
+        // A reply too large for one frame (a huge repr): say so instead.
+        Err(FrameError::TooLarge(len)) => {
+            let body = ReplyBody::Output {
+                stream: crate::protocol::Stream::Stderr,
+                text: format!("[cellbox: dropped a {len}-byte message, over the frame limit]\n"),
+            };
+            let _ = frame::write(&mut *writer, &Reply { id, body });
+        }
+        Err(_) => {} // the host is gone; the reader notices
+    }
+}
+
+/// Answers one request through `send`; the last reply is final.
+pub fn handle(op: Op, contexts: &Contexts, send: &mut dyn FnMut(ReplyBody)) {
+    let ms = |t: Option<u64>| t.map(Duration::from_millis);
+    let reply = match op {
+        Op::Hello { version } if version == VERSION => ReplyBody::Hello {
+            version: VERSION,
+            guest: format!("cellbox-guest-init {}", env!("CARGO_PKG_VERSION")),
+        },
+        Op::Hello { version } => ReplyBody::failed(
+            Failure::Version,
+            format!(
+                "the host speaks protocol {version}, this guest speaks {VERSION}: rebuild the guest image"
+            ),
+        ),
+        Op::Execute {
+            context,
+            code,
+            env,
+            timeout_ms,
+        } => {
+            return contexts.execute(&context, &code, &env, ms(timeout_ms), send);
+        }
+        Op::Interrupt { context } => contexts.interrupt(&context),
+        Op::CreateContext { cwd } => contexts.create(cwd),
+        Op::ListContexts => contexts.list(),
+        Op::RestartContext { context } => contexts.restart(&context),
+        Op::RemoveContext { context } => contexts.remove(&context),
+        Op::ReadFile { path } => return files::read(&path, send),
+        Op::WriteFile { path, data, append } => files::write(&path, &data, append),
+        Op::ListDir { path } => files::list(&path),
+        Op::MakeDir { path } => files::make_dir(&path),
+        Op::Remove { path } => files::remove(&path),
+        Op::Rename { from, to } => files::rename(&from, &to),
+        Op::Stat { path } => files::stat(&path).map_or_else(|failed| failed, ReplyBody::Stat),
+        Op::RunCommand {
+            cmd,
+            cwd,
+            env,
+            timeout_ms,
+        } => {
+            return commands::run(&cmd, cwd.as_deref(), &env, ms(timeout_ms), send);
+        }
+        Op::Shutdown => ReplyBody::Done,
+    };
+    send(reply);
+}

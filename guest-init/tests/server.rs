@@ -1,0 +1,165 @@
+//! The protocol server against bad and good input, in process (no kernel is
+//! started: only requests that need no Python are sent).
+
+use std::fs::File;
+use std::io::Write;
+use std::os::fd::OwnedFd;
+use std::os::unix::net::UnixStream;
+use std::sync::Arc;
+
+use cellbox_guest_init::contexts::Contexts;
+use cellbox_guest_init::frame;
+use cellbox_guest_init::protocol::{Failure, Op, Reply, ReplyBody, Request, VERSION};
+use cellbox_guest_init::server::{self, Ended};
+
+fn start() -> (File, std::thread::JoinHandle<Ended>) {
+    let (host, guest) = UnixStream::pair().unwrap();
+    let contexts = Arc::new(Contexts::new("/nonexistent/python3", "/tmp"));
+    let server =
+        std::thread::spawn(move || server::serve(File::from(OwnedFd::from(guest)), contexts));
+    (File::from(OwnedFd::from(host)), server)
+}
+
+fn reply(stream: &mut File) -> Reply {
+    frame::read(stream).unwrap().expect("a reply")
+}
+
+fn ask(stream: &mut File, id: u64, op: Op) -> ReplyBody {
+    frame::write(stream, &Request { id, op }).unwrap();
+    let reply = reply(stream);
+    assert_eq!(reply.id, id);
+    reply.body
+}
+
+#[test]
+fn garbage_gets_an_error_reply_and_the_server_goes_on() {
+    let (mut stream, server) = start();
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    for round in 0..200 {
+        let len = (state % 300) as usize;
+        let mut payload = Vec::with_capacity(len);
+        for _ in 0..len {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            payload.push(state as u8);
+        }
+        if round % 3 == 0 {
+            payload = format!("{{\"id\": {round}, \"op\": {{\"type\": \"nope\"}}}}").into_bytes();
+        }
+        stream
+            .write_all(&(payload.len() as u32).to_be_bytes())
+            .unwrap();
+        stream.write_all(&payload).unwrap();
+        let answer = reply(&mut stream);
+        assert!(
+            matches!(
+                answer.body,
+                ReplyBody::Failed {
+                    failure: Failure::BadRequest,
+                    ..
+                }
+            ),
+            "{answer:?}"
+        );
+    }
+    assert!(matches!(
+        ask(&mut stream, 1, Op::Hello { version: VERSION }),
+        ReplyBody::Hello { .. }
+    ));
+    assert_eq!(ask(&mut stream, 2, Op::Shutdown), ReplyBody::Done);
+    assert_eq!(server.join().unwrap(), Ended::Shutdown);
+}
+
+#[test]
+fn an_oversized_frame_is_refused_and_the_connection_closed() {
+    let (mut stream, server) = start();
+    stream.write_all(&u32::MAX.to_be_bytes()).unwrap();
+    assert!(matches!(
+        reply(&mut stream).body,
+        ReplyBody::Failed {
+            failure: Failure::BadRequest,
+            ..
+        }
+    ));
+    assert_eq!(server.join().unwrap(), Ended::Disconnected);
+}
+
+#[test]
+fn versions_contexts_and_files() {
+    let (mut stream, _server) = start();
+    assert!(matches!(
+        ask(
+            &mut stream,
+            1,
+            Op::Hello {
+                version: VERSION + 1
+            }
+        ),
+        ReplyBody::Failed {
+            failure: Failure::Version,
+            ..
+        }
+    ));
+    let ReplyBody::Contexts { contexts } = ask(&mut stream, 2, Op::ListContexts) else {
+        panic!()
+    };
+    assert_eq!(contexts.len(), 1);
+    let ReplyBody::Context(created) = ask(&mut stream, 3, Op::CreateContext { cwd: None }) else {
+        panic!()
+    };
+    assert_eq!(created.cwd, "/tmp");
+    assert_eq!(
+        ask(
+            &mut stream,
+            4,
+            Op::RemoveContext {
+                context: created.id.clone()
+            }
+        ),
+        ReplyBody::Done
+    );
+    assert!(matches!(
+        ask(
+            &mut stream,
+            5,
+            Op::RemoveContext {
+                context: created.id
+            }
+        ),
+        ReplyBody::Failed {
+            failure: Failure::NotFound,
+            ..
+        }
+    ));
+    assert!(matches!(
+        ask(
+            &mut stream,
+            6,
+            Op::Execute {
+                context: "missing".into(),
+                code: "1".into(),
+                env: Default::default(),
+                timeout_ms: None
+            }
+        ),
+        ReplyBody::Failed {
+            failure: Failure::NotFound,
+            ..
+        }
+    ));
+    let ReplyBody::Failed { failure, message } = ask(
+        &mut stream,
+        7,
+        Op::Execute {
+            context: "default".into(),
+            code: "1".into(),
+            env: Default::default(),
+            timeout_ms: None,
+        },
+    ) else {
+        panic!()
+    };
+    assert_eq!(failure, Failure::KernelDied, "no python here: {message}");
+    assert!(message.contains("/nonexistent/python3"), "{message}");
+}

@@ -1,0 +1,135 @@
+//! The guest's artefacts, built on first use and cached by their inputs:
+//! the Debian root file system tree, and the guest layer (`/sbin/init` =
+//! `guest-init`, plus the kernel driver) laid over it.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::builder;
+use crate::cache;
+use crate::error::{Error, Result};
+use crate::progress::Progress;
+
+const ROOTFS_SCRIPT: &str = include_str!("../../../guest-init/rootfs/build.sh");
+
+/// Built guest artefacts.
+#[derive(Debug, Clone)]
+pub struct GuestArtifacts {
+    /// The unpacked Debian root file system (never written to).
+    pub tree: PathBuf,
+    /// A small tree with `sbin/init` and `usr/lib/cellbox/`, laid over `tree`.
+    pub layer: PathBuf,
+}
+
+impl GuestArtifacts {
+    /// Returns the cached artefacts, building what is missing (the root file
+    /// system takes minutes the first time; progress goes to `progress`). Blocking.
+    pub fn ensure(cache_root: &Path, progress: &Progress) -> Result<GuestArtifacts> {
+        let rootfs_key = cache::input_key([("build.sh", ROOTFS_SCRIPT.as_bytes())]);
+        let rootfs = builder::ensure_built(
+            &cache_root.join("rootfs").join(rootfs_key),
+            "tree/usr/bin/python3",
+            |dir| {
+                progress.report(&format!(
+                    "building the guest root file system into {} (first run only)",
+                    dir.display()
+                ));
+                builder::run_embedded_script(
+                    &[("build.sh", ROOTFS_SCRIPT)],
+                    &[dir],
+                    progress,
+                    "building the guest root file system (guest-init/rootfs/build.sh)",
+                )
+            },
+        )?;
+        let sources = guest_init_sources()?;
+        let layer_key = cache::input_key(
+            sources
+                .iter()
+                .map(|(name, bytes)| (name.as_str(), bytes.as_slice())),
+        );
+        let layer = builder::ensure_built(
+            &cache_root.join("guest-layer").join(layer_key),
+            "sbin/init",
+            |dir| build_layer(dir, &cache_root.join("guest-init-target"), progress),
+        )?;
+        Ok(GuestArtifacts {
+            tree: rootfs.join("tree"),
+            layer,
+        })
+    }
+}
+
+/// The files `guest-init` and its kernel driver are built from.
+fn guest_init_sources() -> Result<Vec<(String, Vec<u8>)>> {
+    let root = Path::new(cellbox_guest_init::SOURCE_DIR);
+    let mut files = vec![
+        root.join("Cargo.toml"),
+        root.join("kernel/cellbox_kernel.py"),
+    ];
+    let src = root.join("src");
+    let entries =
+        std::fs::read_dir(&src).map_err(|e| Error::io(format!("reading {}", src.display()), e))?;
+    files.extend(entries.flatten().map(|e| e.path()));
+    files.sort();
+    files
+        .into_iter()
+        .map(|path| {
+            let bytes = std::fs::read(&path)
+                .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+            let name = path
+                .strip_prefix(root)
+                .unwrap_or(&path)
+                .to_string_lossy()
+                .into_owned();
+            Ok((name, bytes))
+        })
+        .collect()
+}
+
+/// Builds `guest-init` (static, so it runs in any root file system) with
+/// cargo and lays it out with the kernel driver in `dir`.
+fn build_layer(dir: &Path, target_dir: &Path, progress: &Progress) -> Result<()> {
+    let source = Path::new(cellbox_guest_init::SOURCE_DIR);
+    progress.report("building guest-init (first run only)");
+    // An explicit --target keeps the static-linking flag off build scripts and proc macros.
+    let target = format!("{}-unknown-linux-gnu", std::env::consts::ARCH);
+    let mut cargo = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cargo
+        .args([
+            "build",
+            "--release",
+            "--bin",
+            "guest-init",
+            "--target",
+            &target,
+            "--manifest-path",
+        ])
+        .arg(source.join("Cargo.toml"))
+        .arg("--target-dir")
+        .arg(target_dir)
+        .env("RUSTFLAGS", "-C target-feature=+crt-static");
+    builder::run_logged(cargo, progress, "building guest-init with cargo")?;
+
+    let staging = dir.with_extension("partial");
+    let _ = std::fs::remove_dir_all(&staging);
+    let copy = || -> std::io::Result<()> {
+        std::fs::create_dir_all(staging.join("sbin"))?;
+        std::fs::create_dir_all(staging.join("usr/lib/cellbox"))?;
+        std::fs::copy(
+            target_dir.join(&target).join("release/guest-init"),
+            staging.join("sbin/init"),
+        )?;
+        std::fs::copy(
+            source.join("kernel/cellbox_kernel.py"),
+            staging.join("usr/lib/cellbox/cellbox_kernel.py"),
+        )?;
+        std::fs::rename(&staging, dir)
+    };
+    copy().map_err(|e| {
+        Error::io(
+            format!("laying out the guest layer in {}", dir.display()),
+            e,
+        )
+    })
+}

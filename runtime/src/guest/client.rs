@@ -1,0 +1,281 @@
+//! The host side of the guest protocol: one connection to `guest-init`,
+//! requests multiplexed by id, replies routed back to their callers.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use cellbox_guest_init::frame::{self, MAX_FRAME_LEN};
+use cellbox_guest_init::protocol::{
+    DEFAULT_CONTEXT, Failure, Op, Reply, ReplyBody, Request, Stream, VERSION,
+};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
+
+use crate::error::{Error, Result};
+use crate::event::Event;
+use crate::execution::{CellResult, Execution};
+use crate::executor::{EventCallback, RunOptions};
+
+type Pending = Arc<Mutex<HashMap<u64, mpsc::UnboundedSender<ReplyBody>>>>;
+
+/// How much longer than a cell's own timeout the host waits for the guest.
+const GUEST_GRACE: Duration = Duration::from_secs(15);
+
+/// A connection to `guest-init`.
+pub struct GuestClient {
+    writer: tokio::sync::Mutex<Box<dyn AsyncWrite + Send + Unpin>>,
+    pending: Pending,
+    next_id: AtomicU64,
+    reader: tokio::task::JoinHandle<()>,
+}
+
+impl std::fmt::Debug for GuestClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GuestClient").finish_non_exhaustive()
+    }
+}
+
+fn died(reason: impl Into<String>) -> Error {
+    Error::SandboxDied {
+        reason: reason.into(),
+    }
+}
+
+impl GuestClient {
+    /// Connects over `stream` and checks that both sides speak the same protocol.
+    pub async fn connect<S>(stream: S, hello_timeout: Duration) -> Result<GuestClient>
+    where
+        S: AsyncRead + AsyncWrite + Send + 'static,
+    {
+        let (read, write) = tokio::io::split(stream);
+        let pending: Pending = Arc::default();
+        let reader = tokio::spawn(route_replies(read, pending.clone()));
+        let client = GuestClient {
+            writer: tokio::sync::Mutex::new(Box::new(write)),
+            pending,
+            next_id: AtomicU64::new(1),
+            reader,
+        };
+        let hello =
+            tokio::time::timeout(hello_timeout, client.call(Op::Hello { version: VERSION }))
+                .await
+                .map_err(|_| {
+                    died(format!(
+                        "guest-init did not answer within {hello_timeout:?}"
+                    ))
+                })??;
+        match hello {
+            ReplyBody::Hello { .. } => Ok(client),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Sends a request; its replies arrive on the returned channel, which
+    /// closes if the guest goes away.
+    pub async fn request(&self, op: Op) -> Result<mpsc::UnboundedReceiver<ReplyBody>> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, tx);
+        let bytes = frame::encode(&Request { id, op })
+            .map_err(|e| Error::InvalidArgument(format!("request too large: {e}")))?;
+        let mut writer = self.writer.lock().await;
+        if let Err(e) = async {
+            writer.write_all(&bytes).await?;
+            writer.flush().await
+        }
+        .await
+        {
+            self.pending
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&id);
+            return Err(died(format!("the guest connection broke: {e}")));
+        }
+        Ok(rx)
+    }
+
+    /// Sends a request that has a single reply and returns it.
+    pub async fn call(&self, op: Op) -> Result<ReplyBody> {
+        let mut replies = self.request(op).await?;
+        replies
+            .recv()
+            .await
+            .ok_or_else(|| died("the guest closed the connection"))
+    }
+
+    /// Runs a cell in `context`, streaming its events.
+    pub async fn execute(
+        &self,
+        context: &str,
+        code: &str,
+        options: &RunOptions,
+        default_timeout: Duration,
+        on_event: &mut EventCallback<'_>,
+    ) -> Result<Execution> {
+        let timeout = options.timeout.unwrap_or(default_timeout);
+        let mut replies = self
+            .request(Op::Execute {
+                context: context.to_string(),
+                code: code.to_string(),
+                env: options.env.clone(),
+                timeout_ms: Some(timeout.as_millis().try_into().unwrap_or(u64::MAX)),
+            })
+            .await?;
+        let mut execution = Execution::default();
+        let deadline = tokio::time::sleep(timeout + GUEST_GRACE);
+        tokio::pin!(deadline);
+        loop {
+            let reply = tokio::select! {
+                reply = replies.recv() => reply.ok_or_else(|| died("the guest closed the connection during the cell"))?,
+                () = &mut deadline => return Err(died(format!("the guest did not answer within {:?}", timeout + GUEST_GRACE))),
+            };
+            let event = match reply {
+                ReplyBody::Output {
+                    stream: Stream::Stdout,
+                    text,
+                } => Event::Stdout(text),
+                ReplyBody::Output {
+                    stream: Stream::Stderr,
+                    text,
+                } => Event::Stderr(text),
+                ReplyBody::Result { result } => {
+                    match serde_json::from_value::<CellResult>(result) {
+                        Ok(result) => Event::Result(Box::new(result)),
+                        Err(e) => {
+                            Event::Stderr(format!("[cellbox: ignored a malformed result: {e}]\n"))
+                        }
+                    }
+                }
+                ReplyBody::Error {
+                    name,
+                    value,
+                    traceback,
+                } => Event::Error(crate::ExecutionError {
+                    name,
+                    value,
+                    traceback,
+                }),
+                ReplyBody::ExecuteDone { execution_count } => Event::End { execution_count },
+                ReplyBody::Failed {
+                    failure: Failure::Timeout,
+                    message,
+                } => {
+                    return Err(Error::Timeout {
+                        after: timeout,
+                        restarted: message.contains("restarted"),
+                    });
+                }
+                ReplyBody::Failed {
+                    failure: Failure::KernelDied,
+                    message,
+                } => {
+                    return Err(died(format!(
+                        "the Python kernel died: {message}; the next cell starts a fresh kernel"
+                    )));
+                }
+                other => return Err(failure(other)),
+            };
+            execution.apply(&event);
+            on_event(&event);
+            if matches!(event, Event::End { .. }) {
+                return Ok(execution);
+            }
+        }
+    }
+
+    /// Restarts the default context's kernel.
+    pub async fn restart_default(&self) -> Result<()> {
+        match self
+            .call(Op::RestartContext {
+                context: DEFAULT_CONTEXT.into(),
+            })
+            .await?
+        {
+            ReplyBody::Done => Ok(()),
+            other => Err(failure(other)),
+        }
+    }
+
+    /// Asks the guest to stop everything.
+    pub async fn shutdown(&self) -> Result<()> {
+        match tokio::time::timeout(Duration::from_secs(5), self.call(Op::Shutdown)).await {
+            Ok(Ok(ReplyBody::Done)) | Ok(Err(Error::SandboxDied { .. })) | Err(_) => Ok(()),
+            Ok(Ok(other)) => Err(failure(other)),
+            Ok(Err(e)) => Err(e),
+        }
+    }
+}
+
+impl Drop for GuestClient {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
+/// The error for a `Failed` reply (or any reply that should not have come).
+pub fn failure(reply: ReplyBody) -> Error {
+    match reply {
+        ReplyBody::Failed {
+            failure: Failure::NotFound,
+            message,
+        } => Error::NotFound(message),
+        ReplyBody::Failed {
+            failure: Failure::BadRequest,
+            message,
+        } => Error::InvalidArgument(message),
+        ReplyBody::Failed {
+            failure: Failure::Version,
+            message,
+        } => Error::Artifact {
+            what: "the guest image".into(),
+            reason: message,
+        },
+        ReplyBody::Failed { message, .. } => died(message),
+        other => unexpected(other),
+    }
+}
+
+fn unexpected(reply: ReplyBody) -> Error {
+    died(format!("the guest sent an unexpected reply: {reply:?}"))
+}
+
+/// Reads frames and hands each reply to its request's channel. Garbage is
+/// logged and skipped; a broken stream closes every pending channel.
+async fn route_replies(mut read: impl AsyncRead + Unpin, pending: Pending) {
+    let mut header = [0u8; 4];
+    loop {
+        if read.read_exact(&mut header).await.is_err() {
+            break;
+        }
+        let len = u32::from_be_bytes(header) as usize;
+        if len > MAX_FRAME_LEN {
+            tracing::warn!("guest sent a {len}-byte frame, over the limit; closing the connection");
+            break;
+        }
+        let mut payload = vec![0u8; len];
+        if read.read_exact(&mut payload).await.is_err() {
+            break;
+        }
+        let reply: Reply = match serde_json::from_slice(&payload) {
+            Ok(reply) => reply,
+            Err(e) => {
+                tracing::warn!("ignored a malformed message from the guest: {e}");
+                continue;
+            }
+        };
+        let mut table = pending.lock().unwrap_or_else(|p| p.into_inner());
+        let last = reply.body.is_final();
+        if let Some(tx) = table.get(&reply.id) {
+            let _ = tx.send(reply.body);
+        }
+        if last {
+            table.remove(&reply.id);
+        }
+    }
+    pending.lock().unwrap_or_else(|p| p.into_inner()).clear();
+}

@@ -1,0 +1,263 @@
+//! `NamespaceExecutor`: the guest (`guest-init` + IPython kernel on the Debian
+//! root file system) run in Linux namespaces on the host's own kernel.
+
+use std::ffi::CString;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use cellbox_guest_init::protocol::DEFAULT_CONTEXT;
+
+use super::cgroup::Cgroup;
+use crate::error::{Error, Result};
+use crate::execution::Execution;
+use crate::executor::{Backend, EventCallback, Executor, RunOptions};
+use crate::guest::{GuestArtifacts, GuestClient};
+use crate::progress::Progress;
+
+/// How to start a namespace sandbox.
+#[derive(Debug, Clone)]
+pub struct NamespaceConfig {
+    /// The artefact cache; `None` means [`crate::default_cache_dir`].
+    pub cache_dir: Option<PathBuf>,
+    /// Receives progress lines while artefacts are built.
+    pub progress: Progress,
+    /// Memory for everything in the sandbox, kernels included.
+    pub memory_limit: u64,
+    /// Most processes (and threads) alive at once in the sandbox.
+    pub max_processes: u32,
+    /// CPU seconds each process in the sandbox may use.
+    pub cpu_time_limit: Duration,
+    /// Timeout for cells whose [`RunOptions`] set none.
+    pub default_timeout: Duration,
+}
+
+impl Default for NamespaceConfig {
+    fn default() -> Self {
+        NamespaceConfig {
+            cache_dir: None,
+            progress: Progress::default(),
+            memory_limit: 2 << 30,
+            max_processes: 256,
+            cpu_time_limit: Duration::from_secs(3600),
+            default_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// A stateful Python session in a namespace sandbox: new user, mount, PID,
+/// network (loopback only), IPC and UTS namespaces; the Debian root file
+/// system as a read-only lower layer under a private writable layer; memory,
+/// process-count and CPU-time limits.
+///
+/// Its isolation is that of a container: the host kernel is shared, so a
+/// kernel exploit escapes it. Use the microVM backend for strong isolation.
+#[derive(Debug)]
+pub struct NamespaceExecutor {
+    client: Option<GuestClient>,
+    launcher: tokio::process::Child,
+    default_timeout: Duration,
+    _cgroup: Cgroup,
+    _dir: tempfile::TempDir,
+}
+
+fn unavailable(reason: impl Into<String>) -> Error {
+    Error::Unavailable {
+        backend: Backend::Namespace,
+        reason: reason.into(),
+    }
+}
+
+impl NamespaceExecutor {
+    /// Starts a sandbox (building the guest artefacts first if needed).
+    pub async fn start(config: NamespaceConfig) -> Result<NamespaceExecutor> {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return Err(unavailable("it needs root (mounts and control groups)"));
+        }
+        let cache_root = config
+            .cache_dir
+            .clone()
+            .unwrap_or_else(crate::default_cache_dir);
+        let progress = config.progress.clone();
+        let artifacts =
+            tokio::task::spawn_blocking(move || GuestArtifacts::ensure(&cache_root, &progress))
+                .await
+                .map_err(|e| unavailable(format!("building the guest failed: {e}")))??;
+
+        let dir = tempfile::Builder::new()
+            .prefix("cellbox-ns-")
+            .tempdir()
+            .map_err(|e| Error::io("creating the sandbox folder", e))?;
+        for sub in ["upper", "work", "root"] {
+            std::fs::create_dir(dir.path().join(sub))
+                .map_err(|e| Error::io("creating the sandbox folder", e))?;
+        }
+        let name = dir
+            .path()
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "cellbox-ns".into());
+        let cgroup = Cgroup::create(&name, config.memory_limit, config.max_processes)?;
+
+        let (host_end, guest_end) = std::os::unix::net::UnixStream::pair()
+            .map_err(|e| Error::io("creating the guest socket", e))?;
+        let overlay = format!(
+            "lowerdir={}:{},upperdir={},workdir={}",
+            artifacts.layer.display(),
+            artifacts.tree.display(),
+            dir.path().join("upper").display(),
+            dir.path().join("work").display()
+        );
+        let mut command = std::process::Command::new("unshare");
+        command
+            .args([
+                "--user",
+                "--map-root-user",
+                "--mount",
+                "--pid",
+                "--net",
+                "--ipc",
+                "--uts",
+            ])
+            .args(["--fork", "--kill-child", "--"])
+            .arg(artifacts.layer.join("sbin/init"))
+            .args(["--fd", "3", "--namespace-root"])
+            .arg(dir.path().join("root"))
+            .arg("--overlay")
+            .arg(overlay)
+            .env_clear()
+            .env(
+                "PATH",
+                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            )
+            .env("HOME", "/home/user")
+            .env("LANG", "C.UTF-8")
+            .stdin(std::process::Stdio::null());
+        prepare_child(
+            &mut command,
+            OwnedFd::from(guest_end),
+            cgroup.procs_files(),
+            config.cpu_time_limit,
+        );
+        let mut launcher = tokio::process::Command::from(command)
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| unavailable(format!("cannot run unshare (util-linux): {e}")))?;
+
+        host_end
+            .set_nonblocking(true)
+            .map_err(|e| Error::io("configuring the guest socket", e))?;
+        let stream = tokio::net::UnixStream::from_std(host_end)
+            .map_err(|e| Error::io("configuring the guest socket", e))?;
+        let client = match GuestClient::connect(stream, Duration::from_secs(30)).await {
+            Ok(client) => client,
+            Err(e) => {
+                let _ = launcher.kill().await;
+                return Err(unavailable(format!("the sandbox did not start: {e}")));
+            }
+        };
+        Ok(NamespaceExecutor {
+            client: Some(client),
+            launcher,
+            default_timeout: config.default_timeout,
+            _cgroup: cgroup,
+            _dir: dir,
+        })
+    }
+}
+
+/// Between fork and exec: join the control groups, cap CPU time, and put the
+/// guest's end of the socket at fd 3.
+fn prepare_child(
+    command: &mut std::process::Command,
+    guest_end: OwnedFd,
+    procs: Vec<CString>,
+    cpu: Duration,
+) {
+    let fd = guest_end.as_raw_fd();
+    let cpu_secs = cpu.as_secs().max(1) as libc::rlim_t;
+    // SAFETY: the closure uses only async-signal-safe calls (open, write,
+    // close, setrlimit, dup2) on data prepared before the fork; `guest_end`
+    // moves into the closure, so the descriptor stays open until exec.
+    unsafe {
+        command.pre_exec(move || {
+            let _keep = &guest_end;
+            for path in &procs {
+                let file = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                let joined = file >= 0 && libc::write(file, b"0".as_ptr().cast(), 1) == 1;
+                if file >= 0 {
+                    libc::close(file);
+                }
+                if !joined {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            let limit = libc::rlimit {
+                rlim_cur: cpu_secs,
+                rlim_max: cpu_secs,
+            };
+            if libc::setrlimit(libc::RLIMIT_CPU, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // dup2 clears close-on-exec on the copy; when fd is already 3, clear it directly.
+            let placed = if fd == 3 {
+                libc::fcntl(3, libc::F_SETFD, 0)
+            } else {
+                libc::dup2(fd, 3)
+            };
+            if placed < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+#[async_trait]
+impl Executor for NamespaceExecutor {
+    fn backend(&self) -> Backend {
+        Backend::Namespace
+    }
+
+    async fn execute(
+        &mut self,
+        code: &str,
+        options: &RunOptions,
+        on_event: &mut EventCallback<'_>,
+    ) -> Result<Execution> {
+        let client = self.client.as_ref().ok_or(Error::Closed)?;
+        client
+            .execute(
+                DEFAULT_CONTEXT,
+                code,
+                options,
+                self.default_timeout,
+                on_event,
+            )
+            .await
+    }
+
+    async fn restart(&mut self) -> Result<()> {
+        self.client
+            .as_ref()
+            .ok_or(Error::Closed)?
+            .restart_default()
+            .await
+    }
+
+    async fn close(&mut self) -> Result<()> {
+        if let Some(client) = self.client.take() {
+            let _ = client.shutdown().await;
+        }
+        if tokio::time::timeout(Duration::from_secs(5), self.launcher.wait())
+            .await
+            .is_err()
+        {
+            let _ = self.launcher.kill().await;
+        }
+        Ok(())
+    }
+}

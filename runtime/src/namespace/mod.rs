@@ -1,0 +1,10 @@
+//! The namespace sandbox: the same guest as the microVM, run in Linux
+//! namespaces where hardware virtualisation is missing.
+//!
+//! - [`executor`]: [`NamespaceExecutor`] and its [`NamespaceConfig`]
+//! - [`cgroup`]: the per-sandbox memory and process limits
+
+pub mod cgroup;
+pub mod executor;
+
+pub use executor::{NamespaceConfig, NamespaceExecutor};
