@@ -57,13 +57,11 @@ pub fn write(path: &str, data: &str, append: bool) -> ReplyBody {
             return ReplyBody::failed(Failure::BadRequest, format!("data is not base64: {e}"));
         }
     };
-    if let Some(parent) = Path::new(path)
+    let parent = Path::new(path)
         .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-    {
-        if let Err(e) = fs::create_dir_all(parent) {
-            return failed(path, e);
-        }
+        .filter(|p| !p.as_os_str().is_empty());
+    if let Some(Err(e)) = parent.map(fs::create_dir_all) {
+        return failed(path, e);
     }
     let file = fs::OpenOptions::new()
         .create(true)

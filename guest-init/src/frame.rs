@@ -136,7 +136,7 @@ mod tests {
                 state ^= state << 17;
                 bytes.push(state as u8);
             }
-            if state % 2 == 0 {
+            if state.is_multiple_of(2) {
                 let body = (len as u32).to_be_bytes();
                 bytes[..4].copy_from_slice(&body);
             }

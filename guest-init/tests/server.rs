@@ -35,7 +35,7 @@ fn ask(stream: &mut File, id: u64, op: Op) -> ReplyBody {
 fn garbage_gets_an_error_reply_and_the_server_goes_on() {
     let (mut stream, server) = start();
     let mut state = 0x9e37_79b9_7f4a_7c15u64;
-    for round in 0..200 {
+    for round in 0..200u32 {
         let len = (state % 300) as usize;
         let mut payload = Vec::with_capacity(len);
         for _ in 0..len {
@@ -44,7 +44,7 @@ fn garbage_gets_an_error_reply_and_the_server_goes_on() {
             state ^= state << 17;
             payload.push(state as u8);
         }
-        if round % 3 == 0 {
+        if round.is_multiple_of(3) {
             payload = format!("{{\"id\": {round}, \"op\": {{\"type\": \"nope\"}}}}").into_bytes();
         }
         stream
