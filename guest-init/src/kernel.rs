@@ -61,6 +61,8 @@ impl Kernel {
             .arg(DRIVER)
             .current_dir(cwd)
             .env("MPLBACKEND", "Agg")
+            // Built into the root file system, so sessions skip the font scan.
+            .env("MPLCONFIGDIR", "/var/cache/cellbox/matplotlib")
             .env("PYTHONUNBUFFERED", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

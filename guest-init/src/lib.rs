@@ -4,7 +4,8 @@
 //! - [`protocol`], [`frame`]: the messages and how they are framed
 //! - [`server`]: answers requests; [`contexts`] and [`kernel`] run Python,
 //!   [`files`] and [`commands`] the rest
-//! - [`pid1`]: mounts, reaping and shutdown when running as PID 1
+//! - [`pid1`]: mounts, reaping and shutdown when running as PID 1;
+//!   [`seccomp`]: the system-call filter everything after setup runs under
 
 pub mod commands;
 pub mod contexts;
@@ -13,6 +14,7 @@ pub mod frame;
 pub mod kernel;
 pub mod pid1;
 pub mod protocol;
+pub mod seccomp;
 pub mod server;
 
 /// Where this crate's sources are, so that the host can build `guest-init`

@@ -97,6 +97,10 @@ fn run_server(args: &Args) -> ExitCode {
     let Some(fd) = args.fd else {
         return ExitCode::from(2);
     };
+    if let Err(e) = cellbox_guest_init::seccomp::install() {
+        eprintln!("guest-init: {e}");
+        return ExitCode::from(3);
+    }
     // SAFETY: the launcher passed this descriptor to us for our exclusive use.
     let stream = unsafe { File::from_raw_fd(fd) };
     let home = args.home.as_deref().unwrap_or("/home/user");

@@ -119,6 +119,20 @@ async fn there_is_no_network() {
 }
 
 #[tokio::test]
+async fn dangerous_system_calls_are_filtered() {
+    let mut sandbox = namespace_session().await;
+    let probe = sandbox
+        .run("import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\nlibc.unshare(0), ctypes.get_errno()")
+        .await
+        .unwrap();
+    assert_eq!(
+        probe.text(),
+        Some("(-1, 1)"),
+        "unshare fails with EPERM: {probe:?}"
+    );
+}
+
+#[tokio::test]
 async fn memory_and_fork_bombs_are_stopped() {
     let mut sandbox = namespace_session().await;
     let huge = sandbox.run("b = bytearray(50 * 2**30)").await.unwrap();
@@ -187,4 +201,36 @@ async fn per_run_env_vars_and_restart() {
     sandbox.restart().await.unwrap();
     let after = sandbox.run("os").await.unwrap();
     assert_eq!(after.error.expect("state cleared").name, "NameError");
+}
+
+#[tokio::test]
+async fn the_same_guest_becomes_an_ext4_image() {
+    let cache = cellbox::default_cache_dir();
+    let artifacts = tokio::task::spawn_blocking(move || {
+        let guest = cellbox::guest::GuestArtifacts::ensure(&cache, &Default::default())?;
+        let image = guest.ext4_image(&Default::default())?;
+        Ok::<_, cellbox::Error>((guest, image))
+    })
+    .await
+    .unwrap();
+    let (guest, image) = artifacts.expect("guest artefacts and image");
+    let stat = std::process::Command::new("debugfs")
+        .args(["-R", "stat /usr/sbin/init"])
+        .arg(&image)
+        .output()
+        .expect("debugfs (e2fsprogs)");
+    let text = String::from_utf8_lossy(&stat.stdout);
+    let size = std::fs::metadata(guest.layer.join("sbin/init"))
+        .unwrap()
+        .len();
+    assert!(
+        text.contains(&format!("Size: {size}")),
+        "guest-init in the image: {text}"
+    );
+    let fsck = std::process::Command::new("e2fsck")
+        .arg("-fn")
+        .arg(&image)
+        .status()
+        .unwrap();
+    assert!(fsck.success(), "the image is a clean ext4 file system");
 }

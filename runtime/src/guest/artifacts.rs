@@ -11,6 +11,7 @@ use crate::error::{Error, Result};
 use crate::progress::Progress;
 
 const ROOTFS_SCRIPT: &str = include_str!("../../../guest-init/rootfs/build.sh");
+const EXT4_SCRIPT: &str = include_str!("../../../guest-init/rootfs/make-ext4.sh");
 
 /// Built guest artefacts.
 #[derive(Debug, Clone)]
@@ -19,6 +20,8 @@ pub struct GuestArtifacts {
     pub tree: PathBuf,
     /// A small tree with `sbin/init` and `usr/lib/cellbox/`, laid over `tree`.
     pub layer: PathBuf,
+    /// Where the ext4 image of `tree` + `layer` is kept once made.
+    image_dir: PathBuf,
 }
 
 impl GuestArtifacts {
@@ -53,10 +56,35 @@ impl GuestArtifacts {
             "sbin/init",
             |dir| build_layer(dir, &cache_root.join("guest-init-target"), progress),
         )?;
+        let image_dir = cache_root.join("image").join(cache::input_key([
+            ("rootfs", rootfs.as_os_str().as_encoded_bytes()),
+            ("layer", layer.as_os_str().as_encoded_bytes()),
+            ("make-ext4.sh", EXT4_SCRIPT.as_bytes()),
+        ]));
         Ok(GuestArtifacts {
             tree: rootfs.join("tree"),
             layer,
+            image_dir,
         })
+    }
+
+    /// The root file system as an ext4 image (the microVM's disk), made on
+    /// first use from `tree` and `layer` without loop devices. Blocking.
+    pub fn ext4_image(&self, progress: &Progress) -> Result<PathBuf> {
+        let dir = builder::ensure_built(&self.image_dir, "rootfs.ext4", |dir| {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+            let partial = dir.join("rootfs.ext4.partial");
+            builder::run_embedded_script(
+                &[("make-ext4.sh", EXT4_SCRIPT)],
+                &[&self.tree, &self.layer, &partial],
+                progress,
+                "making the ext4 image (guest-init/rootfs/make-ext4.sh)",
+            )?;
+            std::fs::rename(&partial, dir.join("rootfs.ext4"))
+                .map_err(|e| Error::io(format!("finishing {}", dir.display()), e))
+        })?;
+        Ok(dir.join("rootfs.ext4"))
     }
 }
 
