@@ -57,7 +57,7 @@ const ARCH: TargetArch = TargetArch::aarch64;
 pub fn install() -> Result<(), String> {
     let rules = DENIED
         .iter()
-        .map(|&nr| (nr as i64, vec![]))
+        .map(|&nr| (i64::from(nr), vec![]))
         .collect::<BTreeMap<_, _>>();
     let filter = SeccompFilter::new(
         rules,
