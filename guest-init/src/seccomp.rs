@@ -8,7 +8,7 @@ use seccompiler::{BpfProgram, SeccompAction, SeccompFilter, TargetArch};
 
 /// Denied: mounting and namespace games, kernel modules and kexec, BPF and
 /// perf, keyrings, tracing other processes, clocks, swap, reboot.
-const DENIED: &[libc::c_long] = &[
+const DENIED: &[i64] = &[
     libc::SYS_mount,
     libc::SYS_umount2,
     libc::SYS_pivot_root,
@@ -57,7 +57,7 @@ const ARCH: TargetArch = TargetArch::aarch64;
 pub fn install() -> Result<(), String> {
     let rules = DENIED
         .iter()
-        .map(|&nr| (i64::from(nr), vec![]))
+        .map(|&nr| (nr, vec![]))
         .collect::<BTreeMap<_, _>>();
     let filter = SeccompFilter::new(
         rules,
