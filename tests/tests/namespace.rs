@@ -234,3 +234,21 @@ async fn the_same_guest_becomes_an_ext4_image() {
         .unwrap();
     assert!(fsck.success(), "the image is a clean ext4 file system");
 }
+
+#[tokio::test]
+async fn orphans_are_reaped_by_guest_init() {
+    let mut sandbox = namespace_session().await;
+    let spawned = sandbox
+        .run("import subprocess; subprocess.run('for i in 1 2 3 4 5; do sleep 0.1 & done', shell=True).returncode")
+        .await
+        .unwrap();
+    assert_eq!(spawned.text(), Some("0"));
+    let zombies = sandbox
+        .run(
+            "import os, time; time.sleep(1)\n\
+             [p for p in os.listdir('/proc') if p.isdigit() and open(f'/proc/{p}/stat').read().split()[2] == 'Z']",
+        )
+        .await
+        .unwrap();
+    assert_eq!(zombies.text(), Some("[]"), "PID 1 reaps orphaned children");
+}
