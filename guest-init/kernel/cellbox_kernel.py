@@ -239,6 +239,35 @@ class _PyplotHook:
 
 # ---- the IPython shell ----------------------------------------------------------------
 # (imported only now: the SIGINT handler above must already be in place)
+def _defer_ipython_package_init():
+    """IPython/__init__.py imports the terminal front end (prompt_toolkit and more:
+    about 200 ms, half a new sandbox's start) that a kernel never uses. Put the
+    package in sys.modules without running its __init__; the first lookup of a
+    name it defines (IPython.get_ipython, IPython.display, __version__, ...) runs
+    it then, in the same module object, so user code sees the whole package."""
+    import importlib.util, types
+    spec = importlib.util.find_spec("IPython")
+    if spec is None or spec.origin is None:
+        return
+    package = importlib.util.module_from_spec(spec)
+    state = {"loaded": False}
+
+    def __getattr__(name):
+        if not state["loaded"]:
+            state["loaded"] = True
+            del package.__getattr__
+            spec.loader.exec_module(package)
+            return getattr(package, name)
+        raise AttributeError(f"module 'IPython' has no attribute {name!r}")
+
+    package.__getattr__ = __getattr__
+    sys.modules["IPython"] = package
+    # What the core modules take from the package while it is deferred.
+    from IPython.core.getipython import get_ipython
+    package.get_ipython = get_ipython
+
+
+_defer_ipython_package_init()
 from IPython.core.displayhook import DisplayHook  # noqa: E402
 from IPython.core.displaypub import DisplayPublisher  # noqa: E402
 from IPython.core.interactiveshell import InteractiveShell  # noqa: E402

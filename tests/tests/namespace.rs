@@ -44,6 +44,15 @@ async fn plots_tables_and_shell_lines() {
 
     let shell = sandbox.run("!echo hi").await.unwrap();
     assert_eq!(shell.logs.stdout.concat(), "hi\n");
+    let ipython = sandbox
+        .run("import IPython\nfrom IPython.display import HTML\nIPython.get_ipython() is get_ipython(), HTML('<b>x</b>')._repr_html_()")
+        .await
+        .unwrap();
+    assert_eq!(
+        ipython.text(),
+        Some("(True, '<b>x</b>')"),
+        "the whole IPython package is there"
+    );
     let magic = sandbox.run("%pwd").await.unwrap();
     assert_eq!(magic.text(), Some("'/home/user'"));
     let failed = sandbox.run("undefined_name").await.unwrap();
