@@ -55,6 +55,27 @@ impl Sample {
     }
 }
 
+/// Like [`measure`], for operations with set-up or clean-up that must not
+/// count: `f` returns the time of the part that matters.
+pub async fn measure_part(
+    name: &str,
+    warmup: usize,
+    runs: usize,
+    mut f: impl AsyncFnMut() -> Duration,
+) -> Sample {
+    for _ in 0..warmup {
+        f().await;
+    }
+    let mut times = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        times.push(f().await);
+    }
+    Sample {
+        name: name.to_string(),
+        times,
+    }
+}
+
 /// Formats a duration in the unit that suits it.
 pub fn human(d: Duration) -> String {
     let micros = d.as_secs_f64() * 1e6;

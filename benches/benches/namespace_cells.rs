@@ -13,7 +13,9 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use cellbox::{Executor, NamespaceConfig, NamespaceExecutor};
-use cellbox_benches::{Sample, measure, table};
+use std::time::Instant;
+
+use cellbox_benches::{Sample, measure, measure_part, table};
 
 #[tokio::main]
 async fn main() {
@@ -28,29 +30,27 @@ async fn main() {
     .await;
     warmup.close().await.unwrap();
 
-    let first = measure("new sandbox → `1 + 1`", 1, 10, async || {
+    // Timed from the call to start until the first result; closing is not counted.
+    let first_result = async |code: &str| {
+        let started = Instant::now();
         let mut sandbox = NamespaceExecutor::start(NamespaceConfig::default())
             .await
             .unwrap();
-        assert_eq!(sandbox.run("1 + 1").await.unwrap().text(), Some("2"));
+        let execution = sandbox.run(code).await.unwrap();
+        let elapsed = started.elapsed();
+        assert!(execution.error.is_none(), "{execution:?}");
         sandbox.close().await.unwrap();
+        elapsed
+    };
+    let first = measure_part("new sandbox → `1 + 1`", 1, 10, async || {
+        first_result("1 + 1").await
     })
     .await;
-    let heavy = measure(
+    let heavy = measure_part(
         "new sandbox → `import numpy, pandas, matplotlib`",
         1,
         10,
-        async || {
-            let mut sandbox = NamespaceExecutor::start(NamespaceConfig::default())
-                .await
-                .unwrap();
-            let execution = sandbox
-                .run("import numpy, pandas, matplotlib.pyplot")
-                .await
-                .unwrap();
-            assert!(execution.error.is_none(), "{execution:?}");
-            sandbox.close().await.unwrap();
-        },
+        async || first_result("import numpy, pandas, matplotlib.pyplot").await,
     )
     .await;
 
