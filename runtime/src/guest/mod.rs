@@ -1,8 +1,11 @@
-//! What the heavy backends share: the guest's artefacts and the host side of
-//! the `guest-init` protocol (the message types live in `cellbox-guest-init`).
+//! What the heavy backends share: the guest's artefacts (root file system,
+//! guest layer, ext4 image, kernel) and the host side of the `guest-init`
+//! protocol (the message types live in `cellbox-guest-init`).
 
 pub mod artifacts;
 pub mod client;
+pub mod kernel;
 
 pub use artifacts::GuestArtifacts;
 pub use client::GuestClient;
+pub use kernel::GuestKernel;

@@ -1,0 +1,35 @@
+//! The guest kernel builds from Debian's source package with every option the
+//! microVM needs (booting it is the microVM backend's test).
+
+use cellbox::guest::GuestKernel;
+
+#[test]
+fn the_guest_kernel_builds_with_the_options_the_microvm_needs() {
+    let kernel = GuestKernel::ensure(&cellbox::default_cache_dir(), &Default::default())
+        .expect("building the guest kernel");
+    let elf = std::fs::read(kernel.vmlinux()).unwrap();
+    assert_eq!(&elf[..4], b"\x7fELF", "vmlinux is an ELF file");
+    assert_eq!(elf[4], 2, "64-bit");
+    assert_eq!(u16::from_le_bytes([elf[18], elf[19]]), 0x3e, "x86-64");
+    assert!(std::fs::metadata(kernel.bzimage()).unwrap().len() > 500_000);
+    let config = std::fs::read_to_string(kernel.config()).unwrap();
+    for option in [
+        "CONFIG_VIRTIO_MMIO=y",
+        "CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES=y",
+        "CONFIG_VIRTIO_BLK=y",
+        "CONFIG_VIRTIO_VSOCKETS=y",
+        "CONFIG_EXT4_FS=y",
+        "CONFIG_OVERLAY_FS=y",
+        "CONFIG_SERIAL_8250_CONSOLE=y",
+        "CONFIG_SERIAL_8250_NR_UARTS=4",
+        "CONFIG_SERIAL_8250_RUNTIME_UARTS=4",
+        "CONFIG_DEVTMPFS_MOUNT=y",
+        "CONFIG_PVH=y",
+        "CONFIG_SECCOMP_FILTER=y",
+    ] {
+        assert!(
+            config.lines().any(|line| line == option),
+            "{option} missing from the kernel config"
+        );
+    }
+}
