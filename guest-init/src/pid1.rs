@@ -157,10 +157,12 @@ pub fn kill_everything() {
     let _ = nix::sys::signal::kill(Pid::from_raw(-1), nix::sys::signal::Signal::SIGKILL);
 }
 
-/// Powers the microVM off (PID 1 must never just exit there).
+/// Ends the microVM (PID 1 must never just exit there). The guest kernel has
+/// no ACPI, so a power-off would only halt the vCPUs: it restarts instead,
+/// which the VMM sees (i8042 reset or triple fault) and takes as the end.
 pub fn power_off() -> ! {
     nix::unistd::sync();
-    let _ = nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_POWER_OFF);
+    let _ = nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_AUTOBOOT);
     loop {
         std::thread::park();
     }
