@@ -13,8 +13,8 @@
 #   version  the Debian version of linux-source-6.1 it was built from
 # plus .cellbox-guest-kernel, a marker that lets a later run replace OUT_DIR
 # and records what it was built from: a run whose source package version,
-# config.fragment and build.sh are unchanged finds OUT_DIR up to date and
-# does nothing.
+# config.fragment options and build.sh are unchanged finds OUT_DIR up to date
+# and does nothing.
 #
 # Needs: apt-get (Debian or Ubuntu host), about 3 GiB free beside OUT_DIR (for
 # the unpacked source and the objects, removed after a successful build), and
@@ -120,7 +120,9 @@ fi
 VERSION="$(dpkg-query -W -f='${Version}' "$SOURCE_PACKAGE")"
 [[ -r "$TARBALL" ]] || die "$SOURCE_PACKAGE $VERSION is installed but $TARBALL is missing; reinstall it (apt-get install --reinstall $SOURCE_PACKAGE)"
 echo "using $SOURCE_PACKAGE $VERSION, $(gcc --version | sed -n 1p)"
-BUILT_FROM="$SOURCE_PACKAGE $VERSION, fragment $(sha256sum <"$FRAGMENT" | cut -c1-16), build.sh $(sha256sum <"${BASH_SOURCE[0]}" | cut -c1-16)"
+# The fragment's option lines only: editing a comment does not force a rebuild.
+options_hash="$(grep -E '^(# )?CONFIG_' "$FRAGMENT" | sha256sum | cut -c1-16)"
+BUILT_FROM="$SOURCE_PACKAGE $VERSION, fragment options $options_hash, build.sh $(sha256sum <"${BASH_SOURCE[0]}" | cut -c1-16)"
 if [[ "$(cat -- "$OUT/$MARKER" 2>/dev/null)" == "$BUILT_FROM" ]] \
     && [[ -f "$OUT/vmlinux" && -f "$OUT/bzImage" && -f "$OUT/config" && -f "$OUT/version" ]]; then
     echo "$OUT is up to date ($BUILT_FROM); nothing to do (remove it to force a rebuild)"
@@ -190,8 +192,9 @@ configure >>"$LOG" 2>&1 || { tail -n 30 "$LOG" >&2; die "configuring failed (log
 # ---------------------------------------------------------------------------
 step 5 "checking that every option of the fragment holds in the final .config"
 # Lines of the fragment are "CONFIG_X=value" or "# CONFIG_X is not set"; other
-# comments and blank lines are ignored. An option whose dependencies are not
-# met is silently dropped by olddefconfig: this is where that is caught.
+# comments and blank lines are ignored. olddefconfig silently drops an option
+# whose dependencies are not met and forces on one that another option
+# selects: this is where that is caught.
 wanted=0
 failed=()
 while IFS= read -r line || [[ -n "$line" ]]; do

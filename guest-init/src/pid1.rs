@@ -35,12 +35,18 @@ fn mount_fs(
 
 const NODEV_NOSUID: MsFlags = MsFlags::MS_NODEV.union(MsFlags::MS_NOSUID);
 
-/// Mounts `/proc`, `/sys`, `/dev`, `/tmp` and `/run` in a microVM guest.
+/// Mounts `/proc`, `/sys` (with cgroup2), `/dev` (with devpts), `/tmp` and
+/// `/run` in a microVM guest, names it and brings up loopback.
 pub fn mount_vm_basics() -> Result<(), SetupError> {
     mount_fs("proc", "/proc", NODEV_NOSUID | MsFlags::MS_NOEXEC, None)?;
     mount_fs("sysfs", "/sys", NODEV_NOSUID | MsFlags::MS_NOEXEC, None)?;
     mount_fs("devtmpfs", "/dev", MsFlags::MS_NOSUID, None)?;
-    mount_common()
+    mount_fs("devpts", "/dev/pts", NODEV_NOSUID | MsFlags::MS_NOEXEC, Some("mode=620,ptmxmode=666"))?;
+    mount_fs("cgroup2", "/sys/fs/cgroup", NODEV_NOSUID | MsFlags::MS_NOEXEC, None)?;
+    mount_common()?;
+    let _ = sethostname("cellbox");
+    loopback_up();
+    Ok(())
 }
 
 fn mount_common() -> Result<(), SetupError> {
