@@ -41,8 +41,18 @@ pub fn mount_vm_basics() -> Result<(), SetupError> {
     mount_fs("proc", "/proc", NODEV_NOSUID | MsFlags::MS_NOEXEC, None)?;
     mount_fs("sysfs", "/sys", NODEV_NOSUID | MsFlags::MS_NOEXEC, None)?;
     mount_fs("devtmpfs", "/dev", MsFlags::MS_NOSUID, None)?;
-    mount_fs("devpts", "/dev/pts", NODEV_NOSUID | MsFlags::MS_NOEXEC, Some("mode=620,ptmxmode=666"))?;
-    mount_fs("cgroup2", "/sys/fs/cgroup", NODEV_NOSUID | MsFlags::MS_NOEXEC, None)?;
+    mount_fs(
+        "devpts",
+        "/dev/pts",
+        NODEV_NOSUID | MsFlags::MS_NOEXEC,
+        Some("mode=620,ptmxmode=666"),
+    )?;
+    mount_fs(
+        "cgroup2",
+        "/sys/fs/cgroup",
+        NODEV_NOSUID | MsFlags::MS_NOEXEC,
+        None,
+    )?;
     mount_common()?;
     let _ = sethostname("cellbox");
     loopback_up();
