@@ -156,10 +156,7 @@ impl Kernel {
             match said {
                 Ok(Said::Raw(stream, text)) => send(ReplyBody::Output { stream, text }),
                 Ok(Said::Event(event)) => match reply_for(event) {
-                    EventReply::End(execution_count) if interrupted => {
-                        let _ = execution_count;
-                        return CellEnd::TimedOut;
-                    }
+                    EventReply::End(_) if interrupted => return CellEnd::TimedOut,
                     EventReply::End(execution_count) => return CellEnd::Done { execution_count },
                     // The KeyboardInterrupt our own timeout caused is not the user's error.
                     EventReply::Send(ReplyBody::Error { .. }) if interrupted => {}

@@ -34,6 +34,24 @@ pub(crate) fn ensure_built(
     Ok(dir.to_path_buf())
 }
 
+/// A cached build made by an embedded script: `files` (the script first) are
+/// both its inputs and its cache key. Unless `cache_root/kind/<key>/ready`
+/// exists, runs `bash script <that folder>` with progress. Blocking.
+pub(crate) fn script_build(
+    cache_root: &Path,
+    kind: &str,
+    ready: &str,
+    files: &[(&str, &str)],
+    what: &str,
+    progress: &Progress,
+) -> Result<PathBuf> {
+    let key = crate::cache::input_key(files.iter().map(|(name, text)| (*name, text.as_bytes())));
+    ensure_built(&cache_root.join(kind).join(key), ready, |dir| {
+        progress.report(&format!("{what} into {} (first run only)", dir.display()));
+        run_embedded_script(files, &[dir], progress, what)
+    })
+}
+
 /// Runs `command`, sending each line it prints to `progress`; on failure the
 /// error carries the last lines.
 pub(crate) fn run_logged(mut command: Command, progress: &Progress, what: &str) -> Result<()> {

@@ -28,22 +28,13 @@ impl GuestArtifacts {
     /// Returns the cached artefacts, building what is missing (the root file
     /// system takes minutes the first time; progress goes to `progress`). Blocking.
     pub fn ensure(cache_root: &Path, progress: &Progress) -> Result<GuestArtifacts> {
-        let rootfs_key = cache::input_key([("build.sh", ROOTFS_SCRIPT.as_bytes())]);
-        let rootfs = builder::ensure_built(
-            &cache_root.join("rootfs").join(rootfs_key),
+        let rootfs = builder::script_build(
+            cache_root,
+            "rootfs",
             "tree/usr/bin/python3",
-            |dir| {
-                progress.report(&format!(
-                    "building the guest root file system into {} (first run only)",
-                    dir.display()
-                ));
-                builder::run_embedded_script(
-                    &[("build.sh", ROOTFS_SCRIPT)],
-                    &[dir],
-                    progress,
-                    "building the guest root file system (guest-init/rootfs/build.sh)",
-                )
-            },
+            &[("build.sh", ROOTFS_SCRIPT)],
+            "building the guest root file system (guest-init/rootfs/build.sh)",
+            progress,
         )?;
         let sources = guest_init_sources()?;
         let layer_key = cache::input_key(

@@ -5,7 +5,6 @@
 use std::path::{Path, PathBuf};
 
 use crate::builder;
-use crate::cache;
 use crate::error::Result;
 use crate::progress::Progress;
 
@@ -22,22 +21,14 @@ impl GuestKernel {
     /// Returns the cached kernel, building it first if there is none (about
     /// ten minutes on 2 cores; progress goes to `progress`). Blocking.
     pub fn ensure(cache_root: &Path, progress: &Progress) -> Result<GuestKernel> {
-        let key = cache::input_key([
-            ("build.sh", BUILD_SCRIPT.as_bytes()),
-            ("config.fragment", FRAGMENT.as_bytes()),
-        ]);
-        let dir = builder::ensure_built(&cache_root.join("kernel").join(key), "vmlinux", |dir| {
-            progress.report(&format!(
-                "building the guest kernel into {} (first run only, about ten minutes)",
-                dir.display()
-            ));
-            builder::run_embedded_script(
-                &[("build.sh", BUILD_SCRIPT), ("config.fragment", FRAGMENT)],
-                &[dir],
-                progress,
-                "building the guest kernel (guest-kernel/build.sh)",
-            )
-        })?;
+        let dir = builder::script_build(
+            cache_root,
+            "kernel",
+            "vmlinux",
+            &[("build.sh", BUILD_SCRIPT), ("config.fragment", FRAGMENT)],
+            "building the guest kernel (guest-kernel/build.sh; about ten minutes)",
+            progress,
+        )?;
         Ok(GuestKernel { dir })
     }
 

@@ -22,36 +22,21 @@ pub(crate) struct PythonWasm {
 }
 
 impl PythonWasm {
-    /// The cache folder for the current build inputs.
-    fn dir_in(cache_root: &Path) -> PathBuf {
-        let key = cache::input_key([
-            ("build.sh", BUILD_SCRIPT.as_bytes()),
-            ("cellbox_main.c", MAIN_C.as_bytes()),
-            ("cellbox_driver.py", DRIVER_PY.as_bytes()),
-        ]);
-        cache_root.join("python-wasm").join(key)
-    }
-
     /// Returns the cached build, building it first if there is none (about a
     /// minute; progress goes to `progress`). Blocking.
     pub fn ensure(cache_root: &Path, progress: &Progress) -> Result<PythonWasm> {
-        let dir = Self::dir_in(cache_root);
-        let dir = builder::ensure_built(&dir, "python.wasm", |dir| {
-            progress.report(&format!(
-                "building cellbox-python into {} (first run only)",
-                dir.display()
-            ));
-            builder::run_embedded_script(
-                &[
-                    ("build.sh", BUILD_SCRIPT),
-                    ("cellbox_main.c", MAIN_C),
-                    ("cellbox_driver.py", DRIVER_PY),
-                ],
-                &[dir],
-                progress,
-                "building cellbox-python (CPython for WASI) with python-wasm/build.sh",
-            )
-        })?;
+        let dir = builder::script_build(
+            cache_root,
+            "python-wasm",
+            "python.wasm",
+            &[
+                ("build.sh", BUILD_SCRIPT),
+                ("cellbox_main.c", MAIN_C),
+                ("cellbox_driver.py", DRIVER_PY),
+            ],
+            "building cellbox-python (CPython for WASI) with python-wasm/build.sh",
+            progress,
+        )?;
         Ok(PythonWasm { dir })
     }
 
