@@ -1,6 +1,10 @@
 //! Shared helpers for cellbox's integration tests.
 
-use cellbox::{WasmConfig, WasmEngine, WasmExecutor, WasmSessionOptions};
+use std::time::{Duration, Instant};
+
+use cellbox::{
+    Execution, Executor, RunOptions, WasmConfig, WasmEngine, WasmExecutor, WasmSessionOptions,
+};
 use tokio::sync::OnceCell;
 
 static ENGINE: OnceCell<WasmEngine> = OnceCell::const_new();
@@ -35,4 +39,17 @@ pub async fn namespace_session() -> cellbox::NamespaceExecutor {
     cellbox::NamespaceExecutor::start(cellbox::NamespaceConfig::default())
         .await
         .expect("starting a namespace sandbox (needs root)")
+}
+
+/// Runs one cell with a timeout of `secs` seconds; returns its outcome and how
+/// long the call took.
+pub async fn run_with_timeout(
+    executor: &mut impl Executor,
+    code: &str,
+    secs: u64,
+) -> (cellbox::Result<Execution>, Duration) {
+    let started = Instant::now();
+    let options = RunOptions::with_timeout(Duration::from_secs(secs));
+    let outcome = executor.execute(code, &options, &mut |_| {}).await;
+    (outcome, started.elapsed())
 }

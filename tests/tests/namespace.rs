@@ -1,11 +1,11 @@
 //! The full guest (guest-init + IPython kernel on the Debian root file
 //! system) in the namespace sandbox: notebook semantics, limits, isolation.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use base64::Engine as _;
 use cellbox::{Error, Executor, RunOptions};
-use cellbox_tests::namespace_session;
+use cellbox_tests::{namespace_session, run_with_timeout};
 
 #[tokio::test]
 async fn state_persists_between_cells() {
@@ -65,14 +65,7 @@ async fn plots_tables_and_shell_lines() {
 async fn a_timeout_interrupts_the_kernel_which_keeps_its_state() {
     let mut sandbox = namespace_session().await;
     sandbox.run("y = 41").await.unwrap();
-    let started = Instant::now();
-    let outcome = sandbox
-        .execute(
-            "import time; time.sleep(30)",
-            &RunOptions::with_timeout(Duration::from_secs(2)),
-            &mut |_| {},
-        )
-        .await;
+    let (outcome, elapsed) = run_with_timeout(&mut sandbox, "import time; time.sleep(30)", 2).await;
     assert!(
         matches!(
             outcome,
@@ -83,11 +76,7 @@ async fn a_timeout_interrupts_the_kernel_which_keeps_its_state() {
         ),
         "{outcome:?}"
     );
-    assert!(
-        started.elapsed() < Duration::from_secs(5),
-        "{:?}",
-        started.elapsed()
-    );
+    assert!(elapsed < Duration::from_secs(5), "{:?}", elapsed);
     assert_eq!(sandbox.run("y + 1").await.unwrap().text(), Some("42"));
 }
 
@@ -154,14 +143,13 @@ async fn memory_and_fork_bombs_are_stopped() {
             || creeping.as_ref().is_ok_and(|e| e.error.is_some()),
         "{creeping:?}"
     );
-    let forks = sandbox
-        .execute(
-            "import os\nn = 0\ntry:\n    while n < 100000:\n        if os.fork() == 0:\n            import time; time.sleep(3); os._exit(0)\n        n += 1\nexcept OSError:\n    pass\nn",
-            &RunOptions::with_timeout(Duration::from_secs(20)),
-            &mut |_| {},
-        )
-        .await
-        .unwrap();
+    let (forks, _) = run_with_timeout(
+        &mut sandbox,
+        "import os\nn = 0\ntry:\n    while n < 100000:\n        if os.fork() == 0:\n            import time; time.sleep(3); os._exit(0)\n        n += 1\nexcept OSError:\n    pass\nn",
+        20,
+    )
+    .await;
+    let forks = forks.unwrap();
     let made: u32 = forks.text().unwrap().parse().unwrap();
     assert!(
         made < 300,

@@ -1,10 +1,10 @@
 //! The WebAssembly backend through the `Executor` trait: notebook semantics,
 //! limits and isolation.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use cellbox::{Error, Event, Executor, RunOptions, WasmSessionOptions};
-use cellbox_tests::{wasm_session, wasm_session_with};
+use cellbox_tests::{run_with_timeout, wasm_session, wasm_session_with};
 
 #[tokio::test]
 async fn state_persists_between_cells() {
@@ -70,15 +70,7 @@ async fn exceptions_are_execution_errors_and_the_session_goes_on() {
 async fn a_runaway_cell_times_out_and_the_session_restarts() {
     let mut session = wasm_session().await;
     session.run("x = 5").await.unwrap();
-    let started = Instant::now();
-    let outcome = session
-        .execute(
-            "while True: pass",
-            &RunOptions::with_timeout(Duration::from_secs(2)),
-            &mut |_| {},
-        )
-        .await;
-    let elapsed = started.elapsed();
+    let (outcome, elapsed) = run_with_timeout(&mut session, "while True: pass", 2).await;
     assert!(
         matches!(
             outcome,
@@ -101,16 +93,14 @@ async fn a_runaway_cell_times_out_and_the_session_restarts() {
 #[tokio::test]
 async fn a_sleeping_cell_is_interrupted_too() {
     let mut session = wasm_session().await;
-    let started = Instant::now();
-    let outcome = session
-        .execute(
-            "import time; print('before'); time.sleep(30)",
-            &RunOptions::with_timeout(Duration::from_secs(1)),
-            &mut |_| {},
-        )
-        .await;
+    let (outcome, elapsed) = run_with_timeout(
+        &mut session,
+        "import time; print('before'); time.sleep(30)",
+        1,
+    )
+    .await;
     assert!(matches!(outcome, Err(Error::Timeout { .. })), "{outcome:?}");
-    assert!(started.elapsed() < Duration::from_secs(3));
+    assert!(elapsed < Duration::from_secs(3));
     assert_eq!(session.run("2 * 21").await.unwrap().text(), Some("42"));
 }
 
