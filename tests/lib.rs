@@ -53,3 +53,16 @@ pub async fn run_with_timeout(
     let outcome = executor.execute(code, &options, &mut |_| {}).await;
     (outcome, started.elapsed())
 }
+
+/// The per-run environment contract every backend keeps: `FOO=bar` is set for
+/// that cell only.
+pub async fn check_env_vars_do_not_leak(executor: &mut impl Executor) {
+    let options = RunOptions::default().env("FOO", "bar");
+    let with = executor
+        .execute("import os; os.environ.get('FOO')", &options, &mut |_| {})
+        .await
+        .unwrap();
+    assert_eq!(with.text(), Some("'bar'"));
+    let without = executor.run("os.environ.get('FOO')").await.unwrap();
+    assert!(without.results.is_empty(), "None is not shown: {without:?}");
+}

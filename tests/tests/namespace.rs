@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use base64::Engine as _;
-use cellbox::{Error, Executor, RunOptions};
-use cellbox_tests::{namespace_session, run_with_timeout};
+use cellbox::{Error, Executor};
+use cellbox_tests::{check_env_vars_do_not_leak, namespace_session, run_with_timeout};
 
 #[tokio::test]
 async fn state_persists_between_cells() {
@@ -178,23 +178,7 @@ async fn a_killed_kernel_is_reported_and_replaced() {
 #[tokio::test]
 async fn per_run_env_vars_and_restart() {
     let mut sandbox = namespace_session().await;
-    let with = sandbox
-        .execute(
-            "import os; os.environ.get('FOO')",
-            &RunOptions::default().env("FOO", "bar"),
-            &mut |_| {},
-        )
-        .await
-        .unwrap();
-    assert_eq!(with.text(), Some("'bar'"));
-    assert!(
-        sandbox
-            .run("os.environ.get('FOO')")
-            .await
-            .unwrap()
-            .results
-            .is_empty()
-    );
+    check_env_vars_do_not_leak(&mut sandbox).await;
     sandbox.restart().await.unwrap();
     let after = sandbox.run("os").await.unwrap();
     assert_eq!(after.error.expect("state cleared").name, "NameError");

@@ -4,7 +4,9 @@
 use std::time::Duration;
 
 use cellbox::{Error, Event, Executor, RunOptions, WasmSessionOptions};
-use cellbox_tests::{run_with_timeout, wasm_session, wasm_session_with};
+use cellbox_tests::{
+    check_env_vars_do_not_leak, run_with_timeout, wasm_session, wasm_session_with,
+};
 
 #[tokio::test]
 async fn state_persists_between_cells() {
@@ -239,18 +241,7 @@ async fn rich_representations_become_formats() {
 
 #[tokio::test]
 async fn per_run_env_vars_do_not_leak() {
-    let mut session = wasm_session().await;
-    let with = session
-        .execute(
-            "import os; os.environ.get('FOO')",
-            &RunOptions::default().env("FOO", "bar"),
-            &mut |_| {},
-        )
-        .await
-        .unwrap();
-    assert_eq!(with.text(), Some("'bar'"));
-    let without = session.run("os.environ.get('FOO')").await.unwrap();
-    assert!(without.results.is_empty(), "None is not shown: {without:?}");
+    check_env_vars_do_not_leak(&mut wasm_session().await).await;
 }
 
 #[tokio::test]
