@@ -1,0 +1,117 @@
+//! Virtio: the device trait, the interrupt a device raises, the virtio-mmio
+//! transport, and the devices (block, vsock).
+
+pub mod block;
+pub mod mmio;
+pub mod vsock;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use virtio_queue::Queue;
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::EventFd;
+
+pub use mmio::MmioTransport;
+
+/// `VIRTIO_F_VERSION_1`: every cellbox device is a modern (1.x) device.
+pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
+/// Device id of virtio-blk.
+pub const TYPE_BLOCK: u32 = 2;
+/// Device id of virtio-vsock.
+pub const TYPE_VSOCK: u32 = 19;
+
+/// The interrupt status bit for "used buffers in a queue".
+pub const INT_VRING: u32 = 1;
+
+/// Activation was refused (the driver configured the device wrongly).
+#[derive(Debug, thiserror::Error)]
+pub enum ActivateError {
+    /// Wrong number of queues, or a queue not ready/valid.
+    #[error("the driver set up the device's queues wrongly: {0}")]
+    BadQueues(String),
+}
+
+/// What a device exposes to its transport.
+pub trait VirtioDevice: Send {
+    /// The virtio device id.
+    fn device_type(&self) -> u32;
+    /// Maximum size of each queue (also the number of queues).
+    fn queue_max_sizes(&self) -> &[u16];
+    /// Feature bits offered (including [`VIRTIO_F_VERSION_1`]).
+    fn features(&self) -> u64;
+    /// Reads the device-specific configuration space.
+    fn read_config(&self, offset: u64, data: &mut [u8]);
+    /// One event per queue, signalled when the driver notifies that queue.
+    fn queue_events(&self) -> &[EventFd];
+    /// Starts serving the configured queues.
+    fn activate(
+        &mut self,
+        mem: GuestMemoryMmap,
+        queues: Vec<Queue>,
+        irq: Arc<IrqTrigger>,
+    ) -> Result<(), ActivateError>;
+    /// Stops serving and forgets the queues (driver reset).
+    fn reset(&mut self);
+}
+
+/// The interrupt status register plus the irqfd that raises the device's IRQ.
+#[derive(Debug)]
+pub struct IrqTrigger {
+    status: AtomicU32,
+    evt: EventFd,
+}
+
+impl IrqTrigger {
+    /// A trigger raising the IRQ behind `evt` (an irqfd).
+    pub fn new(evt: EventFd) -> IrqTrigger {
+        IrqTrigger {
+            status: AtomicU32::new(0),
+            evt,
+        }
+    }
+
+    /// Sets `bit` in the interrupt status and raises the IRQ.
+    pub fn trigger(&self, bit: u32) {
+        self.status.fetch_or(bit, Ordering::SeqCst);
+        if let Err(e) = self.evt.write(1) {
+            tracing::warn!("cannot raise a virtio interrupt: {e}");
+        }
+    }
+
+    /// The interrupt status register.
+    pub fn status(&self) -> u32 {
+        self.status.load(Ordering::SeqCst)
+    }
+
+    /// The driver acknowledged `bits`.
+    pub fn ack(&self, bits: u32) {
+        self.status.fetch_and(!bits, Ordering::SeqCst);
+    }
+}
+
+/// Reads `data` from a little-endian config struct `config` at `offset`
+/// (out-of-range bytes read as zero).
+pub fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
+    data.fill(0);
+    let Ok(offset) = usize::try_from(offset) else {
+        return;
+    };
+    if let Some(src) = config.get(offset..) {
+        let n = src.len().min(data.len());
+        data[..n].copy_from_slice(&src[..n]);
+    }
+}
+
+/// Pops chains from `queue` until it is empty or broken (a queue whose rings
+/// point outside guest memory stops the loop instead of spinning).
+pub fn pop_chains<'m>(
+    queue: &mut Queue,
+    mem: &'m GuestMemoryMmap,
+) -> impl Iterator<Item = virtio_queue::DescriptorChain<&'m GuestMemoryMmap>> {
+    use virtio_queue::QueueT;
+    std::iter::from_fn(move || queue.pop_descriptor_chain(mem))
+}
+
+#[cfg(test)]
+pub(crate) mod test_utils;

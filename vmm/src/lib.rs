@@ -1,0 +1,29 @@
+//! `cellbox-vmm`: a minimal KVM virtual machine monitor on the rust-vmm
+//! crates. It boots a Linux kernel (ELF `vmlinux` or `bzImage`, 64-bit boot
+//! protocol) with a serial console, virtio-blk disks (shared read-only image
+//! + private copy-on-write layer) and virtio-vsock, and stops it cleanly.
+//!
+//! - [`VmConfig`] → [`Vm::start`] → [`Vm`] (console, vsock, wait, stop)
+//! - [`vcpu`]: the run loop and [`vcpu::handle_exit`]
+//! - [`devices`]: `legacy/serial`, `virtio/mmio`, `virtio/block`, `virtio/vsock`
+//! - [`arch`]: kernel loading, registers, CPUID, MP table; [`layout`]: the memory map
+//! - [`seccomp`]: the filters every VMM thread runs under
+//! - [`kvm_support`]: whether KVM here can run a Linux guest at all
+
+pub mod arch;
+pub mod config;
+pub mod devices;
+pub mod error;
+pub mod kvm_support;
+pub mod layout;
+mod machine;
+pub mod seccomp;
+pub mod test_guest;
+pub mod vcpu;
+
+pub use config::{DiskConfig, VmConfig, VsockConfig};
+pub use devices::legacy::ConsoleLog;
+pub use devices::virtio::vsock::VsockConnector;
+pub use error::VmError;
+pub use machine::Vm;
+pub use vcpu::ExitReason;

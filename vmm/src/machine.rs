@@ -1,0 +1,473 @@
+//! A running VM: KVM setup, guest memory, devices, the device event loop and
+//! the vCPU threads, and stopping it all from the host at any moment.
+
+use std::os::unix::thread::JoinHandleExt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, Once, OnceLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
+use kvm_bindings::{KVM_PIT_SPEAKER_DUMMY, kvm_pit_config, kvm_userspace_memory_region};
+use kvm_ioctls::{IoEventAddress, Kvm, VmFd};
+use linux_loader::cmdline::Cmdline;
+use vm_allocator::{AddressAllocator, AllocPolicy, IdAllocator};
+use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::arch::{boot, cpuid, mptable, regs};
+use crate::config::VmConfig;
+use crate::devices::bus::{Bus, lock};
+use crate::devices::legacy::{ConsoleLog, SerialDevice};
+use crate::devices::virtio::block::{BlockDevice, CowDisk};
+use crate::devices::virtio::mmio::QUEUE_NOTIFY_OFFSET;
+use crate::devices::virtio::vsock::{VsockConnector, VsockDevice, unix};
+use crate::devices::virtio::{IrqTrigger, MmioTransport, VirtioDevice};
+use crate::error::VmError;
+use crate::layout::*;
+use crate::seccomp::{ThreadKind, apply_or_log};
+use crate::vcpu::{self, ExitReason};
+
+type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
+
+/// State the vCPU threads share with the VM handle.
+pub struct Shared {
+    pub(crate) pio: Bus,
+    pub(crate) mmio: Bus,
+    stop: AtomicBool,
+    exit: Mutex<Option<ExitReason>>,
+    exited: Condvar,
+    first_entry: OnceLock<Instant>,
+    vcpu_threads: Mutex<Vec<libc::pthread_t>>,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("exit", &*lock(&self.exit))
+            .finish_non_exhaustive()
+    }
+}
+
+impl Shared {
+    pub(crate) fn stopping(&self) -> bool {
+        self.stop.load(Ordering::SeqCst)
+    }
+
+    pub(crate) fn mark_first_entry(&self) {
+        let _ = self.first_entry.set(Instant::now());
+    }
+
+    /// Records the first exit reason and makes every vCPU leave the guest.
+    pub(crate) fn finish(&self, reason: ExitReason) {
+        {
+            let mut exit = lock(&self.exit);
+            if exit.is_none() {
+                *exit = Some(reason);
+            }
+        }
+        self.stop.store(true, Ordering::SeqCst);
+        self.exited.notify_all();
+        for &thread in lock(&self.vcpu_threads).iter() {
+            kick(thread);
+        }
+    }
+}
+
+/// The signal that kicks a vCPU out of `KVM_RUN` (its handler does nothing).
+fn kick_signal() -> libc::c_int {
+    vmm_sys_util::signal::SIGRTMIN() + 4
+}
+
+extern "C" fn on_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
+
+fn kick(thread: libc::pthread_t) {
+    // SAFETY: `thread` is a vCPU thread we spawned; signalling a thread that
+    // already exited but was not joined yet is harmless (the id stays valid until join).
+    unsafe { libc::pthread_kill(thread, kick_signal()) };
+}
+
+/// A running microVM. Dropping it stops it.
+pub struct Vm {
+    shared: Arc<Shared>,
+    vcpus: Vec<JoinHandle<()>>,
+    event_loop: Option<(JoinHandle<()>, EventFd)>,
+    unix_listener: Option<(JoinHandle<()>, Arc<AtomicBool>)>,
+    console: ConsoleLog,
+    vsock: Option<VsockConnector>,
+    disks: Vec<Arc<Mutex<BlockDevice>>>,
+    started: Instant,
+    _vm: VmFd,
+}
+
+impl std::fmt::Debug for Vm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vm")
+            .field("shared", &self.shared)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Vm {
+    /// Builds the VM from `config` and starts its vCPUs.
+    pub fn start(config: VmConfig) -> Result<Vm, VmError> {
+        let started = Instant::now();
+        config.validate().map_err(VmError::Config)?;
+        let kvm = Kvm::new().map_err(|e| VmError::KvmUnavailable(format!("/dev/kvm: {e}")))?;
+        let vm = kvm.create_vm().map_err(VmError::kvm("create a VM"))?;
+        vm.set_tss_address(KVM_TSS_ADDRESS as usize)
+            .map_err(VmError::kvm("place the TSS"))?;
+        if config.irqchip {
+            vm.create_irq_chip()
+                .map_err(VmError::kvm("create the in-kernel irqchip"))?;
+            let pit = kvm_pit_config {
+                flags: KVM_PIT_SPEAKER_DUMMY,
+                ..Default::default()
+            };
+            vm.create_pit2(pit)
+                .map_err(VmError::kvm("create the PIT"))?;
+        }
+
+        let mem_size = u64::from(config.memory_mib) << 20;
+        let mem = guest_memory(&vm, mem_size, config.memory_mib)?;
+        regs::write_boot_tables(&mem)?;
+        mptable::write(&mem, config.vcpus)?;
+        let kernel = boot::load_kernel(&mem, &config.kernel)?;
+
+        let console = ConsoleLog::default();
+        let mut pio = Bus::default();
+        let serial_irq = irq_event(&vm, config.irqchip, COM1_IRQ)?;
+        let serial = Arc::new(Mutex::new(SerialDevice::new(serial_irq, console.clone())));
+        pio.insert(u64::from(COM1_PORT), 8, serial)
+            .map_err(|e| VmError::Devices(e.to_string()))?;
+
+        let mut cmdline = Cmdline::new(CMDLINE_MAX_SIZE).map_err(boot::BootError::Cmdline)?;
+        cmdline
+            .insert_str(&config.cmdline)
+            .map_err(boot::BootError::Cmdline)?;
+        let mut devices = DeviceSlots::new()?;
+        let mut mmio = Bus::default();
+        let mut subscribers: Vec<Subscriber> = Vec::new();
+        let mut disks = Vec::new();
+        for disk in &config.disks {
+            let path = disk.path.display().to_string();
+            let cow = CowDisk::open(&disk.path, disk.writable)
+                .map_err(|source| VmError::Disk { path, source })?;
+            let device = Arc::new(Mutex::new(
+                BlockDevice::new(cow, &disk.id).map_err(VmError::io("create a disk's events"))?,
+            ));
+            devices.attach(&vm, &mem, &config, &mut mmio, &mut cmdline, device.clone())?;
+            subscribers.push(device.clone());
+            disks.push(device);
+        }
+        let mut vsock = None;
+        let mut unix_listener = None;
+        if let Some(vsock_config) = &config.vsock {
+            let (device, connector) = VsockDevice::new(vsock_config.guest_cid)
+                .map_err(VmError::io("create the vsock events"))?;
+            let device = Arc::new(Mutex::new(device));
+            devices.attach(&vm, &mem, &config, &mut mmio, &mut cmdline, device.clone())?;
+            subscribers.push(device);
+            if let Some(path) = &vsock_config.unix_socket {
+                let stop = Arc::new(AtomicBool::new(false));
+                let thread = unix::serve(path, connector.clone(), stop.clone())
+                    .map_err(VmError::io("serve the vsock Unix socket"))?;
+                unix_listener = Some((thread, stop));
+            }
+            vsock = Some(connector);
+        }
+        boot::write_boot_data(&mem, &kernel, &cmdline, mem_size)?;
+        let event_loop = spawn_event_loop(subscribers)?;
+
+        let shared = Arc::new(Shared {
+            pio,
+            mmio,
+            stop: AtomicBool::new(false),
+            exit: Mutex::new(None),
+            exited: Condvar::new(),
+            first_entry: OnceLock::new(),
+            vcpu_threads: Mutex::new(Vec::new()),
+        });
+        let mut vm_handle = Vm {
+            shared,
+            vcpus: Vec::new(),
+            event_loop: Some(event_loop),
+            unix_listener,
+            console,
+            vsock,
+            disks,
+            started,
+            _vm: vm,
+        };
+        vm_handle.start_vcpus(&kvm, &config, kernel.entry)?;
+        Ok(vm_handle)
+    }
+
+    fn start_vcpus(
+        &mut self,
+        kvm: &Kvm,
+        config: &VmConfig,
+        entry: GuestAddress,
+    ) -> Result<(), VmError> {
+        static KICK_HANDLER: Once = Once::new();
+        KICK_HANDLER.call_once(|| {
+            if let Err(e) = vmm_sys_util::signal::register_signal_handler(kick_signal(), on_kick) {
+                tracing::error!("cannot install the vCPU kick signal handler: {e}");
+            }
+        });
+        let supported = cpuid::supported(kvm).map_err(VmError::kvm("report its CPUID"))?;
+        let mut vcpu_fds = Vec::new();
+        for id in 0..config.vcpus {
+            let vcpu = self
+                ._vm
+                .create_vcpu(u64::from(id))
+                .map_err(VmError::kvm("create a vCPU"))?;
+            let mut vcpu_cpuid = supported.clone();
+            cpuid::for_vcpu(&mut vcpu_cpuid, id, config.vcpus);
+            vcpu.set_cpuid2(&vcpu_cpuid)
+                .map_err(VmError::kvm("set CPUID"))?;
+            regs::setup_msrs(&vcpu)?;
+            regs::setup_fpu(&vcpu)?;
+            if config.irqchip {
+                regs::setup_lapic(&vcpu)?;
+            }
+            if id == 0 {
+                regs::setup_boot_vcpu(&vcpu, entry.0)?;
+            }
+            vcpu_fds.push(vcpu);
+        }
+        for (id, vcpu) in vcpu_fds.into_iter().enumerate() {
+            let shared = self.shared.clone();
+            let thread = std::thread::Builder::new()
+                .name(format!("vcpu{id}"))
+                .spawn(move || vcpu::run(vcpu, id as u8, shared))
+                .map_err(VmError::io("spawn a vCPU thread"))?;
+            lock(&self.shared.vcpu_threads).push(thread.as_pthread_t());
+            self.vcpus.push(thread);
+        }
+        Ok(())
+    }
+
+    /// The guest's serial console output.
+    pub fn console(&self) -> &ConsoleLog {
+        &self.console
+    }
+
+    /// Opens streams to guest vsock ports (if the VM has a vsock device).
+    pub fn vsock(&self) -> Option<&VsockConnector> {
+        self.vsock.as_ref()
+    }
+
+    /// The VM's disks, in order (to inspect their copy-on-write layers).
+    pub fn disk(&self, index: usize) -> Option<std::sync::MutexGuard<'_, BlockDevice>> {
+        self.disks.get(index).map(|d| lock(d))
+    }
+
+    /// Time from [`Vm::start`] to the boot vCPU's first entry into the guest.
+    pub fn time_to_first_entry(&self) -> Option<Duration> {
+        self.shared
+            .first_entry
+            .get()
+            .map(|t| t.duration_since(self.started))
+    }
+
+    /// Why the VM stopped, if it did.
+    pub fn exit_reason(&self) -> Option<ExitReason> {
+        lock(&self.shared.exit).clone()
+    }
+
+    /// Waits up to `timeout` for the VM to stop by itself.
+    pub fn wait(&self, timeout: Duration) -> Option<ExitReason> {
+        let guard = lock(&self.shared.exit);
+        let (guard, _) = self
+            .shared
+            .exited
+            .wait_timeout_while(guard, timeout, |exit| exit.is_none())
+            .unwrap_or_else(|p| p.into_inner());
+        guard.clone()
+    }
+
+    /// Stops the VM now (vCPUs leave the guest wherever they are) and returns
+    /// why it ended; [`ExitReason::Stopped`] if it was still running.
+    pub fn stop(&mut self) -> ExitReason {
+        self.shared.finish(ExitReason::Stopped);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        for thread in self.vcpus.drain(..) {
+            // A kick can land just before KVM_RUN; repeat until the thread is out.
+            while !thread.is_finished() && Instant::now() < deadline {
+                kick(thread.as_pthread_t());
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            if thread.is_finished() {
+                let _ = thread.join();
+            } else {
+                tracing::error!("a vCPU thread did not stop within 5 s; detached");
+            }
+        }
+        if let Some((thread, stop)) = self.event_loop.take() {
+            let _ = stop.write(1);
+            let _ = thread.join();
+        }
+        if let Some((thread, stop)) = self.unix_listener.take() {
+            stop.store(true, Ordering::Relaxed);
+            let _ = thread.join();
+        }
+        self.exit_reason().unwrap_or(ExitReason::Stopped)
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Allocates guest RAM (skipping the MMIO hole) and registers it with KVM.
+fn guest_memory(vm: &VmFd, size: u64, mib: u32) -> Result<GuestMemoryMmap, VmError> {
+    let ranges: Vec<(GuestAddress, usize)> = ram_ranges(size)
+        .into_iter()
+        .map(|(start, len)| (GuestAddress(start), len as usize))
+        .collect();
+    let mem = GuestMemoryMmap::from_ranges(&ranges).map_err(|e| VmError::Memory {
+        mib,
+        reason: e.to_string(),
+    })?;
+    for (slot, region) in mem.iter().enumerate() {
+        let host = region
+            .get_host_address(vm_memory::MemoryRegionAddress(0))
+            .map_err(|e| VmError::Memory {
+                mib,
+                reason: e.to_string(),
+            })?;
+        let region = kvm_userspace_memory_region {
+            slot: slot as u32,
+            guest_phys_addr: region.start_addr().0,
+            memory_size: region.len(),
+            userspace_addr: host as u64,
+            flags: 0,
+        };
+        // SAFETY: the region is a live mapping owned by `mem`, which every user
+        // of the VM (devices, this handle) keeps alive until the vCPUs stopped.
+        unsafe { vm.set_user_memory_region(region) }.map_err(VmError::kvm("map guest memory"))?;
+    }
+    Ok(mem)
+}
+
+/// An event that raises `gsi` (an irqfd when the in-kernel irqchip exists).
+fn irq_event(vm: &VmFd, irqchip: bool, gsi: u32) -> Result<EventFd, VmError> {
+    let evt = EventFd::new(libc::EFD_NONBLOCK).map_err(VmError::io("create an IRQ event"))?;
+    if irqchip {
+        vm.register_irqfd(&evt, gsi)
+            .map_err(VmError::kvm("connect an IRQ"))?;
+    }
+    Ok(evt)
+}
+
+/// MMIO windows and IRQ lines for virtio devices.
+struct DeviceSlots {
+    windows: AddressAllocator,
+    irqs: IdAllocator,
+}
+
+impl DeviceSlots {
+    fn new() -> Result<DeviceSlots, VmError> {
+        let err = |e: vm_allocator::Error| VmError::Devices(e.to_string());
+        Ok(DeviceSlots {
+            windows: AddressAllocator::new(MMIO_DEVICES_START, MMIO_DEVICES_MAX * MMIO_DEVICE_SIZE)
+                .map_err(err)?,
+            irqs: IdAllocator::new(IRQ_FIRST_VIRTIO, IRQ_LAST).map_err(err)?,
+        })
+    }
+
+    /// Gives `device` a window, an IRQ and a transport, and tells the kernel about it.
+    fn attach(
+        &mut self,
+        vm: &VmFd,
+        mem: &GuestMemoryMmap,
+        config: &VmConfig,
+        mmio: &mut Bus,
+        cmdline: &mut Cmdline,
+        device: Arc<Mutex<dyn VirtioDevice>>,
+    ) -> Result<(), VmError> {
+        let err = |e: vm_allocator::Error| VmError::Devices(e.to_string());
+        let window = self
+            .windows
+            .allocate(MMIO_DEVICE_SIZE, MMIO_DEVICE_SIZE, AllocPolicy::FirstMatch)
+            .map_err(err)?;
+        let irq = self.irqs.allocate_id().map_err(err)?;
+        let base = window.start();
+        let trigger = Arc::new(IrqTrigger::new(irq_event(vm, config.irqchip, irq)?));
+        let transport = MmioTransport::new(device, mem.clone(), trigger)
+            .map_err(VmError::io("clone a queue event"))?;
+        let mut index = 0u32;
+        while let Some(evt) = transport.queue_event(index as usize) {
+            // With an ioeventfd, QueueNotify writes never leave KVM; without, the
+            // transport signals the same event from the MMIO exit.
+            let addr = IoEventAddress::Mmio(base + QUEUE_NOTIFY_OFFSET);
+            if let Err(e) = vm.register_ioevent(evt, &addr, index) {
+                tracing::debug!("no ioeventfd for queue {index}: {e}");
+            }
+            index += 1;
+        }
+        mmio.insert(base, MMIO_DEVICE_SIZE, Arc::new(Mutex::new(transport)))
+            .map_err(|e| VmError::Devices(e.to_string()))?;
+        cmdline
+            .add_virtio_mmio_device(MMIO_DEVICE_SIZE, GuestAddress(base), irq, None)
+            .map_err(boot::BootError::Cmdline)?;
+        Ok(())
+    }
+}
+
+/// Ends the event loop when its event fires.
+struct StopOnEvent {
+    evt: EventFd,
+    stop: Arc<AtomicBool>,
+}
+
+impl MutEventSubscriber for StopOnEvent {
+    fn process(&mut self, _: Events, _: &mut EventOps) {
+        let _ = self.evt.read();
+        self.stop.store(true, Ordering::SeqCst);
+    }
+
+    fn init(&mut self, ops: &mut EventOps) {
+        if let Err(e) = ops.add(Events::new(&self.evt, EventSet::IN)) {
+            tracing::error!("cannot watch the event loop's stop event: {e:?}");
+        }
+    }
+}
+
+/// The device thread: queue notifications and vsock streams, until stopped.
+fn spawn_event_loop(subscribers: Vec<Subscriber>) -> Result<(JoinHandle<()>, EventFd), VmError> {
+    let stop_evt =
+        EventFd::new(libc::EFD_NONBLOCK).map_err(VmError::io("create the stop event"))?;
+    let theirs = stop_evt
+        .try_clone()
+        .map_err(VmError::io("clone the stop event"))?;
+    let mut manager = EventManager::<Subscriber>::new().map_err(|e| VmError::Io {
+        what: "create the event loop",
+        source: std::io::Error::other(format!("{e:?}")),
+    })?;
+    let stop = Arc::new(AtomicBool::new(false));
+    manager.add_subscriber(Arc::new(Mutex::new(StopOnEvent {
+        evt: theirs,
+        stop: stop.clone(),
+    })));
+    for subscriber in subscribers {
+        manager.add_subscriber(subscriber);
+    }
+    let thread = std::thread::Builder::new()
+        .name("vmm-devices".into())
+        .spawn(move || {
+            apply_or_log(ThreadKind::Io);
+            while !stop.load(Ordering::SeqCst) {
+                if let Err(e) = manager.run() {
+                    tracing::error!("device event loop failed: {e:?}");
+                    break;
+                }
+            }
+        })
+        .map_err(VmError::io("spawn the device thread"))?;
+    Ok((thread, stop_evt))
+}

@@ -1,0 +1,179 @@
+//! vCPU threads. [`handle_exit`] decides what one VM exit means, as a free
+//! function tests call directly; [`run`] is the loop around `KVM_RUN`.
+
+use std::sync::Arc;
+
+use kvm_ioctls::{VcpuExit, VcpuFd};
+
+use crate::devices::Bus;
+use crate::layout::I8042_COMMAND_PORT;
+use crate::machine::Shared;
+use crate::seccomp::{ThreadKind, apply_or_log};
+
+/// Why a VM stopped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExitReason {
+    /// The guest asked for a reset (i8042 0xfe, or KVM's reset event): Linux's reboot/power-off.
+    Reset,
+    /// The guest asked KVM for shutdown (a system event).
+    Shutdown,
+    /// Triple fault: the guest crashed beyond recovery.
+    TripleFault,
+    /// HLT with nothing to wake the vCPU (no in-kernel irqchip).
+    Halted,
+    /// The host stopped the VM.
+    Stopped,
+    /// KVM reported an error it cannot continue from.
+    Failed(String),
+}
+
+/// What the run loop does after an exit.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Enter the guest again.
+    Continue,
+    /// Stop the VM.
+    Stop(ExitReason),
+}
+
+/// Handles one exit: port I/O and MMIO go to the buses; resets, triple
+/// faults and halts stop the VM.
+pub fn handle_exit(exit: VcpuExit<'_>, pio: &Bus, mmio: &Bus) -> Action {
+    match exit {
+        VcpuExit::IoOut(I8042_COMMAND_PORT, [0xfe]) => Action::Stop(ExitReason::Reset),
+        VcpuExit::IoOut(port, data) => {
+            pio.write(u64::from(port), data);
+            Action::Continue
+        }
+        VcpuExit::IoIn(port, data) => {
+            if !pio.read(u64::from(port), data) && (port == 0x60 || port == I8042_COMMAND_PORT) {
+                // i8042 status/data: empty, so keyboard probes give up quickly.
+                data.fill(0);
+            }
+            Action::Continue
+        }
+        VcpuExit::MmioRead(addr, data) => {
+            mmio.read(addr, data);
+            Action::Continue
+        }
+        VcpuExit::MmioWrite(addr, data) => {
+            mmio.write(addr, data);
+            Action::Continue
+        }
+        VcpuExit::Hlt => Action::Stop(ExitReason::Halted),
+        VcpuExit::Shutdown => Action::Stop(ExitReason::TripleFault),
+        VcpuExit::SystemEvent(kind, _) => match kind {
+            kvm_bindings::KVM_SYSTEM_EVENT_RESET => Action::Stop(ExitReason::Reset),
+            kvm_bindings::KVM_SYSTEM_EVENT_SHUTDOWN => Action::Stop(ExitReason::Shutdown),
+            other => Action::Stop(ExitReason::Failed(format!("KVM system event {other}"))),
+        },
+        VcpuExit::FailEntry(reason, cpu) => Action::Stop(ExitReason::Failed(format!(
+            "KVM could not enter the guest on CPU {cpu} (hardware reason {reason:#x})"
+        ))),
+        VcpuExit::InternalError => Action::Stop(ExitReason::Failed(
+            "KVM internal error (emulation failed)".into(),
+        )),
+        VcpuExit::IrqWindowOpen | VcpuExit::Intr => Action::Continue,
+        other => Action::Stop(ExitReason::Failed(format!("unexpected VM exit {other:?}"))),
+    }
+}
+
+/// The vCPU thread's body: runs until an exit stops the VM or the host does.
+pub fn run(mut vcpu: VcpuFd, index: u8, shared: Arc<Shared>) {
+    apply_or_log(ThreadKind::Vcpu);
+    if index == 0 {
+        shared.mark_first_entry();
+    }
+    while !shared.stopping() {
+        let action = match vcpu.run() {
+            Ok(exit) => handle_exit(exit, &shared.pio, &shared.mmio),
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => Action::Continue,
+            Err(e) => Action::Stop(ExitReason::Failed(format!("KVM_RUN failed: {e}"))),
+        };
+        if let Action::Stop(reason) = action {
+            let rip = vcpu.get_regs().map(|r| r.rip).unwrap_or_default();
+            tracing::debug!(
+                vcpu = index,
+                ?reason,
+                rip = format_args!("{rip:#x}"),
+                "vCPU stopped"
+            );
+            shared.finish(reason);
+            break;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::devices::BusDevice;
+    use std::sync::Mutex;
+
+    struct Echo(Vec<u8>);
+    impl BusDevice for Echo {
+        fn read(&mut self, _: u64, data: &mut [u8]) {
+            data.fill(0x42);
+        }
+        fn write(&mut self, _: u64, data: &[u8]) {
+            self.0.extend_from_slice(data);
+        }
+    }
+
+    #[test]
+    fn port_and_mmio_exits_reach_devices() {
+        let dev = Arc::new(Mutex::new(Echo(Vec::new())));
+        let mut pio = Bus::default();
+        pio.insert(0x3f8, 8, dev.clone()).unwrap();
+        let mut mmio = Bus::default();
+        mmio.insert(0xd000_0000, 0x1000, dev.clone()).unwrap();
+        assert_eq!(
+            handle_exit(VcpuExit::IoOut(0x3f8, b"a"), &pio, &mmio),
+            Action::Continue
+        );
+        let mut data = [0u8; 4];
+        assert_eq!(
+            handle_exit(VcpuExit::MmioRead(0xd000_0004, &mut data), &pio, &mmio),
+            Action::Continue
+        );
+        assert_eq!(data, [0x42; 4]);
+        handle_exit(VcpuExit::MmioWrite(0xd000_0070, b"bc"), &pio, &mmio);
+        assert_eq!(dev.lock().unwrap().0, b"abc");
+        // Nothing mapped: reads float high, writes vanish.
+        let mut byte = [0u8];
+        handle_exit(VcpuExit::IoIn(0x80, &mut byte), &pio, &mmio);
+        assert_eq!(byte, [0xff]);
+        handle_exit(VcpuExit::IoIn(0x64, &mut byte), &pio, &mmio);
+        assert_eq!(byte, [0], "i8042 status reads as empty");
+    }
+
+    #[test]
+    fn resets_faults_and_halts_stop_the_vm() {
+        let (pio, mmio) = (Bus::default(), Bus::default());
+        let stop = |reason| Action::Stop(reason);
+        assert_eq!(
+            handle_exit(VcpuExit::IoOut(0x64, &[0xfe]), &pio, &mmio),
+            stop(ExitReason::Reset)
+        );
+        assert_eq!(
+            handle_exit(VcpuExit::IoOut(0x64, &[0xfd]), &pio, &mmio),
+            Action::Continue
+        );
+        assert_eq!(
+            handle_exit(VcpuExit::Shutdown, &pio, &mmio),
+            stop(ExitReason::TripleFault)
+        );
+        assert_eq!(
+            handle_exit(VcpuExit::Hlt, &pio, &mmio),
+            stop(ExitReason::Halted)
+        );
+        assert!(matches!(
+            handle_exit(VcpuExit::FailEntry(0x21, 0), &pio, &mmio),
+            Action::Stop(ExitReason::Failed(m)) if m.contains("0x21")
+        ));
+        assert!(matches!(
+            handle_exit(VcpuExit::InternalError, &pio, &mmio),
+            Action::Stop(ExitReason::Failed(_))
+        ));
+    }
+}
