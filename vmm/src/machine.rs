@@ -98,6 +98,9 @@ pub struct Vm {
     vsock: Option<VsockConnector>,
     disks: Vec<Arc<Mutex<BlockDevice>>>,
     started: Instant,
+    // Guest RAM stays mapped until the vCPUs stopped (`Drop` stops them before
+    // fields drop); KVM's memory slots point into it.
+    memory: GuestMemoryMmap,
     _vm: VmFd,
 }
 
@@ -198,6 +201,7 @@ impl Vm {
             vsock,
             disks,
             started,
+            memory: mem,
             _vm: vm,
         };
         vm_handle.start_vcpus(&kvm, &config, kernel.entry)?;
@@ -262,6 +266,11 @@ impl Vm {
     /// The VM's disks, in order (to inspect their copy-on-write layers).
     pub fn disk(&self, index: usize) -> Option<std::sync::MutexGuard<'_, BlockDevice>> {
         self.disks.get(index).map(|d| lock(d))
+    }
+
+    /// Guest RAM (for inspection and tests).
+    pub fn memory(&self) -> &GuestMemoryMmap {
+        &self.memory
     }
 
     /// Time from [`Vm::start`] to the boot vCPU's first entry into the guest.
@@ -347,8 +356,8 @@ fn guest_memory(vm: &VmFd, size: u64, mib: u32) -> Result<GuestMemoryMmap, VmErr
             userspace_addr: host as u64,
             flags: 0,
         };
-        // SAFETY: the region is a live mapping owned by `mem`, which every user
-        // of the VM (devices, this handle) keeps alive until the vCPUs stopped.
+        // SAFETY: the region is a live mapping owned by `mem`; the `Vm` holds it
+        // (field `memory`) until its vCPUs have stopped.
         unsafe { vm.set_user_memory_region(region) }.map_err(VmError::kvm("map guest memory"))?;
     }
     Ok(mem)
