@@ -1,7 +1,7 @@
 //! virtio-blk against mock queues: good requests and malformed chains.
 
 use super::*;
-use crate::devices::virtio::test_utils::{desc, memory};
+use crate::devices::virtio::test_utils::{desc, link, memory};
 use virtio_bindings::virtio_ring::VRING_DESC_F_NEXT;
 use virtio_queue::desc::RawDescriptor;
 use virtio_queue::desc::split::Descriptor;
@@ -45,25 +45,7 @@ impl Rig<'_> {
     /// Queues one chain (NEXT flags filled in) and processes it; returns (used len, status).
     fn submit(&mut self, descs: &[RawDescriptor]) -> (u32, u8) {
         let start = self.start_for(descs.len());
-        let chained: Vec<RawDescriptor> = descs
-            .iter()
-            .enumerate()
-            .map(|(i, d)| {
-                let d = Descriptor::from(*d);
-                let last = i == descs.len() - 1;
-                let flags = if last {
-                    d.flags()
-                } else {
-                    d.flags() | VRING_DESC_F_NEXT as u16
-                };
-                RawDescriptor::from(Descriptor::new(
-                    d.addr().0,
-                    d.len(),
-                    flags,
-                    start + i as u16 + 1,
-                ))
-            })
-            .collect();
+        let chained = link(descs, start);
         self.submit_raw(&chained)
     }
 

@@ -261,3 +261,6 @@ impl MutEventSubscriber for VsockDevice {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

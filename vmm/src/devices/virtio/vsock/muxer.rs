@@ -301,3 +301,6 @@ impl Muxer {
         std::mem::take(&mut self.closed)
     }
 }
+
+#[cfg(test)]
+mod tests;
