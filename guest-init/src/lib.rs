@@ -4,6 +4,7 @@
 //! - [`protocol`], [`frame`]: the messages and how they are framed
 //! - [`server`]: answers requests; [`contexts`] and [`kernel`] run Python,
 //!   [`files`] and [`commands`] the rest
+//! - [`transport`]: the host connection (a passed-in fd, or vsock in a VM)
 //! - [`pid1`]: mounts, reaping and shutdown when running as PID 1;
 //!   [`seccomp`]: the system-call filter everything after setup runs under
 
@@ -16,6 +17,7 @@ pub mod pid1;
 pub mod protocol;
 pub mod seccomp;
 pub mod server;
+pub mod transport;
 
 /// Where this crate's sources are, so that the host can build `guest-init`
 /// for the guest image on first use.

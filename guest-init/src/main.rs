@@ -1,26 +1,28 @@
 //! `guest-init`: PID 1 of the cellbox guest.
 //!
 //! ```text
-//! guest-init --fd N [--namespace-root DIR --overlay MOUNT_DATA] [--python PATH] [--home DIR]
+//! guest-init (--fd N | --vsock PORT) [--namespace-root DIR --overlay MOUNT_DATA] [--python PATH] [--home DIR]
 //! ```
 //!
-//! `--fd N` is the host connection (a Unix socket the launcher passed in).
+//! `--fd N` is the host connection (a Unix socket the launcher passed in);
+//! `--vsock PORT` (the microVM) waits for the host to connect to that vsock
+//! port. In a VM the kernel passes the words after `--` on its command line.
 //! With `--namespace-root`, guest-init first mounts the overlay on DIR and
 //! pivots into it (the namespace sandbox); as PID 1 it then forks the server
 //! and reaps orphans until the server exits.
 
 use std::fs::File;
-use std::os::fd::FromRawFd;
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use cellbox_guest_init::contexts::Contexts;
-use cellbox_guest_init::{pid1, server};
+use cellbox_guest_init::{pid1, server, transport};
 use nix::unistd::{ForkResult, fork};
 
 #[derive(Debug, Default)]
 struct Args {
     fd: Option<i32>,
+    vsock: Option<u32>,
     namespace_root: Option<String>,
     overlay: Option<String>,
     python: Option<String>,
@@ -34,6 +36,13 @@ fn parse_args() -> Result<Args, String> {
         let mut value = || words.next().ok_or(format!("{flag} needs a value"));
         match flag.as_str() {
             "--fd" => args.fd = Some(value()?.parse().map_err(|_| "--fd takes a number")?),
+            "--vsock" => {
+                args.vsock = Some(
+                    value()?
+                        .parse()
+                        .map_err(|_| "--vsock takes a port number")?,
+                )
+            }
             "--namespace-root" => args.namespace_root = Some(value()?),
             "--overlay" => args.overlay = Some(value()?),
             "--python" => args.python = Some(value()?),
@@ -41,11 +50,8 @@ fn parse_args() -> Result<Args, String> {
             other => return Err(format!("unknown argument {other}")),
         }
     }
-    if args.fd.is_none() {
-        return Err(
-            "--fd is required (the microVM's vsock transport comes with the microVM backend)"
-                .into(),
-        );
+    if args.fd.is_some() == args.vsock.is_some() {
+        return Err("give exactly one of --fd N and --vsock PORT".into());
     }
     Ok(args)
 }
@@ -93,16 +99,27 @@ fn main() -> ExitCode {
     }
 }
 
+fn connect(args: &Args) -> std::io::Result<File> {
+    match (args.fd, args.vsock) {
+        // SAFETY: the launcher passed this descriptor to us for our exclusive use.
+        (Some(fd), _) => Ok(unsafe { transport::from_fd(fd) }),
+        (None, Some(port)) => transport::accept_vsock(port),
+        (None, None) => Err(std::io::Error::other("no transport")),
+    }
+}
+
 fn run_server(args: &Args) -> ExitCode {
-    let Some(fd) = args.fd else {
-        return ExitCode::from(2);
+    let stream = match connect(args) {
+        Ok(stream) => stream,
+        Err(e) => {
+            eprintln!("guest-init: cannot reach the host: {e}");
+            return ExitCode::from(3);
+        }
     };
     if let Err(e) = cellbox_guest_init::seccomp::install() {
         eprintln!("guest-init: {e}");
         return ExitCode::from(3);
     }
-    // SAFETY: the launcher passed this descriptor to us for our exclusive use.
-    let stream = unsafe { File::from_raw_fd(fd) };
     let home = args.home.as_deref().unwrap_or("/home/user");
     let _ = std::fs::create_dir_all(home);
     let python = args.python.as_deref().unwrap_or("/usr/bin/python3");

@@ -18,6 +18,9 @@ pub const FILE_CHUNK: usize = 1 << 20;
 /// The context that exists from the start.
 pub const DEFAULT_CONTEXT: &str = "default";
 
+/// The vsock port guest-init listens on inside the microVM.
+pub const VSOCK_PORT: u32 = 1024;
+
 /// A request from the host.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Request {

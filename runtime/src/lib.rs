@@ -8,8 +8,9 @@
 //!   while a cell runs.
 //! - [`wasm`] is the WebAssembly fast path ([`WasmExecutor`]).
 //! - [`namespace`] runs the full guest (IPython, numpy, pandas, matplotlib)
-//!   in Linux namespaces ([`NamespaceExecutor`]); [`guest`] is the host side
-//!   of the guest protocol it shares with the microVM backend.
+//!   in Linux namespaces ([`NamespaceExecutor`]); [`microvm`] runs it in a
+//!   KVM microVM ([`MicroVmExecutor`], on `cellbox-vmm`); [`guest`] is the
+//!   host side of the guest protocol both share.
 //!
 //! ```no_run
 //! # async fn demo() -> cellbox::Result<()> {
@@ -30,6 +31,7 @@ pub mod event;
 pub mod execution;
 pub mod executor;
 pub mod guest;
+pub mod microvm;
 pub mod namespace;
 pub mod progress;
 pub mod wasm;
@@ -39,6 +41,7 @@ pub use error::{Error, Result};
 pub use event::Event;
 pub use execution::{CellResult, Execution, ExecutionError, Logs};
 pub use executor::{Backend, EventCallback, Executor, RunOptions};
+pub use microvm::{MicroVmConfig, MicroVmExecutor};
 pub use namespace::{NamespaceConfig, NamespaceExecutor};
 pub use progress::Progress;
 pub use wasm::{WasmConfig, WasmEngine, WasmExecutor, WasmSessionOptions};

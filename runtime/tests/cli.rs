@@ -136,15 +136,39 @@ fn the_namespace_backend_runs_the_full_guest() {
 }
 
 #[test]
-fn the_vm_backend_is_not_available_yet_and_says_so() {
-    let output = cellbox(&["run", "--backend", "vm", "--json", "-c", "1"]);
-    assert_eq!(output.status.code(), Some(2), "{output:?}");
-    let line = &json_lines(&output)[0];
-    assert_eq!(line["sandbox_error"]["kind"], "unavailable");
-    let message = line["sandbox_error"]["message"].as_str().unwrap();
-    assert!(message.contains("not available yet"), "{message}");
-    let plain = cellbox(&["run", "--backend", "vm", "-c", "1"]);
-    assert!(String::from_utf8_lossy(&plain.stderr).contains("not available yet"));
+fn the_vm_backend_runs_cells_or_fails_fast_naming_the_reason() {
+    let started = std::time::Instant::now();
+    let output = cellbox(&[
+        "run",
+        "--backend",
+        "vm",
+        "--json",
+        "-c",
+        "x = 1",
+        "-c",
+        "x += 1; x",
+    ]);
+    let lines = json_lines(&output);
+    match cellbox_vmm::kvm_support::linux_guest_blocker() {
+        Some(reason) => {
+            assert_eq!(output.status.code(), Some(2), "{output:?}");
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(5),
+                "it must fail fast"
+            );
+            assert_eq!(lines[0]["backend"], "vm");
+            assert_eq!(lines[0]["sandbox_error"]["kind"], "unavailable");
+            let message = lines[0]["sandbox_error"]["message"].as_str().unwrap();
+            assert!(message.contains(&reason), "{message}");
+            assert!(message.contains("--backend namespace"), "{message}");
+            let plain = cellbox(&["run", "--backend", "vm", "-c", "1"]);
+            assert!(String::from_utf8_lossy(&plain.stderr).contains("--backend namespace"));
+        }
+        None => {
+            assert_eq!(output.status.code(), Some(0), "{output:?}");
+            assert_eq!(lines[1]["results"][0]["text"], "2");
+        }
+    }
 }
 
 #[test]

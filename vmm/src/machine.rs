@@ -145,9 +145,8 @@ impl Vm {
         pio.insert(u64::from(COM1_PORT), 8, serial)
             .map_err(|e| VmError::Devices(e.to_string()))?;
 
-        let mut cmdline = Cmdline::new(CMDLINE_MAX_SIZE).map_err(boot::BootError::Cmdline)?;
-        cmdline
-            .insert_str(&config.cmdline)
+        // Words after " -- " are init's arguments; device entries join the kernel's part.
+        let mut cmdline = Cmdline::try_from(&config.cmdline, CMDLINE_MAX_SIZE)
             .map_err(boot::BootError::Cmdline)?;
         let mut devices = DeviceSlots::new()?;
         let mut mmio = Bus::default();

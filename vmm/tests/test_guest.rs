@@ -208,3 +208,20 @@ fn a_missing_kernel_or_disk_is_a_clear_error() {
     let err = Vm::start(VmConfig::new(guest()).with_vcpus(0)).unwrap_err();
     assert!(err.to_string().contains("vcpus"), "{err}");
 }
+
+#[test]
+fn init_arguments_stay_after_the_device_entries() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = base_image(dir.path());
+    let config = VmConfig::new(guest())
+        .with_cmdline("tg.only=serial -- --vsock 1024")
+        .with_disk(&image, true);
+    let vm = Vm::start(config).unwrap();
+    assert_eq!(finished(&vm), ExitReason::Reset);
+    let expected = "tg: cmdline tg.only=serial virtio_mmio.device=4K@0xd0000000:5 -- --vsock 1024";
+    assert!(
+        lines(&vm).contains(&expected.to_string()),
+        "{:#?}",
+        lines(&vm)
+    );
+}

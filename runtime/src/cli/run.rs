@@ -5,8 +5,8 @@ use std::time::Duration;
 use clap::{Args, ValueEnum};
 
 use cellbox::{
-    Backend, Error, Execution, Executor, NamespaceConfig, NamespaceExecutor, Progress, RunOptions,
-    WasmConfig, WasmEngine, WasmExecutor,
+    Backend, Error, Execution, Executor, MicroVmConfig, MicroVmExecutor, NamespaceConfig,
+    NamespaceExecutor, Progress, RunOptions, WasmConfig, WasmEngine, WasmExecutor,
 };
 
 use super::render::Output;
@@ -120,9 +120,12 @@ async fn start(backend: Backend, no_preinit: bool) -> cellbox::Result<Box<dyn Ex
             };
             Ok(Box::new(NamespaceExecutor::start(config).await?))
         }
-        Backend::Vm => Err(Error::Unavailable {
-            backend,
-            reason: "not available yet in this version of cellbox (use --backend wasm)".into(),
-        }),
+        Backend::Vm => {
+            let config = MicroVmConfig {
+                progress: Progress::new(|line| eprintln!("cellbox: {line}")),
+                ..Default::default()
+            };
+            Ok(Box::new(MicroVmExecutor::start(config).await?))
+        }
     }
 }

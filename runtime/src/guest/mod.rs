@@ -5,7 +5,9 @@
 pub mod artifacts;
 pub mod client;
 pub mod kernel;
+pub mod session;
 
 pub use artifacts::GuestArtifacts;
 pub use client::GuestClient;
 pub use kernel::GuestKernel;
+pub use session::GuestSession;

@@ -8,13 +8,12 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use cellbox_guest_init::protocol::DEFAULT_CONTEXT;
 
 use super::cgroup::Cgroup;
 use crate::error::{Error, Result};
 use crate::execution::Execution;
 use crate::executor::{Backend, EventCallback, Executor, RunOptions};
-use crate::guest::{GuestArtifacts, GuestClient};
+use crate::guest::{GuestArtifacts, GuestClient, GuestSession};
 use crate::progress::Progress;
 
 /// How to start a namespace sandbox.
@@ -56,9 +55,8 @@ impl Default for NamespaceConfig {
 /// kernel exploit escapes it. Use the microVM backend for strong isolation.
 #[derive(Debug)]
 pub struct NamespaceExecutor {
-    client: Option<GuestClient>,
+    session: GuestSession,
     launcher: tokio::process::Child,
-    default_timeout: Duration,
     _cgroup: Cgroup,
     _dir: tempfile::TempDir,
 }
@@ -160,9 +158,8 @@ impl NamespaceExecutor {
             }
         };
         Ok(NamespaceExecutor {
-            client: Some(client),
+            session: GuestSession::new(client, config.default_timeout),
             launcher,
-            default_timeout: config.default_timeout,
             _cgroup: cgroup,
             _dir: dir,
         })
@@ -228,30 +225,15 @@ impl Executor for NamespaceExecutor {
         options: &RunOptions,
         on_event: &mut EventCallback<'_>,
     ) -> Result<Execution> {
-        let client = self.client.as_ref().ok_or(Error::Closed)?;
-        client
-            .execute(
-                DEFAULT_CONTEXT,
-                code,
-                options,
-                self.default_timeout,
-                on_event,
-            )
-            .await
+        self.session.execute(code, options, on_event).await
     }
 
     async fn restart(&mut self) -> Result<()> {
-        self.client
-            .as_ref()
-            .ok_or(Error::Closed)?
-            .restart_default()
-            .await
+        self.session.restart().await
     }
 
     async fn close(&mut self) -> Result<()> {
-        if let Some(client) = self.client.take() {
-            let _ = client.shutdown().await;
-        }
+        self.session.shutdown().await;
         if tokio::time::timeout(Duration::from_secs(5), self.launcher.wait())
             .await
             .is_err()

@@ -1,0 +1,208 @@
+//! `MicroVmExecutor`: boots the guest in a microVM and runs cells in it with
+//! the same guest protocol (and so the same results) as the namespace backend.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use cellbox_guest_init::protocol::VSOCK_PORT;
+use cellbox_vmm::{Vm, VmConfig};
+
+use crate::error::{Error, Result};
+use crate::execution::Execution;
+use crate::executor::{Backend, EventCallback, Executor, RunOptions};
+use crate::guest::{GuestArtifacts, GuestClient, GuestKernel, GuestSession};
+use crate::progress::Progress;
+
+/// The guest's context id on vsock.
+const GUEST_CID: u64 = 3;
+
+/// How to start a microVM.
+#[derive(Debug, Clone)]
+pub struct MicroVmConfig {
+    /// The artefact cache; `None` means [`crate::default_cache_dir`].
+    pub cache_dir: Option<PathBuf>,
+    /// Receives progress lines while artefacts are built.
+    pub progress: Progress,
+    /// Virtual CPUs.
+    pub vcpus: u8,
+    /// Guest memory in MiB: the limit for everything in the sandbox.
+    pub memory_mib: u32,
+    /// Timeout for cells whose [`RunOptions`] set none.
+    pub default_timeout: Duration,
+    /// How long the guest may take to boot and answer.
+    pub boot_timeout: Duration,
+}
+
+impl Default for MicroVmConfig {
+    fn default() -> Self {
+        MicroVmConfig {
+            cache_dir: None,
+            progress: Progress::default(),
+            vcpus: 1,
+            memory_mib: 1024,
+            default_timeout: Duration::from_secs(60),
+            boot_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The kernel command line: serial console, the ext4 root on `vda` (written
+/// only to the VM's copy-on-write layer), guest-init as init on vsock.
+pub fn kernel_cmdline() -> String {
+    format!(
+        "console=ttyS0 reboot=k panic=-1 quiet root=/dev/vda rw rootfstype=ext4 \
+         init=/usr/sbin/init -- --vsock {VSOCK_PORT}"
+    )
+}
+
+/// A stateful Python session in a KVM microVM: its own kernel, no network
+/// device, no host files but the read-only root image, memory and vCPUs as
+/// configured.
+#[derive(Debug)]
+pub struct MicroVmExecutor {
+    session: GuestSession,
+    vm: Option<Vm>,
+}
+
+fn unavailable(reason: impl Into<String>) -> Error {
+    Error::Unavailable {
+        backend: Backend::Vm,
+        reason: reason.into(),
+    }
+}
+
+impl MicroVmExecutor {
+    /// Boots a microVM (building the guest artefacts first if needed). Fails
+    /// fast, naming the reason, where KVM cannot run a Linux guest.
+    pub async fn start(config: MicroVmConfig) -> Result<MicroVmExecutor> {
+        if let Some(reason) = cellbox_vmm::kvm_support::linux_guest_blocker() {
+            return Err(unavailable(format!(
+                "{reason}. Use --backend namespace (the same guest in Linux namespaces) instead"
+            )));
+        }
+        let cache_root = config
+            .cache_dir
+            .clone()
+            .unwrap_or_else(crate::default_cache_dir);
+        let progress = config.progress.clone();
+        let (kernel, image) = tokio::task::spawn_blocking(move || -> Result<_> {
+            let kernel = GuestKernel::ensure(&cache_root, &progress)?;
+            let image = GuestArtifacts::ensure(&cache_root, &progress)?.ext4_image(&progress)?;
+            Ok((kernel, image))
+        })
+        .await
+        .map_err(|e| unavailable(format!("building the guest failed: {e}")))??;
+
+        let vm_config = VmConfig::new(kernel.vmlinux())
+            .with_cmdline(kernel_cmdline())
+            .with_vcpus(config.vcpus)
+            .with_memory_mib(config.memory_mib)
+            .with_disk(image, true)
+            .with_vsock(GUEST_CID);
+        let vm = tokio::task::spawn_blocking(move || Vm::start(vm_config))
+            .await
+            .map_err(|e| unavailable(format!("starting the VM failed: {e}")))?
+            .map_err(|e| unavailable(e.to_string()))?;
+        let client = connect(&vm, config.boot_timeout).await?;
+        Ok(MicroVmExecutor {
+            session: GuestSession::new(client, config.default_timeout),
+            vm: Some(vm),
+        })
+    }
+}
+
+/// Waits for guest-init to listen on vsock, then says hello.
+async fn connect(vm: &Vm, boot_timeout: Duration) -> Result<GuestClient> {
+    let connector = vm.vsock().expect("configured above").clone();
+    let deadline = Instant::now() + boot_timeout;
+    let died = |vm: &Vm, what: String| {
+        let console = vm.console().text();
+        let tail: String = console
+            .lines()
+            .rev()
+            .take(20)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect::<Vec<_>>()
+            .join("\n");
+        Error::SandboxDied {
+            reason: format!("{what}; last console lines:\n{tail}"),
+        }
+    };
+    let stream = loop {
+        if let Some(reason) = vm.exit_reason() {
+            return Err(died(
+                vm,
+                format!("the VM stopped while booting ({reason:?})"),
+            ));
+        }
+        if Instant::now() >= deadline {
+            return Err(died(
+                vm,
+                format!("guest-init did not answer on vsock within {boot_timeout:?}"),
+            ));
+        }
+        let attempt = connector.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            attempt.connect(VSOCK_PORT, Duration::from_secs(1))
+        })
+        .await
+        .map_err(|e| unavailable(e.to_string()))?;
+        match result {
+            Ok(stream) => break stream,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => return Err(died(vm, format!("vsock: {e}"))),
+        }
+    };
+    stream
+        .set_nonblocking(true)
+        .map_err(|e| Error::io("configuring the guest connection", e))?;
+    let stream = tokio::net::UnixStream::from_std(stream)
+        .map_err(|e| Error::io("configuring the guest connection", e))?;
+    GuestClient::connect(stream, boot_timeout).await
+}
+
+#[async_trait]
+impl Executor for MicroVmExecutor {
+    fn backend(&self) -> Backend {
+        Backend::Vm
+    }
+
+    async fn execute(
+        &mut self,
+        code: &str,
+        options: &RunOptions,
+        on_event: &mut EventCallback<'_>,
+    ) -> Result<Execution> {
+        self.session.execute(code, options, on_event).await
+    }
+
+    async fn restart(&mut self) -> Result<()> {
+        self.session.restart().await
+    }
+
+    async fn close(&mut self) -> Result<()> {
+        self.session.shutdown().await;
+        if let Some(mut vm) = self.vm.take() {
+            // guest-init powers the VM off after a shutdown; stop it regardless.
+            tokio::task::spawn_blocking(move || {
+                vm.wait(Duration::from_secs(5));
+                vm.stop();
+            })
+            .await
+            .map_err(|e| Error::SandboxDied {
+                reason: e.to_string(),
+            })?;
+        }
+        Ok(())
+    }
+}

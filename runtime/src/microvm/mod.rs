@@ -1,0 +1,6 @@
+//! The microVM backend: the guest kernel, the guest's root file system and
+//! `guest-init` in a KVM virtual machine (`cellbox-vmm`), reached over vsock.
+
+mod executor;
+
+pub use executor::{MicroVmConfig, MicroVmExecutor, kernel_cmdline};
