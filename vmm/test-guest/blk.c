@@ -16,7 +16,7 @@ static struct {
     uint32_t type, reserved;
     uint64_t sector;
 } blk_hdr;
-static uint8_t blk_data[512] __attribute__((aligned(512)));
+static uint8_t blk_data[4096] __attribute__((aligned(4096)));
 static volatile uint8_t blk_status;
 
 /* One request as a header / data / status chain. Returns the status byte,
@@ -45,11 +45,25 @@ static int blk_request(uint32_t type, uint64_t sector, uint32_t len,
 
 static void clear_data(void)
 {
-    for (int i = 0; i < (int)sizeof(blk_data); i++)
+    for (int i = 0; i < 512; i++)
         blk_data[i] = 0;
 }
 
-void blk_run(uint64_t base)
+/* `reads` requests of 8 sectors each, spread over the disk. */
+static void blk_bench_run(int reads, uint64_t capacity)
+{
+    line("blk bench start");
+    for (int i = 0; i < reads; i++) {
+        uint64_t sector = ((uint64_t)i * 8) % (capacity - 7);
+        if (blk_request(VIRTIO_BLK_T_IN, sector, 4096, 1) != 0) {
+            line("error blk bench read failed");
+            return;
+        }
+    }
+    line("blk bench end");
+}
+
+void blk_run(uint64_t base, int bench)
 {
     static const char text[] = "written by the test guest";
     uint64_t features, capacity;
@@ -111,6 +125,8 @@ void blk_run(uint64_t base)
     if ((st = blk_request(VIRTIO_BLK_T_IN, capacity, 512, 1)) < 0)
         return;
     line_num("blk past-end status", (uint64_t)st);
+    if (bench > 0 && capacity >= 8)
+        blk_bench_run(bench, capacity);
     return;
 
 fail:

@@ -4,7 +4,8 @@
 
 #include <stdint.h>
 
-void blk_run(uint64_t base);                /* virtio-blk, device id 2 */
+/* virtio-blk, device id 2; `bench` > 0 adds that many timed 4 KiB reads */
+void blk_run(uint64_t base, int bench);
 void vsock_run(uint64_t base, int serve);   /* virtio-vsock, device id 19 */
 
 #endif
