@@ -33,3 +33,26 @@ fn the_guest_kernel_builds_with_the_options_the_microvm_needs() {
         );
     }
 }
+
+#[test]
+fn the_vmm_loads_both_kernel_images_at_their_64_bit_entry() {
+    use cellbox_vmm::arch::boot::load_kernel;
+    use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+    let kernel = GuestKernel::ensure(&cellbox::default_cache_dir(), &Default::default())
+        .expect("building the guest kernel");
+    let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 256 << 20)]).unwrap();
+    // vmlinux: entered at its ELF entry point, startup_64 at 16 MiB (CONFIG_PHYSICAL_START).
+    let elf = load_kernel(&mem, &kernel.vmlinux()).unwrap();
+    assert_eq!(elf.entry, GuestAddress(0x100_0000));
+    let mut code = [0u8; 16];
+    mem.read_slice(&mut code, elf.entry).unwrap();
+    assert_ne!(
+        code, [0u8; 16],
+        "the kernel's text was copied into guest memory"
+    );
+    // bzImage: the protected-mode kernel at 1 MiB, its 64-bit entry 0x200 into it.
+    let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 256 << 20)]).unwrap();
+    let bz = load_kernel(&mem, &kernel.bzimage()).unwrap();
+    assert_eq!(bz.entry, GuestAddress(0x10_0200));
+}
