@@ -66,3 +66,21 @@ pub async fn check_env_vars_do_not_leak(executor: &mut impl Executor) {
     let without = executor.run("os.environ.get('FOO')").await.unwrap();
     assert!(without.results.is_empty(), "None is not shown: {without:?}");
 }
+
+/// A matplotlib plot comes back as a PNG result (the heavy backends' guest).
+pub async fn check_plot_is_png(executor: &mut impl Executor) {
+    use base64::Engine as _;
+    let plot = executor
+        .run("import matplotlib.pyplot as plt; plt.plot([1, 2, 3]); plt.show()")
+        .await
+        .unwrap();
+    let png = plot
+        .results
+        .iter()
+        .find_map(|r| r.png.as_deref())
+        .expect("a PNG result");
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(png)
+        .unwrap();
+    assert!(bytes.starts_with(b"\x89PNG\r\n\x1a\n"));
+}

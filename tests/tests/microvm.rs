@@ -4,8 +4,8 @@
 
 use std::time::{Duration, Instant};
 
-use base64::Engine as _;
 use cellbox::{Error, Executor, MicroVmConfig, MicroVmExecutor};
+use cellbox_tests::check_plot_is_png;
 
 #[tokio::test]
 async fn cells_run_in_the_microvm_or_it_refuses_fast() {
@@ -36,19 +36,7 @@ async fn cells_run_in_the_microvm_or_it_refuses_fast() {
             vm.run("x = 1").await.unwrap();
             let execution = vm.run("x += 1; x").await.unwrap();
             assert_eq!(execution.text(), Some("2"));
-            let plot = vm
-                .run("import matplotlib.pyplot as plt; plt.plot([1, 2, 3]); plt.show()")
-                .await
-                .unwrap();
-            let png = plot
-                .results
-                .iter()
-                .find_map(|r| r.png.as_deref())
-                .expect("a PNG result");
-            let bytes = base64::engine::general_purpose::STANDARD
-                .decode(png)
-                .unwrap();
-            assert!(bytes.starts_with(b"\x89PNG\r\n\x1a\n"));
+            check_plot_is_png(&mut vm).await;
             vm.close().await.unwrap();
         }
     }

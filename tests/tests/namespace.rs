@@ -3,9 +3,10 @@
 
 use std::time::Duration;
 
-use base64::Engine as _;
 use cellbox::{Error, Executor};
-use cellbox_tests::{check_env_vars_do_not_leak, namespace_session, run_with_timeout};
+use cellbox_tests::{
+    check_env_vars_do_not_leak, check_plot_is_png, namespace_session, run_with_timeout,
+};
 
 #[tokio::test]
 async fn state_persists_between_cells() {
@@ -20,19 +21,7 @@ async fn state_persists_between_cells() {
 #[tokio::test]
 async fn plots_tables_and_shell_lines() {
     let mut sandbox = namespace_session().await;
-    let plot = sandbox
-        .run("import matplotlib.pyplot as plt; plt.plot([1, 2, 3]); plt.show()")
-        .await
-        .unwrap();
-    let png = plot
-        .results
-        .iter()
-        .find_map(|r| r.png.as_deref())
-        .expect("a PNG result");
-    let bytes = base64::engine::general_purpose::STANDARD
-        .decode(png)
-        .unwrap();
-    assert!(bytes.starts_with(b"\x89PNG\r\n\x1a\n"));
+    check_plot_is_png(&mut sandbox).await;
 
     let table = sandbox
         .run(r#"import pandas as pd; pd.DataFrame({"a": [1, 2, 3]})"#)
