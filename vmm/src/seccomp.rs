@@ -80,10 +80,21 @@ const IO: &[i64] = &[
 const fn kvm_ior(nr: u64, size: u64) -> u64 {
     (2 << 30) | (size << 16) | (0xae << 8) | nr
 }
+const fn kvm_iow(nr: u64, size: u64) -> u64 {
+    (1 << 30) | (size << 16) | (0xae << 8) | nr
+}
 /// `KVM_RUN`.
 const KVM_RUN: u64 = 0xae80;
-/// `KVM_GET_REGS` (struct kvm_regs, 144 bytes).
-const KVM_GET_REGS: u64 = kvm_ior(0x81, 144);
+const REGS_SIZE: u64 = std::mem::size_of::<kvm_bindings::kvm_regs>() as u64;
+const EVENTS_SIZE: u64 = std::mem::size_of::<kvm_bindings::kvm_vcpu_events>() as u64;
+/// `KVM_GET_REGS`.
+const KVM_GET_REGS: u64 = kvm_ior(0x81, REGS_SIZE);
+/// `KVM_SET_REGS`.
+const KVM_SET_REGS: u64 = kvm_iow(0x82, REGS_SIZE);
+/// `KVM_GET_VCPU_EVENTS`.
+const KVM_GET_VCPU_EVENTS: u64 = kvm_ior(0x9f, EVENTS_SIZE);
+/// `KVM_SET_VCPU_EVENTS`.
+const KVM_SET_VCPU_EVENTS: u64 = kvm_iow(0xa0, EVENTS_SIZE);
 /// `FIONBIO` (std's set_nonblocking).
 const FIONBIO: u64 = 0x5421;
 
@@ -98,7 +109,14 @@ pub fn filter(kind: ThreadKind) -> Result<BpfProgram, SeccompError> {
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> =
         COMMON.iter().map(|&nr| (nr, Vec::new())).collect();
     let ioctls = match kind {
-        ThreadKind::Vcpu => vec![KVM_RUN, KVM_GET_REGS],
+        // Registers and events: the run loop finishes an `int3` KVM could not emulate.
+        ThreadKind::Vcpu => vec![
+            KVM_RUN,
+            KVM_GET_REGS,
+            KVM_SET_REGS,
+            KVM_GET_VCPU_EVENTS,
+            KVM_SET_VCPU_EVENTS,
+        ],
         ThreadKind::Io => {
             rules.extend(IO.iter().map(|&nr| (nr, Vec::new())));
             vec![FIONBIO]

@@ -86,6 +86,7 @@ pub fn run(mut vcpu: VcpuFd, index: u8, shared: Arc<Shared>) {
     }
     while !shared.stopping() {
         let action = match vcpu.run() {
+            Ok(VcpuExit::InternalError) => emulation_failure(&mut vcpu),
             Ok(exit) => handle_exit(exit, &shared.pio, &shared.mmio),
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => Action::Continue,
             Err(e) => Action::Stop(ExitReason::Failed(format!("KVM_RUN failed: {e}"))),
@@ -102,6 +103,57 @@ pub fn run(mut vcpu: VcpuFd, index: u8, shared: Arc<Shared>) {
             break;
         }
     }
+}
+
+/// KVM could not emulate an instruction (on PVM every guest-kernel
+/// instruction goes through KVM's emulator). One case is ours to finish: an
+/// `int3` (which the emulator only knows in real mode, and Linux runs once at
+/// boot in its self-test) — step over it and deliver the #BP it raises.
+/// Anything else stops the VM with the instruction bytes in the reason.
+fn emulation_failure(vcpu: &mut VcpuFd) -> Action {
+    let failure = {
+        let run = vcpu.get_kvm_run();
+        // SAFETY: KVM_RUN returned with exit reason KVM_EXIT_INTERNAL_ERROR
+        // (that is what VcpuExit::InternalError means), for which KVM fills
+        // the `emulation_failure`/`internal` member of the exit union.
+        unsafe { run.__bindgen_anon_1.emulation_failure }
+    };
+    let has_bytes = failure.suberror == kvm_bindings::KVM_INTERNAL_ERROR_EMULATION
+        && failure.flags
+            & u64::from(kvm_bindings::KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES)
+            != 0;
+    let bytes: Vec<u8> = if has_bytes {
+        // SAFETY: the flag above says the instruction-bytes variant is filled in.
+        let insn = unsafe { failure.__bindgen_anon_1.__bindgen_anon_1 };
+        insn.insn_bytes[..usize::from(insn.insn_size).min(15)].to_vec()
+    } else {
+        Vec::new()
+    };
+    let rip = vcpu.get_regs().map(|r| r.rip).unwrap_or_default();
+    if bytes.first() == Some(&0xcc) && deliver_breakpoint(vcpu).is_ok() {
+        tracing::debug!(
+            rip = format_args!("{rip:#x}"),
+            "delivered an int3 KVM could not emulate"
+        );
+        return Action::Continue;
+    }
+    Action::Stop(ExitReason::Failed(format!(
+        "KVM could not emulate the instruction at {rip:#x} (suberror {}, bytes {bytes:02x?}); \
+         on PVM hosts hide the CPU feature behind it with clearcpuid=",
+        failure.suberror
+    )))
+}
+
+/// Advances past a one-byte `int3` and injects the breakpoint exception.
+fn deliver_breakpoint(vcpu: &VcpuFd) -> Result<(), kvm_ioctls::Error> {
+    let mut regs = vcpu.get_regs()?;
+    regs.rip += 1;
+    vcpu.set_regs(&regs)?;
+    let mut events = vcpu.get_vcpu_events()?;
+    events.exception.injected = 1;
+    events.exception.nr = 3; // #BP, a trap: RIP already points after the int3
+    events.exception.has_error_code = 0;
+    vcpu.set_vcpu_events(&events)
 }
 
 #[cfg(test)]
