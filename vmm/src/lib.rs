@@ -9,11 +9,13 @@
 //! - [`arch`]: kernel loading, registers, CPUID, MP table; [`layout`]: the memory map
 //! - [`seccomp`]: the filters every VMM thread runs under
 //! - [`kvm_support`]: whether KVM here can run a Linux guest at all
+//! - [`fuzzing`]: entry points for the cargo-fuzz targets and their smoke test
 
 pub mod arch;
 pub mod config;
 pub mod devices;
 pub mod error;
+pub mod fuzzing;
 pub mod kvm_support;
 pub mod layout;
 mod machine;

@@ -40,7 +40,7 @@ pub struct VsockDevice {
     queue_events: [EventFd; 3],
     wake: Arc<EventFd>,
     requests: Receiver<ConnectRequest>,
-    muxer: Muxer,
+    pub(crate) muxer: Muxer,
     active: Option<Active>,
 }
 
@@ -69,7 +69,7 @@ impl VsockDevice {
     }
 
     /// Guest packets on the TX queue → the muxer.
-    fn process_tx(&mut self) {
+    pub(crate) fn process_tx(&mut self) {
         let Some(Active { mem, queues, irq }) = &mut self.active else {
             return;
         };
@@ -97,7 +97,7 @@ impl VsockDevice {
     }
 
     /// Muxer packets → the guest's RX buffers, while both last.
-    fn fill_rx(&mut self) {
+    pub(crate) fn fill_rx(&mut self) {
         let Some(Active { mem, queues, irq }) = &mut self.active else {
             return;
         };
@@ -106,7 +106,12 @@ impl VsockDevice {
             let head = chain.head_index();
             let len = match VsockPacket::from_rx_virtq_chain(&*mem, &mut chain, MAX_PKT_DATA) {
                 Ok(mut pkt) => {
-                    let room = pkt.data_slice().map_or(0, |d| d.len());
+                    // One descriptor may span a whole memory region: never read more
+                    // than a packet's worth from the host for it.
+                    let room = pkt
+                        .data_slice()
+                        .map_or(0, |d| d.len())
+                        .min(MAX_PKT_DATA as usize);
                     let Some((hdr, data)) = self.muxer.to_guest(room) else {
                         queues[RX].go_to_previous_position();
                         break;

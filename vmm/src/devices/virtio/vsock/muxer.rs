@@ -14,7 +14,7 @@ use super::connection::{Connection, HOST_BUF_ALLOC, State};
 use super::header::{HOST_CID, Header, SHUTDOWN_RCV, SHUTDOWN_SEND, TYPE_STREAM, op};
 
 /// First host port handed out (high, so it never looks like a service port).
-const FIRST_HOST_PORT: u32 = 1 << 30;
+pub(crate) const FIRST_HOST_PORT: u32 = 1 << 30;
 
 /// A request to open a stream to a guest port.
 #[derive(Debug)]

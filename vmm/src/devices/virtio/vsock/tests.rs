@@ -171,3 +171,34 @@ fn malformed_rx_buffers_are_skipped() {
     assert_eq!(r.rx_used(), 4);
     assert_eq!(r.rx_op(0).0, op::REQUEST, "the good buffer got the packet");
 }
+
+#[test]
+fn a_huge_rx_buffer_gets_at_most_one_packet_of_data() {
+    use std::io::Write;
+    let mem = memory();
+    let mut r = rig(&mem);
+    let (mut user, host_end) = UnixStream::pair().unwrap();
+    r.dev.muxer.connect(ConnectRequest {
+        stream: host_end,
+        port: 1234,
+        waiter: None,
+        announce: false,
+    });
+    r.offer_rx(&[desc(RX_BUF, 0x1000, true)]);
+    r.dev.fill_rx();
+    let (_, host_port) = r.rx_op(0);
+    // The guest accepts and grants a huge credit.
+    mem.write_slice(
+        &header_bytes(1234, host_port, op::RESPONSE, 0),
+        GuestAddress(TX_BUF),
+    )
+    .unwrap();
+    r.send_tx(&[desc(TX_BUF, 44, false)]);
+    user.write_all(&vec![1u8; 200 << 10]).unwrap();
+    r.dev.muxer.host_event(host_port, true, false);
+    // One 4 MiB device-writable descriptor.
+    r.offer_rx(&[desc(0x40_0000, 4 << 20, true)]);
+    r.dev.fill_rx();
+    let len: u32 = mem.read_obj(GuestAddress(0x40_0000 + 24)).unwrap();
+    assert_eq!(len, MAX_PKT_DATA);
+}
