@@ -34,6 +34,7 @@ pub mod guest;
 pub mod microvm;
 pub mod namespace;
 pub mod progress;
+pub mod router;
 pub mod wasm;
 
 pub use cache::default_cache_dir;
@@ -44,4 +45,5 @@ pub use executor::{Backend, EventCallback, Executor, RunOptions};
 pub use microvm::{MicroVmConfig, MicroVmExecutor};
 pub use namespace::{NamespaceConfig, NamespaceExecutor};
 pub use progress::Progress;
+pub use router::{HeavyChoice, HybridConfig, HybridExecutor};
 pub use wasm::{WasmConfig, WasmEngine, WasmExecutor, WasmSessionOptions};

@@ -5,8 +5,9 @@ use std::time::Duration;
 use clap::{Args, ValueEnum};
 
 use cellbox::{
-    Backend, Error, Execution, Executor, MicroVmConfig, MicroVmExecutor, NamespaceConfig,
-    NamespaceExecutor, Progress, RunOptions, WasmConfig, WasmEngine, WasmExecutor,
+    Backend, Error, Execution, Executor, HybridConfig, HybridExecutor, MicroVmConfig,
+    MicroVmExecutor, NamespaceConfig, NamespaceExecutor, Progress, RunOptions, WasmConfig,
+    WasmEngine, WasmExecutor,
 };
 
 use super::render::Output;
@@ -33,7 +34,7 @@ pub struct RunArgs {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum BackendChoice {
-    /// The best backend for each cell (for now: wasm).
+    /// The fast path, moving to the heavy backend (microVM, else namespace) when a cell needs it.
     Auto,
     /// CPython for WASI in process.
     Wasm,
@@ -60,7 +61,8 @@ pub async fn run(args: RunArgs) -> u8 {
         BackendChoice::Vm => Backend::Vm,
         BackendChoice::Namespace => Backend::Namespace,
     };
-    let mut session = match start(backend, args.no_preinit).await {
+    let hybrid = args.backend == BackendChoice::Auto;
+    let mut session = match start(backend, hybrid, args.no_preinit, &args.cells).await {
         Ok(session) => session,
         Err(error) => {
             out.sandbox_error(backend, &Execution::default(), &error);
@@ -80,6 +82,8 @@ pub async fn run(args: RunArgs) -> u8 {
                 out.stream(event);
             })
             .await;
+        // The router reports where each cell ran.
+        let backend = session.backend();
         match result {
             Ok(execution) => {
                 out.execution(backend, &execution);
@@ -100,15 +104,34 @@ pub async fn run(args: RunArgs) -> u8 {
     status
 }
 
-async fn start(backend: Backend, no_preinit: bool) -> cellbox::Result<Box<dyn Executor>> {
+async fn start(
+    backend: Backend,
+    hybrid: bool,
+    no_preinit: bool,
+    cells: &[String],
+) -> cellbox::Result<Box<dyn Executor>> {
+    let progress = Progress::new(|line| eprintln!("cellbox: {line}"));
     match backend {
         Backend::Wasm => {
             let engine = WasmEngine::load(WasmConfig {
                 preinitialize: !no_preinit,
-                progress: Progress::new(|line| eprintln!("cellbox: {line}")),
+                progress: progress.clone(),
                 ..Default::default()
             })
             .await?;
+            if hybrid {
+                let config = HybridConfig {
+                    progress,
+                    prestart: false,
+                    ..Default::default()
+                };
+                let mut session = HybridExecutor::start(&engine, config).await?;
+                // All cells are known: start the heavy backend early only if one needs it.
+                if cells.iter().any(|cell| session.needs_heavy(cell).is_some()) {
+                    session.prestart_heavy();
+                }
+                return Ok(Box::new(session));
+            }
             Ok(Box::new(
                 WasmExecutor::start(&engine, Default::default()).await?,
             ))

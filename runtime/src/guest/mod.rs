@@ -4,10 +4,11 @@
 
 pub mod artifacts;
 pub mod client;
+pub mod files;
 pub mod kernel;
 pub mod session;
 
 pub use artifacts::GuestArtifacts;
 pub use client::GuestClient;
 pub use kernel::GuestKernel;
-pub use session::GuestSession;
+pub use session::{GuestExecutor, GuestSession};

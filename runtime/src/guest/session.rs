@@ -8,7 +8,14 @@ use cellbox_guest_init::protocol::DEFAULT_CONTEXT;
 use super::GuestClient;
 use crate::error::{Error, Result};
 use crate::execution::Execution;
-use crate::executor::{EventCallback, RunOptions};
+use crate::executor::{EventCallback, Executor, RunOptions};
+
+/// An executor backed by the full guest (namespace sandbox or microVM): files,
+/// commands and contexts are reachable through its [`GuestClient`].
+pub trait GuestExecutor: Executor + Send {
+    /// The connection to `guest-init`.
+    fn guest(&self) -> Result<&GuestClient>;
+}
 
 /// A connected guest and the session's default cell timeout.
 #[derive(Debug)]
@@ -26,7 +33,8 @@ impl GuestSession {
         }
     }
 
-    fn client(&self) -> Result<&GuestClient> {
+    /// The connection to `guest-init` ([`Error::Closed`] after shutdown).
+    pub fn client(&self) -> Result<&GuestClient> {
         self.client.as_ref().ok_or(Error::Closed)
     }
 

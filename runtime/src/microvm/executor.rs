@@ -11,7 +11,7 @@ use cellbox_vmm::{Vm, VmConfig};
 use crate::error::{Error, Result};
 use crate::execution::Execution;
 use crate::executor::{Backend, EventCallback, Executor, RunOptions};
-use crate::guest::{GuestArtifacts, GuestClient, GuestKernel, GuestSession};
+use crate::guest::{GuestArtifacts, GuestClient, GuestExecutor, GuestKernel, GuestSession};
 use crate::progress::Progress;
 
 /// The guest's context id on vsock.
@@ -169,6 +169,12 @@ async fn connect(vm: &Vm, boot_timeout: Duration) -> Result<GuestClient> {
     let stream = tokio::net::UnixStream::from_std(stream)
         .map_err(|e| Error::io("configuring the guest connection", e))?;
     GuestClient::connect(stream, boot_timeout).await
+}
+
+impl GuestExecutor for MicroVmExecutor {
+    fn guest(&self) -> Result<&GuestClient> {
+        self.session.client()
+    }
 }
 
 #[async_trait]

@@ -13,7 +13,7 @@ use super::cgroup::Cgroup;
 use crate::error::{Error, Result};
 use crate::execution::Execution;
 use crate::executor::{Backend, EventCallback, Executor, RunOptions};
-use crate::guest::{GuestArtifacts, GuestClient, GuestSession};
+use crate::guest::{GuestArtifacts, GuestClient, GuestExecutor, GuestSession};
 use crate::progress::Progress;
 
 /// How to start a namespace sandbox.
@@ -210,6 +210,12 @@ fn prepare_child(
             }
             Ok(())
         });
+    }
+}
+
+impl GuestExecutor for NamespaceExecutor {
+    fn guest(&self) -> Result<&GuestClient> {
+        self.session.client()
     }
 }
 

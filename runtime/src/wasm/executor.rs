@@ -114,6 +114,11 @@ impl WasmExecutor {
         Ok(executor)
     }
 
+    /// The host folder the session sees as `/home/user`.
+    pub fn home_dir(&self) -> &std::path::Path {
+        self.scratch.path()
+    }
+
     /// Replaces the instance with a fresh one.
     async fn renew(&mut self) -> Result<()> {
         self.live = None;

@@ -1,0 +1,15 @@
+//! The router (`--backend auto`): one session that runs trivial cells on the
+//! WebAssembly fast path and moves, with its state, to the heavy backend
+//! (microVM or namespace sandbox) when a cell needs more.
+//!
+//! - [`analysis`]: what a cell needs, from its source
+//! - [`modules`]: what the fast path can import
+//! - [`state`]: carrying the session's state across a move
+//! - [`HybridExecutor`]: the routing itself
+
+pub mod analysis;
+mod executor;
+pub mod modules;
+pub mod state;
+
+pub use executor::{HeavyChoice, HybridConfig, HybridExecutor};
