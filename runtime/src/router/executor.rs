@@ -302,6 +302,14 @@ fn missing_capability(execution: &Execution, code: &str, printed: bool) -> Optio
     if !lacks || printed {
         return None;
     }
+    // `x += 1; __import__("numpy")`: the failing line did more than fail.
+    let failing = code
+        .lines()
+        .map(str::trim)
+        .find(|l| failing_line(&error.traceback, l))?;
+    if failing.contains(';') {
+        return None;
+    }
     let only_imports_before = code
         .lines()
         .map(str::trim)
@@ -350,7 +358,10 @@ impl Executor for HybridExecutor {
                 let mut printed = false;
                 let outcome = wasm
                     .execute(code, options, &mut |event| {
-                        printed |= !matches!(event, Event::End { .. });
+                        printed |= matches!(
+                            event,
+                            Event::Stdout(_) | Event::Stderr(_) | Event::Result(_)
+                        );
                         on_event(event);
                     })
                     .await;
