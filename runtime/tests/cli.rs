@@ -188,3 +188,52 @@ fn bad_arguments_are_refused() {
     assert!(String::from_utf8_lossy(&output.stderr).contains("positive number of seconds"));
     assert_eq!(cellbox(&["run"]).status.code(), Some(2), "no cells");
 }
+
+#[test]
+fn python_files_and_notebooks_run_cell_by_cell() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("script.py");
+    std::fs::write(&script, "a = 2\n# %%\nprint('two cells')\na * 21\n").unwrap();
+    let output = cellbox(&["run", "--json", script.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    let lines = json_lines(&output);
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[1]["results"][0]["text"], "42");
+
+    let notebook = dir.path().join("analysis.ipynb");
+    let document = serde_json::json!({
+        "cells": [
+            {"cell_type": "markdown", "metadata": {}, "source": ["# Notes"]},
+            {"cell_type": "code", "execution_count": null, "metadata": {}, "outputs": [], "source": ["x = 20\n", "print('hi')"]},
+            {"cell_type": "code", "execution_count": null, "metadata": {}, "outputs": [], "source": "x + 1"},
+            {"cell_type": "code", "execution_count": null, "metadata": {}, "outputs": [], "source": "1 / 0"}
+        ],
+        "metadata": {}, "nbformat": 4, "nbformat_minor": 5
+    });
+    std::fs::write(&notebook, document.to_string()).unwrap();
+    let output = cellbox(&["run", "--backend", "wasm", notebook.to_str().unwrap()]);
+    assert_eq!(
+        output.status.code(),
+        Some(1),
+        "the last cell raises: {output:?}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&notebook).unwrap(),
+        document.to_string(),
+        "the original is untouched"
+    );
+    let copy: Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("analysis.out.ipynb")).unwrap(),
+    )
+    .unwrap();
+    let cells = copy["cells"].as_array().unwrap();
+    assert_eq!(cells[1]["outputs"][0]["text"], "hi\n");
+    assert_eq!(cells[2]["outputs"][0]["data"]["text/plain"], "21");
+    assert_eq!(cells[2]["execution_count"], 2);
+    assert_eq!(cells[3]["outputs"][0]["ename"], "ZeroDivisionError");
+    // A file that is not a notebook is refused clearly.
+    std::fs::write(dir.path().join("broken.ipynb"), "not json").unwrap();
+    let broken = cellbox(&["run", dir.path().join("broken.ipynb").to_str().unwrap()]);
+    assert_eq!(broken.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&broken.stderr).contains("not a Jupyter notebook"));
+}

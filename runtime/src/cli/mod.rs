@@ -1,5 +1,6 @@
 //! Argument parsing and the runtime setup shared by the subcommands.
 
+mod notebook;
 mod render;
 mod run;
 

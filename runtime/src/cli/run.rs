@@ -28,8 +28,20 @@ pub struct RunArgs {
     #[arg(long, hide = true)]
     no_preinit: bool,
     /// A cell of Python code; repeat for more cells.
-    #[arg(short = 'c', long = "code", value_name = "CELL", required = true)]
+    #[arg(
+        short = 'c',
+        long = "code",
+        value_name = "CELL",
+        required_unless_present = "file"
+    )]
     cells: Vec<String>,
+    /// A Python file (one cell, or cells split at `# %%` lines) or a Jupyter
+    /// notebook (its code cells; the outputs go to a copy, see --output).
+    #[arg(value_name = "FILE", conflicts_with = "cells")]
+    file: Option<std::path::PathBuf>,
+    /// Where a notebook's copy with outputs goes (default: NAME.out.ipynb).
+    #[arg(long, value_name = "PATH", requires = "file")]
+    output: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -54,8 +66,21 @@ fn parse_timeout(text: &str) -> Result<Duration, String> {
 }
 
 /// Runs the cells and returns the exit status.
-pub async fn run(args: RunArgs) -> u8 {
+pub async fn run(mut args: RunArgs) -> u8 {
     let out = Output::new(args.json);
+    let mut notebook = None;
+    if let Some(path) = &args.file {
+        match super::notebook::load(path) {
+            Ok((cells, nb)) => {
+                args.cells = cells;
+                notebook = nb;
+            }
+            Err(message) => {
+                eprintln!("cellbox: error: {message}");
+                return EXIT_SANDBOX_ERROR;
+            }
+        }
+    }
     let backend = match args.backend {
         BackendChoice::Auto | BackendChoice::Wasm => Backend::Wasm,
         BackendChoice::Vm => Backend::Vm,
@@ -74,7 +99,7 @@ pub async fn run(args: RunArgs) -> u8 {
         ..Default::default()
     };
     let mut status = EXIT_OK;
-    for cell in &args.cells {
+    for (n, cell) in args.cells.iter().enumerate() {
         let mut seen = Execution::default();
         let result = session
             .execute(cell, &options, &mut |event| {
@@ -86,6 +111,9 @@ pub async fn run(args: RunArgs) -> u8 {
         let backend = session.backend();
         match result {
             Ok(execution) => {
+                if let Some(notebook) = notebook.as_mut() {
+                    notebook.record(n, &execution);
+                }
                 out.execution(backend, &execution);
                 if execution.error.is_some() {
                     status = status.max(EXIT_CELL_ERROR);
@@ -101,6 +129,19 @@ pub async fn run(args: RunArgs) -> u8 {
         }
     }
     let _ = session.close().await;
+    if let (Some(notebook), Some(path)) = (&notebook, &args.file) {
+        let target = args
+            .output
+            .clone()
+            .unwrap_or_else(|| super::notebook::default_output(path));
+        match notebook.save(&target) {
+            Ok(()) => eprintln!("cellbox: outputs written to {}", target.display()),
+            Err(message) => {
+                eprintln!("cellbox: error: {message}");
+                status = EXIT_SANDBOX_ERROR;
+            }
+        }
+    }
     status
 }
 

@@ -44,9 +44,23 @@ impl HeavyChoice {
     }
 }
 
+/// Where a session's cells may run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Policy {
+    /// Start on the fast path, move to the heavy backend when a cell needs it.
+    #[default]
+    Auto,
+    /// The fast path only: no heavy backend, no files, commands or contexts.
+    FastOnly,
+    /// The heavy backend from the start.
+    HeavyOnly,
+}
+
 /// How to start a hybrid session.
 #[derive(Debug, Clone)]
 pub struct HybridConfig {
+    /// Where cells may run.
+    pub policy: Policy,
     /// The heavy backend.
     pub heavy: HeavyChoice,
     /// Start the heavy backend at once, in the background, so that a move
@@ -67,6 +81,7 @@ pub struct HybridConfig {
 impl Default for HybridConfig {
     fn default() -> Self {
         HybridConfig {
+            policy: Policy::Auto,
             heavy: HeavyChoice::Auto,
             prestart: true,
             wasm: WasmSessionOptions::default(),
@@ -138,8 +153,16 @@ impl HybridExecutor {
             last_backend: Backend::Wasm,
             execution_count: 0,
         };
-        if session.config.prestart && heavy_available(heavy_backend) {
-            session.start_heavy_in_background();
+        match session.config.policy {
+            Policy::HeavyOnly => {
+                session
+                    .move_to_heavy("the session's policy is heavy only")
+                    .await?;
+            }
+            Policy::Auto if session.config.prestart && heavy_available(heavy_backend) => {
+                session.start_heavy_in_background();
+            }
+            _ => {}
         }
         Ok(session)
     }
@@ -206,6 +229,12 @@ impl HybridExecutor {
     pub async fn move_to_heavy(&mut self, reason: &str) -> Result<Vec<String>> {
         if self.wasm.is_none() {
             return Ok(Vec::new());
+        }
+        if self.config.policy == Policy::FastOnly {
+            return Err(Error::Unavailable {
+                backend: self.heavy_backend,
+                reason: format!("the session runs on the fast path only, and {reason}"),
+            });
         }
         tracing::info!(backend = %self.heavy_backend, reason, "moving the session to the heavy backend");
         let history = std::mem::take(&mut self.history);
@@ -345,7 +374,9 @@ impl Executor for HybridExecutor {
         let count = self.execution_count;
         let mut execution = if let Some(wasm) = self.wasm.as_mut() {
             let needs: CellNeeds = analyze(code);
-            if let Some(reason) = heavy_reason(&needs, &self.wasm_modules) {
+            let reason = heavy_reason(&needs, &self.wasm_modules)
+                .filter(|_| self.config.policy != Policy::FastOnly);
+            if let Some(reason) = reason {
                 tracing::info!(cell = count, backend = %self.heavy_backend, reason, "routing decision");
                 let dropped = self.move_to_heavy(&reason).await?;
                 self.run_heavy(code, options, on_event, dropped).await?
@@ -366,7 +397,9 @@ impl Executor for HybridExecutor {
                     })
                     .await;
                 match outcome {
-                    Ok(execution) => match missing_capability(&execution, code, printed) {
+                    Ok(execution) => match missing_capability(&execution, code, printed)
+                        .filter(|_| self.config.policy != Policy::FastOnly)
+                    {
                         Some(reason) => {
                             tracing::info!(cell = count, backend = %self.heavy_backend, reason, "routing decision");
                             let dropped = self.move_to_heavy(&reason).await?;

@@ -12,4 +12,4 @@ mod executor;
 pub mod modules;
 pub mod state;
 
-pub use executor::{HeavyChoice, HybridConfig, HybridExecutor};
+pub use executor::{HeavyChoice, HybridConfig, HybridExecutor, Policy};
