@@ -1,120 +1,292 @@
 //! Shell commands: run with `/bin/sh -c`, output streamed, exit code last.
+//! Running commands are kept in a [`Commands`] registry, so that they can be
+//! listed and killed, and started ones fed on their stdin.
 
 use std::collections::BTreeMap;
-use std::io::Read;
+use std::io::{Read, Write};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::process::{Command, Stdio};
-use std::sync::mpsc;
+use std::process::{ChildStdin, Command, Stdio};
+use std::sync::{Arc, Mutex, MutexGuard, mpsc};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 
-use crate::protocol::{Failure, ReplyBody, Stream};
+use crate::protocol::{CommandInfo, Failure, ReplyBody, Stream};
 
-/// Runs a command to completion, sending its output and then its exit code
-/// (or a timeout failure, after killing its process group).
-pub fn run(
-    cmd: &str,
-    cwd: Option<&str>,
-    env: &BTreeMap<String, String>,
-    timeout: Option<Duration>,
-    send: &mut dyn FnMut(ReplyBody),
-) {
-    let mut command = Command::new("/bin/sh");
-    command
-        .arg("-c")
-        .arg(cmd)
-        .envs(env)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0);
-    if let Some(cwd) = cwd {
-        command.current_dir(cwd);
-    }
-    let mut child = match command.spawn() {
-        Ok(child) => child,
-        Err(e) => {
-            return send(ReplyBody::failed(
-                Failure::Io,
-                format!("starting /bin/sh: {e}"),
-            ));
-        }
-    };
-    let (tx, rx) = mpsc::channel();
-    for (stream, pipe) in [
-        (
-            Stream::Stdout,
-            child
-                .stdout
-                .take()
-                .map(|p| Box::new(p) as Box<dyn Read + Send>),
-        ),
-        (
-            Stream::Stderr,
-            child
-                .stderr
-                .take()
-                .map(|p| Box::new(p) as Box<dyn Read + Send>),
-        ),
-    ] {
-        let (tx, Some(mut pipe)) = (tx.clone(), pipe) else {
-            continue;
+/// The running commands of one host connection, by process id (each command
+/// leads its own process group, so the id is also the group's).
+#[derive(Debug, Default)]
+pub struct Commands {
+    table: Mutex<BTreeMap<u32, Arc<Running>>>,
+}
+
+#[derive(Debug)]
+struct Running {
+    cmd: String,
+    /// The write end of a started command's stdin; `None` once closed (and
+    /// always for foreground commands, whose stdin is `/dev/null`).
+    stdin: Mutex<Option<ChildStdin>>,
+}
+
+/// What to run.
+#[derive(Debug, Clone, Copy)]
+pub struct Spec<'a> {
+    pub cmd: &'a str,
+    pub cwd: Option<&'a str>,
+    pub env: &'a BTreeMap<String, String>,
+    pub timeout: Option<Duration>,
+    /// Whether stdin is a pipe the host writes to ([`Commands::send_stdin`]),
+    /// announced first with [`ReplyBody::CommandStarted`].
+    pub background: bool,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn not_running(pid: u32) -> ReplyBody {
+    ReplyBody::failed(Failure::NotFound, format!("no running command {pid}"))
+}
+
+/// Whether `pid` (a child) has exited, without reaping it (so that its id
+/// cannot be reused while it is still in the registry); with `block`, waits.
+fn has_exited(pid: u32, block: bool) -> bool {
+    let flags = libc::WEXITED | libc::WNOWAIT | if block { 0 } else { libc::WNOHANG };
+    loop {
+        // SAFETY: waitid(2) on our own child with a zeroed siginfo_t that it
+        // fills in; WNOWAIT leaves the reaping to `Child::wait`.
+        let (result, exited) = unsafe {
+            let mut info: libc::siginfo_t = std::mem::zeroed();
+            let result = libc::waitid(libc::P_PID, pid as libc::id_t, &mut info, flags);
+            (result, info.si_pid() != 0)
         };
-        std::thread::spawn(move || {
-            let mut buffer = vec![0u8; 64 * 1024];
-            while let Ok(n @ 1..) = pipe.read(&mut buffer) {
-                if tx.send((stream, buffer[..n].to_vec())).is_err() {
+        if result == 0 {
+            return exited;
+        }
+        if std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+            return true; // not our child any more: nothing to wait for
+        }
+    }
+}
+
+/// Waits until `pid` has exited (not reaped); past `deadline` it is killed
+/// and `true` returned. Its output may have ended before it does.
+fn wait_exited(pid: u32, deadline: Option<Instant>) -> bool {
+    let Some(deadline) = deadline else {
+        has_exited(pid, true);
+        return false;
+    };
+    while !has_exited(pid, false) {
+        if Instant::now() >= deadline {
+            kill_group(pid);
+            has_exited(pid, true);
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    false
+}
+
+/// SIGKILL to the process group `pid` leads.
+fn kill_group(pid: u32) {
+    // SAFETY: kill(2) on a process group created for one of our commands,
+    // whose leader is not yet reaped (so the id is not reused).
+    unsafe {
+        libc::kill(-(pid as i32), libc::SIGKILL);
+    }
+}
+
+impl Commands {
+    pub fn new() -> Commands {
+        Commands::default()
+    }
+
+    /// Runs a command to completion, sending its output and then its exit
+    /// code (or a timeout failure, after killing its process group). A
+    /// background command first gets a [`ReplyBody::CommandStarted`].
+    pub fn run(&self, spec: Spec<'_>, send: &mut dyn FnMut(ReplyBody)) {
+        let mut command = Command::new("/bin/sh");
+        command
+            .arg("-c")
+            .arg(spec.cmd)
+            .envs(spec.env)
+            .stdin(if spec.background {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0);
+        if let Some(cwd) = spec.cwd {
+            command.current_dir(cwd);
+        }
+        let mut child = match command.spawn() {
+            Ok(child) => child,
+            Err(e) => {
+                let failure = if e.kind() == std::io::ErrorKind::NotFound {
+                    Failure::NotFound
+                } else {
+                    Failure::Io
+                };
+                return send(ReplyBody::failed(
+                    failure,
+                    format!("starting /bin/sh -c {:?}: {e}", spec.cmd),
+                ));
+            }
+        };
+        let pid = child.id();
+        let running = Running {
+            cmd: spec.cmd.to_string(),
+            stdin: Mutex::new(child.stdin.take()),
+        };
+        lock(&self.table).insert(pid, Arc::new(running));
+        if spec.background {
+            send(ReplyBody::CommandStarted { pid });
+        }
+
+        let (tx, rx) = mpsc::channel();
+        for (stream, pipe) in [
+            (
+                Stream::Stdout,
+                child
+                    .stdout
+                    .take()
+                    .map(|p| Box::new(p) as Box<dyn Read + Send>),
+            ),
+            (
+                Stream::Stderr,
+                child
+                    .stderr
+                    .take()
+                    .map(|p| Box::new(p) as Box<dyn Read + Send>),
+            ),
+        ] {
+            let (tx, Some(mut pipe)) = (tx.clone(), pipe) else {
+                continue;
+            };
+            std::thread::spawn(move || {
+                let mut buffer = vec![0u8; 64 * 1024];
+                while let Ok(n @ 1..) = pipe.read(&mut buffer) {
+                    if tx.send((stream, buffer[..n].to_vec())).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        drop(tx);
+        let deadline = spec.timeout.map(|t| Instant::now() + t);
+        let mut timed_out = false;
+        loop {
+            let wait = deadline.map_or(Duration::from_secs(3600), |d| {
+                d.saturating_duration_since(Instant::now())
+            });
+            match rx.recv_timeout(wait) {
+                Ok((stream, bytes)) => send(ReplyBody::CommandOutput {
+                    stream,
+                    data: BASE64.encode(bytes),
+                }),
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                Err(mpsc::RecvTimeoutError::Timeout) if deadline.is_some() => {
+                    timed_out = true;
+                    kill_group(pid);
                     break;
                 }
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
             }
-        });
-    }
-    drop(tx);
-    let deadline = timeout.map(|t| Instant::now() + t);
-    let mut timed_out = false;
-    loop {
-        let wait = deadline.map_or(Duration::from_secs(3600), |d| {
-            d.saturating_duration_since(Instant::now())
-        });
-        match rx.recv_timeout(wait) {
-            Ok((stream, bytes)) => send(ReplyBody::CommandOutput {
-                stream,
-                data: BASE64.encode(bytes),
+        }
+        if !timed_out {
+            timed_out = wait_exited(pid, deadline);
+        } else {
+            has_exited(pid, true);
+        }
+        // Out of the registry before the id is freed by reaping. (Its stdin
+        // closes with the last reference: a write may still be under way.)
+        lock(&self.table).remove(&pid);
+        let status = child.wait();
+        if timed_out {
+            return send(ReplyBody::failed(
+                Failure::Timeout,
+                format!(
+                    "the command did not finish within {:?} and was killed",
+                    spec.timeout.unwrap_or_default()
+                ),
+            ));
+        }
+        match status {
+            Ok(status) => send(ReplyBody::CommandExit {
+                code: status
+                    .code()
+                    .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)),
             }),
-            Err(mpsc::RecvTimeoutError::Disconnected) => break,
-            Err(mpsc::RecvTimeoutError::Timeout) if deadline.is_some() => {
-                timed_out = true;
-                // SAFETY: kill(2) on the process group created for this command.
-                unsafe {
-                    libc::kill(-(child.id() as i32), libc::SIGKILL);
-                }
-                break;
-            }
-            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(e) => send(ReplyBody::failed(
+                Failure::Io,
+                format!("waiting for the command: {e}"),
+            )),
         }
     }
-    let status = child.wait();
-    if timed_out {
-        return send(ReplyBody::failed(
-            Failure::Timeout,
-            format!(
-                "the command did not finish within {:?} and was killed",
-                timeout.unwrap_or_default()
-            ),
-        ));
+
+    /// Writes `data` (base64) to a started command's stdin, then closes it
+    /// if `eof`. May block while the command does not read.
+    pub fn send_stdin(&self, pid: u32, data: &str, eof: bool) -> ReplyBody {
+        let bytes = match BASE64.decode(data) {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                return ReplyBody::failed(Failure::BadRequest, format!("data is not base64: {e}"));
+            }
+        };
+        let Some(running) = lock(&self.table).get(&pid).cloned() else {
+            return not_running(pid);
+        };
+        let mut stdin = lock(&running.stdin);
+        if !bytes.is_empty() {
+            let Some(pipe) = stdin.as_mut() else {
+                return ReplyBody::failed(
+                    Failure::BadRequest,
+                    format!("the stdin of command {pid} is closed"),
+                );
+            };
+            if let Err(e) = pipe.write_all(&bytes).and_then(|()| pipe.flush()) {
+                return ReplyBody::failed(
+                    Failure::Io,
+                    format!("writing to the stdin of command {pid}: {e}"),
+                );
+            }
+        }
+        if eof {
+            stdin.take();
+        }
+        ReplyBody::Done
     }
-    match status {
-        Ok(status) => send(ReplyBody::CommandExit {
-            code: status
-                .code()
-                .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)),
-        }),
-        Err(e) => send(ReplyBody::failed(
-            Failure::Io,
-            format!("waiting for the command: {e}"),
-        )),
+
+    /// Kills a running command's process group.
+    pub fn kill(&self, pid: u32) -> ReplyBody {
+        let table = lock(&self.table);
+        if !table.contains_key(&pid) {
+            return not_running(pid);
+        }
+        kill_group(pid);
+        ReplyBody::Done
+    }
+
+    /// The running commands, by process id.
+    pub fn list(&self) -> ReplyBody {
+        let commands = lock(&self.table)
+            .iter()
+            .map(|(&pid, running)| CommandInfo {
+                pid,
+                cmd: running.cmd.clone(),
+            })
+            .collect();
+        ReplyBody::Commands { commands }
+    }
+
+    /// Kills every running command (their requests then end).
+    pub fn kill_all(&self) {
+        for &pid in lock(&self.table).keys() {
+            kill_group(pid);
+        }
     }
 }
 
@@ -122,23 +294,31 @@ pub fn run(
 mod tests {
     use super::*;
 
+    fn spec<'a>(
+        cmd: &'a str,
+        env: &'a BTreeMap<String, String>,
+        timeout: Option<Duration>,
+        background: bool,
+    ) -> Spec<'a> {
+        Spec {
+            cmd,
+            cwd: Some("/"),
+            env,
+            timeout,
+            background,
+        }
+    }
+
     fn collect(cmd: &str, timeout: Option<Duration>) -> Vec<ReplyBody> {
         let mut replies = Vec::new();
-        run(
-            cmd,
-            Some("/"),
-            &BTreeMap::from([("GREETING".into(), "hi".into())]),
-            timeout,
-            &mut |r| replies.push(r),
-        );
+        let env = BTreeMap::from([("GREETING".into(), "hi".into())]);
+        Commands::new().run(spec(cmd, &env, timeout, false), &mut |r| replies.push(r));
         replies
     }
 
-    #[test]
-    fn output_then_exit_code() {
-        let replies = collect("echo $GREETING; echo oops >&2; exit 3", None);
+    fn stdout(replies: &[ReplyBody]) -> Vec<u8> {
         let mut stdout = Vec::new();
-        for reply in &replies {
+        for reply in replies {
             if let ReplyBody::CommandOutput {
                 stream: Stream::Stdout,
                 data,
@@ -147,7 +327,13 @@ mod tests {
                 stdout.extend(BASE64.decode(data).unwrap());
             }
         }
-        assert_eq!(stdout, b"hi\n");
+        stdout
+    }
+
+    #[test]
+    fn output_then_exit_code() {
+        let replies = collect("echo $GREETING; echo oops >&2; exit 3", None);
+        assert_eq!(stdout(&replies), b"hi\n");
         assert!(replies.iter().any(|r| matches!(
             r,
             ReplyBody::CommandOutput {
@@ -169,6 +355,59 @@ mod tests {
                 failure: Failure::Timeout,
                 ..
             })
+        ));
+    }
+
+    #[test]
+    fn a_started_command_reads_stdin_is_listed_and_can_be_killed() {
+        let commands = Arc::new(Commands::new());
+        let (tx, rx) = mpsc::channel();
+        let runner = {
+            let commands = commands.clone();
+            std::thread::spawn(move || {
+                let env = BTreeMap::new();
+                commands.run(spec("cat; sleep 30", &env, None, true), &mut |r| {
+                    let _ = tx.send(r);
+                });
+            })
+        };
+        let Ok(ReplyBody::CommandStarted { pid }) = rx.recv() else {
+            panic!("no start")
+        };
+        let ReplyBody::Commands { commands: listed } = commands.list() else {
+            panic!()
+        };
+        assert_eq!(
+            listed,
+            [CommandInfo {
+                pid,
+                cmd: "cat; sleep 30".into()
+            }]
+        );
+        assert_eq!(
+            commands.send_stdin(pid, &BASE64.encode("abc"), true),
+            ReplyBody::Done
+        );
+        assert!(matches!(
+            commands.send_stdin(pid, &BASE64.encode("more"), false),
+            ReplyBody::Failed {
+                failure: Failure::BadRequest,
+                ..
+            }
+        ));
+        let output = rx.recv().unwrap();
+        assert_eq!(stdout(&[output]), b"abc");
+        assert_eq!(commands.kill(pid), ReplyBody::Done);
+        let last = rx.recv_timeout(Duration::from_secs(5)).unwrap();
+        assert_eq!(last, ReplyBody::CommandExit { code: 128 + 9 });
+        runner.join().unwrap();
+        assert_eq!(commands.list(), ReplyBody::Commands { commands: vec![] });
+        assert!(matches!(
+            commands.kill(pid),
+            ReplyBody::Failed {
+                failure: Failure::NotFound,
+                ..
+            }
         ));
     }
 }

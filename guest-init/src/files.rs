@@ -1,7 +1,7 @@
 //! File requests, answered from the guest's own file system.
 
 use std::fs;
-use std::io::{Read, Write};
+use std::io::{ErrorKind, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 
@@ -11,10 +11,16 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use crate::protocol::{FILE_CHUNK, Failure, FileStat, ReplyBody};
 
 fn failed(path: &str, e: std::io::Error) -> ReplyBody {
-    let failure = if e.kind() == std::io::ErrorKind::NotFound {
-        Failure::NotFound
-    } else {
-        Failure::Io
+    let failure = match e.kind() {
+        ErrorKind::NotFound => Failure::NotFound,
+        // The request makes no sense for what is at the path.
+        ErrorKind::IsADirectory
+        | ErrorKind::NotADirectory
+        | ErrorKind::AlreadyExists
+        | ErrorKind::DirectoryNotEmpty
+        | ErrorKind::InvalidInput
+        | ErrorKind::InvalidFilename => Failure::BadRequest,
+        _ => Failure::Io,
     };
     ReplyBody::failed(failure, format!("{path}: {e}"))
 }
@@ -23,23 +29,36 @@ fn done(path: &str, result: std::io::Result<()>) -> ReplyBody {
     result.map_or_else(|e| failed(path, e), |()| ReplyBody::Done)
 }
 
-/// Streams a file in chunks; the last reply has `eof: true`.
-pub fn read(path: &str, send: &mut dyn FnMut(ReplyBody)) {
+/// Streams a file (or `length` bytes of it from `offset`) in chunks of at
+/// most [`FILE_CHUNK`] bytes, one in memory at a time; the last reply has
+/// `eof: true`.
+pub fn read(path: &str, offset: u64, length: Option<u64>, send: &mut dyn FnMut(ReplyBody)) {
     let mut file = match fs::File::open(path) {
         Ok(file) => file,
         Err(e) => return send(failed(path, e)),
     };
-    let mut buffer = vec![0u8; FILE_CHUNK];
+    if offset > 0
+        && let Err(e) = file.seek(SeekFrom::Start(offset))
+    {
+        return send(failed(path, e));
+    }
+    let mut remaining = length.unwrap_or(u64::MAX);
+    let mut buffer = vec![0u8; FILE_CHUNK.min(usize::try_from(remaining).unwrap_or(FILE_CHUNK))];
     loop {
+        let want = buffer
+            .len()
+            .min(usize::try_from(remaining).unwrap_or(usize::MAX));
         let mut filled = 0;
-        while filled < buffer.len() {
-            match file.read(&mut buffer[filled..]) {
+        while filled < want {
+            match file.read(&mut buffer[filled..want]) {
                 Ok(0) => break,
                 Ok(n) => filled += n,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
                 Err(e) => return send(failed(path, e)),
             }
         }
-        let eof = filled < buffer.len();
+        remaining -= filled as u64;
+        let eof = filled < want || remaining == 0;
         send(ReplyBody::FileChunk {
             data: BASE64.encode(&buffer[..filled]),
             eof,
@@ -139,7 +158,7 @@ mod tests {
             ReplyBody::Done
         );
         let mut chunks = Vec::new();
-        read(path, &mut |reply| chunks.push(reply));
+        read(path, 0, None, &mut |reply| chunks.push(reply));
         let mut back = Vec::new();
         for chunk in &chunks {
             let ReplyBody::FileChunk { data, .. } = chunk else {
@@ -149,6 +168,35 @@ mod tests {
         }
         assert_eq!(back, data);
         assert_eq!(chunks.len(), 2);
+        let mut ranged = Vec::new();
+        read(path, 3, Some(4), &mut |reply| ranged.push(reply));
+        assert_eq!(
+            ranged,
+            [ReplyBody::FileChunk {
+                data: BASE64.encode(&data[3..7]),
+                eof: true
+            }]
+        );
+        let mut past_end = Vec::new();
+        read(path, 1 << 40, Some(10), &mut |reply| past_end.push(reply));
+        assert_eq!(
+            past_end,
+            [ReplyBody::FileChunk {
+                data: String::new(),
+                eof: true
+            }]
+        );
+        let mut directory = Vec::new();
+        read(dir.path().to_str().unwrap(), 0, None, &mut |r| {
+            directory.push(r)
+        });
+        assert!(matches!(
+            directory[..],
+            [ReplyBody::Failed {
+                failure: Failure::BadRequest,
+                ..
+            }]
+        ));
         assert_eq!(stat(path).unwrap().size, data.len() as u64);
         let sub = dir.path().join("sub");
         let ReplyBody::Entries { entries } = list(sub.to_str().unwrap()) else {

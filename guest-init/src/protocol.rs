@@ -63,8 +63,14 @@ pub enum Op {
         context: String,
     },
     /// Answered with [`ReplyBody::FileChunk`]s, the last one with `eof`.
+    /// With `length`, only that many bytes from `offset` are sent (fewer at
+    /// the end of the file), so a reader can ask for one chunk at a time.
     ReadFile {
         path: String,
+        #[serde(default)]
+        offset: u64,
+        #[serde(default)]
+        length: Option<u64>,
     },
     /// Writes `data` (base64) to `path`, truncating first unless `append`.
     WriteFile {
@@ -76,6 +82,7 @@ pub enum Op {
     ListDir {
         path: String,
     },
+    /// Creates a folder and its missing parents.
     MakeDir {
         path: String,
     },
@@ -98,6 +105,33 @@ pub enum Op {
         env: BTreeMap<String, String>,
         timeout_ms: Option<u64>,
     },
+    /// Like [`Op::RunCommand`] but with its stdin open to
+    /// [`Op::SendStdin`]: first [`ReplyBody::CommandStarted`], then the
+    /// command's output, then [`ReplyBody::CommandExit`].
+    StartCommand {
+        cmd: String,
+        cwd: Option<String>,
+        #[serde(default)]
+        env: BTreeMap<String, String>,
+        timeout_ms: Option<u64>,
+    },
+    /// Writes `data` (base64) to a started command's stdin, then closes it if
+    /// `eof`; answered with [`ReplyBody::Done`].
+    SendStdin {
+        pid: u32,
+        #[serde(default)]
+        data: String,
+        #[serde(default)]
+        eof: bool,
+    },
+    /// Kills a running command's process group; answered with
+    /// [`ReplyBody::Done`] (the command's own request then ends).
+    KillCommand {
+        pid: u32,
+    },
+    /// The running commands, started and foreground; answered with
+    /// [`ReplyBody::Commands`].
+    ListCommands,
     /// Stops every kernel and powers the guest off (or exits, in a namespace).
     Shutdown,
 }
@@ -147,6 +181,8 @@ pub enum ReplyBody {
     Contexts {
         contexts: Vec<ContextInfo>,
     },
+    /// File data (base64); `eof` marks the last chunk of the reply: the end
+    /// of the file, or of the range asked for.
     FileChunk {
         data: String,
         eof: bool,
@@ -159,8 +195,16 @@ pub enum ReplyBody {
         stream: Stream,
         data: String,
     },
+    /// The process id (in the guest) of a command [`Op::StartCommand`] started.
+    CommandStarted {
+        pid: u32,
+    },
+    /// The command ended with this code (128 + the signal if killed).
     CommandExit {
         code: i32,
+    },
+    Commands {
+        commands: Vec<CommandInfo>,
     },
     Done,
     Failed {
@@ -178,6 +222,7 @@ impl ReplyBody {
                 | ReplyBody::Result { .. }
                 | ReplyBody::Error { .. }
                 | ReplyBody::CommandOutput { .. }
+                | ReplyBody::CommandStarted { .. }
                 | ReplyBody::FileChunk { eof: false, .. }
         )
     }
@@ -215,6 +260,15 @@ pub enum Failure {
 pub struct ContextInfo {
     pub id: String,
     pub cwd: String,
+}
+
+/// A running command.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommandInfo {
+    /// Its process id in the guest (also its process group).
+    pub pid: u32,
+    /// The shell command line.
+    pub cmd: String,
 }
 
 /// What `stat` says about a path.
@@ -270,6 +324,29 @@ mod tests {
             .is_final()
         );
         assert!(ReplyBody::Done.is_final());
+        assert!(!ReplyBody::CommandStarted { pid: 7 }.is_final());
+    }
+
+    #[test]
+    fn new_fields_have_defaults() {
+        let read: Op = serde_json::from_str(r#"{"type": "read_file", "path": "/x"}"#).unwrap();
+        assert_eq!(
+            read,
+            Op::ReadFile {
+                path: "/x".into(),
+                offset: 0,
+                length: None
+            }
+        );
+        let stdin: Op = serde_json::from_str(r#"{"type": "send_stdin", "pid": 3}"#).unwrap();
+        assert_eq!(
+            stdin,
+            Op::SendStdin {
+                pid: 3,
+                data: String::new(),
+                eof: false
+            }
+        );
     }
 
     #[test]

@@ -5,10 +5,11 @@ use std::fs::File;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::commands::{self, Commands};
 use crate::contexts::Contexts;
+use crate::files;
 use crate::frame::{self, FrameError};
 use crate::protocol::{Failure, Op, Reply, ReplyBody, Request, VERSION};
-use crate::{commands, files};
 
 /// Why the conversation ended.
 #[derive(Debug, PartialEq, Eq)]
@@ -19,8 +20,16 @@ pub enum Ended {
     Disconnected,
 }
 
-/// Serves one host connection until it ends.
+/// Serves one host connection until it ends; the commands it started are
+/// killed then.
 pub fn serve(stream: File, contexts: Arc<Contexts>) -> Ended {
+    let commands = Arc::new(Commands::new());
+    let ended = serve_with(stream, &contexts, &commands);
+    commands.kill_all();
+    ended
+}
+
+fn serve_with(stream: File, contexts: &Arc<Contexts>, commands: &Arc<Commands>) -> Ended {
     let writer = match stream.try_clone() {
         Ok(writer) => Arc::new(Mutex::new(writer)),
         Err(_) => return Ended::Disconnected,
@@ -47,10 +56,12 @@ pub fn serve(stream: File, contexts: Arc<Contexts>) -> Ended {
             send(&writer, request.id, ReplyBody::Done);
             return Ended::Shutdown;
         }
-        let (writer, contexts) = (writer.clone(), contexts.clone());
+        let (writer, contexts, commands) = (writer.clone(), contexts.clone(), commands.clone());
         std::thread::spawn(move || {
             let id = request.id;
-            handle(request.op, &contexts, &mut |body| send(&writer, id, body));
+            handle(request.op, &contexts, &commands, &mut |body| {
+                send(&writer, id, body)
+            });
         });
     }
 }
@@ -72,8 +83,9 @@ fn send(writer: &Mutex<File>, id: u64, body: ReplyBody) {
 }
 
 /// Answers one request through `send`; the last reply is final.
-pub fn handle(op: Op, contexts: &Contexts, send: &mut dyn FnMut(ReplyBody)) {
+pub fn handle(op: Op, contexts: &Contexts, commands: &Commands, send: &mut dyn FnMut(ReplyBody)) {
     let ms = |t: Option<u64>| t.map(Duration::from_millis);
+    let background = matches!(op, Op::StartCommand { .. });
     let reply = match op {
         Op::Hello { version } if version == VERSION => ReplyBody::Hello {
             version: VERSION,
@@ -98,7 +110,11 @@ pub fn handle(op: Op, contexts: &Contexts, send: &mut dyn FnMut(ReplyBody)) {
         Op::ListContexts => contexts.list(),
         Op::RestartContext { context } => contexts.restart(&context),
         Op::RemoveContext { context } => contexts.remove(&context),
-        Op::ReadFile { path } => return files::read(&path, send),
+        Op::ReadFile {
+            path,
+            offset,
+            length,
+        } => return files::read(&path, offset, length, send),
         Op::WriteFile { path, data, append } => files::write(&path, &data, append),
         Op::ListDir { path } => files::list(&path),
         Op::MakeDir { path } => files::make_dir(&path),
@@ -110,9 +126,25 @@ pub fn handle(op: Op, contexts: &Contexts, send: &mut dyn FnMut(ReplyBody)) {
             cwd,
             env,
             timeout_ms,
-        } => {
-            return commands::run(&cmd, cwd.as_deref(), &env, ms(timeout_ms), send);
         }
+        | Op::StartCommand {
+            cmd,
+            cwd,
+            env,
+            timeout_ms,
+        } => {
+            let spec = commands::Spec {
+                cmd: &cmd,
+                cwd: cwd.as_deref(),
+                env: &env,
+                timeout: ms(timeout_ms),
+                background,
+            };
+            return commands.run(spec, send);
+        }
+        Op::SendStdin { pid, data, eof } => commands.send_stdin(pid, &data, eof),
+        Op::KillCommand { pid } => commands.kill(pid),
+        Op::ListCommands => commands.list(),
         Op::Shutdown => ReplyBody::Done,
     };
     send(reply);

@@ -163,3 +163,88 @@ fn versions_contexts_and_files() {
     assert_eq!(failure, Failure::KernelDied, "no python here: {message}");
     assert!(message.contains("/nonexistent/python3"), "{message}");
 }
+
+#[test]
+fn started_commands_take_stdin_are_listed_and_killed() {
+    use base64::Engine as _;
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let (mut stream, server) = start();
+    let start_op = |cmd: &str| Op::StartCommand {
+        cmd: cmd.into(),
+        cwd: None,
+        env: Default::default(),
+        timeout_ms: None,
+    };
+    let ReplyBody::CommandStarted { pid: cat } = ask(&mut stream, 1, start_op("cat")) else {
+        panic!("cat did not start")
+    };
+    let ReplyBody::CommandStarted { pid: sleeper } = ask(&mut stream, 2, start_op("sleep 100"))
+    else {
+        panic!("sleep did not start")
+    };
+    let ReplyBody::Commands { commands } = ask(&mut stream, 3, Op::ListCommands) else {
+        panic!()
+    };
+    let mut pids: Vec<u32> = commands.iter().map(|c| c.pid).collect();
+    pids.sort();
+    let mut expected = vec![cat, sleeper];
+    expected.sort();
+    assert_eq!(pids, expected);
+
+    let send = Op::SendStdin {
+        pid: cat,
+        data: b64("abc"),
+        eof: true,
+    };
+    frame::write(&mut stream, &Request { id: 4, op: send }).unwrap();
+    // Replies to 1 (cat's output and exit) and 4 (Done) interleave.
+    let (mut output, mut exit, mut sent) = (Vec::new(), None, false);
+    while exit.is_none() || !sent {
+        let answer = reply(&mut stream);
+        match (answer.id, answer.body) {
+            (4, ReplyBody::Done) => sent = true,
+            (1, ReplyBody::CommandOutput { data, .. }) => output.extend(
+                base64::engine::general_purpose::STANDARD
+                    .decode(data)
+                    .unwrap(),
+            ),
+            (1, ReplyBody::CommandExit { code }) => exit = Some(code),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!((output.as_slice(), exit), (&b"abc"[..], Some(0)));
+
+    assert_eq!(
+        ask(&mut stream, 5, Op::KillCommand { pid: sleeper }),
+        ReplyBody::Done
+    );
+    let killed = reply(&mut stream);
+    assert_eq!(
+        (killed.id, killed.body),
+        (2, ReplyBody::CommandExit { code: 128 + 9 })
+    );
+    assert!(matches!(
+        ask(&mut stream, 6, Op::KillCommand { pid: sleeper }),
+        ReplyBody::Failed {
+            failure: Failure::NotFound,
+            ..
+        }
+    ));
+    assert_eq!(
+        ask(&mut stream, 7, Op::ListCommands),
+        ReplyBody::Commands { commands: vec![] }
+    );
+    // A command still running at shutdown is killed with the server.
+    let ReplyBody::CommandStarted { pid: _ } = ask(&mut stream, 8, start_op("sleep 100")) else {
+        panic!()
+    };
+    frame::write(
+        &mut stream,
+        &Request {
+            id: 9,
+            op: Op::Shutdown,
+        },
+    )
+    .unwrap();
+    assert_eq!(server.join().unwrap(), Ended::Shutdown);
+}

@@ -36,7 +36,7 @@ pub enum Error {
     #[error("the session is closed")]
     Closed,
 
-    /// An I/O error on the host side.
+    /// An I/O error on the host, or one the guest's operating system reported.
     #[error("{context}: {source}")]
     Io {
         context: String,

@@ -20,11 +20,18 @@ use crate::executor::{EventCallback, RunOptions};
 
 type Pending = Arc<Mutex<HashMap<u64, mpsc::UnboundedSender<ReplyBody>>>>;
 
-/// How much longer than a cell's own timeout the host waits for the guest.
-const GUEST_GRACE: Duration = Duration::from_secs(15);
+/// How much longer than a cell's or command's own timeout the host waits
+/// for the guest.
+pub(crate) const GUEST_GRACE: Duration = Duration::from_secs(15);
 
-/// A connection to `guest-init`.
+/// A connection to `guest-init`. Cloning it is cheap: clones share the
+/// connection, which closes when the last one is dropped.
+#[derive(Clone)]
 pub struct GuestClient {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
     writer: tokio::sync::Mutex<Box<dyn AsyncWrite + Send + Unpin>>,
     pending: Pending,
     next_id: AtomicU64,
@@ -53,10 +60,12 @@ impl GuestClient {
         let pending: Pending = Arc::default();
         let reader = tokio::spawn(route_replies(read, pending.clone()));
         let client = GuestClient {
-            writer: tokio::sync::Mutex::new(Box::new(write)),
-            pending,
-            next_id: AtomicU64::new(1),
-            reader,
+            inner: Arc::new(Inner {
+                writer: tokio::sync::Mutex::new(Box::new(write)),
+                pending,
+                next_id: AtomicU64::new(1),
+                reader,
+            }),
         };
         let hello =
             tokio::time::timeout(hello_timeout, client.call(Op::Hello { version: VERSION }))
@@ -75,22 +84,34 @@ impl GuestClient {
     /// Sends a request; its replies arrive on the returned channel, which
     /// closes if the guest goes away.
     pub async fn request(&self, op: Op) -> Result<mpsc::UnboundedReceiver<ReplyBody>> {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let inner = &*self.inner;
+        let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::unbounded_channel();
-        self.pending
+        inner
+            .pending
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(id, tx);
-        let bytes = frame::encode(&Request { id, op })
-            .map_err(|e| Error::InvalidArgument(format!("request too large: {e}")))?;
-        let mut writer = self.writer.lock().await;
+        let bytes = match frame::encode(&Request { id, op }) {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                inner
+                    .pending
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&id);
+                return Err(Error::InvalidArgument(format!("request too large: {e}")));
+            }
+        };
+        let mut writer = inner.writer.lock().await;
         if let Err(e) = async {
             writer.write_all(&bytes).await?;
             writer.flush().await
         }
         .await
         {
-            self.pending
+            inner
+                .pending
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .remove(&id);
@@ -211,7 +232,7 @@ impl GuestClient {
     }
 }
 
-impl Drop for GuestClient {
+impl Drop for Inner {
     fn drop(&mut self) {
         self.reader.abort();
     }
@@ -235,12 +256,17 @@ pub fn failure(reply: ReplyBody) -> Error {
             what: "the guest image".into(),
             reason: message,
         },
+        ReplyBody::Failed {
+            failure: Failure::Io,
+            message,
+        } => Error::io("in the guest", std::io::Error::other(message)),
         ReplyBody::Failed { message, .. } => died(message),
         other => unexpected(other),
     }
 }
 
-fn unexpected(reply: ReplyBody) -> Error {
+/// The error for a reply that should not have come.
+pub(crate) fn unexpected(reply: ReplyBody) -> Error {
     died(format!("the guest sent an unexpected reply: {reply:?}"))
 }
 

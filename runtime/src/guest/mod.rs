@@ -1,14 +1,25 @@
 //! What the heavy backends share: the guest's artefacts (root file system,
 //! guest layer, ext4 image, kernel) and the host side of the `guest-init`
 //! protocol (the message types live in `cellbox-guest-init`).
+//!
+//! A [`GuestClient`] (from [`GuestExecutor::guest`]) reaches the guest's
+//! files ([`files`]), shell commands ([`commands`]) and contexts
+//! ([`contexts`]).
 
 pub mod artifacts;
 pub mod client;
+pub mod commands;
+pub mod contexts;
 pub mod files;
 pub mod kernel;
 pub mod session;
 
 pub use artifacts::GuestArtifacts;
+pub use cellbox_guest_init::protocol::FileStat;
 pub use client::GuestClient;
+pub use commands::{
+    CommandHandle, CommandInfo, CommandOptions, CommandResult, OutputCallback, Stream,
+};
+pub use contexts::ContextInfo;
 pub use kernel::GuestKernel;
 pub use session::{GuestExecutor, GuestSession};

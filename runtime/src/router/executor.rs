@@ -253,6 +253,26 @@ impl HybridExecutor {
         Ok(dropped)
     }
 
+    /// The heavy backend's guest without moving the session (for contexts
+    /// other than the default one).
+    pub async fn heavy_guest(&mut self) -> Result<&dyn GuestExecutor> {
+        if self.config.policy == Policy::FastOnly {
+            return Err(Error::Unavailable {
+                backend: self.heavy_backend,
+                reason: "the session runs on the fast path only".into(),
+            });
+        }
+        let heavy: &mut Heavy = self.heavy().await?;
+        Ok(&**heavy)
+    }
+
+    /// Runs set-up code in the default context without counting it as a cell.
+    pub async fn run_setup(&mut self, code: &str) -> Result<Execution> {
+        let execution = self.execute(code, &RunOptions::default(), &mut |_| {}).await;
+        self.execution_count -= 1;
+        execution
+    }
+
     /// The guest of the heavy backend (moving the session there first): for
     /// files, commands and contexts.
     pub async fn guest(&mut self) -> Result<&dyn GuestExecutor> {

@@ -7,7 +7,7 @@
 //! 2. That file and the session's history of fast-path cells go into the
 //!    guest. There, the top-level `def`, `class` and `import` statements of
 //!    the history run again (they only define names), modules are imported,
-//!    and the pickled values are loaded over them.
+//!    and the pickled values are loaded over them; the working folder follows.
 //!
 //! Nothing else of the history runs again, so no cell's side effects happen
 //! twice. Limits: values that do not pickle (open files, generators,
@@ -49,8 +49,10 @@ def __cellbox_export(path):
     finally:
         if saved_main is not None:
             sys.modules["__main__"] = saved_main
+    import os
+    state = {"values": values, "modules": modules, "dropped": dropped, "cwd": os.getcwd()}
     with open(path, "wb") as f:
-        pickle.dump({"values": values, "modules": modules, "dropped": dropped}, f, protocol=4)
+        pickle.dump(state, f, protocol=4)
 __cellbox_export("/home/user/.cellbox-state.pickle")
 del __cellbox_export
 "#;
@@ -88,6 +90,11 @@ def __cellbox_import(state_path, history_path):
             dropped.append(name)
     os.remove(state_path)
     os.remove(history_path)
+    try:
+        os.makedirs(state["cwd"], exist_ok=True)
+        os.chdir(state["cwd"])
+    except Exception:
+        pass
     print(json.dumps(sorted(set(dropped))))
 __cellbox_import("/tmp/.cellbox-state.pickle", "/tmp/.cellbox-history.json")
 del __cellbox_import

@@ -1,0 +1,50 @@
+//! Contexts: separate Python kernels in one guest, each with its own state
+//! and working folder. Cells run in one with [`GuestClient::execute`].
+
+pub use cellbox_guest_init::protocol::ContextInfo;
+use cellbox_guest_init::protocol::{Op, ReplyBody};
+
+use super::GuestClient;
+use super::client::failure;
+use crate::error::Result;
+
+impl GuestClient {
+    /// Creates a context working in `cwd` (default: the guest's home
+    /// folder, which must exist); its kernel starts with its first cell.
+    pub async fn create_context(&self, cwd: Option<&str>) -> Result<ContextInfo> {
+        match self
+            .call(Op::CreateContext {
+                cwd: cwd.map(str::to_string),
+            })
+            .await?
+        {
+            ReplyBody::Context(info) => Ok(info),
+            other => Err(failure(other)),
+        }
+    }
+
+    /// Every context, the default one included, by id.
+    pub async fn list_contexts(&self) -> Result<Vec<ContextInfo>> {
+        match self.call(Op::ListContexts).await? {
+            ReplyBody::Contexts { contexts } => Ok(contexts),
+            other => Err(failure(other)),
+        }
+    }
+
+    /// Clears a context's state: its kernel is stopped and the next cell
+    /// starts a fresh one ([`crate::Error::NotFound`] for an unknown id).
+    pub async fn restart_context(&self, id: &str) -> Result<()> {
+        self.done(Op::RestartContext { context: id.into() }).await
+    }
+
+    /// Interrupts the cell running in a context (a `KeyboardInterrupt`).
+    pub async fn interrupt_context(&self, id: &str) -> Result<()> {
+        self.done(Op::Interrupt { context: id.into() }).await
+    }
+
+    /// Stops a context's kernel and forgets the context
+    /// ([`crate::Error::NotFound`] for an unknown id).
+    pub async fn remove_context(&self, id: &str) -> Result<()> {
+        self.done(Op::RemoveContext { context: id.into() }).await
+    }
+}
