@@ -35,6 +35,7 @@ pub mod microvm;
 pub mod namespace;
 pub mod progress;
 pub mod router;
+pub mod sandbox;
 pub mod wasm;
 
 pub use cache::default_cache_dir;
@@ -42,8 +43,10 @@ pub use error::{Error, Result};
 pub use event::Event;
 pub use execution::{CellResult, Execution, ExecutionError, Logs};
 pub use executor::{Backend, EventCallback, Executor, RunOptions};
+pub use guest::{CommandHandle, CommandInfo, CommandOptions, CommandResult, ContextInfo, FileStat};
 pub use microvm::{MicroVmConfig, MicroVmExecutor};
 pub use namespace::{NamespaceConfig, NamespaceExecutor};
 pub use progress::Progress;
 pub use router::{HeavyChoice, HybridConfig, HybridExecutor};
+pub use sandbox::{BackendPolicy, Files, RunCodeOptions, RunStream, Sandbox, SandboxOptions};
 pub use wasm::{WasmConfig, WasmEngine, WasmExecutor, WasmSessionOptions};

@@ -1,0 +1,153 @@
+//! How a [`super::Sandbox`] is created and how one run of code behaves.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use crate::guest::ContextInfo;
+use crate::progress::Progress;
+use crate::router::{HeavyChoice, Policy};
+
+/// Which backends a sandbox may use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BackendPolicy {
+    /// The WebAssembly fast path, moving to the heavy backend (microVM where
+    /// KVM can run Linux, else the namespace sandbox) when needed.
+    #[default]
+    Auto,
+    /// The fast path only (no files, commands or extra contexts).
+    Wasm,
+    /// The microVM for everything.
+    Vm,
+    /// The namespace sandbox for everything.
+    Namespace,
+}
+
+impl BackendPolicy {
+    pub(crate) fn split(self) -> (Policy, HeavyChoice) {
+        match self {
+            BackendPolicy::Auto => (Policy::Auto, HeavyChoice::Auto),
+            BackendPolicy::Wasm => (Policy::FastOnly, HeavyChoice::Auto),
+            BackendPolicy::Vm => (Policy::HeavyOnly, HeavyChoice::Vm),
+            BackendPolicy::Namespace => (Policy::HeavyOnly, HeavyChoice::Namespace),
+        }
+    }
+}
+
+/// Options of a new sandbox; build them with the `with_*` methods.
+#[derive(Debug, Clone)]
+pub struct SandboxOptions {
+    /// Which backends it may use.
+    pub backend: BackendPolicy,
+    /// vCPUs of the microVM.
+    pub vcpus: u8,
+    /// Memory for everything in the heavy backend, in MiB.
+    pub memory_mib: u32,
+    /// Timeout of a run that sets none.
+    pub timeout: Duration,
+    /// Environment variables of every run and command.
+    pub env_vars: BTreeMap<String, String>,
+    /// Free-form labels, kept with the sandbox.
+    pub metadata: BTreeMap<String, String>,
+    /// Working folder of the default context and of commands (`/home/user`).
+    pub cwd: Option<String>,
+    /// Close the sandbox after this long without use (`None`: never).
+    pub inactivity_timeout: Option<Duration>,
+    /// Start the heavy backend in the background at once (auto policy).
+    pub prestart: bool,
+    /// Progress of first-use artefact builds.
+    pub progress: Progress,
+}
+
+impl Default for SandboxOptions {
+    fn default() -> Self {
+        SandboxOptions {
+            backend: BackendPolicy::Auto,
+            vcpus: 1,
+            memory_mib: 2048,
+            timeout: Duration::from_secs(60),
+            env_vars: BTreeMap::new(),
+            metadata: BTreeMap::new(),
+            cwd: None,
+            inactivity_timeout: Some(Duration::from_secs(300)),
+            prestart: true,
+            progress: Progress::default(),
+        }
+    }
+}
+
+impl SandboxOptions {
+    /// Sets the backend policy.
+    pub fn with_backend(mut self, backend: BackendPolicy) -> Self {
+        self.backend = backend;
+        self
+    }
+    /// Sets the microVM's vCPUs.
+    pub fn with_vcpus(mut self, vcpus: u8) -> Self {
+        self.vcpus = vcpus;
+        self
+    }
+    /// Sets the heavy backend's memory in MiB.
+    pub fn with_memory_mib(mut self, mib: u32) -> Self {
+        self.memory_mib = mib;
+        self
+    }
+    /// Sets the default run timeout.
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+    /// Adds an environment variable for every run and command.
+    pub fn with_env(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.env_vars.insert(key.into(), value.into());
+        self
+    }
+    /// Adds a metadata label.
+    pub fn with_metadata(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.metadata.insert(key.into(), value.into());
+        self
+    }
+    /// Sets the working folder.
+    pub fn with_cwd(mut self, cwd: impl Into<String>) -> Self {
+        self.cwd = Some(cwd.into());
+        self
+    }
+    /// Sets (or with `None` removes) the inactivity timeout.
+    pub fn with_inactivity_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.inactivity_timeout = timeout;
+        self
+    }
+    /// Whether to start the heavy backend at once.
+    pub fn with_prestart(mut self, prestart: bool) -> Self {
+        self.prestart = prestart;
+        self
+    }
+}
+
+/// Options of one run of code.
+#[derive(Debug, Clone, Default)]
+pub struct RunCodeOptions {
+    /// Run in this context instead of the default one.
+    pub context: Option<ContextInfo>,
+    /// Environment variables for this run only (over the sandbox's).
+    pub env: BTreeMap<String, String>,
+    /// Timeout of this run (the kernel is interrupted and keeps its state).
+    pub timeout: Option<Duration>,
+}
+
+impl RunCodeOptions {
+    /// Runs in `context`.
+    pub fn in_context(mut self, context: &ContextInfo) -> Self {
+        self.context = Some(context.clone());
+        self
+    }
+    /// Sets a variable for this run.
+    pub fn env(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.env.insert(key.into(), value.into());
+        self
+    }
+    /// Sets this run's timeout.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+}
