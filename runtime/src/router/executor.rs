@@ -63,8 +63,8 @@ pub struct HybridConfig {
     pub policy: Policy,
     /// The heavy backend.
     pub heavy: HeavyChoice,
-    /// Start the heavy backend at once, in the background, so that a move
-    /// costs only the state transfer (see also
+    /// Start the heavy backend in the background right after the first
+    /// cell, so that a move costs only the state transfer (see also
     /// [`HybridExecutor::prestart_heavy`]). It costs a sandbox start, and on
     /// a machine without the guest artefacts, their build.
     pub prestart: bool,
@@ -125,6 +125,7 @@ pub struct HybridExecutor {
     config: HybridConfig,
     last_backend: Backend,
     execution_count: u32,
+    prestart_pending: bool,
 }
 
 impl std::fmt::Debug for HybridExecutor {
@@ -152,6 +153,7 @@ impl HybridExecutor {
             config,
             last_backend: Backend::Wasm,
             execution_count: 0,
+            prestart_pending: false,
         };
         match session.config.policy {
             Policy::HeavyOnly => {
@@ -160,7 +162,8 @@ impl HybridExecutor {
                     .await?;
             }
             Policy::Auto if session.config.prestart && heavy_available(heavy_backend) => {
-                session.start_heavy_in_background();
+                // After the first cell: starting a sandbox now would slow it down.
+                session.prestart_pending = true;
             }
             _ => {}
         }
@@ -268,7 +271,9 @@ impl HybridExecutor {
 
     /// Runs set-up code in the default context without counting it as a cell.
     pub async fn run_setup(&mut self, code: &str) -> Result<Execution> {
-        let execution = self.execute(code, &RunOptions::default(), &mut |_| {}).await;
+        let execution = self
+            .execute(code, &RunOptions::default(), &mut |_| {})
+            .await;
         self.execution_count -= 1;
         execution
     }
@@ -428,6 +433,9 @@ impl Executor for HybridExecutor {
                         None => {
                             self.history.push(code.to_string());
                             self.last_backend = Backend::Wasm;
+                            if std::mem::take(&mut self.prestart_pending) {
+                                self.start_heavy_in_background();
+                            }
                             execution
                         }
                     },
