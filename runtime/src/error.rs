@@ -9,7 +9,7 @@ use crate::executor::Backend;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The cell ran past its timeout and was stopped.
-    #[error("the cell did not finish within {after:?} and was stopped{}", if *.restarted { "; the session was restarted and its state is lost" } else { "" })]
+    #[error("the cell or command did not finish within {after:?} and was stopped{}", if *.restarted { "; the session was restarted and its state is lost" } else { "" })]
     Timeout { after: Duration, restarted: bool },
 
     /// The backend cannot run on this machine or in this build.

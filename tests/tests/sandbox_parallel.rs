@@ -1,6 +1,6 @@
 //! 20 sandboxes at once, 50 cells each, mixed backends: every result comes
 //! back to the sandbox that asked, and nothing is left behind (processes,
-//! temporary folders, control groups). Its own test binary, so that no other
+//! temporary folders, control groups), also by sandboxes dropped unclosed. Its own test binary, so that no other
 //! test's sandboxes are counted.
 
 use std::collections::BTreeSet;
@@ -89,6 +89,12 @@ async fn twenty_sandboxes_fifty_cells_no_crosstalk_no_leaks() {
     }
     for task in tasks {
         task.await.unwrap();
+    }
+    // Dropped without close: cleaned up all the same.
+    for _ in 0..2 {
+        let dropped = Sandbox::create(SandboxOptions::default().with_prestart(false)).await.unwrap();
+        dropped.run_code("import numpy").await.unwrap();
+        drop(dropped);
     }
 
     // Closing is synchronous for processes; give the kernel a moment to reap.
