@@ -251,3 +251,33 @@ async fn lifecycle_close_and_inactivity_timeout() {
         "closed after a second of inactivity"
     );
 }
+
+#[tokio::test]
+async fn the_working_folder_and_its_files_follow_a_move() {
+    let s = Sandbox::create(SandboxOptions::default().with_cwd("/home/user/project"))
+        .await
+        .unwrap();
+    s.run_code("open('notes.txt', 'w').write('n')")
+        .await
+        .unwrap();
+    assert_eq!(
+        s.run_code("import os; os.getcwd()").await.unwrap().text(),
+        Some("'/home/user/project'")
+    );
+    let moved = s
+        .run_code("import numpy, os; os.getcwd(), open('notes.txt').read()")
+        .await
+        .unwrap();
+    assert_eq!(
+        moved.text(),
+        Some("('/home/user/project', 'n')"),
+        "the folder and its files moved"
+    );
+    let pwd = s
+        .commands()
+        .run("pwd", &CommandOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(pwd.stdout, "/home/user/project\n");
+    s.close().await.unwrap();
+}

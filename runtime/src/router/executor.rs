@@ -240,8 +240,21 @@ impl HybridExecutor {
             });
         }
         tracing::info!(backend = %self.heavy_backend, reason, "moving the session to the heavy backend");
+        if let Err(error) = self.heavy().await {
+            return Err(match error {
+                Error::Unavailable {
+                    backend,
+                    reason: why,
+                } => Error::Unavailable {
+                    backend,
+                    reason: format!(
+                        "{why} (needed because {reason}; the fast path keeps its state)"
+                    ),
+                },
+                other => other,
+            });
+        }
         let history = std::mem::take(&mut self.history);
-        self.heavy().await?;
         let (Some(wasm), HeavyState::Ready(heavy)) = (self.wasm.as_mut(), &mut self.heavy) else {
             unreachable!("checked above");
         };

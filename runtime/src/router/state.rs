@@ -7,7 +7,8 @@
 //! 2. That file and the session's history of fast-path cells go into the
 //!    guest. There, the top-level `def`, `class` and `import` statements of
 //!    the history run again (they only define names), modules are imported,
-//!    and the pickled values are loaded over them; the working folder follows.
+//!    and the pickled values are loaded over them; the working folder and the
+//!    files the cells wrote in `/home/user` follow.
 //!
 //! Nothing else of the history runs again, so no cell's side effects happen
 //! twice. Limits: values that do not pickle (open files, generators,
@@ -100,6 +101,33 @@ __cellbox_import("/tmp/.cellbox-state.pickle", "/tmp/.cellbox-history.json")
 del __cellbox_import
 "#;
 
+/// Copies the files fast-path cells wrote (their `/home/user`) into the guest.
+async fn copy_home(home: &std::path::Path, guest: &crate::guest::GuestClient) -> Result<()> {
+    let mut pending = vec![home.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        let entries =
+            std::fs::read_dir(&dir).map_err(|e| Error::io("reading the fast path's home", e))?;
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let Ok(relative) = path.strip_prefix(home) else {
+                continue;
+            };
+            let target = format!("/home/user/{}", relative.display());
+            match entry.file_type() {
+                Ok(kind) if kind.is_dir() => {
+                    guest.make_dir(&target).await?;
+                    pending.push(path);
+                }
+                Ok(kind) if kind.is_file() => {
+                    guest.upload(&path, &target).await?;
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Carries the fast path's state (and `history`, its cells) into `heavy`.
 /// Returns the names that could not be carried over.
 pub async fn carry_over(
@@ -120,6 +148,7 @@ pub async fn carry_over(
     let _ = std::fs::remove_file(&local);
 
     let guest = heavy.guest()?;
+    copy_home(wasm.home_dir(), guest).await?;
     guest.write_file(GUEST_STATE, &state).await?;
     let history = serde_json::to_vec(history).map_err(|e| failed("history", e.to_string()))?;
     guest.write_file(GUEST_HISTORY, &history).await?;
