@@ -143,15 +143,17 @@ fn new_linker(engine: &Engine) -> Result<Linker<HostState>> {
 }
 
 /// A store whose sandbox sees only the standard library (read-only) and
-/// `home` at [`GUEST_HOME`]. The preopen order is fixed: the snapshot
+/// `home` at [`GUEST_HOME`], with environment `env`. The preopen order is fixed: the snapshot
 /// remembers descriptor numbers.
 pub(crate) fn new_store(
     engine: &Engine,
     python: &PythonWasm,
     home: &Path,
     memory_limit: usize,
+    env: &[(&str, &str)],
 ) -> Result<Store<HostState>> {
     let mut wasi = WasiCtxBuilder::new();
+    wasi.envs(env);
     wasi.allow_tcp(false)
         .allow_udp(false)
         .allow_ip_name_lookup(false)
@@ -195,7 +197,9 @@ async fn ensure_snapshot(
     let wasm = std::fs::read(python.wasm_path())
         .map_err(|e| Error::io(format!("reading {}", python.wasm_path().display()), e))?;
     let home = tempfile::tempdir().map_err(|e| Error::io("creating a scratch folder", e))?;
-    let mut store = new_store(engine, python, home.path(), usize::MAX)?;
+    // CELLBOX_PREINIT: the driver imports the common standard modules into the snapshot.
+    let preinit = [("CELLBOX_PREINIT", "1")];
+    let mut store = new_store(engine, python, home.path(), usize::MAX, &preinit)?;
     let snapshot = Wizer::new()
         .init_func("cellbox_init")
         .run(&mut store, &wasm, async |store, module| {

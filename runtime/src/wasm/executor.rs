@@ -139,7 +139,7 @@ async fn instantiate(
         what: "starting cellbox-python".into(),
         reason: format!("{e:#}\n{}", store.data().stray),
     };
-    let mut store = new_store(&inner.engine, &inner.python, home, memory_limit)?;
+    let mut store = new_store(&inner.engine, &inner.python, home, memory_limit, &[])?;
     let instance = match inner.pre.instantiate_async(&mut store).await {
         Ok(instance) => instance,
         Err(e) => return Err(failed(&store, e)),
