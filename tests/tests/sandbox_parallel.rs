@@ -92,7 +92,9 @@ async fn twenty_sandboxes_fifty_cells_no_crosstalk_no_leaks() {
     }
     // Dropped without close: cleaned up all the same.
     for _ in 0..2 {
-        let dropped = Sandbox::create(SandboxOptions::default().with_prestart(false)).await.unwrap();
+        let dropped = Sandbox::create(SandboxOptions::default().with_prestart(false))
+            .await
+            .unwrap();
         dropped.run_code("import numpy").await.unwrap();
         drop(dropped);
     }
