@@ -2,10 +2,14 @@
 //! variables persist between cells, the last expression is a rich result —
 //! inside a local sandbox, embedded in your program.
 //!
+//! - [`Sandbox`] is what an application uses: code in contexts, files,
+//!   commands, lifecycle (the E2B code-interpreter feature set).
 //! - The result model ([`Execution`], [`CellResult`], [`Logs`],
 //!   [`ExecutionError`]) matches E2B's `Execution`.
 //! - [`Executor`] is the one seam every backend implements; [`Event`]s stream
 //!   while a cell runs.
+//! - [`router`] ([`HybridExecutor`]) runs plain cells on the fast path and
+//!   moves a session, with its state, to a heavy backend when it needs one.
 //! - [`wasm`] is the WebAssembly fast path ([`WasmExecutor`]).
 //! - [`namespace`] runs the full guest (IPython, numpy, pandas, matplotlib)
 //!   in Linux namespaces ([`NamespaceExecutor`]); [`microvm`] runs it in a
@@ -14,13 +18,13 @@
 //!
 //! ```no_run
 //! # async fn demo() -> cellbox::Result<()> {
-//! use cellbox::{Executor, WasmEngine, WasmExecutor};
+//! use cellbox::{Sandbox, SandboxOptions};
 //!
-//! let engine = WasmEngine::load(Default::default()).await?;
-//! let mut session = WasmExecutor::start(&engine, Default::default()).await?;
-//! session.run("x = 1").await?;
-//! let execution = session.run("x += 1; x").await?;
+//! let sandbox = Sandbox::create(SandboxOptions::default()).await?;
+//! sandbox.run_code("x = 1").await?;
+//! let execution = sandbox.run_code("x += 1; x").await?;
 //! assert_eq!(execution.text(), Some("2"));
+//! sandbox.close().await?;
 //! # Ok(()) }
 //! ```
 

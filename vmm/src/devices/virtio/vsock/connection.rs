@@ -27,7 +27,7 @@ pub struct Connection {
     pub peer_port: u32,
     /// Where the connection is.
     pub state: State,
-    /// Written to the host end first, once the guest accepts ("OK <port>\n").
+    /// Written to the host end first, once the guest accepts (`OK <port>\n`).
     pub greeting: Vec<u8>,
     /// Guest data not yet written to the host end.
     pub to_host: VecDeque<u8>,
