@@ -254,15 +254,22 @@ impl HybridExecutor {
                 other => other,
             });
         }
-        let history = std::mem::take(&mut self.history);
-        let (Some(wasm), HeavyState::Ready(heavy)) = (self.wasm.as_mut(), &mut self.heavy) else {
+        let HybridExecutor {
+            wasm,
+            heavy,
+            history,
+            ..
+        } = self;
+        let (Some(wasm), HeavyState::Ready(heavy)) = (wasm.as_mut(), heavy) else {
             unreachable!("checked above");
         };
+        // The history stays until the move succeeded: a failed move can be retried.
         let dropped = if history.is_empty() {
             Vec::new()
         } else {
-            carry_over(wasm, &history, heavy.as_mut()).await?
+            carry_over(wasm, history, heavy.as_mut()).await?
         };
+        self.history.clear();
         if let Some(mut wasm) = self.wasm.take() {
             let _ = wasm.close().await;
         }
