@@ -156,7 +156,11 @@ _streams = (_Stream("stdout", 1), _Stream("stderr", 2))
 _MIME = {"text/plain": "text", "text/html": "html", "text/markdown": "markdown",
          "text/latex": "latex", "image/png": "png", "image/jpeg": "jpeg",
          "image/svg+xml": "svg", "application/pdf": "pdf", "application/json": "json",
-         "application/javascript": "javascript"}
+         "application/javascript": "javascript",
+         # cellbox's own: structured data E2B's SDK reads (see cellbox_charts.py)
+         "application/vnd.cellbox.chart+json": "chart",
+         "application/vnd.cellbox.data+json": "data"}
+_OBJECTS = {"json", "chart", "data"}     # kept as JSON values, not text
 _BINARY = {"png", "jpeg", "pdf"}
 
 
@@ -171,7 +175,7 @@ def emit_result(bundle, main):
                      else base64.b64encode(value).decode("ascii"))
         elif key in _BINARY and isinstance(value, str):
             value = "".join(value.split())          # IPython's base64 ends in a newline
-        elif key and key != "json" and not isinstance(value, str):
+        elif key and key not in _OBJECTS and not isinstance(value, str):
             value = "".join(value) if isinstance(value, list) else str(value)
         if key:
             event[key] = value
@@ -233,6 +237,9 @@ class _PyplotHook:
             def exec_module(module):
                 load(module)
                 module.show = _flush_figures
+                import matplotlib.axes
+                import cellbox_charts
+                cellbox_charts.wrap_bxp(matplotlib.axes.Axes)
             spec.loader.exec_module = exec_module
         return spec
 
@@ -359,7 +366,32 @@ def _make_shell():
     shell = CellboxShell.instance(config=config)
     shell.display_formatter.formatters["image/png"].for_type_by_name(
         "matplotlib.figure", "Figure", _figure_png)
+    _add_object_formatters(shell.display_formatter)
     return shell
+
+
+def _add_object_formatters(display_formatter):
+    """A figure's chart and a DataFrame's data, as two more formats of their results
+    (computed after the PNG, so that the figure is already drawn)."""
+    from IPython.core.formatters import BaseFormatter
+
+    class ObjectFormatter(BaseFormatter):
+        _return_type = (dict,)
+
+    def lazy(name):
+        def call(obj):
+            import cellbox_charts
+            return getattr(cellbox_charts, name)(obj)
+        return call
+
+    for mime, module, cls, function in (
+            ("application/vnd.cellbox.chart+json", "matplotlib.figure", "Figure", "chart_of"),
+            ("application/vnd.cellbox.data+json", "pandas.core.frame", "DataFrame", "dataframe_data")):
+        formatter = ObjectFormatter(parent=display_formatter, format_type=mime)
+        formatter.for_type_by_name(module, cls, lazy(function))
+        display_formatter.formatters[mime] = formatter
+        if mime not in display_formatter.active_types:
+            display_formatter.active_types.append(mime)
 
 
 # ---- serving requests -----------------------------------------------------------------

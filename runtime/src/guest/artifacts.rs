@@ -85,6 +85,7 @@ fn guest_init_sources() -> Result<Vec<(String, Vec<u8>)>> {
     let mut files = vec![
         root.join("Cargo.toml"),
         root.join("kernel/cellbox_kernel.py"),
+        root.join("kernel/cellbox_charts.py"),
     ];
     let src = root.join("src");
     let entries =
@@ -139,10 +140,12 @@ fn build_layer(dir: &Path, target_dir: &Path, progress: &Progress) -> Result<()>
             target_dir.join(&target).join("release/guest-init"),
             staging.join("sbin/init"),
         )?;
-        std::fs::copy(
-            source.join("kernel/cellbox_kernel.py"),
-            staging.join("usr/lib/cellbox/cellbox_kernel.py"),
-        )?;
+        for script in ["cellbox_kernel.py", "cellbox_charts.py"] {
+            std::fs::copy(
+                source.join("kernel").join(script),
+                staging.join("usr/lib/cellbox").join(script),
+            )?;
+        }
         std::fs::rename(&staging, dir)
     };
     copy().map_err(|e| {
