@@ -12,6 +12,10 @@ pub enum Error {
     #[error("the cell or command did not finish within {after:?} and was stopped{}", if *.restarted { "; the session was restarted and its state is lost" } else { "" })]
     Timeout { after: Duration, restarted: bool },
 
+    /// Another task interrupted the cell ([`crate::Interrupt`]).
+    #[error("the cell was interrupted{}", if *.restarted { "; the session was restarted and its state is lost" } else { "" })]
+    Interrupted { restarted: bool },
+
     /// The backend cannot run on this machine or in this build.
     #[error("the {backend} backend is not available: {reason}")]
     Unavailable { backend: Backend, reason: String },
@@ -58,6 +62,7 @@ impl Error {
     pub fn kind(&self) -> &'static str {
         match self {
             Error::Timeout { .. } => "timeout",
+            Error::Interrupted { .. } => "interrupted",
             Error::Unavailable { .. } => "unavailable",
             Error::Artifact { .. } => "artifact",
             Error::SandboxDied { .. } => "sandbox_died",

@@ -39,6 +39,40 @@ pub struct RunOptions {
     pub timeout: Option<Duration>,
     /// Environment variables set for this cell only.
     pub env: BTreeMap<String, String>,
+    /// Lets another task stop the cell (say, when the client that asked for
+    /// it went away): the heavy kernel gets a `KeyboardInterrupt` and keeps
+    /// its state; the fast path restarts, like after a timeout.
+    pub interrupt: Option<Interrupt>,
+}
+
+/// A handle that interrupts the cell it was given to (see [`RunOptions::interrupt`]).
+#[derive(Debug, Clone, Default)]
+pub struct Interrupt(std::sync::Arc<tokio::sync::watch::Sender<bool>>);
+
+impl Interrupt {
+    /// A fresh, untriggered handle.
+    pub fn new() -> Interrupt {
+        Interrupt::default()
+    }
+
+    /// Interrupts the cell (now, or as soon as it starts).
+    pub fn interrupt(&self) {
+        self.0.send_replace(true);
+    }
+
+    /// Resolves once [`Interrupt::interrupt`] was called.
+    pub async fn interrupted(&self) {
+        let mut receiver = self.0.subscribe();
+        let _ = receiver.wait_for(|interrupted| *interrupted).await;
+    }
+}
+
+/// Resolves when `interrupt` fires; never without one.
+pub(crate) async fn interrupted(interrupt: Option<&Interrupt>) {
+    match interrupt {
+        Some(interrupt) => interrupt.interrupted().await,
+        None => std::future::pending().await,
+    }
 }
 
 impl RunOptions {

@@ -46,7 +46,7 @@ pub use cache::default_cache_dir;
 pub use error::{Error, Result};
 pub use event::Event;
 pub use execution::{CellResult, Execution, ExecutionError, Logs};
-pub use executor::{Backend, EventCallback, Executor, RunOptions};
+pub use executor::{Backend, EventCallback, Executor, Interrupt, RunOptions};
 pub use guest::{CommandHandle, CommandInfo, CommandOptions, CommandResult, ContextInfo, FileStat};
 pub use microvm::{MicroVmConfig, MicroVmExecutor};
 pub use namespace::{NamespaceConfig, NamespaceExecutor};

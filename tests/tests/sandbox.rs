@@ -281,3 +281,48 @@ async fn the_working_folder_and_its_files_follow_a_move() {
     assert_eq!(pwd.stdout, "/home/user/project\n");
     s.close().await.unwrap();
 }
+
+#[tokio::test]
+async fn another_task_can_interrupt_a_run() {
+    use cellbox::Interrupt;
+    let s = sandbox().await;
+    // Fast path: the session restarts, like after a timeout.
+    let stop = Interrupt::new();
+    let trigger = stop.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        trigger.interrupt();
+    });
+    let options = RunCodeOptions {
+        interrupt: Some(stop),
+        ..Default::default()
+    };
+    let stopped = s
+        .run_code_with("while True: pass", &options, &mut |_| {})
+        .await;
+    assert!(
+        matches!(stopped, Err(Error::Interrupted { restarted: true })),
+        "{stopped:?}"
+    );
+    assert_eq!(s.run_code("1 + 1").await.unwrap().text(), Some("2"));
+
+    // Heavy backend: KeyboardInterrupt in the cell, the kernel keeps its state.
+    s.run_code("import numpy; kept = 5").await.unwrap();
+    let stop = Interrupt::new();
+    let trigger = stop.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        trigger.interrupt();
+    });
+    let options = RunCodeOptions {
+        interrupt: Some(stop),
+        ..Default::default()
+    };
+    let interrupted = s
+        .run_code_with("import time; time.sleep(60)", &options, &mut |_| {})
+        .await
+        .unwrap();
+    assert_eq!(interrupted.error.unwrap().name, "KeyboardInterrupt");
+    assert_eq!(s.run_code("kept").await.unwrap().text(), Some("5"));
+    s.close().await.unwrap();
+}

@@ -150,10 +150,17 @@ impl GuestClient {
         let mut execution = Execution::default();
         let deadline = tokio::time::sleep(timeout + GUEST_GRACE);
         tokio::pin!(deadline);
+        let mut interrupt_sent = false;
         loop {
             let reply = tokio::select! {
                 reply = replies.recv() => reply.ok_or_else(|| died("the guest closed the connection during the cell"))?,
                 () = &mut deadline => return Err(died(format!("the guest did not answer within {:?}", timeout + GUEST_GRACE))),
+                // The kernel gets SIGINT and ends the cell with KeyboardInterrupt; keep reading.
+                () = crate::executor::interrupted(options.interrupt.as_ref()), if !interrupt_sent => {
+                    interrupt_sent = true;
+                    let _ = self.request(Op::Interrupt { context: context.to_string() }).await;
+                    continue;
+                }
             };
             let event = match reply {
                 ReplyBody::Output {

@@ -465,7 +465,7 @@ impl Executor for HybridExecutor {
                             Error::Timeout {
                                 restarted: true,
                                 ..
-                            }
+                            } | Error::Interrupted { restarted: true }
                         ) {
                             // The fast path restarted: its state, and so its history, is gone.
                             self.history.clear();

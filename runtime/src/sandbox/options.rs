@@ -132,6 +132,8 @@ pub struct RunCodeOptions {
     pub env: BTreeMap<String, String>,
     /// Timeout of this run (the kernel is interrupted and keeps its state).
     pub timeout: Option<Duration>,
+    /// Interrupts the run from another task.
+    pub interrupt: Option<crate::executor::Interrupt>,
 }
 
 impl RunCodeOptions {

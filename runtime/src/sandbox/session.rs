@@ -172,6 +172,7 @@ impl Sandbox {
         let run = RunOptions {
             timeout: options.timeout,
             env,
+            interrupt: options.interrupt.clone(),
         };
         match &options.context {
             Some(context) if context.id != DEFAULT_CONTEXT => {

@@ -84,6 +84,7 @@ impl std::fmt::Debug for Live {
 enum Outcome {
     Finished(wasmtime::Result<i32>),
     TimedOut,
+    Interrupted,
 }
 
 impl WasmExecutor {
@@ -234,6 +235,7 @@ impl Executor for WasmExecutor {
                     }
                     result = &mut call => break Outcome::Finished(result),
                     () = &mut deadline => break Outcome::TimedOut,
+                    () = crate::executor::interrupted(options.interrupt.as_ref()) => break Outcome::Interrupted,
                 }
             }
         };
@@ -261,6 +263,7 @@ impl Executor for WasmExecutor {
                 after: timeout,
                 restarted: true,
             },
+            Outcome::Interrupted => Error::Interrupted { restarted: true },
         };
         tracing::info!("wasm session: {failure}");
         self.renew().await?;
