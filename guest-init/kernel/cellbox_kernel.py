@@ -374,9 +374,11 @@ def _add_object_formatters(display_formatter):
     """A figure's chart and a DataFrame's data, as two more formats of their results
     (computed after the PNG, so that the figure is already drawn)."""
     from IPython.core.formatters import BaseFormatter
+    from traitlets import ObjectName
 
     class ObjectFormatter(BaseFormatter):
         _return_type = (dict,)
+        print_method = ObjectName("_repr_cellbox_object_")   # no object has it: registered types only
 
     def lazy(name):
         def call(obj):

@@ -40,6 +40,7 @@ pub mod namespace;
 pub mod progress;
 pub mod router;
 pub mod sandbox;
+pub mod serve;
 pub mod wasm;
 
 pub use cache::default_cache_dir;

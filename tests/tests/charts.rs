@@ -117,7 +117,22 @@ async fn dataframes_come_with_their_data() {
         .await
         .unwrap();
     let main = execution.main_result().expect("a main result");
+    assert!(
+        execution.logs.stderr.is_empty(),
+        "no formatter warnings: {:?}",
+        execution.logs.stderr
+    );
     assert!(main.html.as_deref().unwrap_or_default().contains("<table"));
+    let plain = s.run("40 + 2").await.unwrap();
+    assert!(plain.logs.stderr.is_empty(), "{:?}", plain.logs.stderr);
+    assert_eq!(
+        (
+            plain.text(),
+            plain.results[0].chart.clone(),
+            plain.results[0].data.clone()
+        ),
+        (Some("42"), None, None)
+    );
     assert_eq!(
         main.data,
         Some(json!({"a": [1, 2], "b": ["x", null], "c": [0.5, null]}))

@@ -3,6 +3,7 @@
 mod notebook;
 mod render;
 mod run;
+mod serve;
 
 use std::process::ExitCode;
 
@@ -20,6 +21,8 @@ struct Cli {
 enum Command {
     /// Run cells in order in one fresh session.
     Run(run::RunArgs),
+    /// Serve E2B's code-interpreter API (for the E2B SDKs with E2B_DEBUG=true).
+    Serve(serve::ServeArgs),
 }
 
 /// Exit status: every cell ran without error.
@@ -47,6 +50,7 @@ pub fn main() -> ExitCode {
     };
     let status = match cli.command {
         Command::Run(args) => runtime.block_on(run::run(args)),
+        Command::Serve(args) => runtime.block_on(serve::run(args)),
     };
     ExitCode::from(status)
 }

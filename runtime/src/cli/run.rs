@@ -45,7 +45,7 @@ pub struct RunArgs {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum BackendChoice {
+pub enum BackendChoice {
     /// The fast path, moving to the heavy backend (microVM, else namespace) when a cell needs it.
     Auto,
     /// CPython for WASI in process.

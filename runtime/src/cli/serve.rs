@@ -1,0 +1,65 @@
+//! `cellbox serve`: E2B's code-interpreter API for one local sandbox.
+
+use std::net::IpAddr;
+
+use clap::Args;
+
+use cellbox::serve::{ServeConfig, serve};
+use cellbox::{BackendPolicy, Progress, SandboxOptions};
+
+use super::run::BackendChoice;
+use super::{EXIT_OK, EXIT_SANDBOX_ERROR};
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Which backends the sandbox may use.
+    #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
+    backend: BackendChoice,
+    /// Address to listen on (the API has no authentication: keep it on loopback).
+    #[arg(long, default_value = "127.0.0.1")]
+    bind: IpAddr,
+    /// Port of the code-interpreter API (E2B's SDK uses 49999 in debug mode).
+    #[arg(long, default_value_t = 49999)]
+    port: u16,
+}
+
+pub async fn run(args: ServeArgs) -> u8 {
+    let backend = match args.backend {
+        BackendChoice::Auto => BackendPolicy::Auto,
+        BackendChoice::Wasm => BackendPolicy::Wasm,
+        BackendChoice::Vm => BackendPolicy::Vm,
+        BackendChoice::Namespace => BackendPolicy::Namespace,
+    };
+    let mut sandbox = SandboxOptions::default()
+        .with_backend(backend)
+        .with_inactivity_timeout(None);
+    sandbox.progress = Progress::new(|line| eprintln!("cellbox: {line}"));
+    let config = ServeConfig {
+        bind: args.bind,
+        code_port: args.port,
+        sandbox,
+    };
+    eprintln!(
+        "cellbox: serving E2B's code-interpreter API on http://{}:{} (Ctrl-C stops)",
+        args.bind, args.port
+    );
+    match serve(config, shutdown_signal()).await {
+        Ok(()) => EXIT_OK,
+        Err(error) => {
+            eprintln!("cellbox: error: {error}");
+            EXIT_SANDBOX_ERROR
+        }
+    }
+}
+
+/// Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(term) => term,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

@@ -1,0 +1,445 @@
+//! The code-interpreter API of E2B's sandboxes (their port 49999), served by a
+//! cellbox [`Sandbox`]: what `Sandbox.run_code` and the context calls of the
+//! `e2b-code-interpreter` SDKs send and expect.
+
+use std::collections::{BTreeMap, HashMap};
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+
+use crate::error::Error;
+use crate::event::Event;
+use crate::executor::Interrupt;
+use crate::guest::ContextInfo;
+use crate::sandbox::{DEFAULT_CONTEXT, RunCodeOptions, Sandbox};
+
+/// Largest request body (a cell's code and its variables).
+const BODY_LIMIT: usize = 16 << 20;
+/// How often an idle `/execute` stream says it is alive (and notices a client
+/// that went away, so that the cell is interrupted).
+const KEEPALIVE: Duration = Duration::from_secs(1);
+
+/// The state behind the routes.
+#[derive(Clone)]
+struct App {
+    sandbox: Sandbox,
+    contexts: Arc<Mutex<BTreeMap<String, ContextInfo>>>,
+    /// One queue per context: concurrent `/execute` calls run in arrival order.
+    queues: Arc<Mutex<HashMap<String, Arc<Queue>>>>,
+}
+
+/// A ticket queue: tickets are taken when a request arrives, served in order.
+#[derive(Default)]
+struct Queue {
+    next: std::sync::atomic::AtomicU64,
+    serving: tokio::sync::watch::Sender<u64>,
+}
+
+impl Queue {
+    fn ticket(&self) -> u64 {
+        self.next.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+    }
+
+    async fn wait_for_turn(&self, ticket: u64) {
+        let _ = self
+            .serving
+            .subscribe()
+            .wait_for(|serving| *serving == ticket)
+            .await;
+    }
+
+    fn done(&self, ticket: u64) {
+        self.serving.send_replace(ticket + 1);
+    }
+}
+
+impl App {
+    fn queue(&self, context: &str) -> Arc<Queue> {
+        let mut queues = self.queues.lock().unwrap_or_else(|p| p.into_inner());
+        queues.entry(context.to_string()).or_default().clone()
+    }
+
+    fn context(&self, id: &str) -> Option<ContextInfo> {
+        self.contexts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .cloned()
+    }
+}
+
+/// The routes, serving `sandbox`.
+pub fn router(sandbox: Sandbox) -> Router {
+    let app = App {
+        sandbox,
+        contexts: Arc::default(),
+        queues: Arc::default(),
+    };
+    Router::new()
+        .route("/health", get(|| async { axum::Json("OK") }))
+        .route("/execute", post(execute))
+        .route("/contexts", post(create_context).get(list_contexts))
+        .route("/contexts/{id}/restart", post(restart_context))
+        .route("/contexts/{id}", delete(remove_context))
+        .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT))
+        .with_state(app)
+}
+
+#[derive(Debug, Deserialize)]
+struct ExecuteRequest {
+    code: String,
+    context_id: Option<String>,
+    language: Option<String>,
+    env_vars: Option<BTreeMap<String, String>>,
+}
+
+#[derive(Debug, Deserialize)]
+struct CreateContextRequest {
+    language: Option<String>,
+    cwd: Option<String>,
+}
+
+fn text(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, message.into()).into_response()
+}
+
+fn bad_json(rejection: JsonRejection) -> Response {
+    text(
+        rejection.status(),
+        format!("invalid request: {}", rejection.body_text()),
+    )
+}
+
+/// Only Python runs here: the 400 for any other language.
+fn unsupported_language(language: Option<&str>) -> Option<Response> {
+    match language.map(str::to_ascii_lowercase).as_deref() {
+        None | Some("python") | Some("python3") => None,
+        Some(other) => Some(text(
+            StatusCode::BAD_REQUEST,
+            format!("cellbox runs Python only; the language \"{other}\" is not available"),
+        )),
+    }
+}
+
+fn context_json(context: &ContextInfo) -> Value {
+    json!({"id": context.id, "language": "python", "cwd": context.cwd})
+}
+
+fn default_context() -> ContextInfo {
+    ContextInfo {
+        id: DEFAULT_CONTEXT.into(),
+        cwd: "/home/user".into(),
+    }
+}
+
+async fn execute(
+    State(app): State<App>,
+    body: Result<axum::Json<ExecuteRequest>, JsonRejection>,
+) -> Response {
+    let request = match body {
+        Ok(axum::Json(request)) => request,
+        Err(rejection) => return bad_json(rejection),
+    };
+    if request.context_id.is_some() && request.language.is_some() {
+        return text(
+            StatusCode::BAD_REQUEST,
+            "Only one of context_id or language can be provided",
+        );
+    }
+    if let Some(response) = unsupported_language(request.language.as_deref()) {
+        return response;
+    }
+    let context = match request.context_id.as_deref() {
+        None | Some(DEFAULT_CONTEXT) => None,
+        Some(id) => match app.context(id) {
+            Some(context) => Some(context),
+            None => return text(StatusCode::NOT_FOUND, format!("Context {id} not found")),
+        },
+    };
+    let queue_id = context
+        .as_ref()
+        .map_or(DEFAULT_CONTEXT.to_string(), |c| c.id.clone());
+    tracing::info!(context = %queue_id, bytes = request.code.len(), "POST /execute");
+
+    let (lines, received) = mpsc::unbounded_channel::<String>();
+    let queue = app.queue(&queue_id);
+    let ticket = queue.ticket();
+    tokio::spawn(async move {
+        queue.wait_for_turn(ticket).await;
+        // A client that left while waiting gets nothing run.
+        if !lines.is_closed() {
+            run_cell(app, request, context, lines).await;
+        }
+        queue.done(ticket);
+    });
+    let stream = futures_util::stream::unfold(received, |mut received| async move {
+        received
+            .recv()
+            .await
+            .map(|line| (Ok::<_, Infallible>(line), received))
+    });
+    Response::builder()
+        .header(header::CONTENT_TYPE, "application/x-ndjson")
+        .body(Body::from_stream(stream))
+        .unwrap_or_else(|_| {
+            text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "cannot build the response",
+            )
+        })
+}
+
+/// Runs one cell (its turn in the queue has come), writing its events as JSON lines.
+/// A client that goes away interrupts the cell.
+async fn run_cell(
+    app: App,
+    request: ExecuteRequest,
+    context: Option<ContextInfo>,
+    lines: mpsc::UnboundedSender<String>,
+) {
+    let interrupt = Interrupt::new();
+    let send = {
+        let lines = lines.clone();
+        let interrupt = interrupt.clone();
+        move |value: Value| {
+            if lines.send(format!("{value}\n")).is_err() {
+                interrupt.interrupt();
+            }
+        }
+    };
+    let run = async {
+        let options = RunCodeOptions {
+            context,
+            env: request.env_vars.clone().unwrap_or_default(),
+            timeout: None,
+            interrupt: Some(interrupt.clone()),
+        };
+        let mut on_event = |event: &Event| {
+            if let Some(line) = event_json(event) {
+                send(line);
+            }
+        };
+        app.sandbox
+            .run_code_with(&request.code, &options, &mut on_event)
+            .await
+    };
+    tokio::pin!(run);
+    let mut ticks = tokio::time::interval(KEEPALIVE);
+    let outcome = loop {
+        tokio::select! {
+            outcome = &mut run => break outcome,
+            _ = ticks.tick() => send(json!({"type": "keepalive"})),
+        }
+    };
+    match outcome {
+        Ok(execution) => {
+            if let Some(count) = execution.execution_count {
+                send(json!({"type": "number_of_executions", "execution_count": count}));
+            }
+        }
+        Err(error) => send(sandbox_error_json(&error)),
+    }
+    send(json!({"type": "end_of_execution"}));
+}
+
+/// A cell event as the line E2B's SDK parses (`None` for the end marker).
+fn event_json(event: &Event) -> Option<Value> {
+    Some(match event {
+        Event::Stdout(text) => json!({"type": "stdout", "text": text, "timestamp": now_iso8601()}),
+        Event::Stderr(text) => json!({"type": "stderr", "text": text, "timestamp": now_iso8601()}),
+        Event::Result(result) => {
+            let mut value = serde_json::to_value(result.as_ref()).unwrap_or_else(|_| json!({}));
+            if let Value::Object(fields) = &mut value {
+                fields.retain(|_, v| !v.is_null());
+                fields.insert("type".into(), json!("result"));
+            }
+            value
+        }
+        Event::Error(error) => json!({
+            "type": "error", "name": error.name, "value": error.value, "traceback": error.traceback,
+        }),
+        Event::End { .. } => return None,
+    })
+}
+
+/// A failure of the sandbox itself, as an error line the SDK shows.
+fn sandbox_error_json(error: &Error) -> Value {
+    let name = match error {
+        Error::Timeout { .. } => "TimeoutError",
+        Error::Interrupted { .. } => "KeyboardInterrupt",
+        _ => "SandboxError",
+    };
+    json!({"type": "error", "name": name, "value": error.to_string(), "traceback": ""})
+}
+
+/// The current time as RFC 3339 (UTC, microseconds), like Jupyter's message dates.
+fn now_iso8601() -> String {
+    let since = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    let (days, secs) = (since.as_secs() / 86_400, since.as_secs() % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:06}Z",
+        secs / 3600,
+        secs % 3600 / 60,
+        secs % 60,
+        since.subsec_micros()
+    )
+}
+
+async fn create_context(
+    State(app): State<App>,
+    body: Result<axum::Json<CreateContextRequest>, JsonRejection>,
+) -> Response {
+    let request = match body {
+        Ok(axum::Json(request)) => request,
+        Err(rejection) => return bad_json(rejection),
+    };
+    if let Some(response) = unsupported_language(request.language.as_deref()) {
+        return response;
+    }
+    tracing::info!(cwd = ?request.cwd, "POST /contexts");
+    match app
+        .sandbox
+        .create_context(Some(request.cwd.as_deref().unwrap_or("/home/user")))
+        .await
+    {
+        Ok(context) => {
+            let body = context_json(&context);
+            app.contexts
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(context.id.clone(), context);
+            axum::Json(body).into_response()
+        }
+        Err(error) => error_response(&error),
+    }
+}
+
+async fn list_contexts(State(app): State<App>) -> Response {
+    let contexts = app
+        .contexts
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    let list: Vec<Value> = std::iter::once(default_context())
+        .chain(contexts.into_values())
+        .map(|c| context_json(&c))
+        .collect();
+    axum::Json(list).into_response()
+}
+
+async fn restart_context(State(app): State<App>, Path(id): Path<String>) -> Response {
+    tracing::info!(context = %id, "POST /contexts/{{id}}/restart");
+    let context = if id == DEFAULT_CONTEXT {
+        Some(default_context())
+    } else {
+        app.context(&id)
+    };
+    let Some(context) = context else {
+        return text(StatusCode::NOT_FOUND, format!("Context {id} not found"));
+    };
+    let queue = app.queue(&id);
+    let ticket = queue.ticket();
+    queue.wait_for_turn(ticket).await;
+    let restarted = app.sandbox.restart_context(&context).await;
+    queue.done(ticket);
+    match restarted {
+        Ok(()) => axum::Json(Value::Null).into_response(),
+        Err(error) => error_response(&error),
+    }
+}
+
+async fn remove_context(State(app): State<App>, Path(id): Path<String>) -> Response {
+    tracing::info!(context = %id, "DELETE /contexts/{{id}}");
+    let Some(context) = app.context(&id) else {
+        return text(StatusCode::NOT_FOUND, format!("Context {id} not found"));
+    };
+    match app.sandbox.remove_context(&context).await {
+        Ok(()) => {
+            app.contexts
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&id);
+            axum::Json(Value::Null).into_response()
+        }
+        Err(error) => error_response(&error),
+    }
+}
+
+fn error_response(error: &Error) -> Response {
+    let status = match error {
+        Error::NotFound(_) => StatusCode::NOT_FOUND,
+        Error::InvalidArgument(_) => StatusCode::BAD_REQUEST,
+        Error::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    text(status, error.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_are_rfc3339() {
+        let stamp = now_iso8601();
+        assert_eq!(stamp.len(), "2026-11-22T01:02:03.123456Z".len(), "{stamp}");
+        assert!(stamp.starts_with("20") && stamp.ends_with('Z'));
+        assert_eq!(&stamp[4..5], "-");
+        assert_eq!(&stamp[10..11], "T");
+    }
+
+    #[test]
+    fn events_become_sdk_lines() {
+        let line = event_json(&Event::Stdout("hi\n".into())).unwrap();
+        assert_eq!(
+            (line["type"].as_str(), line["text"].as_str()),
+            (Some("stdout"), Some("hi\n"))
+        );
+        let result = crate::CellResult {
+            text: Some("2".into()),
+            is_main_result: true,
+            ..Default::default()
+        };
+        let line = event_json(&Event::Result(Box::new(result))).unwrap();
+        assert_eq!(
+            line,
+            json!({"type": "result", "text": "2", "is_main_result": true})
+        );
+        assert!(
+            event_json(&Event::End {
+                execution_count: Some(1)
+            })
+            .is_none()
+        );
+    }
+
+    #[test]
+    fn only_python_is_accepted() {
+        assert!(unsupported_language(None).is_none());
+        assert!(unsupported_language(Some("Python")).is_none());
+        assert!(unsupported_language(Some("javascript")).is_some());
+    }
+}

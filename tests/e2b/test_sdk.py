@@ -1,0 +1,128 @@
+"""E2B's official Python SDK (e2b-code-interpreter from PyPI, unmodified) against
+`cellbox serve`, in the SDK's debug mode (E2B_DEBUG=true: no cloud, localhost:49999).
+
+Usage: python test_sdk.py   (with `cellbox serve` running; the SDK installed)
+Prints one line per check and `N passed, M failed`; exits 1 if anything failed.
+"""
+import json
+import os
+import sys
+import time
+
+os.environ["E2B_DEBUG"] = "true"
+
+import httpx  # noqa: E402  (comes with the SDK)
+from e2b.exceptions import TimeoutException  # noqa: E402
+from e2b_code_interpreter import Sandbox  # noqa: E402
+
+URL = "http://localhost:49999"
+passed, failed = 0, 0
+
+
+def check(name, condition, detail=""):
+    global passed, failed
+    if condition:
+        passed += 1
+        print(f"ok   {name}")
+    else:
+        failed += 1
+        print(f"FAIL {name}: {detail}")
+
+
+sbx = Sandbox.create()
+
+sbx.run_code("x = 1")
+e = sbx.run_code("x += 1; x")
+check("state persists between cells", e.text == "2", e)
+
+seen = []
+e = sbx.run_code(
+    "print('out'); import sys; print('err', file=sys.stderr); 40 + 2",
+    on_stdout=lambda m: seen.append(("stdout", m.line)),
+    on_stderr=lambda m: seen.append(("stderr", m.line)),
+    on_result=lambda r: seen.append(("result", r.text)),
+)
+check("callbacks see stdout, stderr and the result",
+      seen == [("stdout", "out\n"), ("stderr", "err\n"), ("result", "42")], seen)
+check("logs are collected", e.logs.stdout == ["out\n"] and e.logs.stderr == ["err\n"], e.logs)
+
+e = sbx.run_code("undefined_name + 1")
+check("a NameError comes back with its traceback",
+      e.error is not None and e.error.name == "NameError" and "undefined_name" in e.error.traceback, e.error)
+
+e = sbx.run_code("import matplotlib.pyplot as plt\nplt.bar(['apples', 'pears'], [3, 5])\nplt.title('Stock')\nplt.show()")
+figure = e.results[0] if e.results else None
+check("a figure comes back as PNG", figure is not None and bool(figure.png), e)
+chart = getattr(figure, "chart", None)
+check("a bar chart's elements", chart is not None and chart.type.value == "bar"
+      and [(el.label, el.value) for el in chart.elements] == [("apples", 3.0), ("pears", 5.0)]
+      and chart.title == "Stock", chart and chart.to_dict())
+
+e = sbx.run_code("import pandas as pd; pd.DataFrame({'a': [1, 2], 'b': ['x', 'y']})")
+check("a DataFrame's data", e.results and e.results[0].data == {"a": [1, 2], "b": ["x", "y"]}, e)
+
+ctx = sbx.create_code_context()
+sbx.run_code("only_here = 5", context=ctx)
+check("contexts keep their names apart",
+      sbx.run_code("only_here", context=ctx).text == "5"
+      and sbx.run_code("'only_here' in globals()").text == "False")
+check("contexts are listed", ctx.id in [c.id for c in sbx.list_code_contexts()])
+sbx.restart_code_context(ctx)
+check("restart clears a context", sbx.run_code("'only_here' in globals()", context=ctx).text == "False")
+sbx.remove_code_context(ctx)
+check("removed contexts are gone", ctx.id not in [c.id for c in sbx.list_code_contexts()])
+
+started = time.time()
+try:
+    sbx.run_code("import time; time.sleep(300)", timeout=3)
+    check("a run past its timeout raises TimeoutException", False, "no exception")
+except TimeoutException:
+    check("a run past its timeout raises TimeoutException", time.time() - started < 30)
+check("the next cell works, state kept", sbx.run_code("x").text == "2")
+
+e = sbx.run_code("import os; os.environ.get('FOO')", envs={"FOO": "bar"})
+check("per-run envs", e.text == "'bar'", e)
+check("per-run envs do not leak", sbx.run_code("os.environ.get('FOO')").text is None)
+
+# ---- bad input, straight over HTTP -----------------------------------------------------------
+with httpx.Client(base_url=URL, timeout=60) as http:
+    r = http.post("/execute", content=b"{not json", headers={"content-type": "application/json"})
+    check("malformed JSON is a 4xx", 400 <= r.status_code < 500, r.status_code)
+    r = http.post("/execute", json={"code": "1 + 1", "surprise": True})
+    check("unknown fields are ignored", r.status_code == 200 and '"text":"2"' in r.text, r.text)
+    r = http.post("/execute", json={"code": "1", "context_id": "default", "language": "python"})
+    check("context and language together are a 400", r.status_code == 400, r.status_code)
+    r = http.post("/execute", json={"code": "1", "context_id": "no-such-context"})
+    check("an unknown context is a 404", r.status_code == 404, r.status_code)
+    r = http.post("/execute", json={"code": "x = '" + "a" * (100 << 20) + "'"})
+    check("a 100 MB cell is refused clearly", r.status_code == 413, r.status_code)
+
+    # 50 requests in flight at once on one context run in arrival order.
+    sbx.run_code("order = []")
+    with httpx.Client(base_url=URL, timeout=120, limits=httpx.Limits(max_connections=60)) as c:
+        managers, streams = [], []
+        for i in range(50):     # each one has arrived (headers back) before the next is sent
+            manager = c.stream("POST", "/execute", json={"code": f"order.append({i}); {i}"})
+            managers.append(manager)
+            streams.append(manager.__enter__())
+        statuses = [s.status_code for s in streams]
+        bodies = [s.read().decode() for s in streams]
+        for manager in managers:
+            manager.__exit__(None, None, None)
+    order = json.loads(sbx.run_code("import json; json.dumps(order)").text.strip("'"))
+    check("50 concurrent requests are all served",
+          statuses == [200] * 50 and all(f'"text":"{i}"' in b for i, b in enumerate(bodies)), statuses)
+    check("... in arrival order", order == list(range(50)), order)
+
+    # A client that goes away mid-stream interrupts the cell; the server stays up.
+    with http.stream("POST", "/execute", json={"code": "import time; time.sleep(120)"}) as stream:
+        for _ in stream.iter_lines():
+            break
+    started = time.time()
+    e = sbx.run_code("'still here'")
+    check("after a disconnect the next cell runs at once",
+          e.text == "'still here'" and time.time() - started < 20, time.time() - started)
+    check("health", http.get("/health").status_code == 200)
+
+print(f"{passed} passed, {failed} failed")
+sys.exit(1 if failed else 0)
