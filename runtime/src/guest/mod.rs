@@ -22,4 +22,4 @@ pub use commands::{
 };
 pub use contexts::ContextInfo;
 pub use kernel::GuestKernel;
-pub use session::{GuestExecutor, GuestSession};
+pub use session::{GuestBackend, GuestExecutor, GuestSession};

@@ -1,20 +1,67 @@
-//! The part of an [`crate::Executor`] both heavy backends share: a
-//! [`GuestClient`] running cells in the guest's default context.
+//! What both heavy backends share: a [`GuestClient`] running cells in the
+//! guest's default context ([`GuestSession`]), and with it the whole
+//! [`Executor`] — a backend only says what it is and how to stop what runs
+//! the guest ([`GuestBackend`]).
 
 use std::time::Duration;
 
+use async_trait::async_trait;
 use cellbox_guest_init::protocol::DEFAULT_CONTEXT;
 
 use super::GuestClient;
 use crate::error::{Error, Result};
 use crate::execution::Execution;
-use crate::executor::{EventCallback, Executor, RunOptions};
+use crate::executor::{Backend, EventCallback, Executor, RunOptions};
 
 /// An executor backed by the full guest (namespace sandbox or microVM): files,
 /// commands and contexts are reachable through its [`GuestClient`].
 pub trait GuestExecutor: Executor + Send {
     /// The connection to `guest-init`.
     fn guest(&self) -> Result<&GuestClient>;
+}
+
+/// A heavy backend: a [`GuestSession`] plus whatever runs the guest.
+#[async_trait]
+pub trait GuestBackend: Send {
+    /// Which backend this is.
+    fn kind(&self) -> Backend;
+    /// The session with `guest-init`.
+    fn session(&self) -> &GuestSession;
+    /// The same, mutable.
+    fn session_mut(&mut self) -> &mut GuestSession;
+    /// Stops what runs the guest (guest-init was already asked to shut down).
+    async fn stop_guest(&mut self) -> Result<()>;
+}
+
+impl<T: GuestBackend> GuestExecutor for T {
+    fn guest(&self) -> Result<&GuestClient> {
+        self.session().client()
+    }
+}
+
+#[async_trait]
+impl<T: GuestBackend> Executor for T {
+    fn backend(&self) -> Backend {
+        self.kind()
+    }
+
+    async fn execute(
+        &mut self,
+        code: &str,
+        options: &RunOptions,
+        on_event: &mut EventCallback<'_>,
+    ) -> Result<Execution> {
+        self.session().execute(code, options, on_event).await
+    }
+
+    async fn restart(&mut self) -> Result<()> {
+        self.session().restart().await
+    }
+
+    async fn close(&mut self) -> Result<()> {
+        self.session_mut().shutdown().await;
+        self.stop_guest().await
+    }
 }
 
 /// A connected guest and the session's default cell timeout.

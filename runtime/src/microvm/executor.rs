@@ -9,9 +9,8 @@ use cellbox_guest_init::protocol::VSOCK_PORT;
 use cellbox_vmm::{Vm, VmConfig};
 
 use crate::error::{Error, Result};
-use crate::execution::Execution;
-use crate::executor::{Backend, EventCallback, Executor, RunOptions};
-use crate::guest::{GuestArtifacts, GuestClient, GuestExecutor, GuestKernel, GuestSession};
+use crate::executor::Backend;
+use crate::guest::{GuestArtifacts, GuestBackend, GuestClient, GuestKernel, GuestSession};
 use crate::progress::Progress;
 
 /// The guest's context id on vsock.
@@ -28,7 +27,7 @@ pub struct MicroVmConfig {
     pub vcpus: u8,
     /// Guest memory in MiB: the limit for everything in the sandbox.
     pub memory_mib: u32,
-    /// Timeout for cells whose [`RunOptions`] set none.
+    /// Timeout for cells whose [`RunOptions`](crate::RunOptions) set none.
     pub default_timeout: Duration,
     /// How long the guest may take to boot and answer.
     pub boot_timeout: Duration,
@@ -171,33 +170,21 @@ async fn connect(vm: &Vm, boot_timeout: Duration) -> Result<GuestClient> {
     GuestClient::connect(stream, boot_timeout).await
 }
 
-impl GuestExecutor for MicroVmExecutor {
-    fn guest(&self) -> Result<&GuestClient> {
-        self.session.client()
-    }
-}
-
 #[async_trait]
-impl Executor for MicroVmExecutor {
-    fn backend(&self) -> Backend {
+impl GuestBackend for MicroVmExecutor {
+    fn kind(&self) -> Backend {
         Backend::Vm
     }
 
-    async fn execute(
-        &mut self,
-        code: &str,
-        options: &RunOptions,
-        on_event: &mut EventCallback<'_>,
-    ) -> Result<Execution> {
-        self.session.execute(code, options, on_event).await
+    fn session(&self) -> &GuestSession {
+        &self.session
     }
 
-    async fn restart(&mut self) -> Result<()> {
-        self.session.restart().await
+    fn session_mut(&mut self) -> &mut GuestSession {
+        &mut self.session
     }
 
-    async fn close(&mut self) -> Result<()> {
-        self.session.shutdown().await;
+    async fn stop_guest(&mut self) -> Result<()> {
         if let Some(mut vm) = self.vm.take() {
             // guest-init powers the VM off after a shutdown; stop it regardless.
             tokio::task::spawn_blocking(move || {

@@ -11,9 +11,8 @@ use async_trait::async_trait;
 
 use super::cgroup::Cgroup;
 use crate::error::{Error, Result};
-use crate::execution::Execution;
-use crate::executor::{Backend, EventCallback, Executor, RunOptions};
-use crate::guest::{GuestArtifacts, GuestClient, GuestExecutor, GuestSession};
+use crate::executor::Backend;
+use crate::guest::{GuestArtifacts, GuestBackend, GuestClient, GuestSession};
 use crate::progress::Progress;
 
 /// How to start a namespace sandbox.
@@ -29,7 +28,7 @@ pub struct NamespaceConfig {
     pub max_processes: u32,
     /// CPU seconds each process in the sandbox may use.
     pub cpu_time_limit: Duration,
-    /// Timeout for cells whose [`RunOptions`] set none.
+    /// Timeout for cells whose [`RunOptions`](crate::RunOptions) set none.
     pub default_timeout: Duration,
 }
 
@@ -213,33 +212,21 @@ fn prepare_child(
     }
 }
 
-impl GuestExecutor for NamespaceExecutor {
-    fn guest(&self) -> Result<&GuestClient> {
-        self.session.client()
-    }
-}
-
 #[async_trait]
-impl Executor for NamespaceExecutor {
-    fn backend(&self) -> Backend {
+impl GuestBackend for NamespaceExecutor {
+    fn kind(&self) -> Backend {
         Backend::Namespace
     }
 
-    async fn execute(
-        &mut self,
-        code: &str,
-        options: &RunOptions,
-        on_event: &mut EventCallback<'_>,
-    ) -> Result<Execution> {
-        self.session.execute(code, options, on_event).await
+    fn session(&self) -> &GuestSession {
+        &self.session
     }
 
-    async fn restart(&mut self) -> Result<()> {
-        self.session.restart().await
+    fn session_mut(&mut self) -> &mut GuestSession {
+        &mut self.session
     }
 
-    async fn close(&mut self) -> Result<()> {
-        self.session.shutdown().await;
+    async fn stop_guest(&mut self) -> Result<()> {
         if tokio::time::timeout(Duration::from_secs(5), self.launcher.wait())
             .await
             .is_err()

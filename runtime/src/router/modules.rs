@@ -36,7 +36,7 @@ pub async fn available(engine: &WasmEngine) -> Result<Arc<BTreeSet<String>>> {
         .cloned()
 }
 
-/// `x.py`, `x.*.so`-free packages `x/` and `lib-dynload`-free names in `dir`.
+/// Module names in a standard library folder: `x.py`, `x.pyc` and packages `x/`.
 fn stdlib_names(dir: &std::path::Path) -> BTreeSet<String> {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return BTreeSet::new();

@@ -50,7 +50,6 @@ pub(super) struct Inner {
 #[derive(Clone)]
 pub struct Sandbox {
     pub(super) inner: Arc<Mutex<Inner>>,
-    pub(super) guest: Arc<tokio::sync::OnceCell<GuestClient>>,
     options: Arc<SandboxOptions>,
     id: Arc<str>,
 }
@@ -118,7 +117,6 @@ impl Sandbox {
                 last_used: Instant::now(),
                 inactivity_timeout: options.inactivity_timeout,
             })),
-            guest: Arc::new(tokio::sync::OnceCell::new()),
             options: Arc::new(options),
             id,
         };
@@ -272,9 +270,7 @@ impl Sandbox {
     /// The heavy guest with the default context moved there (files, commands).
     pub(super) async fn moved_client(&self) -> Result<GuestClient> {
         let mut inner = self.active().await?;
-        let client = inner.session.guest().await?.guest()?.clone();
-        let _ = self.guest.set(client.clone());
-        Ok(client)
+        inner.session.guest().await?.guest().cloned()
     }
 
     /// The heavy guest without moving the default context (other contexts).

@@ -103,15 +103,5 @@ pub fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
     }
 }
 
-/// Pops chains from `queue` until it is empty or broken (a queue whose rings
-/// point outside guest memory stops the loop instead of spinning).
-pub fn pop_chains<'m>(
-    queue: &mut Queue,
-    mem: &'m GuestMemoryMmap,
-) -> impl Iterator<Item = virtio_queue::DescriptorChain<&'m GuestMemoryMmap>> {
-    use virtio_queue::QueueT;
-    std::iter::from_fn(move || queue.pop_descriptor_chain(mem))
-}
-
 #[cfg(test)]
 pub(crate) mod test_utils;
