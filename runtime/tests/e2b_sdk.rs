@@ -1,6 +1,7 @@
 //! E2B's official Python SDK (`e2b-code-interpreter` from PyPI, unmodified)
-//! drives `cellbox serve` in its debug mode: `tests/e2b/test_sdk.py`. The SDK
-//! is installed into a virtualenv in the cache on first run. Root is needed
+//! drives `cellbox serve` (both ports) in its debug mode:
+//! `tests/e2b/test_sdk.py`. The SDK is installed into a virtualenv in the
+//! cache on first run. Root is needed
 //! (the heavy backend is the namespace sandbox here).
 
 use std::io::{Read, Write};
@@ -9,41 +10,17 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// The SDK version the test is written against.
-const SDK: &str = "e2b-code-interpreter==2.11.5";
-
+/// A Python with the SDK (`tests/e2b/sdk_python.sh` installs it once).
 fn sdk_python() -> PathBuf {
-    let cache = cellbox::default_cache_dir()
-        .join("e2b-sdk")
-        .join(SDK.replace("==", "-"));
-    let python = cache.join("bin/python");
-    if !python.exists() {
-        eprintln!(
-            "installing {SDK} from PyPI into {} (first run only)",
-            cache.display()
-        );
-        let partial = cache.with_extension("partial");
-        let _ = std::fs::remove_dir_all(&partial);
-        let status = Command::new("python3")
-            .args(["-m", "venv"])
-            .arg(&partial)
-            .status()
-            .expect("python3");
-        assert!(
-            status.success(),
-            "python3 -m venv failed (Debian: apt install python3-venv)"
-        );
-        let status = Command::new(partial.join("bin/pip"))
-            .args(["install", "--quiet", SDK])
-            .status()
-            .expect("pip");
-        assert!(status.success(), "pip install {SDK} failed");
-        // Built aside and renamed into place: an interrupted install is never used.
-        let _ = std::fs::remove_dir_all(&cache);
-        std::fs::create_dir_all(cache.parent().unwrap()).unwrap();
-        std::fs::rename(&partial, &cache).unwrap();
-    }
-    python
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/e2b/sdk_python.sh");
+    let output = Command::new("sh")
+        .arg(script)
+        .env("CELLBOX_CACHE_DIR", cellbox::default_cache_dir())
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("sh");
+    assert!(output.status.success(), "installing the E2B SDK failed");
+    PathBuf::from(String::from_utf8(output.stdout).unwrap().trim())
 }
 
 /// `cellbox serve` on the SDK's debug port, stopped (SIGTERM) on drop.

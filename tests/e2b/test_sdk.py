@@ -12,7 +12,8 @@ import time
 os.environ["E2B_DEBUG"] = "true"
 
 import httpx  # noqa: E402  (comes with the SDK)
-from e2b.exceptions import TimeoutException  # noqa: E402
+from e2b.exceptions import NotFoundException, TimeoutException  # noqa: E402
+from e2b.sandbox.commands.command_handle import CommandExitException  # noqa: E402
 from e2b_code_interpreter import Sandbox  # noqa: E402
 
 URL = "http://localhost:49999"
@@ -84,6 +85,73 @@ e = sbx.run_code("import os; os.environ.get('FOO')", envs={"FOO": "bar"})
 check("per-run envs", e.text == "'bar'", e)
 check("per-run envs do not leak", sbx.run_code("os.environ.get('FOO')").text is None)
 
+# ---- files and commands (envd, port 49983) ---------------------------------------------------
+info = sbx.files.write("notes/hello.txt", "hello from the SDK")
+check("files.write answers with the absolute path", info.path == "/home/user/notes/hello.txt", info)
+check("files.read gives it back", sbx.files.read("notes/hello.txt") == "hello from the SDK")
+check("the kernel sees the written file",
+      sbx.run_code("open('notes/hello.txt').read()").text == "'hello from the SDK'")
+blob = bytes(range(256)) * 8192     # 2 MiB, every byte value
+sbx.files.write("/tmp/blob.bin", blob)
+check("2 MiB of binary round-trips", bytes(sbx.files.read("/tmp/blob.bin", format="bytes")) == blob)
+entries = sbx.files.list("notes")
+check("files.list", [(e.name, e.type.value, e.size, e.path) for e in entries]
+      == [("hello.txt", "file", 18, "/home/user/notes/hello.txt")], entries)
+check("files.exists", sbx.files.exists("notes/hello.txt") and not sbx.files.exists("notes/nope.txt"))
+check("files.make_dir: new, then already there",
+      sbx.files.make_dir("notes/sub") is True and sbx.files.make_dir("notes/sub") is False)
+moved = sbx.files.rename("notes/hello.txt", "notes/sub/moved.txt")
+check("files.rename", moved.path == "/home/user/notes/sub/moved.txt"
+      and not sbx.files.exists("notes/hello.txt"), moved)
+deep = sorted(e.path for e in sbx.files.list("notes", depth=2))
+check("files.list two levels deep", deep == ["/home/user/notes/sub", "/home/user/notes/sub/moved.txt"], deep)
+check("files.get_info", sbx.files.get_info("notes/sub").type.value == "dir")
+sbx.files.remove("notes")
+check("files.remove (a folder with contents)", not sbx.files.exists("notes"))
+try:
+    sbx.files.read("notes/hello.txt")
+    check("reading a missing file raises NotFoundException", False, "no exception")
+except NotFoundException:
+    check("reading a missing file raises NotFoundException", True)
+
+r = sbx.commands.run("echo hi; echo oops >&2")
+check("commands.run", (r.stdout, r.stderr, r.exit_code) == ("hi\n", "oops\n", 0), r)
+r = sbx.commands.run('pwd; echo "$GREETING"', envs={"GREETING": "hey"}, cwd="/tmp")
+check("commands.run with cwd and envs", r.stdout == "/tmp\nhey\n", r)
+try:
+    sbx.commands.run("echo partial; exit 3")
+    check("a failing command raises CommandExitException", False, "no exception")
+except CommandExitException as e:
+    check("a failing command raises CommandExitException", e.exit_code == 3 and e.stdout == "partial\n", e)
+lines = []
+sbx.commands.run("for i in 1 2 3; do echo $i; sleep 0.1; done", on_stdout=lines.append)
+check("on_stdout streams the output", "".join(lines) == "1\n2\n3\n", lines)
+h = sbx.commands.run("cat", background=True, stdin=True)
+check("a background command is listed", h.pid in [p.pid for p in sbx.commands.list()])
+sbx.commands.send_stdin(h.pid, "piped\n")
+sbx.commands.close_stdin(h.pid)
+check("stdin reaches a background command", h.wait().stdout == "piped\n")
+h = sbx.commands.run("sleep 1; echo late", background=True)
+watcher = sbx.commands.connect(h.pid)
+check("commands.connect follows a running command", watcher.wait().stdout == "late\n")
+h = sbx.commands.run("sleep 300", background=True)
+check("commands.kill", sbx.commands.kill(h.pid) is True)
+try:
+    h.wait()
+    check("a killed command ends with an error", False, "no exception")
+except CommandExitException as e:
+    check("a killed command ends with an error", e.exit_code != 0, e)
+check("killing it again finds nothing", sbx.commands.kill(h.pid) is False)
+started = time.time()
+try:
+    sbx.commands.run("sleep 300", timeout=2)
+    check("a command past its timeout raises TimeoutException", False, "no exception")
+except TimeoutException:
+    check("a command past its timeout raises TimeoutException", time.time() - started < 20)
+time.sleep(1)
+ps = sbx.commands.run("for p in /proc/[0-9]*; do tr '\\0' ' ' < $p/cmdline; echo; done 2>/dev/null").stdout
+check("... and the command was killed", "sleep 300" not in ps, ps)
+
 # ---- bad input, straight over HTTP -----------------------------------------------------------
 with httpx.Client(base_url=URL, timeout=60) as http:
     r = http.post("/execute", content=b"{not json", headers={"content-type": "application/json"})
@@ -123,6 +191,20 @@ with httpx.Client(base_url=URL, timeout=60) as http:
     check("after a disconnect the next cell runs at once",
           e.text == "'still here'" and time.time() - started < 20, time.time() - started)
     check("health", http.get("/health").status_code == 200)
+
+with httpx.Client(base_url="http://localhost:49983", timeout=30) as envd:
+    r = envd.post("/filesystem.Filesystem/Stat", content=b"{oops",
+                  headers={"content-type": "application/json"})
+    check("envd: malformed JSON is invalid_argument",
+          r.status_code == 400 and r.json()["code"] == "invalid_argument", r.text)
+    r = envd.post("/filesystem.Filesystem/CreateWatcher", json={"path": "/tmp"})
+    check("envd: watching folders is clearly unimplemented",
+          r.status_code == 501 and r.json()["code"] == "unimplemented", r.text)
+    r = envd.post("/process.Process/Nope", json={})
+    check("envd: an unknown method is unimplemented", r.status_code == 501, r.text)
+    r = envd.post("/files?path=x.txt", content=b"data", headers={"content-type": "text/plain"})
+    check("envd: an upload of another content type is refused", r.status_code == 415, r.text)
+    check("envd: health", envd.get("/health").status_code == 204)
 
 print(f"{passed} passed, {failed} failed")
 sys.exit(1 if failed else 0)

@@ -21,6 +21,9 @@ pub struct ServeArgs {
     /// Port of the code-interpreter API (E2B's SDK uses 49999 in debug mode).
     #[arg(long, default_value_t = 49999)]
     port: u16,
+    /// Port of envd, the files and commands API (E2B's SDK uses 49983; 0: none).
+    #[arg(long, default_value_t = 49983)]
+    envd_port: u16,
 }
 
 pub async fn run(args: ServeArgs) -> u8 {
@@ -37,11 +40,12 @@ pub async fn run(args: ServeArgs) -> u8 {
     let config = ServeConfig {
         bind: args.bind,
         code_port: args.port,
+        envd_port: (args.envd_port != 0).then_some(args.envd_port),
         sandbox,
     };
     eprintln!(
-        "cellbox: serving E2B's code-interpreter API on http://{}:{} (Ctrl-C stops)",
-        args.bind, args.port
+        "cellbox: serving E2B's code-interpreter API on http://{}:{} and envd on port {} (Ctrl-C stops)",
+        args.bind, args.port, args.envd_port
     );
     match serve(config, shutdown_signal()).await {
         Ok(()) => EXIT_OK,

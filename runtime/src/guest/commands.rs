@@ -111,27 +111,12 @@ impl CommandHandle {
     /// Writes `data` to the command's stdin (waits while the command does
     /// not read).
     pub async fn send_stdin(&self, data: &[u8]) -> Result<()> {
-        for chunk in data.chunks(FILE_CHUNK) {
-            self.client
-                .done(Op::SendStdin {
-                    pid: self.pid,
-                    data: BASE64.encode(chunk),
-                    eof: false,
-                })
-                .await?;
-        }
-        Ok(())
+        self.client.send_stdin(self.pid, data).await
     }
 
     /// Closes the command's stdin, so that it reads end-of-file.
     pub async fn close_stdin(&self) -> Result<()> {
-        self.client
-            .done(Op::SendStdin {
-                pid: self.pid,
-                data: String::new(),
-                eof: true,
-            })
-            .await
+        self.client.close_stdin(self.pid).await
     }
 
     /// Kills the command and everything in its process group (nothing
@@ -203,6 +188,32 @@ impl GuestClient {
             ReplyBody::Commands { commands } => Ok(commands),
             other => Err(failure(other)),
         }
+    }
+
+    /// Writes `data` to the stdin of the started command `pid` (waits while
+    /// the command does not read).
+    pub async fn send_stdin(&self, pid: u32, data: &[u8]) -> Result<()> {
+        for chunk in data.chunks(FILE_CHUNK) {
+            let data = BASE64.encode(chunk);
+            self.done(Op::SendStdin {
+                pid,
+                data,
+                eof: false,
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Closes the stdin of the started command `pid`.
+    pub async fn close_stdin(&self, pid: u32) -> Result<()> {
+        let data = String::new();
+        self.done(Op::SendStdin {
+            pid,
+            data,
+            eof: true,
+        })
+        .await
     }
 
     /// Kills the running command `pid` and its process group

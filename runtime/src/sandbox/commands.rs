@@ -51,6 +51,26 @@ impl Commands<'_> {
         client.start_command(cmd, &merged).await
     }
 
+    /// Kills the running command `pid` and its process group
+    /// ([`Error::NotFound`](crate::Error::NotFound) if none runs).
+    pub async fn kill(&self, pid: u32) -> Result<()> {
+        self.sandbox.moved_client().await?.kill_command(pid).await
+    }
+
+    /// Writes `data` to the stdin of the started command `pid`.
+    pub async fn send_stdin(&self, pid: u32, data: &[u8]) -> Result<()> {
+        self.sandbox
+            .moved_client()
+            .await?
+            .send_stdin(pid, data)
+            .await
+    }
+
+    /// Closes the stdin of the started command `pid` (it reads end-of-file).
+    pub async fn close_stdin(&self, pid: u32) -> Result<()> {
+        self.sandbox.moved_client().await?.close_stdin(pid).await
+    }
+
     /// The commands running in the sandbox.
     pub async fn list(&self) -> Result<Vec<CommandInfo>> {
         self.sandbox.moved_client().await?.list_commands().await

@@ -3,6 +3,8 @@
 
 use std::path::Path;
 
+use tokio::io::{AsyncRead, AsyncWrite};
+
 use super::Sandbox;
 use crate::error::{Error, Result};
 use crate::guest::FileStat;
@@ -45,6 +47,29 @@ impl Files<'_> {
             .moved_client()
             .await?
             .write_file(&absolute(path), data)
+            .await
+    }
+
+    /// Streams a file into `out`; returns the bytes copied.
+    pub async fn read_to(&self, path: &str, out: &mut (impl AsyncWrite + Unpin)) -> Result<u64> {
+        self.sandbox
+            .moved_client()
+            .await?
+            .read_file_to(&absolute(path), out)
+            .await
+    }
+
+    /// Writes everything `input` yields to a file (created or replaced, with
+    /// its parent folders), streaming; returns the bytes written.
+    pub async fn write_from(
+        &self,
+        path: &str,
+        input: &mut (impl AsyncRead + Unpin),
+    ) -> Result<u64> {
+        self.sandbox
+            .moved_client()
+            .await?
+            .write_file_from(&absolute(path), input)
             .await
     }
 

@@ -5,10 +5,15 @@
 //! - [`code_interpreter`]: `GET /health`, `POST /execute` (a stream of JSON
 //!   lines), `POST/GET /contexts`, `POST /contexts/{id}/restart`,
 //!   `DELETE /contexts/{id}` — E2B's port 49999.
+//! - [`envd`]: files and commands over Connect RPC and `/files` — E2B's port
+//!   49983.
 
 pub mod code_interpreter;
+pub mod envd;
 
 use std::net::{IpAddr, SocketAddr};
+
+use futures_util::FutureExt as _;
 
 use crate::error::{Error, Result};
 use crate::sandbox::{Sandbox, SandboxOptions};
@@ -20,6 +25,8 @@ pub struct ServeConfig {
     pub bind: IpAddr,
     /// The code-interpreter API's port (E2B's SDK expects 49999).
     pub code_port: u16,
+    /// envd's port (E2B's SDK expects 49983); `None` serves no envd.
+    pub envd_port: Option<u16>,
     /// The sandbox behind it.
     pub sandbox: SandboxOptions,
 }
@@ -29,6 +36,7 @@ impl Default for ServeConfig {
         ServeConfig {
             bind: IpAddr::from([127, 0, 0, 1]),
             code_port: 49999,
+            envd_port: Some(49983),
             sandbox: SandboxOptions::default().with_inactivity_timeout(None),
         }
     }
@@ -39,17 +47,36 @@ pub async fn serve(
     config: ServeConfig,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
+    let code_address = SocketAddr::new(config.bind, config.code_port);
+    let code_listener = listen(code_address).await?;
+    let envd_listener = match config.envd_port {
+        Some(port) => Some(listen(SocketAddr::new(config.bind, port)).await?),
+        None => None,
+    };
     let sandbox = Sandbox::create(config.sandbox.clone()).await?;
-    let address = SocketAddr::new(config.bind, config.code_port);
-    let listener = tokio::net::TcpListener::bind(address)
-        .await
-        .map_err(|e| Error::io(format!("listening on {address}"), e))?;
-    tracing::info!(%address, "code-interpreter API listening");
-    let app = code_interpreter::router(sandbox.clone());
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
-        .map_err(|e| Error::io("serving the code-interpreter API", e));
+    let shutdown = shutdown.boxed().shared();
+    tracing::info!(address = %code_address, "code-interpreter API listening");
+    let code = axum::serve(code_listener, code_interpreter::router(sandbox.clone()))
+        .with_graceful_shutdown(shutdown.clone())
+        .into_future()
+        .map(|served| served.map_err(|e| Error::io("serving the code-interpreter API", e)));
+    let served = match envd_listener {
+        Some(listener) => {
+            tracing::info!(address = ?listener.local_addr().ok(), "envd listening");
+            let envd = axum::serve(listener, envd::router(sandbox.clone()))
+                .with_graceful_shutdown(shutdown)
+                .into_future()
+                .map(|served| served.map_err(|e| Error::io("serving envd", e)));
+            tokio::try_join!(code, envd).map(drop)
+        }
+        None => code.await,
+    };
     let closed = sandbox.close().await;
     served.and(closed)
+}
+
+async fn listen(address: SocketAddr) -> Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(address)
+        .await
+        .map_err(|e| Error::io(format!("listening on {address}"), e))
 }

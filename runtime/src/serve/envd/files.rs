@@ -1,0 +1,228 @@
+//! envd's file transfer routes: `GET /files?path=…` streams a file out of the
+//! sandbox, `POST /files` streams files in (multipart form parts named by
+//! their path, or a raw `application/octet-stream` body with `?path=`).
+//! Nothing is held whole in memory.
+
+use std::io;
+
+use axum::body::Body;
+use axum::extract::{FromRequest, Multipart, Query, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use futures_util::{StreamExt as _, TryStreamExt as _};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio_util::io::{ReaderStream, StreamReader};
+
+use super::Envd;
+use crate::error::Error;
+use crate::sandbox::Sandbox;
+
+/// How much of a download is buffered between the guest and the client.
+const DOWNLOAD_BUFFER: usize = 256 << 10;
+
+/// The query of both routes (`username` is accepted and ignored: the sandbox
+/// has one user).
+#[derive(Debug, Deserialize)]
+pub struct FileQuery {
+    path: Option<String>,
+}
+
+/// A refused or failed transfer, answered with envd's error body:
+/// `{"code": <HTTP status>, "message": …}`.
+#[derive(Debug)]
+struct Failure {
+    status: StatusCode,
+    message: String,
+}
+
+fn failure(status: StatusCode, message: impl Into<String>) -> Failure {
+    Failure {
+        status,
+        message: message.into(),
+    }
+}
+
+impl IntoResponse for Failure {
+    fn into_response(self) -> Response {
+        let body = json!({"code": self.status.as_u16(), "message": self.message});
+        (self.status, axum::Json(body)).into_response()
+    }
+}
+
+fn sandbox_failure(error: Error) -> Failure {
+    let status = match &error {
+        Error::NotFound(_) => StatusCode::NOT_FOUND,
+        Error::InvalidArgument(_) => StatusCode::BAD_REQUEST,
+        Error::Unavailable { .. } | Error::SandboxDied { .. } | Error::Closed => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    failure(status, error.to_string())
+}
+
+fn required_path(query: &FileQuery) -> Result<&str, Failure> {
+    match query.path.as_deref() {
+        Some(path) if !path.is_empty() => Ok(path),
+        _ => Err(failure(
+            StatusCode::BAD_REQUEST,
+            "the query parameter `path` is required",
+        )),
+    }
+}
+
+/// `GET /files?path=…`: the file's bytes, streamed.
+pub async fn download(State(envd): State<Envd>, Query(query): Query<FileQuery>) -> Response {
+    let path = match required_path(&query) {
+        Ok(path) => path.to_string(),
+        Err(refused) => return refused.into_response(),
+    };
+    match envd.sandbox.files().stat(&path).await {
+        Ok(stat) if stat.is_dir => {
+            return failure(StatusCode::BAD_REQUEST, format!("{path} is a folder")).into_response();
+        }
+        Ok(_) => {}
+        Err(error) => return sandbox_failure(error).into_response(),
+    }
+    let (mut writer, reader) = tokio::io::duplex(DOWNLOAD_BUFFER);
+    let (result_tx, result_rx) = tokio::sync::oneshot::channel();
+    let sandbox = envd.sandbox.clone();
+    tokio::spawn(async move {
+        let result = sandbox.files().read_to(&path, &mut writer).await;
+        drop(writer);
+        let _ = result_tx.send(result);
+    });
+    // A read that fails half way ends the body with an error, so that the
+    // client sees a broken transfer rather than a short file.
+    let outcome = futures_util::stream::once(async move {
+        match result_rx.await {
+            Ok(Ok(_)) => None,
+            Ok(Err(error)) => Some(Err(io::Error::other(error.to_string()))),
+            Err(_) => Some(Err(io::Error::other("the download stopped"))),
+        }
+    })
+    .filter_map(std::future::ready);
+    let body = Body::from_stream(ReaderStream::new(reader).chain(outcome));
+    let headers = [(header::CONTENT_TYPE, "application/octet-stream")];
+    (StatusCode::OK, headers, body).into_response()
+}
+
+/// `POST /files`: writes the uploaded files (parents created, existing files
+/// replaced) and answers with a `[{name, type, path}]` per file.
+pub async fn upload(
+    State(envd): State<Envd>,
+    Query(query): Query<FileQuery>,
+    headers: HeaderMap,
+    request: Request,
+) -> Response {
+    if let Some(refused) = unsupported(&headers) {
+        return refused.into_response();
+    }
+    let kind = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    let written = if kind.starts_with("multipart/form-data") {
+        match Multipart::from_request(request, &()).await {
+            Ok(multipart) => upload_parts(&envd.sandbox, query.path.as_deref(), multipart).await,
+            Err(rejection) => Err(failure(rejection.status(), rejection.body_text())),
+        }
+    } else if kind.starts_with("application/octet-stream") {
+        match required_path(&query) {
+            Ok(path) => {
+                let body = request.into_body().into_data_stream();
+                let mut reader = StreamReader::new(body.map_err(io::Error::other));
+                write(&envd.sandbox, path, &mut reader)
+                    .await
+                    .map(|info| vec![info])
+            }
+            Err(refused) => Err(refused),
+        }
+    } else {
+        Err(failure(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!("send multipart/form-data or application/octet-stream, not \"{kind}\""),
+        ))
+    };
+    match written {
+        Ok(infos) => axum::Json(infos).into_response(),
+        Err(failed) => failed.into_response(),
+    }
+}
+
+/// What cellbox's envd does not do, refused before anything is written.
+fn unsupported(headers: &HeaderMap) -> Option<Failure> {
+    if headers
+        .keys()
+        .any(|name| name.as_str().starts_with("x-metadata-"))
+    {
+        return Some(failure(
+            StatusCode::BAD_REQUEST,
+            "file metadata (X-Metadata-* headers) is not supported by cellbox",
+        ));
+    }
+    let encoding = headers
+        .get(header::CONTENT_ENCODING)
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or("identity");
+    (!encoding.eq_ignore_ascii_case("identity")).then(|| {
+        failure(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!("uploads with Content-Encoding \"{encoding}\" are not supported; send the file uncompressed"),
+        )
+    })
+}
+
+/// Each file part goes to the path in its file name (or to `?path=`, which
+/// allows a single part).
+async fn upload_parts(
+    sandbox: &Sandbox,
+    query_path: Option<&str>,
+    mut multipart: Multipart,
+) -> Result<Vec<Value>, Failure> {
+    let bad = |message: String| failure(StatusCode::BAD_REQUEST, message);
+    let mut infos = Vec::new();
+    while let Some(field) = multipart
+        .next_field()
+        .await
+        .map_err(|e| bad(format!("a malformed multipart body: {e}")))?
+    {
+        let path = match (query_path.filter(|p| !p.is_empty()), field.file_name()) {
+            (Some(_), _) if !infos.is_empty() => {
+                return Err(bad("with `path` in the query, send one file".into()));
+            }
+            (Some(path), _) => path.to_string(),
+            (None, Some(name)) if !name.is_empty() => name.to_string(),
+            _ => return Err(bad("a part without a file name (its path)".into())),
+        };
+        let mut reader = StreamReader::new(field.map_err(io::Error::other));
+        infos.push(write(sandbox, &path, &mut reader).await?);
+    }
+    if infos.is_empty() {
+        return Err(bad("the upload has no files".into()));
+    }
+    Ok(infos)
+}
+
+async fn write(
+    sandbox: &Sandbox,
+    path: &str,
+    reader: &mut (impl tokio::io::AsyncRead + Unpin),
+) -> Result<Value, Failure> {
+    // Written aside and renamed into place: a broken upload leaves the old
+    // file as it was.
+    let files = sandbox.files();
+    let partial = format!("{path}.cellbox-upload");
+    if let Err(error) = files.write_from(&partial, reader).await {
+        let _ = files.remove(&partial).await;
+        return Err(sandbox_failure(error));
+    }
+    files
+        .rename(&partial, path)
+        .await
+        .map_err(sandbox_failure)?;
+    let stat = files.stat(path).await.map_err(sandbox_failure)?;
+    Ok(json!({"name": stat.name, "type": "file", "path": stat.path}))
+}

@@ -1,0 +1,202 @@
+//! envd's `filesystem.Filesystem` service: stat, list, make, move and remove
+//! paths in the sandbox (relative paths are under `/home/user`). Watching
+//! folders is not implemented and says so.
+
+use std::collections::VecDeque;
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::HeaderMap;
+use axum::response::Response;
+use serde_json::{Value, json};
+
+use super::connect::{self, Code, RpcError};
+use crate::guest::FileStat;
+use crate::sandbox::Sandbox;
+
+/// The most entries one `ListDir` answers with.
+const MAX_ENTRIES: usize = 100_000;
+
+/// `POST /filesystem.Filesystem/{method}`.
+pub async fn call(
+    State(envd): State<super::Envd>,
+    Path(method): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if method == "WatchDir" {
+        return connect::stream_error(watching_unsupported());
+    }
+    let result = async {
+        let request = connect::unary_request(&headers, &body)?;
+        let files = envd.sandbox.files();
+        match method.as_str() {
+            "Stat" => {
+                let path = request.string("path")?;
+                Ok(json!({"entry": entry(&files.stat(&path).await?)}))
+            }
+            "MakeDir" => {
+                let path = request.string("path")?;
+                if files.exists(&path).await? {
+                    return Err(RpcError::new(
+                        Code::AlreadyExists,
+                        format!("{path} already exists"),
+                    ));
+                }
+                files.make_dir(&path).await?;
+                Ok(json!({"entry": entry(&files.stat(&path).await?)}))
+            }
+            "Move" => {
+                let (from, to) = (request.string("source")?, request.string("destination")?);
+                files.rename(&from, &to).await?;
+                Ok(json!({"entry": entry(&files.stat(&to).await?)}))
+            }
+            "ListDir" => {
+                let path = request.string("path")?;
+                let depth = request.u32("depth")?.max(1);
+                Ok(json!({"entries": list(&envd.sandbox, &path, depth).await?}))
+            }
+            "Remove" => {
+                files.remove(&request.string("path")?).await?;
+                Ok(json!({}))
+            }
+            "CreateWatcher" | "GetWatcherEvents" | "RemoveWatcher" => Err(watching_unsupported()),
+            other => Err(RpcError::new(
+                Code::Unimplemented,
+                format!("filesystem.Filesystem has no method {other}"),
+            )),
+        }
+    }
+    .await;
+    connect::unary(result)
+}
+
+fn watching_unsupported() -> RpcError {
+    RpcError::new(
+        Code::Unimplemented,
+        "watching folders is not supported by cellbox yet",
+    )
+}
+
+/// The entries under `path`, `depth` levels deep, breadth first.
+async fn list(sandbox: &Sandbox, path: &str, depth: u32) -> Result<Vec<Value>, RpcError> {
+    let files = sandbox.files();
+    if !files.stat(path).await?.is_dir {
+        return Err(RpcError::invalid(format!("{path} is not a folder")));
+    }
+    let mut entries = Vec::new();
+    let mut folders = VecDeque::from([(path.to_string(), 1)]);
+    while let Some((folder, level)) = folders.pop_front() {
+        for stat in files.list(&folder).await? {
+            if stat.is_dir && level < depth {
+                folders.push_back((stat.path.clone(), level + 1));
+            }
+            entries.push(entry(&stat));
+            if entries.len() > MAX_ENTRIES {
+                return Err(RpcError::invalid(format!(
+                    "{path} has more than {MAX_ENTRIES} entries at depth {depth}; list less deep"
+                )));
+            }
+        }
+    }
+    Ok(entries)
+}
+
+const FILE_TYPE_BITS: u32 = 0o170_000;
+const SYMLINK: u32 = 0o120_000;
+
+/// An `EntryInfo` message.
+pub fn entry(stat: &FileStat) -> Value {
+    let kind = if stat.is_dir {
+        "FILE_TYPE_DIRECTORY"
+    } else if stat.mode & FILE_TYPE_BITS == SYMLINK {
+        "FILE_TYPE_SYMLINK"
+    } else {
+        "FILE_TYPE_FILE"
+    };
+    json!({
+        "name": stat.name,
+        "type": kind,
+        "path": stat.path,
+        "size": stat.size.to_string(),
+        "mode": stat.mode & 0o777,
+        "permissions": permissions(stat.mode),
+        "modifiedTime": rfc3339(stat.modified),
+    })
+}
+
+/// `ls -l`'s mode column, e.g. `drwxr-xr-x`.
+fn permissions(mode: u32) -> String {
+    let kind = match mode & FILE_TYPE_BITS {
+        0o040_000 => 'd',
+        SYMLINK => 'l',
+        _ => '-',
+    };
+    let mut text = String::from(kind);
+    for shift in [6, 3, 0] {
+        let bits = (mode >> shift) & 0o7;
+        text.push(if bits & 4 != 0 { 'r' } else { '-' });
+        text.push(if bits & 2 != 0 { 'w' } else { '-' });
+        text.push(if bits & 1 != 0 { 'x' } else { '-' });
+    }
+    text
+}
+
+/// Seconds since the Unix epoch as an RFC 3339 UTC time (proto3's JSON form
+/// of a `Timestamp`).
+fn rfc3339(seconds: i64) -> String {
+    let (days, time) = (seconds.div_euclid(86_400), seconds.rem_euclid(86_400));
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let day_of_era = z.rem_euclid(146_097);
+    let year_of_era =
+        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let mp = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = year_of_era + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        time / 3600,
+        time % 3600 / 60,
+        time % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_are_rfc3339_utc() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(rfc3339(1_795_312_496), "2026-11-22T01:54:56Z");
+        assert_eq!(rfc3339(-1), "1969-12-31T23:59:59Z");
+    }
+
+    #[test]
+    fn entries_name_their_type_and_permissions() {
+        let stat = |mode, is_dir| FileStat {
+            name: "a".into(),
+            path: "/home/user/a".into(),
+            is_dir,
+            size: 12,
+            mode,
+            modified: 0,
+        };
+        let file = entry(&stat(0o100_644, false));
+        assert_eq!(file["type"], "FILE_TYPE_FILE");
+        assert_eq!(file["permissions"], "-rw-r--r--");
+        assert_eq!(file["mode"], 0o644);
+        assert_eq!(file["size"], "12");
+        let folder = entry(&stat(0o040_755, true));
+        assert_eq!(folder["type"], "FILE_TYPE_DIRECTORY");
+        assert_eq!(folder["permissions"], "drwxr-xr-x");
+        let link = entry(&stat(0o120_777, false));
+        assert_eq!(link["type"], "FILE_TYPE_SYMLINK");
+        assert_eq!(link["permissions"], "lrwxrwxrwx");
+    }
+}
