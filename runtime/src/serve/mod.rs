@@ -13,6 +13,7 @@ pub mod envd;
 
 use std::net::{IpAddr, SocketAddr};
 
+use axum::serve::{Listener, ListenerExt as _};
 use futures_util::FutureExt as _;
 
 use crate::error::{Error, Result};
@@ -75,8 +76,16 @@ pub async fn serve(
     served.and(closed)
 }
 
-async fn listen(address: SocketAddr) -> Result<tokio::net::TcpListener> {
-    tokio::net::TcpListener::bind(address)
+/// A listener whose connections send small writes (JSON lines, stream
+/// frames) at once: with Nagle's algorithm each answer waited ~40 ms for the
+/// client's delayed ACK.
+async fn listen(address: SocketAddr) -> Result<impl Listener<Addr = SocketAddr>> {
+    let listener = tokio::net::TcpListener::bind(address)
         .await
-        .map_err(|e| Error::io(format!("listening on {address}"), e))
+        .map_err(|e| Error::io(format!("listening on {address}"), e))?;
+    Ok(listener.tap_io(|tcp| {
+        if let Err(error) = tcp.set_nodelay(true) {
+            tracing::warn!(%error, "could not set TCP_NODELAY");
+        }
+    }))
 }
