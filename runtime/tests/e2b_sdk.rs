@@ -1,8 +1,9 @@
-//! E2B's official Python SDK (`e2b-code-interpreter` from PyPI, unmodified)
-//! drives `cellbox serve` (both ports) in its debug mode:
-//! `tests/e2b/test_sdk.py`. The SDK is installed into a virtualenv in the
-//! cache on first run. Root is needed
-//! (the heavy backend is the namespace sandbox here).
+//! E2B's official SDKs, unmodified, drive `cellbox serve` (both ports) in
+//! their debug mode: Python's `e2b-code-interpreter` from PyPI
+//! (`tests/e2b/test_sdk.py`) and, where Node.js ≥ 20.18 is installed, the
+//! npm package `@e2b/code-interpreter` (`tests/e2b/test_sdk.cjs`). Each is
+//! installed into the cache on first run. Root is needed (the heavy backend
+//! is the namespace sandbox here).
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -10,17 +11,44 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// A Python with the SDK (`tests/e2b/sdk_python.sh` installs it once).
-fn sdk_python() -> PathBuf {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/e2b/sdk_python.sh");
+/// Runs one of `tests/e2b/`'s installer scripts; returns the path it prints.
+fn installed(script: &str) -> PathBuf {
     let output = Command::new("sh")
-        .arg(script)
+        .arg(e2b_dir().join(script))
         .env("CELLBOX_CACHE_DIR", cellbox::default_cache_dir())
         .stderr(Stdio::inherit())
         .output()
         .expect("sh");
-    assert!(output.status.success(), "installing the E2B SDK failed");
+    assert!(output.status.success(), "{script} failed");
     PathBuf::from(String::from_utf8(output.stdout).unwrap().trim())
+}
+
+fn e2b_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/e2b")
+}
+
+/// Whether this machine's Node.js is one the JS SDK supports (≥ 20.18).
+fn node_is_recent() -> bool {
+    let Ok(output) = Command::new("node").arg("--version").output() else {
+        return false;
+    };
+    let version = String::from_utf8_lossy(&output.stdout);
+    let mut parts = version.trim().trim_start_matches('v').split('.');
+    let major: u32 = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+    let minor: u32 = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+    major > 20 || (major == 20 && minor >= 18)
+}
+
+/// Runs an SDK test script; asserts that every check passed.
+fn passes(command: &mut Command) {
+    let output = command.output().expect("running an SDK test");
+    let report = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{report}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(report.contains(" passed, 0 failed"), "{report}");
 }
 
 /// `cellbox serve` on the SDK's debug port, stopped (SIGTERM) on drop.
@@ -53,8 +81,8 @@ fn healthy() -> bool {
 }
 
 #[test]
-fn the_official_e2b_sdk_runs_against_cellbox_serve() {
-    let python = sdk_python();
+fn the_official_e2b_sdks_run_against_cellbox_serve() {
+    let python = installed("sdk_python.sh");
     let server = Server(
         Command::new(env!("CARGO_BIN_EXE_cellbox"))
             .arg("serve")
@@ -67,17 +95,16 @@ fn the_official_e2b_sdk_runs_against_cellbox_serve() {
         assert!(Instant::now() < deadline, "cellbox serve did not come up");
         std::thread::sleep(Duration::from_millis(100));
     }
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/e2b/test_sdk.py");
-    let output = Command::new(&python)
-        .arg(&script)
-        .output()
-        .expect("running the SDK test");
-    let report = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{report}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(report.contains("0 failed"), "{report}");
+    passes(Command::new(&python).arg(e2b_dir().join("test_sdk.py")));
+    if node_is_recent() {
+        let node_modules = installed("sdk_node.sh");
+        passes(
+            Command::new("node")
+                .arg(e2b_dir().join("test_sdk.cjs"))
+                .env("NODE_PATH", node_modules),
+        );
+    } else {
+        eprintln!("skipping the JavaScript SDK: it needs Node.js 20.18 or newer, not found here");
+    }
     drop(server);
 }
