@@ -6,7 +6,7 @@
 //!     cargo bench -p cellbox-benches --bench e2b_sdk
 //!
 //! Installs the SDK from PyPI into the cache on first use
-//! (`tests/e2b/sdk_python.sh`); needs ports 49999 and 49983 free.
+//! (`tests/e2b/install_sdk.sh`); needs ports 49999 and 49983 free.
 
 #![allow(clippy::print_stdout)] // the report is this program's output
 
@@ -21,9 +21,10 @@ const WARMUP: usize = 20;
 const RUNS: usize = 300;
 
 fn sdk_python() -> PathBuf {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/e2b/sdk_python.sh");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/e2b/install_sdk.sh");
     let output = Command::new("sh")
         .arg(script)
+        .arg("python")
         .env("CELLBOX_CACHE_DIR", cellbox::default_cache_dir())
         .stderr(Stdio::inherit())
         .output()

@@ -11,15 +11,20 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// Runs one of `tests/e2b/`'s installer scripts; returns the path it prints.
-fn installed(script: &str) -> PathBuf {
+/// Installs the SDK for `language` (once; `tests/e2b/install_sdk.sh`);
+/// returns the path the script prints.
+fn installed(language: &str) -> PathBuf {
     let output = Command::new("sh")
-        .arg(e2b_dir().join(script))
+        .arg(e2b_dir().join("install_sdk.sh"))
+        .arg(language)
         .env("CELLBOX_CACHE_DIR", cellbox::default_cache_dir())
         .stderr(Stdio::inherit())
         .output()
         .expect("sh");
-    assert!(output.status.success(), "{script} failed");
+    assert!(
+        output.status.success(),
+        "installing the {language} SDK failed"
+    );
     PathBuf::from(String::from_utf8(output.stdout).unwrap().trim())
 }
 
@@ -82,7 +87,7 @@ fn healthy() -> bool {
 
 #[test]
 fn the_official_e2b_sdks_run_against_cellbox_serve() {
-    let python = installed("sdk_python.sh");
+    let python = installed("python");
     let server = Server(
         Command::new(env!("CARGO_BIN_EXE_cellbox"))
             .arg("serve")
@@ -97,7 +102,7 @@ fn the_official_e2b_sdks_run_against_cellbox_serve() {
     }
     passes(Command::new(&python).arg(e2b_dir().join("test_sdk.py")));
     if node_is_recent() {
-        let node_modules = installed("sdk_node.sh");
+        let node_modules = installed("node");
         passes(
             Command::new("node")
                 .arg(e2b_dir().join("test_sdk.cjs"))

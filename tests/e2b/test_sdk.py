@@ -6,6 +6,7 @@ Prints one line per check and `N passed, M failed`; exits 1 if anything failed.
 """
 import json
 import os
+import socket
 import sys
 import time
 
@@ -28,6 +29,17 @@ def check(name, condition, detail=""):
     else:
         failed += 1
         print(f"FAIL {name}: {detail}")
+
+
+def eventually(condition, seconds=10):
+    """Whether `condition()` becomes true within `seconds` (for effects that
+    land shortly after a call returns, such as a clean-up or a kill)."""
+    deadline = time.time() + seconds
+    while not condition():
+        if time.time() > deadline:
+            return False
+        time.sleep(0.2)
+    return True
 
 
 sbx = Sandbox.create()
@@ -106,6 +118,13 @@ check("files.rename", moved.path == "/home/user/notes/sub/moved.txt"
 deep = sorted(e.path for e in sbx.files.list("notes", depth=2))
 check("files.list two levels deep", deep == ["/home/user/notes/sub", "/home/user/notes/sub/moved.txt"], deep)
 check("files.get_info", sbx.files.get_info("notes/sub").type.value == "dir")
+sbx.files.write("keep.txt", "old")
+with socket.create_connection(("localhost", 49983)) as raw:     # promises 1 MB, sends 1 kB, hangs up
+    raw.sendall(b"POST /files?path=keep.txt HTTP/1.1\r\nHost: localhost\r\n"
+                b"Content-Type: application/octet-stream\r\nContent-Length: 1000000\r\n\r\n" + b"x" * 1000)
+check("a broken upload leaves the old file, and nothing else",
+      eventually(lambda: [e.name for e in sbx.files.list(".") if "keep" in e.name] == ["keep.txt"])
+      and sbx.files.read("keep.txt") == "old", sbx.files.list("."))
 sbx.files.remove("notes")
 check("files.remove (a folder with contents)", not sbx.files.exists("notes"))
 try:
@@ -131,7 +150,7 @@ check("a background command is listed", h.pid in [p.pid for p in sbx.commands.li
 sbx.commands.send_stdin(h.pid, "piped\n")
 sbx.commands.close_stdin(h.pid)
 check("stdin reaches a background command", h.wait().stdout == "piped\n")
-h = sbx.commands.run("sleep 1; echo late", background=True)
+h = sbx.commands.run("sleep 3; echo late", background=True)
 watcher = sbx.commands.connect(h.pid)
 check("commands.connect follows a running command", watcher.wait().stdout == "late\n")
 h = sbx.commands.run("sleep 300", background=True)
@@ -148,9 +167,8 @@ try:
     check("a command past its timeout raises TimeoutException", False, "no exception")
 except TimeoutException:
     check("a command past its timeout raises TimeoutException", time.time() - started < 20)
-time.sleep(1)
-ps = sbx.commands.run("for p in /proc/[0-9]*; do tr '\\0' ' ' < $p/cmdline; echo; done 2>/dev/null").stdout
-check("... and the command was killed", "sleep 300" not in ps, ps)
+ps = "for p in /proc/[0-9]*; do tr '\\0' ' ' < $p/cmdline; echo; done 2>/dev/null"
+check("... and the command was killed", eventually(lambda: "sleep 300" not in sbx.commands.run(ps).stdout))
 
 # ---- bad input, straight over HTTP -----------------------------------------------------------
 with httpx.Client(base_url=URL, timeout=60) as http:

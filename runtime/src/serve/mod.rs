@@ -8,6 +8,7 @@
 //! - [`envd`]: files and commands over Connect RPC and `/files` — E2B's port
 //!   49983.
 
+mod clock;
 pub mod code_interpreter;
 pub mod envd;
 

@@ -211,18 +211,37 @@ async fn write(
     path: &str,
     reader: &mut (impl tokio::io::AsyncRead + Unpin),
 ) -> Result<Value, Failure> {
-    // Written aside and renamed into place: a broken upload leaves the old
-    // file as it was.
+    // Written aside and renamed into place: a broken upload (even one whose
+    // request is dropped half way) leaves the old file as it was.
     let files = sandbox.files();
-    let partial = format!("{path}.cellbox-upload");
-    if let Err(error) = files.write_from(&partial, reader).await {
-        let _ = files.remove(&partial).await;
-        return Err(sandbox_failure(error));
-    }
+    let mut partial = Partial {
+        sandbox: sandbox.clone(),
+        path: Some(format!("{path}.cellbox-upload")),
+    };
+    let aside = partial.path.clone().unwrap_or_default();
     files
-        .rename(&partial, path)
+        .write_from(&aside, reader)
         .await
         .map_err(sandbox_failure)?;
+    files.rename(&aside, path).await.map_err(sandbox_failure)?;
+    partial.path = None;
     let stat = files.stat(path).await.map_err(sandbox_failure)?;
     Ok(json!({"name": stat.name, "type": "file", "path": stat.path}))
+}
+
+/// A file being uploaded, removed unless it was renamed into place.
+struct Partial {
+    sandbox: Sandbox,
+    path: Option<String>,
+}
+
+impl Drop for Partial {
+    fn drop(&mut self) {
+        if let Some(path) = self.path.take() {
+            let sandbox = self.sandbox.clone();
+            tokio::spawn(async move {
+                let _ = sandbox.files().remove(&path).await;
+            });
+        }
+    }
 }

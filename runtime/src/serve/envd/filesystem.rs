@@ -13,6 +13,7 @@ use serde_json::{Value, json};
 use super::connect::{self, Code, RpcError};
 use crate::guest::FileStat;
 use crate::sandbox::Sandbox;
+use crate::serve::clock::rfc3339;
 
 /// The most entries one `ListDir` answers with.
 const MAX_ENTRIES: usize = 100_000;
@@ -121,7 +122,7 @@ pub fn entry(stat: &FileStat) -> Value {
         "size": stat.size.to_string(),
         "mode": stat.mode & 0o777,
         "permissions": permissions(stat.mode),
-        "modifiedTime": rfc3339(stat.modified),
+        "modifiedTime": rfc3339(stat.modified, None),
     })
 }
 
@@ -142,40 +143,9 @@ fn permissions(mode: u32) -> String {
     text
 }
 
-/// Seconds since the Unix epoch as an RFC 3339 UTC time (proto3's JSON form
-/// of a `Timestamp`).
-fn rfc3339(seconds: i64) -> String {
-    let (days, time) = (seconds.div_euclid(86_400), seconds.rem_euclid(86_400));
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let day_of_era = z.rem_euclid(146_097);
-    let year_of_era =
-        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
-    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
-    let mp = (5 * day_of_year + 2) / 153;
-    let day = day_of_year - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = year_of_era + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        time / 3600,
-        time % 3600 / 60,
-        time % 60
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn times_are_rfc3339_utc() {
-        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
-        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
-        assert_eq!(rfc3339(1_795_312_496), "2026-11-22T01:54:56Z");
-        assert_eq!(rfc3339(-1), "1969-12-31T23:59:59Z");
-    }
 
     #[test]
     fn entries_name_their_type_and_permissions() {

@@ -127,7 +127,13 @@ async fn unary(
             let table = lock(&envd.processes.0);
             let processes: Vec<Value> = table
                 .values()
-                .map(|tracked| json!({"config": tracked.config, "pid": tracked.pid, "tag": tracked.tag}))
+                .map(|tracked| {
+                    let mut info = json!({"config": tracked.config, "pid": tracked.pid});
+                    if let Some(tag) = &tracked.tag {
+                        info["tag"] = json!(tag);
+                    }
+                    info
+                })
                 .collect();
             Ok(json!({"processes": processes}))
         }

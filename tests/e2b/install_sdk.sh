@@ -1,0 +1,30 @@
+#!/bin/sh
+# install_sdk.sh python|node — installs E2B's official code-interpreter SDK for
+# that language under $CELLBOX_CACHE_DIR on first use (from PyPI into a
+# virtualenv, or from npm), then prints the Python to run, or the node_modules
+# folder. Built aside and renamed into place: an interrupted install is never
+# used. Used by runtime/tests/e2b_sdk.rs and benches/benches/e2b_sdk.rs.
+set -eu
+case "${1:-}" in
+    python) sdk="e2b-code-interpreter==2.11.5"; name="e2b-code-interpreter-2.11.5"; result="bin/python" ;;
+    node) sdk="@e2b/code-interpreter@2.8.0"; name="js-code-interpreter-2.8.0"; result="node_modules" ;;
+    *) echo "usage: install_sdk.sh python|node" >&2; exit 2 ;;
+esac
+dir="${CELLBOX_CACHE_DIR:-$HOME/.cache/cellbox}/e2b-sdk/$name"
+if [ ! -e "$dir/$result" ]; then
+    echo "installing $sdk into $dir (first run only)" >&2
+    rm -rf "$dir.partial"
+    mkdir -p "$dir.partial"
+    if [ "$1" = python ]; then
+        python3 -m venv "$dir.partial" >&2 || {
+            echo "python3 -m venv failed (Debian: apt install python3-venv)" >&2
+            exit 1
+        }
+        "$dir.partial/bin/pip" install --quiet "$sdk" >&2
+    else
+        (cd "$dir.partial" && npm install --silent --no-audit --no-fund "$sdk" >&2)
+    fi
+    rm -rf "$dir"
+    mv "$dir.partial" "$dir"
+fi
+echo "$dir/$result"
