@@ -13,12 +13,16 @@ pub mod code_interpreter;
 pub mod envd;
 
 use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
 
 use axum::serve::{Listener, ListenerExt as _};
 use futures_util::FutureExt as _;
 
 use crate::error::{Error, Result};
 use crate::sandbox::{Sandbox, SandboxOptions};
+
+/// How long open requests may go on after the shutdown signal.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// Where and what to serve.
 #[derive(Debug, Clone)]
@@ -62,16 +66,26 @@ pub async fn serve(
         .with_graceful_shutdown(shutdown.clone())
         .into_future()
         .map(|served| served.map_err(|e| Error::io("serving the code-interpreter API", e)));
-    let served = match envd_listener {
-        Some(listener) => {
-            tracing::info!(address = ?listener.local_addr().ok(), "envd listening");
-            let envd = axum::serve(listener, envd::router(sandbox.clone()))
-                .with_graceful_shutdown(shutdown)
-                .into_future()
-                .map(|served| served.map_err(|e| Error::io("serving envd", e)));
-            tokio::try_join!(code, envd).map(drop)
+    let envd_shutdown = shutdown.clone();
+    let envd = async {
+        let Some(listener) = envd_listener else {
+            return Ok(());
+        };
+        tracing::info!(address = ?listener.local_addr().ok(), "envd listening");
+        axum::serve(listener, envd::router(sandbox.clone()))
+            .with_graceful_shutdown(envd_shutdown)
+            .await
+            .map_err(|e| Error::io("serving envd", e))
+    };
+    let servers = async { tokio::try_join!(code, envd).map(drop) };
+    // Requests still open (a command's stream, a long cell) get a grace
+    // period after the signal; then the sandbox closes under them.
+    let served = tokio::select! {
+        served = servers => served,
+        () = async { shutdown.await; tokio::time::sleep(SHUTDOWN_GRACE).await } => {
+            tracing::warn!("requests still open {SHUTDOWN_GRACE:?} after the shutdown signal; closing the sandbox");
+            Ok(())
         }
-        None => code.await,
     };
     let closed = sandbox.close().await;
     served.and(closed)
