@@ -56,22 +56,62 @@ fn passes(command: &mut Command) {
     assert!(report.contains(" passed, 0 failed"), "{report}");
 }
 
-/// `cellbox serve` on the SDK's debug port, stopped (SIGTERM) on drop.
+/// `cellbox serve` on the SDK's debug ports, stopped (SIGTERM) on drop.
 struct Server(Child);
 
-impl Drop for Server {
-    fn drop(&mut self) {
+impl Server {
+    /// Sends SIGTERM; returns how long the server took to exit (killed
+    /// after 20 s).
+    fn stop(&mut self) -> Duration {
+        let started = Instant::now();
         // SAFETY: kill(2) on our own child's pid.
         unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
+        while started.elapsed() < Duration::from_secs(20) {
             if let Ok(Some(_)) = self.0.try_wait() {
-                return;
+                return started.elapsed();
             }
             std::thread::sleep(Duration::from_millis(100));
         }
         let _ = self.0.kill();
+        started.elapsed()
     }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            self.stop();
+        }
+    }
+}
+
+/// Starts `sleep 1000` through envd's `Start` and leaves its stream open;
+/// returns the connection once the start event arrived.
+fn open_command_stream() -> TcpStream {
+    let message = br#"{"process": {"cmd": "/bin/sleep", "args": ["1000"]}}"#;
+    let mut body = vec![0];
+    body.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    body.extend_from_slice(message);
+    let mut stream = TcpStream::connect("127.0.0.1:49983").unwrap();
+    let head = format!(
+        "POST /process.Process/Start HTTP/1.1\r\nHost: localhost\r\n\
+         Content-Type: application/connect+json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).unwrap();
+    stream.write_all(&body).unwrap();
+    let mut seen = Vec::new();
+    let mut buffer = [0; 4096];
+    while !String::from_utf8_lossy(&seen).contains(r#""start""#) {
+        let n = stream.read(&mut buffer).unwrap();
+        assert!(
+            n > 0,
+            "the stream ended: {}",
+            String::from_utf8_lossy(&seen)
+        );
+        seen.extend_from_slice(&buffer[..n]);
+    }
+    stream
 }
 
 fn healthy() -> bool {
@@ -88,7 +128,7 @@ fn healthy() -> bool {
 #[test]
 fn the_official_e2b_sdks_run_against_cellbox_serve() {
     let python = installed("python");
-    let server = Server(
+    let mut server = Server(
         Command::new(env!("CARGO_BIN_EXE_cellbox"))
             .arg("serve")
             .stdout(Stdio::null())
@@ -111,5 +151,8 @@ fn the_official_e2b_sdks_run_against_cellbox_serve() {
     } else {
         eprintln!("skipping the JavaScript SDK: it needs Node.js 20.18 or newer, not found here");
     }
-    drop(server);
+    // A command stream left open does not hold up shutdown for long.
+    let _open = open_command_stream();
+    let took = server.stop();
+    assert!(took < Duration::from_secs(15), "shutdown took {took:?}");
 }
