@@ -4,6 +4,7 @@
 Usage: python test_sdk.py   (with `cellbox serve` running; the SDK installed)
 Prints one line per check and `N passed, M failed`; exits 1 if anything failed.
 """
+import io
 import json
 import os
 import socket
@@ -15,6 +16,7 @@ os.environ["E2B_DEBUG"] = "true"
 import httpx  # noqa: E402  (comes with the SDK)
 from e2b.exceptions import NotFoundException, TimeoutException  # noqa: E402
 from e2b.sandbox.commands.command_handle import CommandExitException  # noqa: E402
+from e2b.sandbox.filesystem.filesystem import WriteEntry  # noqa: E402
 from e2b_code_interpreter import Sandbox  # noqa: E402
 
 URL = "http://localhost:49999"
@@ -106,6 +108,13 @@ check("the kernel sees the written file",
 blob = bytes(range(256)) * 8192     # 2 MiB, every byte value
 sbx.files.write("/tmp/blob.bin", blob)
 check("2 MiB of binary round-trips", bytes(sbx.files.read("/tmp/blob.bin", format="bytes")) == blob)
+infos = sbx.files.write_files([WriteEntry(path="multi/a.txt", data="A"),
+                               WriteEntry(path="/tmp/multi/b.bin", data=b"\x00\x01")])
+check("files.write_files (one multipart upload)", [i.path for i in infos] == ["/home/user/multi/a.txt", "/tmp/multi/b.bin"]
+      and bytes(sbx.files.read("/tmp/multi/b.bin", format="bytes")) == b"\x00\x01", infos)
+sbx.files.write("stream.bin", io.BytesIO(b"z" * 3_000_000))   # a file object goes as application/octet-stream
+check("a file object uploads (octet-stream) and streams back",
+      sum(len(chunk) for chunk in sbx.files.read("stream.bin", format="stream")) == 3_000_000)
 entries = sbx.files.list("notes")
 check("files.list", [(e.name, e.type.value, e.size, e.path) for e in entries]
       == [("hello.txt", "file", 18, "/home/user/notes/hello.txt")], entries)
