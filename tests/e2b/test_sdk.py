@@ -115,6 +115,15 @@ check("files.write_files (one multipart upload)", [i.path for i in infos] == ["/
 sbx.files.write("stream.bin", io.BytesIO(b"z" * 3_000_000))   # a file object goes as application/octet-stream
 check("a file object uploads (octet-stream) and streams back",
       sum(len(chunk) for chunk in sbx.files.read("stream.bin", format="stream")) == 3_000_000)
+text = "compressible " * 50_000
+sbx.files.write("big.txt", text, gzip=True)
+check("gzip both ways", sbx.files.read("big.txt", gzip=True) == text and sbx.files.read("big.txt") == text)
+with httpx.Client(base_url="http://localhost:49983", timeout=30) as envd:
+    r = envd.post("/files?path=bad.gz", content=b"not gzip at all",
+                  headers={"content-type": "application/octet-stream", "content-encoding": "gzip"})
+    check("a broken gzip upload is a 400 and writes nothing",
+          r.status_code == 400 and eventually(lambda: not sbx.files.exists("bad.gz.cellbox-upload"))
+          and not sbx.files.exists("bad.gz"), r.text)
 entries = sbx.files.list("notes")
 check("files.list", [(e.name, e.type.value, e.size, e.path) for e in entries]
       == [("hello.txt", "file", 18, "/home/user/notes/hello.txt")], entries)

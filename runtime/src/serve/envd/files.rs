@@ -1,17 +1,20 @@
 //! envd's file transfer routes: `GET /files?path=…` streams a file out of the
 //! sandbox, `POST /files` streams files in (multipart form parts named by
-//! their path, or a raw `application/octet-stream` body with `?path=`).
-//! Nothing is held whole in memory.
+//! their path, or a raw `application/octet-stream` body with `?path=`), both
+//! ways optionally gzip-compressed. Nothing is held whole in memory.
 
 use std::io;
 
-use axum::body::Body;
+use async_compression::tokio::bufread::{GzipDecoder, GzipEncoder};
+use axum::body::{Body, Bytes};
 use axum::extract::{FromRequest, Multipart, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use futures_util::stream::BoxStream;
 use futures_util::{StreamExt as _, TryStreamExt as _};
 use serde::Deserialize;
 use serde_json::{Value, json};
+use tokio::io::{AsyncRead, BufReader};
 use tokio_util::io::{ReaderStream, StreamReader};
 
 use super::Envd;
@@ -54,6 +57,15 @@ fn sandbox_failure(error: Error) -> Failure {
     let status = match &error {
         Error::NotFound(_) => StatusCode::NOT_FOUND,
         Error::InvalidArgument(_) => StatusCode::BAD_REQUEST,
+        // Bytes the decoder refused: a broken gzip upload.
+        Error::Io { source, .. }
+            if matches!(
+                source.kind(),
+                io::ErrorKind::InvalidData | io::ErrorKind::InvalidInput
+            ) =>
+        {
+            StatusCode::BAD_REQUEST
+        }
         Error::Unavailable { .. } | Error::SandboxDied { .. } | Error::Closed => {
             StatusCode::SERVICE_UNAVAILABLE
         }
@@ -72,8 +84,25 @@ fn required_path(query: &FileQuery) -> Result<&str, Failure> {
     }
 }
 
-/// `GET /files?path=…`: the file's bytes, streamed.
-pub async fn download(State(envd): State<Envd>, Query(query): Query<FileQuery>) -> Response {
+/// Whether the client takes gzip (`Accept-Encoding: gzip`, not with `q=0`).
+fn accepts_gzip(headers: &HeaderMap) -> bool {
+    let accepted = headers.get_all(header::ACCEPT_ENCODING).iter();
+    let codings = accepted.filter_map(|value| value.to_str().ok());
+    codings.flat_map(|value| value.split(',')).any(|coding| {
+        let mut parts = coding.split(';').map(str::trim);
+        let name = parts.next().unwrap_or("");
+        let refused = parts.any(|p| p.strip_prefix("q=").and_then(|q| q.parse().ok()) == Some(0.0));
+        name.eq_ignore_ascii_case("gzip") && !refused
+    })
+}
+
+/// `GET /files?path=…`: the file's bytes, streamed (gzip-compressed if the
+/// client takes it).
+pub async fn download(
+    State(envd): State<Envd>,
+    Query(query): Query<FileQuery>,
+    headers: HeaderMap,
+) -> Response {
     let path = match required_path(&query) {
         Ok(path) => path.to_string(),
         Err(refused) => return refused.into_response(),
@@ -103,8 +132,17 @@ pub async fn download(State(envd): State<Envd>, Query(query): Query<FileQuery>) 
         }
     })
     .filter_map(std::future::ready);
-    let body = Body::from_stream(ReaderStream::new(reader).chain(outcome));
-    let headers = [(header::CONTENT_TYPE, "application/octet-stream")];
+    let (chunks, encoding): (BoxStream<'static, io::Result<Bytes>>, _) = if accepts_gzip(&headers) {
+        let compressed = GzipEncoder::new(BufReader::new(reader));
+        (ReaderStream::new(compressed).boxed(), "gzip")
+    } else {
+        (ReaderStream::new(reader).boxed(), "identity")
+    };
+    let body = Body::from_stream(chunks.chain(outcome));
+    let headers = [
+        (header::CONTENT_TYPE, "application/octet-stream"),
+        (header::CONTENT_ENCODING, encoding),
+    ];
     (StatusCode::OK, headers, body).into_response()
 }
 
@@ -116,14 +154,15 @@ pub async fn upload(
     headers: HeaderMap,
     request: Request,
 ) -> Response {
-    if let Some(refused) = unsupported(&headers) {
-        return refused.into_response();
-    }
     let kind = headers
         .get(header::CONTENT_TYPE)
         .and_then(|value| value.to_str().ok())
         .unwrap_or("")
         .to_ascii_lowercase();
+    let gzip = match upload_encoding(&headers, &kind) {
+        Ok(gzip) => gzip,
+        Err(refused) => return refused.into_response(),
+    };
     let written = if kind.starts_with("multipart/form-data") {
         match Multipart::from_request(request, &()).await {
             Ok(multipart) => upload_parts(&envd.sandbox, query.path.as_deref(), multipart).await,
@@ -133,7 +172,12 @@ pub async fn upload(
         match required_path(&query) {
             Ok(path) => {
                 let body = request.into_body().into_data_stream();
-                let mut reader = StreamReader::new(body.map_err(io::Error::other));
+                let reader = StreamReader::new(body.map_err(io::Error::other));
+                let mut reader: std::pin::Pin<Box<dyn AsyncRead + Send>> = if gzip {
+                    Box::pin(GzipDecoder::new(reader))
+                } else {
+                    Box::pin(reader)
+                };
                 write(&envd.sandbox, path, &mut reader)
                     .await
                     .map(|info| vec![info])
@@ -152,13 +196,15 @@ pub async fn upload(
     }
 }
 
-/// What cellbox's envd does not do, refused before anything is written.
-fn unsupported(headers: &HeaderMap) -> Option<Failure> {
+/// Whether the upload is gzip-compressed; what cellbox's envd does not take
+/// (file metadata, other encodings, compressed multipart) is refused before
+/// anything is written.
+fn upload_encoding(headers: &HeaderMap, kind: &str) -> Result<bool, Failure> {
     if headers
         .keys()
         .any(|name| name.as_str().starts_with("x-metadata-"))
     {
-        return Some(failure(
+        return Err(failure(
             StatusCode::BAD_REQUEST,
             "file metadata (X-Metadata-* headers) is not supported by cellbox",
         ));
@@ -166,13 +212,20 @@ fn unsupported(headers: &HeaderMap) -> Option<Failure> {
     let encoding = headers
         .get(header::CONTENT_ENCODING)
         .and_then(|value| value.to_str().ok())
-        .unwrap_or("identity");
-    (!encoding.eq_ignore_ascii_case("identity")).then(|| {
-        failure(
+        .unwrap_or("identity")
+        .trim()
+        .to_ascii_lowercase();
+    match encoding.as_str() {
+        "identity" => Ok(false),
+        "gzip" if kind.starts_with("application/octet-stream") => Ok(true),
+        _ => Err(failure(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            format!("uploads with Content-Encoding \"{encoding}\" are not supported; send the file uncompressed"),
-        )
-    })
+            format!(
+                "uploads with Content-Encoding \"{encoding}\" are not supported here; \
+                 send gzip with application/octet-stream, or the file uncompressed"
+            ),
+        )),
+    }
 }
 
 /// Each file part goes to the path in its file name (or to `?path=`, which
@@ -243,5 +296,50 @@ impl Drop for Partial {
                 let _ = sandbox.files().remove(&path).await;
             });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for (name, value) in pairs {
+            headers.append(*name, value.parse().unwrap());
+        }
+        headers
+    }
+
+    #[test]
+    fn gzip_is_sent_when_accepted_and_not_refused() {
+        assert!(accepts_gzip(&headers(&[("accept-encoding", "gzip")])));
+        assert!(accepts_gzip(&headers(&[(
+            "accept-encoding",
+            "br, GZIP;q=0.5"
+        )])));
+        assert!(!accepts_gzip(&headers(&[("accept-encoding", "gzip;q=0")])));
+        assert!(!accepts_gzip(&headers(&[(
+            "accept-encoding",
+            "identity, br"
+        )])));
+        assert!(!accepts_gzip(&HeaderMap::new()));
+    }
+
+    #[test]
+    fn uploads_take_gzip_only_as_octet_stream() {
+        let octet = "application/octet-stream";
+        assert!(!upload_encoding(&HeaderMap::new(), octet).unwrap());
+        let gzip = headers(&[("content-encoding", "gzip")]);
+        assert!(upload_encoding(&gzip, octet).unwrap());
+        let refused = upload_encoding(&gzip, "multipart/form-data; boundary=x").unwrap_err();
+        assert_eq!(refused.status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+        let brotli = headers(&[("content-encoding", "br")]);
+        assert!(upload_encoding(&brotli, octet).is_err());
+        let metadata = headers(&[("x-metadata-owner", "me")]);
+        assert_eq!(
+            upload_encoding(&metadata, octet).unwrap_err().status,
+            StatusCode::BAD_REQUEST
+        );
     }
 }
