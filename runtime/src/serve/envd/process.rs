@@ -207,6 +207,9 @@ async fn start(envd: &Envd, request: &Message, headers: &HeaderMap) -> Result<Re
     let args = process.strings("args")?;
     let envs = process.string_map("envs")?;
     let cwd = process.optional_string("cwd")?;
+    let tag = request.optional_string("tag")?;
+    // Absent means open (envd's old default); the SDKs say false unless asked.
+    let keep_stdin = !request.has("stdin") || request.bool("stdin")?;
     let options = CommandOptions {
         cwd: cwd.clone(),
         env: envs.clone(),
@@ -217,15 +220,14 @@ async fn start(envd: &Envd, request: &Message, headers: &HeaderMap) -> Result<Re
         .commands()
         .start(&shell_line(&cmd, &args), &options)
         .await?;
-    // Absent means open (envd's old default); the SDKs say false unless asked.
-    let keep_stdin = !request.has("stdin") || request.bool("stdin")?;
-    if !keep_stdin {
-        handle.close_stdin().await?;
+    if !keep_stdin && let Err(error) = handle.close_stdin().await {
+        let _ = handle.kill().await;
+        return Err(error.into());
     }
     let pid = handle.pid();
     let tracked = Arc::new(Tracked {
         pid,
-        tag: request.optional_string("tag")?,
+        tag,
         config: config_json(&cmd, &args, &envs, cwd.as_deref()),
         watchers: Mutex::default(),
     });
