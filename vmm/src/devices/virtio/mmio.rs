@@ -3,6 +3,11 @@
 
 use std::sync::{Arc, Mutex};
 
+use virtio_bindings::virtio_config::{
+    VIRTIO_CONFIG_S_ACKNOWLEDGE, VIRTIO_CONFIG_S_DRIVER, VIRTIO_CONFIG_S_DRIVER_OK,
+    VIRTIO_CONFIG_S_FAILED, VIRTIO_CONFIG_S_FEATURES_OK,
+};
+use virtio_bindings::virtio_mmio as reg;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
@@ -14,16 +19,10 @@ const MAGIC: u32 = 0x7472_6976; // "virt"
 const VERSION: u32 = 2;
 const VENDOR: u32 = 0x5842_4c43; // "CLBX"
 
-const STATUS_ACKNOWLEDGE: u32 = 1;
-const STATUS_DRIVER: u32 = 2;
-const STATUS_DRIVER_OK: u32 = 4;
-const STATUS_FEATURES_OK: u32 = 8;
-const STATUS_FAILED: u32 = 0x80;
-
 /// Offset of the device-specific configuration space.
-pub const CONFIG_OFFSET: u64 = 0x100;
+pub const CONFIG_OFFSET: u64 = reg::VIRTIO_MMIO_CONFIG as u64;
 /// Offset of the QueueNotify register (where ioeventfds attach).
-pub const QUEUE_NOTIFY_OFFSET: u64 = 0x50;
+pub const QUEUE_NOTIFY_OFFSET: u64 = reg::VIRTIO_MMIO_QUEUE_NOTIFY as u64;
 
 /// One device's 4 KiB register window.
 pub struct MmioTransport {
@@ -100,12 +99,12 @@ impl MmioTransport {
 
     fn read_register(&self, offset: u64) -> u32 {
         let queue = self.queues.get(self.queue_select as usize);
-        match offset {
-            0x00 => MAGIC,
-            0x04 => VERSION,
-            0x08 => lock(&self.device).device_type(),
-            0x0c => VENDOR,
-            0x10 => {
+        match u32::try_from(offset).unwrap_or(u32::MAX) {
+            reg::VIRTIO_MMIO_MAGIC_VALUE => MAGIC,
+            reg::VIRTIO_MMIO_VERSION => VERSION,
+            reg::VIRTIO_MMIO_DEVICE_ID => lock(&self.device).device_type(),
+            reg::VIRTIO_MMIO_VENDOR_ID => VENDOR,
+            reg::VIRTIO_MMIO_DEVICE_FEATURES => {
                 let features = lock(&self.device).features();
                 match self.device_features_select {
                     0 => features as u32,
@@ -113,20 +112,21 @@ impl MmioTransport {
                     _ => 0,
                 }
             }
-            0x34 => queue.map_or(0, |q| u32::from(q.max_size())),
-            0x44 => queue.map_or(0, |q| u32::from(q.ready())),
-            0x60 => self.irq.status(),
-            0x70 => self.status,
-            0xfc => 0, // config generation: the config never changes under the driver
+            reg::VIRTIO_MMIO_QUEUE_NUM_MAX => queue.map_or(0, |q| u32::from(q.max_size())),
+            reg::VIRTIO_MMIO_QUEUE_READY => queue.map_or(0, |q| u32::from(q.ready())),
+            reg::VIRTIO_MMIO_INTERRUPT_STATUS => self.irq.status(),
+            reg::VIRTIO_MMIO_STATUS => self.status,
+            reg::VIRTIO_MMIO_CONFIG_GENERATION => 0, // config generation: the config never changes under the driver
             _ => 0,
         }
     }
 
     fn write_register(&mut self, offset: u64, value: u32) {
-        match offset {
-            0x14 => self.device_features_select = value,
-            0x20 => {
-                if self.status & STATUS_FEATURES_OK == 0 {
+        let register = u32::try_from(offset).unwrap_or(u32::MAX);
+        match register {
+            reg::VIRTIO_MMIO_DEVICE_FEATURES_SEL => self.device_features_select = value,
+            reg::VIRTIO_MMIO_DRIVER_FEATURES => {
+                if self.status & VIRTIO_CONFIG_S_FEATURES_OK == 0 {
                     let shift = match self.driver_features_select {
                         0 => 0,
                         1 => 32,
@@ -137,37 +137,42 @@ impl MmioTransport {
                         (self.driver_features & !mask) | (u64::from(value) << shift);
                 }
             }
-            0x24 => self.driver_features_select = value,
-            0x30 => self.queue_select = value,
-            0x38 => {
+            reg::VIRTIO_MMIO_DRIVER_FEATURES_SEL => self.driver_features_select = value,
+            reg::VIRTIO_MMIO_QUEUE_SEL => self.queue_select = value,
+            reg::VIRTIO_MMIO_QUEUE_NUM => {
                 if let Some(q) = self.selected_queue() {
                     q.set_size(value as u16);
                 }
             }
-            0x44 => {
+            reg::VIRTIO_MMIO_QUEUE_READY => {
                 if let Some(q) = self.selected_queue() {
                     q.set_ready(value == 1);
                 }
             }
-            QUEUE_NOTIFY_OFFSET => {
+            reg::VIRTIO_MMIO_QUEUE_NOTIFY => {
                 if let Some(evt) = self.queue_events.get(value as usize)
                     && let Err(e) = evt.write(1)
                 {
                     tracing::warn!("cannot signal a queue notification: {e}");
                 }
             }
-            0x64 => self.irq.ack(value),
-            0x70 => self.set_status(value),
-            0x80 | 0x84 | 0x90 | 0x94 | 0xa0 | 0xa4 => {
-                let (low, high) = if offset & 4 == 0 {
+            reg::VIRTIO_MMIO_INTERRUPT_ACK => self.irq.ack(value),
+            reg::VIRTIO_MMIO_STATUS => self.set_status(value),
+            reg::VIRTIO_MMIO_QUEUE_DESC_LOW
+            | reg::VIRTIO_MMIO_QUEUE_DESC_HIGH
+            | reg::VIRTIO_MMIO_QUEUE_AVAIL_LOW
+            | reg::VIRTIO_MMIO_QUEUE_AVAIL_HIGH
+            | reg::VIRTIO_MMIO_QUEUE_USED_LOW
+            | reg::VIRTIO_MMIO_QUEUE_USED_HIGH => {
+                let (low, high) = if register & 4 == 0 {
                     (Some(value), None)
                 } else {
                     (None, Some(value))
                 };
                 if let Some(q) = self.selected_queue() {
-                    match offset & !4 {
-                        0x80 => q.set_desc_table_address(low, high),
-                        0x90 => q.set_avail_ring_address(low, high),
+                    match register & !4 {
+                        reg::VIRTIO_MMIO_QUEUE_DESC_LOW => q.set_desc_table_address(low, high),
+                        reg::VIRTIO_MMIO_QUEUE_AVAIL_LOW => q.set_avail_ring_address(low, high),
                         _ => q.set_used_ring_address(low, high),
                     }
                 }
@@ -194,19 +199,22 @@ impl MmioTransport {
             return;
         }
         let added = value & !self.status;
-        if added & STATUS_FEATURES_OK != 0 {
+        if added & VIRTIO_CONFIG_S_FEATURES_OK != 0 {
             let offered = lock(&self.device).features();
             let acceptable = self.driver_features & !offered == 0
                 && self.driver_features & VIRTIO_F_VERSION_1 != 0;
             if !acceptable {
                 // Leaving FEATURES_OK clear tells the driver we refuse.
-                self.status = value & !STATUS_FEATURES_OK;
+                self.status = value & !VIRTIO_CONFIG_S_FEATURES_OK;
                 return;
             }
         }
         self.status = value;
-        let ready = STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK;
-        if added & STATUS_DRIVER_OK != 0 && value & ready == ready && !self.activated {
+        let ready = VIRTIO_CONFIG_S_ACKNOWLEDGE
+            | VIRTIO_CONFIG_S_DRIVER
+            | VIRTIO_CONFIG_S_FEATURES_OK
+            | VIRTIO_CONFIG_S_DRIVER_OK;
+        if added & VIRTIO_CONFIG_S_DRIVER_OK != 0 && value & ready == ready && !self.activated {
             self.activate();
         }
     }
@@ -218,7 +226,7 @@ impl MmioTransport {
             .all(|q| !q.ready() || q.is_valid(&self.mem));
         if !valid {
             tracing::warn!("virtio driver set up a queue outside guest memory; device failed");
-            self.status |= STATUS_FAILED;
+            self.status |= VIRTIO_CONFIG_S_FAILED;
             return;
         }
         let queues: Vec<Queue> = self.queues.iter().map(copy_queue).collect();
@@ -227,7 +235,7 @@ impl MmioTransport {
             Ok(()) => self.activated = true,
             Err(e) => {
                 tracing::warn!("virtio device activation failed: {e}");
-                self.status |= STATUS_FAILED;
+                self.status |= VIRTIO_CONFIG_S_FAILED;
             }
         }
     }

@@ -14,15 +14,15 @@ use vmm_sys_util::eventfd::EventFd;
 
 pub use mmio::MmioTransport;
 
-/// `VIRTIO_F_VERSION_1`: every cellbox device is a modern (1.x) device.
-pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
+/// `VIRTIO_F_VERSION_1` as a feature bit: every cellbox device is a modern (1.x) device.
+pub const VIRTIO_F_VERSION_1: u64 = 1 << virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 /// Device id of virtio-blk.
-pub const TYPE_BLOCK: u32 = 2;
+pub const TYPE_BLOCK: u32 = virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
 /// Device id of virtio-vsock.
-pub const TYPE_VSOCK: u32 = 19;
+pub const TYPE_VSOCK: u32 = virtio_bindings::virtio_ids::VIRTIO_ID_VSOCK;
 
 /// The interrupt status bit for "used buffers in a queue".
-pub const INT_VRING: u32 = 1;
+pub const INT_VRING: u32 = virtio_bindings::virtio_mmio::VIRTIO_MMIO_INT_VRING;
 
 /// Activation was refused (the driver configured the device wrongly).
 #[derive(Debug, thiserror::Error)]

@@ -7,6 +7,7 @@ pub mod request;
 use std::sync::Arc;
 
 use event_manager::{EventOps, Events, MutEventSubscriber};
+use virtio_bindings::virtio_blk::{VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO};
 use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::EventSet;
@@ -17,8 +18,8 @@ pub use disk::CowDisk;
 use super::{ActivateError, INT_VRING, IrqTrigger, TYPE_BLOCK, VIRTIO_F_VERSION_1, VirtioDevice};
 
 const QUEUE_SIZE: u16 = 256;
-const F_RO: u64 = 1 << 5;
-const F_FLUSH: u64 = 1 << 9;
+const F_RO: u64 = 1 << VIRTIO_BLK_F_RO;
+const F_FLUSH: u64 = 1 << VIRTIO_BLK_F_FLUSH;
 
 /// The block device.
 #[derive(Debug)]

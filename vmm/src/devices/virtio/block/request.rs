@@ -3,24 +3,23 @@
 
 use std::io::{Read, Write};
 
+use virtio_bindings::virtio_blk::{
+    VIRTIO_BLK_ID_BYTES, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP,
+    VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
+};
 use virtio_queue::{DescriptorChain, Reader, Writer};
 use vm_memory::GuestMemoryMmap;
 
 use super::disk::{CowDisk, SECTOR_SIZE};
 
-/// Request types (virtio spec 5.2.6).
-const T_IN: u32 = 0;
-const T_OUT: u32 = 1;
-const T_FLUSH: u32 = 4;
-const T_GET_ID: u32 = 8;
-/// Status values.
-pub const S_OK: u8 = 0;
+/// Status values (virtio spec 5.2.6).
+pub const S_OK: u8 = VIRTIO_BLK_S_OK as u8;
 /// The request failed.
-pub const S_IOERR: u8 = 1;
+pub const S_IOERR: u8 = VIRTIO_BLK_S_IOERR as u8;
 /// The request type is not supported.
-pub const S_UNSUPP: u8 = 2;
+pub const S_UNSUPP: u8 = VIRTIO_BLK_S_UNSUPP as u8;
 /// Length of the device id string.
-pub const ID_LEN: usize = 20;
+pub const ID_LEN: usize = VIRTIO_BLK_ID_BYTES as usize;
 /// Data moves through a bounce buffer of this size.
 const CHUNK: usize = 64 << 10;
 
@@ -61,10 +60,10 @@ pub fn handle(
     let mut status_writer = writer.split_at(data_len)?;
 
     let status = match kind {
-        T_IN => read_sectors(disk, sector, data_len, &mut writer)?,
-        T_OUT => write_sectors(disk, sector, &mut reader)?,
-        T_FLUSH => S_OK,
-        T_GET_ID => {
+        VIRTIO_BLK_T_IN => read_sectors(disk, sector, data_len, &mut writer)?,
+        VIRTIO_BLK_T_OUT => write_sectors(disk, sector, &mut reader)?,
+        VIRTIO_BLK_T_FLUSH => S_OK,
+        VIRTIO_BLK_T_GET_ID => {
             let n = data_len.min(ID_LEN);
             writer.write_all(&id[..n])?;
             S_OK

@@ -2,6 +2,9 @@
 
 use super::*;
 use crate::devices::virtio::test_utils::{desc, link, memory};
+use virtio_bindings::virtio_blk::{
+    VIRTIO_BLK_T_GET_ID as T_GET_ID, VIRTIO_BLK_T_IN as T_IN, VIRTIO_BLK_T_OUT as T_OUT,
+};
 use virtio_bindings::virtio_ring::VRING_DESC_F_NEXT;
 use virtio_queue::desc::RawDescriptor;
 use virtio_queue::desc::split::Descriptor;
@@ -101,9 +104,6 @@ impl Rig<'_> {
 }
 
 use request::{S_IOERR, S_OK, S_UNSUPP};
-const T_IN: u32 = 0;
-const T_OUT: u32 = 1;
-const T_GET_ID: u32 = 8;
 
 #[test]
 fn reads_writes_and_identifies() {
