@@ -18,6 +18,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
+use super::lock;
 use crate::error::Error;
 use crate::event::Event;
 use crate::executor::Interrupt;
@@ -66,16 +67,12 @@ impl Queue {
 
 impl App {
     fn queue(&self, context: &str) -> Arc<Queue> {
-        let mut queues = self.queues.lock().unwrap_or_else(|p| p.into_inner());
+        let mut queues = lock(&self.queues);
         queues.entry(context.to_string()).or_default().clone()
     }
 
     fn context(&self, id: &str) -> Option<ContextInfo> {
-        self.contexts
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(id)
-            .cloned()
+        lock(&self.contexts).get(id).cloned()
     }
 }
 
@@ -311,10 +308,7 @@ async fn create_context(
     {
         Ok(context) => {
             let body = context_json(&context);
-            app.contexts
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(context.id.clone(), context);
+            lock(&app.contexts).insert(context.id.clone(), context);
             axum::Json(body).into_response()
         }
         Err(error) => error_response(&error),
@@ -322,11 +316,7 @@ async fn create_context(
 }
 
 async fn list_contexts(State(app): State<App>) -> Response {
-    let contexts = app
-        .contexts
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone();
+    let contexts = lock(&app.contexts).clone();
     let list: Vec<Value> = std::iter::once(default_context())
         .chain(contexts.into_values())
         .map(|c| context_json(&c))
@@ -362,10 +352,7 @@ async fn remove_context(State(app): State<App>, Path(id): Path<String>) -> Respo
     };
     match app.sandbox.remove_context(&context).await {
         Ok(()) => {
-            app.contexts
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&id);
+            lock(&app.contexts).remove(&id);
             axum::Json(Value::Null).into_response()
         }
         Err(error) => error_response(&error),

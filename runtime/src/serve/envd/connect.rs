@@ -51,7 +51,7 @@ impl Code {
     }
 
     /// The HTTP status a unary error is sent with.
-    fn status(self) -> StatusCode {
+    pub fn status(self) -> StatusCode {
         match self {
             Code::InvalidArgument => StatusCode::BAD_REQUEST,
             Code::NotFound => StatusCode::NOT_FOUND,
@@ -93,6 +93,15 @@ impl From<Error> for RpcError {
         let code = match &error {
             Error::NotFound(_) => Code::NotFound,
             Error::InvalidArgument(_) => Code::InvalidArgument,
+            // Bytes a decoder refused (a broken gzip upload): the caller's fault.
+            Error::Io { source, .. }
+                if matches!(
+                    source.kind(),
+                    std::io::ErrorKind::InvalidData | std::io::ErrorKind::InvalidInput
+                ) =>
+            {
+                Code::InvalidArgument
+            }
             Error::Timeout { .. } => Code::DeadlineExceeded,
             Error::Unavailable { .. } | Error::SandboxDied { .. } | Error::Closed => {
                 Code::Unavailable
@@ -212,6 +221,13 @@ pub fn stream_error(error: RpcError) -> Response {
     stream_response(futures_util::stream::iter([end_of_stream(Some(&error))]))
 }
 
+/// proto3's JSON bytes: base64 with or without padding, either alphabet.
+const LENIENT: GeneralPurposeConfig = GeneralPurposeConfig::new()
+    .with_decode_padding_mode(DecodePaddingMode::Indifferent)
+    .with_decode_allow_trailing_bits(true);
+const STANDARD_BASE64: GeneralPurpose = GeneralPurpose::new(&base64::alphabet::STANDARD, LENIENT);
+const URL_SAFE_BASE64: GeneralPurpose = GeneralPurpose::new(&base64::alphabet::URL_SAFE, LENIENT);
+
 /// A JSON request message, read the way proto3's JSON mapping allows: fields
 /// by their lowerCamelCase or original name, absent fields as defaults,
 /// numbers also as strings, bytes as (URL-safe or standard) base64.
@@ -286,14 +302,9 @@ impl Message {
 
     pub fn bytes(&self, name: &str) -> Result<Vec<u8>, RpcError> {
         let text = self.string(name)?;
-        let lenient = GeneralPurposeConfig::new()
-            .with_decode_padding_mode(DecodePaddingMode::Indifferent)
-            .with_decode_allow_trailing_bits(true);
-        let standard = GeneralPurpose::new(&base64::alphabet::STANDARD, lenient);
-        let url_safe = GeneralPurpose::new(&base64::alphabet::URL_SAFE, lenient);
-        standard
+        STANDARD_BASE64
             .decode(&text)
-            .or_else(|_| url_safe.decode(&text))
+            .or_else(|_| URL_SAFE_BASE64.decode(&text))
             .map_err(|_| wrong_type(name, "base64"))
     }
 

@@ -18,6 +18,7 @@ use tokio::io::{AsyncRead, BufReader};
 use tokio_util::io::{ReaderStream, StreamReader};
 
 use super::Envd;
+use super::connect::RpcError;
 use crate::error::Error;
 use crate::sandbox::Sandbox;
 
@@ -53,25 +54,10 @@ impl IntoResponse for Failure {
     }
 }
 
+/// A sandbox error with the status envd's RPCs would give it.
 fn sandbox_failure(error: Error) -> Failure {
-    let status = match &error {
-        Error::NotFound(_) => StatusCode::NOT_FOUND,
-        Error::InvalidArgument(_) => StatusCode::BAD_REQUEST,
-        // Bytes the decoder refused: a broken gzip upload.
-        Error::Io { source, .. }
-            if matches!(
-                source.kind(),
-                io::ErrorKind::InvalidData | io::ErrorKind::InvalidInput
-            ) =>
-        {
-            StatusCode::BAD_REQUEST
-        }
-        Error::Unavailable { .. } | Error::SandboxDied { .. } | Error::Closed => {
-            StatusCode::SERVICE_UNAVAILABLE
-        }
-        _ => StatusCode::INTERNAL_SERVER_ERROR,
-    };
-    failure(status, error.to_string())
+    let error = RpcError::from(error);
+    failure(error.code.status(), error.message)
 }
 
 fn required_path(query: &FileQuery) -> Result<&str, Failure> {

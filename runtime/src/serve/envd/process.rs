@@ -25,6 +25,7 @@ use super::Envd;
 use super::connect::{self, Code, Message, RpcError};
 use crate::error::Error;
 use crate::guest::{CommandHandle, CommandOptions, Stream};
+use crate::serve::lock;
 
 /// How often an idle stream says it is alive (which is also how soon a
 /// client that went away is noticed).
@@ -57,12 +58,6 @@ impl Tracked {
     fn publish(&self, event: Value) {
         lock(&self.watchers).retain(|watcher| watcher.send(event.clone()).is_ok());
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl Processes {
