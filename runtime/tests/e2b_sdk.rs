@@ -32,8 +32,12 @@ fn e2b_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/e2b")
 }
 
-/// Whether this machine's Node.js is one the JS SDK supports (≥ 20.18).
+/// Whether this machine has npm and a Node.js the JS SDK supports (≥ 20.18).
 fn node_is_recent() -> bool {
+    let has_npm = Command::new("npm").arg("--version").output();
+    if !has_npm.is_ok_and(|output| output.status.success()) {
+        return false;
+    }
     let Ok(output) = Command::new("node").arg("--version").output() else {
         return false;
     };
@@ -149,7 +153,9 @@ fn the_official_e2b_sdks_run_against_cellbox_serve() {
                 .env("NODE_PATH", node_modules),
         );
     } else {
-        eprintln!("skipping the JavaScript SDK: it needs Node.js 20.18 or newer, not found here");
+        eprintln!(
+            "skipping the JavaScript SDK: it needs Node.js 20.18 or newer and npm, not found here"
+        );
     }
     // A command stream left open does not hold up shutdown for long.
     let _open = open_command_stream();
