@@ -1,5 +1,8 @@
 //! Shared helpers for cellbox's integration tests.
 
+pub mod heavy;
+pub mod kvm_host;
+
 use std::time::{Duration, Instant};
 
 use cellbox::{
@@ -41,10 +44,27 @@ pub async fn namespace_session() -> cellbox::NamespaceExecutor {
         .expect("starting a namespace sandbox (needs root)")
 }
 
+/// A fresh microVM (building the guest kernel and image on a machine that
+/// has none). Only where KVM can run a Linux guest: see [`kvm_host`].
+pub async fn vm_session() -> cellbox::MicroVmExecutor {
+    cellbox::MicroVmExecutor::start(cellbox::MicroVmConfig::default())
+        .await
+        .expect("starting a microVM")
+}
+
+/// How much longer than natively things may take here: 1, or 3 inside the
+/// emulated-KVM machine, where everything runs in an emulated CPU.
+pub fn time_scale() -> u32 {
+    match std::env::var_os(kvm_host::IN_EMULATED_KVM) {
+        Some(_) => 3,
+        None => 1,
+    }
+}
+
 /// Runs one cell with a timeout of `secs` seconds; returns its outcome and how
 /// long the call took.
 pub async fn run_with_timeout(
-    executor: &mut impl Executor,
+    executor: &mut (impl Executor + ?Sized),
     code: &str,
     secs: u64,
 ) -> (cellbox::Result<Execution>, Duration) {
@@ -56,7 +76,7 @@ pub async fn run_with_timeout(
 
 /// The per-run environment contract every backend keeps: `FOO=bar` is set for
 /// that cell only.
-pub async fn check_env_vars_do_not_leak(executor: &mut impl Executor) {
+pub async fn check_env_vars_do_not_leak(executor: &mut (impl Executor + ?Sized)) {
     let options = RunOptions::default().env("FOO", "bar");
     let with = executor
         .execute("import os; os.environ.get('FOO')", &options, &mut |_| {})
@@ -68,7 +88,7 @@ pub async fn check_env_vars_do_not_leak(executor: &mut impl Executor) {
 }
 
 /// A matplotlib plot comes back as a PNG result (the heavy backends' guest).
-pub async fn check_plot_is_png(executor: &mut impl Executor) {
+pub async fn check_plot_is_png(executor: &mut (impl Executor + ?Sized)) {
     use base64::Engine as _;
     let plot = executor
         .run("import matplotlib.pyplot as plt; plt.plot([1, 2, 3]); plt.show()")
@@ -83,4 +103,18 @@ pub async fn check_plot_is_png(executor: &mut impl Executor) {
         .decode(png)
         .unwrap();
     assert!(bytes.starts_with(b"\x89PNG\r\n\x1a\n"));
+}
+
+/// Whether `GET path` on `address` answers 200 (a server is up).
+pub fn http_ok(address: &str, path: &str) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = std::net::TcpStream::connect(address) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    let _ = stream.write_all(request.as_bytes());
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer);
+    answer.starts_with("HTTP/1.1 200")
 }

@@ -310,6 +310,10 @@ class CellboxShell(InteractiveShell):
         """Further SIGINTs must not cut short the report of the first one (formatting a
         traceback can take a while); IPython would print them to stderr instead."""
         armed, _Sig.armed = _Sig.armed, False
+        # Says the cell has stopped and its report is on the way: after an
+        # interrupt guest-init then waits for the (possibly slow) report
+        # instead of taking the kernel for stuck.
+        emit({"type": "reporting"})
         try:
             super().showtraceback(*args, **kwargs)
         finally:

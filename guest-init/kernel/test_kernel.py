@@ -188,7 +188,7 @@ def t_error_after_output(k):
     assert cell.stdout == "partial\n" and cell.errors[0]["name"] == "ValueError", cell.brief()
     assert cell.errors[0]["value"] == "bad value"
     types = [e["type"] for e in cell.events]
-    assert types == ["stdout", "error", "end"], types
+    assert types == ["stdout", "reporting", "error", "end"], types
 
 
 def t_shell_command(k):

@@ -14,8 +14,11 @@ use crate::protocol::{Failure, ReplyBody, Stream};
 
 /// Where the kernel driver lives in the guest.
 pub const DRIVER: &str = "/usr/lib/cellbox/cellbox_kernel.py";
-/// How long an interrupted cell may take to wind down before the kernel is killed.
+/// How long an interrupted cell may take to stop before the kernel is killed.
 const INTERRUPT_GRACE: Duration = Duration::from_secs(3);
+/// How long an interrupted cell that has stopped (the kernel said it is
+/// `reporting`) may take to format its traceback: seconds on a slow CPU.
+const REPORT_GRACE: Duration = Duration::from_secs(30);
 /// How long a new kernel may take to import IPython and say it is ready.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -161,7 +164,10 @@ impl Kernel {
                     // The KeyboardInterrupt our own timeout caused is not the user's error.
                     EventReply::Send(ReplyBody::Error { .. }) if interrupted => {}
                     EventReply::Send(reply) => send(reply),
-                    EventReply::Ignore => {}
+                    EventReply::Reporting if interrupted => {
+                        deadline = Some(Instant::now() + REPORT_GRACE);
+                    }
+                    EventReply::Reporting | EventReply::Ignore => {}
                 },
                 Ok(Said::Gone) | Err(RecvTimeoutError::Disconnected) => {
                     return CellEnd::Died(self.exit_reason());
@@ -226,6 +232,8 @@ pub fn interrupt_pid(pid: i32) {
 
 enum EventReply {
     Send(ReplyBody),
+    /// The cell stopped with an exception; its report follows.
+    Reporting,
     End(Option<u32>),
     Ignore,
 }
@@ -254,6 +262,7 @@ fn reply_for(mut event: serde_json::Value) -> EventReply {
             value: text(&event, "value"),
             traceback: text(&event, "traceback"),
         }),
+        "reporting" => EventReply::Reporting,
         "end" => EventReply::End(
             event["execution_count"]
                 .as_u64()

@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! guest-init (--fd N | --vsock PORT) [--namespace-root DIR --overlay MOUNT_DATA] [--python PATH] [--home DIR]
+//!            [--max-processes N]
 //! ```
 //!
 //! `--fd N` is the host connection (a Unix socket the launcher passed in);
@@ -9,13 +10,16 @@
 //! port. In a VM the kernel passes the words after `--` on its command line.
 //! With `--namespace-root`, guest-init first mounts the overlay on DIR and
 //! pivots into it (the namespace sandbox); as PID 1 it then forks the server
-//! and reaps orphans until the server exits.
+//! and reaps orphans until the server exits. In a microVM the server and all
+//! it starts run in a control group with a memory limit below the VM's memory
+//! and `--max-processes` (default 256); PID 1 stays outside it.
 
 use std::fs::File;
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use cellbox_guest_init::contexts::Contexts;
+use cellbox_guest_init::protocol::BootClock;
 use cellbox_guest_init::{pid1, server, transport};
 use nix::unistd::{ForkResult, fork};
 
@@ -27,7 +31,12 @@ struct Args {
     overlay: Option<String>,
     python: Option<String>,
     home: Option<String>,
+    max_processes: Option<u32>,
 }
+
+/// Processes (and threads) user code may have at once in a microVM, as in
+/// the namespace sandbox.
+const DEFAULT_MAX_PROCESSES: u32 = 256;
 
 fn parse_args() -> Result<Args, String> {
     let mut args = Args::default();
@@ -47,6 +56,13 @@ fn parse_args() -> Result<Args, String> {
             "--overlay" => args.overlay = Some(value()?),
             "--python" => args.python = Some(value()?),
             "--home" => args.home = Some(value()?),
+            "--max-processes" => {
+                args.max_processes = Some(
+                    value()?
+                        .parse()
+                        .map_err(|_| "--max-processes takes a number")?,
+                )
+            }
             other => return Err(format!("unknown argument {other}")),
         }
     }
@@ -57,6 +73,7 @@ fn parse_args() -> Result<Args, String> {
 }
 
 fn main() -> ExitCode {
+    let init_started_ms = BootClock::now_ms();
     let args = match parse_args() {
         Ok(args) => args,
         Err(e) => {
@@ -66,24 +83,40 @@ fn main() -> ExitCode {
     };
     let is_pid1 = std::process::id() == 1;
     let setup = match (&args.namespace_root, &args.overlay) {
-        (Some(root), Some(overlay)) => pid1::enter_namespace_root(root, overlay),
+        (Some(root), Some(overlay)) => pid1::enter_namespace_root(root, overlay).map(|()| None),
         (Some(_), None) | (None, Some(_)) => {
             eprintln!("guest-init: --namespace-root and --overlay go together");
             return ExitCode::from(2);
         }
-        (None, None) if is_pid1 => pid1::mount_vm_basics(),
-        (None, None) => Ok(()),
+        (None, None) if is_pid1 => pid1::mount_vm_basics().and_then(|()| {
+            pid1::make_sandbox_cgroup(args.max_processes.unwrap_or(DEFAULT_MAX_PROCESSES)).map(Some)
+        }),
+        (None, None) => Ok(None),
     };
-    if let Err(e) = setup {
-        eprintln!("guest-init: setup failed: {e}");
-        return ExitCode::from(3);
-    }
+    let sandbox_cgroup = match setup {
+        Ok(cgroup) => cgroup,
+        Err(e) => {
+            eprintln!("guest-init: setup failed: {e}");
+            return ExitCode::from(3);
+        }
+    };
+    // A microVM's PID 1 reports its boot milestones (in a namespace sandbox
+    // the boot clock is the host's and says nothing about this guest).
+    let boot = (is_pid1 && args.vsock.is_some()).then_some(init_started_ms);
     if !is_pid1 {
-        return run_server(&args);
+        return run_server(&args, boot);
     }
     // SAFETY: guest-init is single-threaded here; the child only runs the server.
     match unsafe { fork() } {
-        Ok(ForkResult::Child) => run_server(&args),
+        Ok(ForkResult::Child) => {
+            if let Some(procs) = &sandbox_cgroup
+                && let Err(e) = pid1::join_cgroup(procs)
+            {
+                eprintln!("guest-init: joining the sandbox cgroup: {e}");
+                return ExitCode::from(3);
+            }
+            run_server(&args, boot)
+        }
         Ok(ForkResult::Parent { child }) => {
             let code = pid1::reap_until(child);
             pid1::kill_everything();
@@ -108,7 +141,11 @@ fn connect(args: &Args) -> std::io::Result<File> {
     }
 }
 
-fn run_server(args: &Args) -> ExitCode {
+fn run_server(args: &Args, init_started_ms: Option<u64>) -> ExitCode {
+    let boot = init_started_ms.map(|init_started_ms| server::Boot {
+        init_started_ms,
+        listening_ms: BootClock::now_ms(),
+    });
     let stream = match connect(args) {
         Ok(stream) => stream,
         Err(e) => {
@@ -124,7 +161,7 @@ fn run_server(args: &Args) -> ExitCode {
     let _ = std::fs::create_dir_all(home);
     let python = args.python.as_deref().unwrap_or("/usr/bin/python3");
     let contexts = Arc::new(Contexts::new(python, home));
-    let ended = server::serve(stream, contexts.clone());
+    let ended = server::serve(stream, contexts.clone(), boot);
     contexts.stop_all();
     match ended {
         server::Ended::Shutdown => ExitCode::SUCCESS,

@@ -40,7 +40,10 @@ const NODEV_NOSUID: MsFlags = MsFlags::MS_NODEV.union(MsFlags::MS_NOSUID);
 pub fn mount_vm_basics() -> Result<(), SetupError> {
     mount_fs("proc", "/proc", NODEV_NOSUID | MsFlags::MS_NOEXEC, None)?;
     mount_fs("sysfs", "/sys", NODEV_NOSUID | MsFlags::MS_NOEXEC, None)?;
-    mount_fs("devtmpfs", "/dev", MsFlags::MS_NOSUID, None)?;
+    // A kernel with CONFIG_DEVTMPFS_MOUNT (ours) has mounted it already.
+    if !is_mounted("/dev", "devtmpfs") {
+        mount_fs("devtmpfs", "/dev", MsFlags::MS_NOSUID, None)?;
+    }
     mount_fs(
         "devpts",
         "/dev/pts",
@@ -57,6 +60,19 @@ pub fn mount_vm_basics() -> Result<(), SetupError> {
     let _ = sethostname("cellbox");
     loopback_up();
     Ok(())
+}
+
+/// Whether `/proc/self/mounts` lists a `fstype` mount on `target`.
+fn is_mounted(target: &str, fstype: &str) -> bool {
+    std::fs::read_to_string("/proc/self/mounts").is_ok_and(|mounts| listed(&mounts, target, fstype))
+}
+
+/// Whether a `/proc/self/mounts` text has a `fstype` mount on `target`.
+fn listed(mounts: &str, target: &str, fstype: &str) -> bool {
+    mounts.lines().any(|line| {
+        let mut fields = line.split_whitespace().skip(1);
+        fields.next() == Some(target) && fields.next() == Some(fstype)
+    })
 }
 
 fn mount_common() -> Result<(), SetupError> {
@@ -135,6 +151,60 @@ pub fn enter_namespace_root(root: &str, overlay: &str) -> Result<(), SetupError>
     Ok(())
 }
 
+/// The microVM's control group for everything but PID 1 (the protocol
+/// server, the kernels and commands it starts).
+const SANDBOX_CGROUP: &str = "/sys/fs/cgroup/sandbox";
+
+/// Memory kept out of the sandbox's reach for the guest kernel and PID 1:
+/// an eighth of the VM's memory, at least 64 MiB.
+fn memory_reserve(total: u64) -> u64 {
+    (total / 8).max(64 << 20)
+}
+
+/// In a microVM: makes the control group that confines user code — a memory
+/// limit under the VM's memory (so an out-of-memory cell is killed there,
+/// not the guest), and `max_processes` (a fork bomb stops there). Returns
+/// its `cgroup.procs`, for the server process to join.
+pub fn make_sandbox_cgroup(max_processes: u32) -> Result<std::path::PathBuf, SetupError> {
+    let io = |what: &str, e: std::io::Error| SetupError {
+        step: what.to_string(),
+        source: nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
+    };
+    let meminfo =
+        std::fs::read_to_string("/proc/meminfo").map_err(|e| io("reading /proc/meminfo", e))?;
+    let total = meminfo
+        .lines()
+        .find_map(|line| line.strip_prefix("MemTotal:"))
+        .and_then(|rest| {
+            rest.trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse::<u64>()
+                .ok()
+        })
+        .map(|kib| kib << 10)
+        .ok_or_else(|| io("reading MemTotal", std::io::ErrorKind::InvalidData.into()))?;
+    std::fs::write("/sys/fs/cgroup/cgroup.subtree_control", "+memory +pids")
+        .map_err(|e| io("enabling the memory and pids controllers", e))?;
+    let dir = std::path::Path::new(SANDBOX_CGROUP);
+    std::fs::create_dir_all(dir).map_err(|e| io("creating the sandbox cgroup", e))?;
+    let limit = total.saturating_sub(memory_reserve(total));
+    for (file, value) in [
+        ("memory.max", limit.to_string()),
+        ("memory.swap.max", "0".to_string()),
+        ("pids.max", max_processes.to_string()),
+    ] {
+        std::fs::write(dir.join(file), value).map_err(|e| io(&format!("writing {file}"), e))?;
+    }
+    Ok(dir.join("cgroup.procs"))
+}
+
+/// Moves the calling process into the control group whose `cgroup.procs` is
+/// `procs`.
+pub fn join_cgroup(procs: &std::path::Path) -> std::io::Result<()> {
+    std::fs::write(procs, "0")
+}
+
 /// Brings up `lo` (a new network namespace starts with it down).
 fn loopback_up() {
     // SAFETY: plain ioctls on a socket we own, with a zeroed `ifreq` whose
@@ -181,5 +251,25 @@ pub fn power_off() -> ! {
     let _ = nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_AUTOBOOT);
     loop {
         std::thread::park();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{listed, memory_reserve};
+
+    #[test]
+    fn the_reserve_is_an_eighth_and_at_least_64_mib() {
+        assert_eq!(memory_reserve(1 << 30), 128 << 20);
+        assert_eq!(memory_reserve(256 << 20), 64 << 20);
+    }
+
+    #[test]
+    fn a_mount_is_found_by_target_and_type() {
+        let mounts = "/dev/root / ext4 rw 0 0\nproc /proc proc rw 0 0\ndevtmpfs /dev devtmpfs rw,size=1k 0 0\n";
+        assert!(listed(mounts, "/dev", "devtmpfs"));
+        assert!(!listed(mounts, "/dev", "tmpfs"));
+        assert!(!listed(mounts, "/dev/pts", "devpts"));
+        assert!(!listed("", "/dev", "devtmpfs"));
     }
 }

@@ -151,6 +151,27 @@ pub enum Stream {
     Stderr,
 }
 
+/// Milestones of a microVM guest's boot, in milliseconds of its boot clock
+/// (`CLOCK_BOOTTIME`, which starts with the guest kernel).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BootClock {
+    /// guest-init started (as PID 1).
+    pub init_started_ms: u64,
+    /// guest-init listened for the host.
+    pub listening_ms: u64,
+    /// guest-init answered `Hello`.
+    pub hello_ms: u64,
+}
+
+impl BootClock {
+    /// Now, in milliseconds of this machine's boot clock.
+    pub fn now_ms() -> u64 {
+        nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME)
+            .map(|t| t.tv_sec() as u64 * 1000 + t.tv_nsec() as u64 / 1_000_000)
+            .unwrap_or(0)
+    }
+}
+
 /// The content of a reply.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -158,6 +179,9 @@ pub enum ReplyBody {
     Hello {
         version: u32,
         guest: String,
+        /// The guest's boot milestones (a microVM guest only).
+        #[serde(default)]
+        boot: Option<BootClock>,
     },
     /// Cell output.
     Output {

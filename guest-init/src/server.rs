@@ -9,7 +9,7 @@ use crate::commands::{self, Commands};
 use crate::contexts::Contexts;
 use crate::files;
 use crate::frame::{self, FrameError};
-use crate::protocol::{Failure, Op, Reply, ReplyBody, Request, VERSION};
+use crate::protocol::{BootClock, Failure, Op, Reply, ReplyBody, Request, VERSION};
 
 /// Why the conversation ended.
 #[derive(Debug, PartialEq, Eq)]
@@ -20,16 +20,30 @@ pub enum Ended {
     Disconnected,
 }
 
+/// When guest-init started and began to listen, in the guest's boot clock.
+#[derive(Debug, Clone, Copy)]
+pub struct Boot {
+    /// guest-init started.
+    pub init_started_ms: u64,
+    /// guest-init began to listen for the host.
+    pub listening_ms: u64,
+}
+
 /// Serves one host connection until it ends; the commands it started are
-/// killed then.
-pub fn serve(stream: File, contexts: Arc<Contexts>) -> Ended {
+/// killed then. `boot` (a microVM guest's milestones) goes into `Hello`.
+pub fn serve(stream: File, contexts: Arc<Contexts>, boot: Option<Boot>) -> Ended {
     let commands = Arc::new(Commands::new());
-    let ended = serve_with(stream, &contexts, &commands);
+    let ended = serve_with(stream, &contexts, &commands, boot);
     commands.kill_all();
     ended
 }
 
-fn serve_with(stream: File, contexts: &Arc<Contexts>, commands: &Arc<Commands>) -> Ended {
+fn serve_with(
+    stream: File,
+    contexts: &Arc<Contexts>,
+    commands: &Arc<Commands>,
+    boot: Option<Boot>,
+) -> Ended {
     let writer = match stream.try_clone() {
         Ok(writer) => Arc::new(Mutex::new(writer)),
         Err(_) => return Ended::Disconnected,
@@ -51,18 +65,23 @@ fn serve_with(stream: File, contexts: &Arc<Contexts>, commands: &Arc<Commands>) 
                 return Ended::Disconnected;
             }
         };
-        if request.op == Op::Shutdown {
-            contexts.stop_all();
-            send(&writer, request.id, ReplyBody::Done);
-            return Ended::Shutdown;
+        match request.op {
+            Op::Shutdown => {
+                contexts.stop_all();
+                send(&writer, request.id, ReplyBody::Done);
+                return Ended::Shutdown;
+            }
+            Op::Hello { version } => send(&writer, request.id, hello(version, boot)),
+            op => {
+                let (writer, contexts, commands) =
+                    (writer.clone(), contexts.clone(), commands.clone());
+                std::thread::spawn(move || {
+                    handle(op, &contexts, &commands, &mut |body| {
+                        send(&writer, request.id, body)
+                    });
+                });
+            }
         }
-        let (writer, contexts, commands) = (writer.clone(), contexts.clone(), commands.clone());
-        std::thread::spawn(move || {
-            let id = request.id;
-            handle(request.op, &contexts, &commands, &mut |body| {
-                send(&writer, id, body)
-            });
-        });
     }
 }
 
@@ -82,21 +101,33 @@ fn send(writer: &Mutex<File>, id: u64, body: ReplyBody) {
     }
 }
 
+/// The answer to a `Hello` from a host speaking protocol `version`.
+pub fn hello(version: u32, boot: Option<Boot>) -> ReplyBody {
+    if version != VERSION {
+        return ReplyBody::failed(
+            Failure::Version,
+            format!(
+                "the host speaks protocol {version}, this guest speaks {VERSION}: rebuild the guest image"
+            ),
+        );
+    }
+    ReplyBody::Hello {
+        version: VERSION,
+        guest: format!("cellbox-guest-init {}", env!("CARGO_PKG_VERSION")),
+        boot: boot.map(|boot| BootClock {
+            init_started_ms: boot.init_started_ms,
+            listening_ms: boot.listening_ms,
+            hello_ms: BootClock::now_ms(),
+        }),
+    }
+}
+
 /// Answers one request through `send`; the last reply is final.
 pub fn handle(op: Op, contexts: &Contexts, commands: &Commands, send: &mut dyn FnMut(ReplyBody)) {
     let ms = |t: Option<u64>| t.map(Duration::from_millis);
     let background = matches!(op, Op::StartCommand { .. });
     let reply = match op {
-        Op::Hello { version } if version == VERSION => ReplyBody::Hello {
-            version: VERSION,
-            guest: format!("cellbox-guest-init {}", env!("CARGO_PKG_VERSION")),
-        },
-        Op::Hello { version } => ReplyBody::failed(
-            Failure::Version,
-            format!(
-                "the host speaks protocol {version}, this guest speaks {VERSION}: rebuild the guest image"
-            ),
-        ),
+        Op::Hello { version } => hello(version, None),
         Op::Execute {
             context,
             code,

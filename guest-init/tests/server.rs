@@ -16,7 +16,7 @@ fn start() -> (File, std::thread::JoinHandle<Ended>) {
     let (host, guest) = UnixStream::pair().unwrap();
     let contexts = Arc::new(Contexts::new("/nonexistent/python3", "/tmp"));
     let server =
-        std::thread::spawn(move || server::serve(File::from(OwnedFd::from(guest)), contexts));
+        std::thread::spawn(move || server::serve(File::from(OwnedFd::from(guest)), contexts, None));
     (File::from(OwnedFd::from(host)), server)
 }
 

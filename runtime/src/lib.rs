@@ -49,7 +49,7 @@ pub use event::Event;
 pub use execution::{CellResult, Execution, ExecutionError, Logs};
 pub use executor::{Backend, EventCallback, Executor, Interrupt, RunOptions};
 pub use guest::{CommandHandle, CommandInfo, CommandOptions, CommandResult, ContextInfo, FileStat};
-pub use microvm::{MicroVmConfig, MicroVmExecutor};
+pub use microvm::{BootTimeline, MicroVmConfig, MicroVmExecutor};
 pub use namespace::{NamespaceConfig, NamespaceExecutor};
 pub use progress::Progress;
 pub use router::{HeavyChoice, HybridConfig, HybridExecutor};

@@ -26,6 +26,8 @@ fn the_guest_kernel_builds_with_the_options_the_microvm_needs() {
         "CONFIG_DEVTMPFS_MOUNT=y",
         "CONFIG_PVH=y",
         "CONFIG_SECCOMP_FILTER=y",
+        "CONFIG_RANDOM_TRUST_BOOTLOADER=y",
+        "CONFIG_RANDOM_TRUST_CPU=y",
     ] {
         assert!(
             config.lines().any(|line| line == option),

@@ -5,6 +5,7 @@
 //! 0x0000_7000  boot_params (zero page)  0x0000_a000  PDPT
 //! 0x0000_8ff0  boot stack (grows down)  0x0000_b000  4 page directories (2 MiB pages, first 4 GiB)
 //! 0x0002_0000  kernel command line      0x0009_fc00  MP table (EBDA), up to 0xa_0000
+//! 0x0002_1000  setup_data (RNG seed)
 //! 0x0010_0000  kernel (HIMEM_START)     0xd000_0000  virtio-mmio devices, 4 KiB each
 //! ```
 
@@ -24,6 +25,8 @@ pub const PD_START: u64 = 0xb000;
 pub const CMDLINE_START: u64 = 0x2_0000;
 /// The longest command line we accept (Linux's x86 limit).
 pub const CMDLINE_MAX_SIZE: usize = 2048;
+/// The zero page's `setup_data` list (one entry: a random seed for the guest).
+pub const SETUP_DATA_START: u64 = 0x2_1000;
 /// The Extended BIOS Data Area, where the MP table goes; RAM below it is usable.
 pub const EBDA_START: u64 = 0x9_fc00;
 /// Kernels load at or above 1 MiB.
@@ -55,6 +58,7 @@ pub const IOAPIC_START: u64 = 0xfec0_0000;
 /// The local APIC's MMIO base.
 pub const APIC_START: u64 = 0xfee0_0000;
 
+const _: () = assert!(CMDLINE_START + CMDLINE_MAX_SIZE as u64 <= SETUP_DATA_START);
 // The boot stack sits between the zero page and the page tables.
 const _: () =
     assert!(BOOT_STACK_POINTER < PML4_START && BOOT_STACK_POINTER > ZERO_PAGE_START + 0x1000);

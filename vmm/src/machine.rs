@@ -221,6 +221,7 @@ impl Vm {
             }
         });
         let supported = cpuid::supported(kvm).map_err(VmError::kvm("report its CPUID"))?;
+        let tsc_deadline = config.irqchip && kvm.check_extension(kvm_ioctls::Cap::TscDeadlineTimer);
         let mut vcpu_fds = Vec::new();
         for id in 0..config.vcpus {
             let vcpu = self
@@ -228,7 +229,7 @@ impl Vm {
                 .create_vcpu(u64::from(id))
                 .map_err(VmError::kvm("create a vCPU"))?;
             let mut vcpu_cpuid = supported.clone();
-            cpuid::for_vcpu(&mut vcpu_cpuid, id, config.vcpus);
+            cpuid::for_vcpu(&mut vcpu_cpuid, id, config.vcpus, tsc_deadline);
             vcpu.set_cpuid2(&vcpu_cpuid)
                 .map_err(VmError::kvm("set CPUID"))?;
             regs::setup_msrs(&vcpu)?;

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use cellbox_guest_init::frame::{self, MAX_FRAME_LEN};
 use cellbox_guest_init::protocol::{
-    DEFAULT_CONTEXT, Failure, Op, Reply, ReplyBody, Request, Stream, VERSION,
+    BootClock, DEFAULT_CONTEXT, Failure, Op, Reply, ReplyBody, Request, Stream, VERSION,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
@@ -29,6 +29,7 @@ pub(crate) const GUEST_GRACE: Duration = Duration::from_secs(15);
 #[derive(Clone)]
 pub struct GuestClient {
     inner: Arc<Inner>,
+    boot: Option<BootClock>,
 }
 
 struct Inner {
@@ -59,7 +60,8 @@ impl GuestClient {
         let (read, write) = tokio::io::split(stream);
         let pending: Pending = Arc::default();
         let reader = tokio::spawn(route_replies(read, pending.clone()));
-        let client = GuestClient {
+        let mut client = GuestClient {
+            boot: None,
             inner: Arc::new(Inner {
                 writer: tokio::sync::Mutex::new(Box::new(write)),
                 pending,
@@ -76,9 +78,17 @@ impl GuestClient {
                     ))
                 })??;
         match hello {
-            ReplyBody::Hello { .. } => Ok(client),
+            ReplyBody::Hello { boot, .. } => {
+                client.boot = boot;
+                Ok(client)
+            }
             other => Err(unexpected(other)),
         }
+    }
+
+    /// A microVM guest's boot milestones, as its `Hello` reported them.
+    pub fn boot_clock(&self) -> Option<BootClock> {
+        self.boot
     }
 
     /// Sends a request; its replies arrive on the returned channel, which

@@ -13,6 +13,8 @@ use crate::executor::Backend;
 use crate::guest::{GuestArtifacts, GuestBackend, GuestClient, GuestKernel, GuestSession};
 use crate::progress::Progress;
 
+use super::BootTimeline;
+
 /// The guest's context id on vsock.
 const GUEST_CID: u64 = 3;
 
@@ -31,6 +33,9 @@ pub struct MicroVmConfig {
     pub default_timeout: Duration,
     /// How long the guest may take to boot and answer.
     pub boot_timeout: Duration,
+    /// Extra guest kernel parameters, e.g. `loglevel=7` for the whole boot
+    /// log in [`MicroVmExecutor::console`].
+    pub kernel_args: Vec<String>,
 }
 
 impl Default for MicroVmConfig {
@@ -42,17 +47,23 @@ impl Default for MicroVmConfig {
             memory_mib: 1024,
             default_timeout: Duration::from_secs(60),
             boot_timeout: Duration::from_secs(30),
+            kernel_args: Vec::new(),
         }
     }
 }
 
 /// The kernel command line: serial console, the ext4 root on `vda` (written
-/// only to the VM's copy-on-write layer), guest-init as init on vsock.
-pub fn kernel_cmdline() -> String {
-    format!(
-        "console=ttyS0 reboot=k panic=-1 quiet root=/dev/vda rw rootfstype=ext4 \
-         init=/usr/sbin/init -- --vsock {VSOCK_PORT}"
-    )
+/// only to the VM's copy-on-write layer), guest-init as init on vsock; `extra`
+/// parameters go before guest-init's (later ones win).
+pub fn kernel_cmdline(extra: &[String]) -> String {
+    let mut kernel = String::from(
+        "console=ttyS0 reboot=k panic=-1 quiet root=/dev/vda rw rootfstype=ext4 init=/usr/sbin/init",
+    );
+    for arg in extra {
+        kernel.push(' ');
+        kernel.push_str(arg);
+    }
+    format!("{kernel} -- --vsock {VSOCK_PORT}")
 }
 
 /// A stateful Python session in a KVM microVM: its own kernel, no network
@@ -62,6 +73,7 @@ pub fn kernel_cmdline() -> String {
 pub struct MicroVmExecutor {
     session: GuestSession,
     vm: Option<Vm>,
+    boot: Option<BootTimeline>,
 }
 
 fn unavailable(reason: impl Into<String>) -> Error {
@@ -94,20 +106,44 @@ impl MicroVmExecutor {
         .map_err(|e| unavailable(format!("building the guest failed: {e}")))??;
 
         let vm_config = VmConfig::new(kernel.vmlinux())
-            .with_cmdline(kernel_cmdline())
+            .with_cmdline(kernel_cmdline(&config.kernel_args))
             .with_vcpus(config.vcpus)
             .with_memory_mib(config.memory_mib)
             .with_disk(image, true)
             .with_vsock(GUEST_CID);
+        let started = Instant::now();
         let vm = tokio::task::spawn_blocking(move || Vm::start(vm_config))
             .await
             .map_err(|e| unavailable(format!("starting the VM failed: {e}")))?
             .map_err(|e| unavailable(e.to_string()))?;
+        let vm_started = started.elapsed();
         let client = connect(&vm, config.boot_timeout).await?;
+        let boot = client
+            .boot_clock()
+            .map(|guest| BootTimeline::new(vm_started, started.elapsed(), guest));
+        match &boot {
+            Some(timeline) => tracing::info!("microVM booted: {timeline}"),
+            None => tracing::warn!("the guest reported no boot milestones"),
+        }
         Ok(MicroVmExecutor {
             session: GuestSession::new(client, config.default_timeout),
             vm: Some(vm),
+            boot,
         })
+    }
+
+    /// How this VM's boot went (`None` from a guest that did not say).
+    pub fn boot_timeline(&self) -> Option<BootTimeline> {
+        self.boot
+    }
+
+    /// The guest's serial console so far (kernel messages at the kernel's
+    /// log level, `quiet` unless [`MicroVmConfig::kernel_args`] say otherwise).
+    pub fn console(&self) -> String {
+        self.vm
+            .as_ref()
+            .map(|vm| vm.console().text())
+            .unwrap_or_default()
     }
 }
 

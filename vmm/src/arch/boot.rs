@@ -12,7 +12,14 @@ use linux_loader::loader::bootparam::{boot_e820_entry, boot_params};
 use linux_loader::loader::{BzImage, Elf, KernelLoader, load_cmdline};
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 
-use crate::layout::{CMDLINE_START, EBDA_START, HIMEM_START, ZERO_PAGE_START, ram_ranges};
+use crate::layout::{
+    CMDLINE_START, EBDA_START, HIMEM_START, SETUP_DATA_START, ZERO_PAGE_START, ram_ranges,
+};
+
+/// `setup_data` type of a random seed for the guest's RNG (Linux's `SETUP_RNG_SEED`).
+const SETUP_RNG_SEED: u32 = 9;
+/// Bytes of seed handed to the guest (what the kernel's crng needs to start).
+const RNG_SEED_LEN: usize = 32;
 
 /// Loading the kernel or writing its boot data failed.
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +49,9 @@ pub enum BootError {
     /// Writing the command line failed.
     #[error("cannot write the command line: {0}")]
     LoadCmdline(linux_loader::loader::Error),
+    /// The random seed for the guest could not be made or written.
+    #[error("cannot hand the guest a random seed: {0}")]
+    RngSeed(String),
 }
 
 /// The loaded kernel: where the boot vCPU starts, and the header bzImage carried.
@@ -125,10 +135,30 @@ pub fn write_boot_data(
         };
     }
     params.e820_entries = e820.len() as u8;
+    params.hdr.setup_data = write_rng_seed(mem)?;
 
     let zero_page = BootParams::new::<boot_params>(&params, GuestAddress(ZERO_PAGE_START));
     LinuxBootConfigurator::write_bootparams::<GuestMemoryMmap>(&zero_page, mem)?;
     Ok(())
+}
+
+/// Writes a `SETUP_RNG_SEED` entry of fresh host randomness: the guest's RNG
+/// is ready at boot instead of waiting for entropy. Returns its address.
+fn write_rng_seed(mem: &GuestMemoryMmap) -> Result<u64, BootError> {
+    use vm_memory::Bytes;
+    let mut seed = [0u8; RNG_SEED_LEN];
+    File::open("/dev/urandom")
+        .and_then(|mut random| random.read_exact(&mut seed))
+        .map_err(|e| BootError::RngSeed(format!("reading /dev/urandom: {e}")))?;
+    // struct setup_data { u64 next; u32 type; u32 len; u8 data[]; }
+    let mut entry = Vec::with_capacity(16 + RNG_SEED_LEN);
+    entry.extend_from_slice(&0u64.to_le_bytes());
+    entry.extend_from_slice(&SETUP_RNG_SEED.to_le_bytes());
+    entry.extend_from_slice(&(RNG_SEED_LEN as u32).to_le_bytes());
+    entry.extend_from_slice(&seed);
+    mem.write_slice(&entry, GuestAddress(SETUP_DATA_START))
+        .map_err(|e| BootError::RngSeed(e.to_string()))?;
+    Ok(SETUP_DATA_START)
 }
 
 #[cfg(test)]
@@ -160,6 +190,21 @@ mod tests {
         mem.read_slice(&mut text, GuestAddress(CMDLINE_START))
             .unwrap();
         assert_eq!(&text, b"console=ttyS0");
+
+        // One setup_data entry: a 32-byte RNG seed, different on every boot.
+        assert_eq!({ params.hdr.setup_data }, SETUP_DATA_START);
+        let header: [u32; 4] = mem.read_obj(GuestAddress(SETUP_DATA_START)).unwrap();
+        assert_eq!(header, [0, 0, SETUP_RNG_SEED, RNG_SEED_LEN as u32]);
+        let seed = |mem: &GuestMemoryMmap| {
+            let mut seed = [0u8; RNG_SEED_LEN];
+            mem.read_slice(&mut seed, GuestAddress(SETUP_DATA_START + 16))
+                .unwrap();
+            seed
+        };
+        let first = seed(&mem);
+        write_boot_data(&mem, &kernel, &cmdline, size).unwrap();
+        assert_ne!(first, seed(&mem), "a fresh seed per boot");
+        assert_ne!(first, [0; RNG_SEED_LEN]);
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! CPUID for each vCPU: what KVM supports, with this vCPU's APIC id and the
-//! topology filled in, and the hypervisor bit set.
+//! topology filled in, the hypervisor bit set, and the TSC-deadline timer
+//! offered where KVM emulates it.
 
 use kvm_bindings::{CpuId, KVM_MAX_CPUID_ENTRIES};
 use kvm_ioctls::Kvm;
@@ -10,7 +11,11 @@ pub fn supported(kvm: &Kvm) -> Result<CpuId, kvm_ioctls::Error> {
 }
 
 /// Adjusts `cpuid` (a copy of the supported set) for vCPU `id` of `count`.
-pub fn for_vcpu(cpuid: &mut CpuId, id: u8, count: u8) {
+/// `tsc_deadline`: the in-kernel LAPIC emulates the TSC-deadline timer
+/// (`KVM_CAP_TSC_DEADLINE_TIMER`, not part of the supported set): with it a
+/// Linux guest skips calibrating the LAPIC timer against the PIT (100 ms of
+/// its boot) and takes the TSC frequency from kvm-clock.
+pub fn for_vcpu(cpuid: &mut CpuId, id: u8, count: u8, tsc_deadline: bool) {
     const HYPERVISOR: u32 = 1 << 31;
     const HTT: u32 = 1 << 28;
     const TSC_DEADLINE: u32 = 1 << 24;
@@ -20,8 +25,11 @@ pub fn for_vcpu(cpuid: &mut CpuId, id: u8, count: u8) {
                 // EBX: initial APIC id (31:24), logical processors (23:16), CLFLUSH size (15:8).
                 entry.ebx = (u32::from(id) << 24) | (u32::from(count) << 16) | (8 << 8);
                 entry.ecx |= HYPERVISOR;
-                // The in-kernel LAPIC's TSC-deadline timer needs a known TSC frequency; keep it simple.
-                entry.ecx &= !TSC_DEADLINE;
+                if tsc_deadline {
+                    entry.ecx |= TSC_DEADLINE;
+                } else {
+                    entry.ecx &= !TSC_DEADLINE;
+                }
                 if count > 1 {
                     entry.edx |= HTT;
                 } else {
@@ -75,8 +83,9 @@ mod tests {
     #[test]
     fn each_vcpu_gets_its_apic_id_and_the_hypervisor_bit() {
         let mut cpuid = entries();
-        for_vcpu(&mut cpuid, 3, 4);
+        for_vcpu(&mut cpuid, 3, 4, true);
         let e = cpuid.as_slice();
+        assert_ne!(e[0].ecx & (1 << 24), 0, "TSC-deadline timer offered");
         assert_eq!(e[0].ebx >> 24, 3);
         assert_eq!((e[0].ebx >> 16) & 0xff, 4);
         assert_ne!(e[0].ecx & (1 << 31), 0);
@@ -90,7 +99,13 @@ mod tests {
     fn one_vcpu_has_no_hyperthreading_bit() {
         let mut cpuid = entries();
         cpuid.as_mut_slice()[0].edx = 1 << 28;
-        for_vcpu(&mut cpuid, 0, 1);
+        cpuid.as_mut_slice()[0].ecx = 1 << 24;
+        for_vcpu(&mut cpuid, 0, 1, false);
         assert_eq!(cpuid.as_slice()[0].edx & (1 << 28), 0);
+        assert_eq!(
+            cpuid.as_slice()[0].ecx & (1 << 24),
+            0,
+            "no TSC-deadline timer"
+        );
     }
 }

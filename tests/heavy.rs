@@ -1,0 +1,241 @@
+//! What every heavy backend (the namespace sandbox, the microVM) does the
+//! same way, written once: notebook semantics, limits and isolation of the
+//! full guest (guest-init + IPython kernel on the Debian root file system).
+//! [`heavy_backend_tests!`](crate::heavy_backend_tests) makes tests of them
+//! for one backend.
+
+use std::time::Duration;
+
+use cellbox::{Backend, Error, Executor};
+
+use crate::{check_env_vars_do_not_leak, check_plot_is_png, run_with_timeout};
+
+/// A session of a heavy backend.
+pub type HeavySession = Box<dyn Executor>;
+
+/// Starts a fresh session of `backend` (building the guest on a machine that
+/// has none).
+pub async fn start(backend: Backend) -> HeavySession {
+    match backend {
+        Backend::Namespace => Box::new(crate::namespace_session().await),
+        Backend::Vm => Box::new(crate::vm_session().await),
+        Backend::Wasm => panic!("the WebAssembly backend is not a heavy backend"),
+    }
+}
+
+/// Makes one `#[tokio::test]` per shared heavy-backend behaviour, for
+/// `backend`, each with the given extra attributes (e.g. `#[ignore]`).
+#[macro_export]
+macro_rules! heavy_backend_tests {
+    ($backend:expr $(, #[$attr:meta])*) => {
+        $crate::heavy_backend_tests!(@each $backend, [$(#[$attr])*],
+            state_persists_between_cells,
+            plots_tables_and_shell_lines,
+            a_timeout_interrupts_the_kernel_which_keeps_its_state,
+            the_guest_sees_its_own_files_and_sandboxes_do_not_share_them,
+            there_is_no_network,
+            dangerous_system_calls_are_filtered,
+            memory_and_fork_bombs_are_stopped,
+            a_killed_kernel_is_reported_and_replaced,
+            per_run_env_vars_and_restart,
+            orphans_are_reaped_by_guest_init
+        );
+    };
+    (@each $backend:expr, $attrs:tt, $($name:ident),*) => {
+        $($crate::heavy_backend_tests!(@one $backend, $attrs, $name);)*
+    };
+    (@one $backend:expr, [$(#[$attr:meta])*], $name:ident) => {
+        #[tokio::test]
+        $(#[$attr])*
+        async fn $name() {
+            $crate::heavy::$name($backend).await;
+        }
+    };
+}
+
+/// Variables persist from one cell to the next; execution counts rise.
+pub async fn state_persists_between_cells(backend: Backend) {
+    let mut sandbox = start(backend).await;
+    sandbox.run("x = 1").await.unwrap();
+    let execution = sandbox.run("x += 1; x").await.unwrap();
+    assert_eq!(execution.text(), Some("2"));
+    assert_eq!(execution.execution_count, Some(2));
+    sandbox.close().await.unwrap();
+}
+
+/// Rich results (PNG plots, HTML tables), `!shell` lines, IPython and its magics, tracebacks.
+pub async fn plots_tables_and_shell_lines(backend: Backend) {
+    let mut sandbox = start(backend).await;
+    check_plot_is_png(&mut *sandbox).await;
+
+    let table = sandbox
+        .run(r#"import pandas as pd; pd.DataFrame({"a": [1, 2, 3]})"#)
+        .await
+        .unwrap();
+    let main = table.main_result().expect("a main result");
+    assert!(main.html.as_deref().unwrap_or_default().contains("<table"));
+    assert!(main.text.as_deref().unwrap_or_default().contains('a'));
+
+    let shell = sandbox.run("!echo hi").await.unwrap();
+    assert_eq!(shell.logs.stdout.concat(), "hi\n");
+    let ipython = sandbox
+        .run("import IPython\nfrom IPython.display import HTML\nIPython.get_ipython() is get_ipython(), HTML('<b>x</b>')._repr_html_()")
+        .await
+        .unwrap();
+    assert_eq!(
+        ipython.text(),
+        Some("(True, '<b>x</b>')"),
+        "the whole IPython package is there"
+    );
+    let magic = sandbox.run("%pwd").await.unwrap();
+    assert_eq!(magic.text(), Some("'/home/user'"));
+    let failed = sandbox.run("undefined_name").await.unwrap();
+    let error = failed.error.expect("a NameError");
+    assert_eq!(error.name, "NameError");
+    assert!(error.traceback.contains("undefined_name"));
+}
+
+/// A cell past its timeout is interrupted; the kernel and its state survive.
+pub async fn a_timeout_interrupts_the_kernel_which_keeps_its_state(backend: Backend) {
+    let mut sandbox = start(backend).await;
+    sandbox.run("y = 41").await.unwrap();
+    let (outcome, elapsed) =
+        run_with_timeout(&mut *sandbox, "import time; time.sleep(30)", 2).await;
+    assert!(
+        matches!(
+            outcome,
+            Err(Error::Timeout {
+                restarted: false,
+                ..
+            })
+        ),
+        "{outcome:?}"
+    );
+    assert!(
+        elapsed < Duration::from_secs(5) * crate::time_scale(),
+        "{elapsed:?}"
+    );
+    assert_eq!(sandbox.run("y + 1").await.unwrap().text(), Some("42"));
+}
+
+/// Each sandbox has its own files: what one writes, another never sees.
+pub async fn the_guest_sees_its_own_files_and_sandboxes_do_not_share_them(backend: Backend) {
+    let mut first = start(backend).await;
+    let home = first
+        .run(r#"import os; sorted(os.listdir("/home"))"#)
+        .await
+        .unwrap();
+    assert_eq!(home.text(), Some("['user']"));
+    let wrote = first
+        .run(r#"open("/home/user/secret.txt", "w").write("mine"); open("/etc/cellbox-mark", "w").write("x")"#)
+        .await
+        .unwrap();
+    assert!(wrote.error.is_none(), "{wrote:?}");
+    let mut second = start(backend).await;
+    let seen = second
+        .run(r#"import os; os.path.exists("/home/user/secret.txt"), os.path.exists("/etc/cellbox-mark")"#)
+        .await
+        .unwrap();
+    assert_eq!(seen.text(), Some("(False, False)"));
+}
+
+/// No network but loopback.
+pub async fn there_is_no_network(backend: Backend) {
+    let mut sandbox = start(backend).await;
+    let execution = sandbox
+        .run(r#"import urllib.request; urllib.request.urlopen("http://1.1.1.1", timeout=3)"#)
+        .await
+        .unwrap();
+    assert!(execution.error.is_some(), "{execution:?}");
+    let loopback = sandbox
+        .run("import socket; s = socket.socket(); s.bind(('127.0.0.1', 0)); s.listen(); s.getsockname()[0]")
+        .await
+        .unwrap();
+    assert_eq!(loopback.text(), Some("'127.0.0.1'"), "loopback works");
+}
+
+/// guest-init's seccomp filter refuses system calls user code has no business making.
+pub async fn dangerous_system_calls_are_filtered(backend: Backend) {
+    let mut sandbox = start(backend).await;
+    let probe = sandbox
+        .run("import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\nlibc.unshare(0), ctypes.get_errno()")
+        .await
+        .unwrap();
+    assert_eq!(
+        probe.text(),
+        Some("(-1, 1)"),
+        "unshare fails with EPERM: {probe:?}"
+    );
+}
+
+/// A huge allocation is a `MemoryError`, a creeping one is stopped, a fork bomb meets the process limit; the sandbox stays usable.
+pub async fn memory_and_fork_bombs_are_stopped(backend: Backend) {
+    let mut sandbox = start(backend).await;
+    let huge = sandbox.run("b = bytearray(50 * 2**30)").await.unwrap();
+    assert_eq!(huge.error.expect("a MemoryError").name, "MemoryError");
+    let creeping = sandbox
+        .run("b = [bytearray(2**20) for _ in range(4000)]")
+        .await;
+    assert!(
+        matches!(&creeping, Err(Error::SandboxDied { .. }))
+            || creeping.as_ref().is_ok_and(|e| e.error.is_some()),
+        "{creeping:?}"
+    );
+    let (forks, _) = run_with_timeout(
+        &mut *sandbox,
+        "import os\nn = 0\ntry:\n    while n < 100000:\n        if os.fork() == 0:\n            import time; time.sleep(3); os._exit(0)\n        n += 1\nexcept OSError:\n    pass\nn",
+        20,
+    )
+    .await;
+    let forks = forks.unwrap();
+    let made: u32 = forks.text().unwrap().parse().unwrap();
+    assert!(
+        made < 300,
+        "the process limit stopped the bomb after {made} forks"
+    );
+    assert_eq!(sandbox.run("1 + 1").await.unwrap().text(), Some("2"));
+    let mut next = start(backend).await;
+    assert_eq!(next.run("2 + 2").await.unwrap().text(), Some("4"));
+}
+
+/// A kernel killed under a cell is reported as such and replaced (its state is gone).
+pub async fn a_killed_kernel_is_reported_and_replaced(backend: Backend) {
+    let mut sandbox = start(backend).await;
+    sandbox.run("z = 1").await.unwrap();
+    let outcome = sandbox
+        .run("import os, signal; os.kill(os.getpid(), 9)")
+        .await;
+    assert!(
+        matches!(&outcome, Err(Error::SandboxDied { reason }) if reason.contains("kernel died")),
+        "{outcome:?}"
+    );
+    let after = sandbox.run("'z' in globals(), 3 * 3").await.unwrap();
+    assert_eq!(after.text(), Some("(False, 9)"));
+}
+
+/// Per-run environment variables do not leak; a restart clears the state.
+pub async fn per_run_env_vars_and_restart(backend: Backend) {
+    let mut sandbox = start(backend).await;
+    check_env_vars_do_not_leak(&mut *sandbox).await;
+    sandbox.restart().await.unwrap();
+    let after = sandbox.run("os").await.unwrap();
+    assert_eq!(after.error.expect("state cleared").name, "NameError");
+}
+
+/// guest-init (PID 1) reaps orphaned processes.
+pub async fn orphans_are_reaped_by_guest_init(backend: Backend) {
+    let mut sandbox = start(backend).await;
+    let spawned = sandbox
+        .run("import subprocess; subprocess.run('for i in 1 2 3 4 5; do sleep 0.1 & done', shell=True).returncode")
+        .await
+        .unwrap();
+    assert_eq!(spawned.text(), Some("0"));
+    let zombies = sandbox
+        .run(
+            "import os, time; time.sleep(1)\n\
+             [p for p in os.listdir('/proc') if p.isdigit() and open(f'/proc/{p}/stat').read().split()[2] == 'Z']",
+        )
+        .await
+        .unwrap();
+    assert_eq!(zombies.text(), Some("[]"), "PID 1 reaps orphaned children");
+}

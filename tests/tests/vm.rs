@@ -1,0 +1,304 @@
+//! The microVM backend end to end: the guest kernel booted by cellbox's VMM,
+//! guest-init over vsock, the IPython kernel.
+//!
+//! The suite (every `#[ignore]`d test here) needs KVM that runs a Linux
+//! guest. `vm_suite` runs it on every machine: directly where `/dev/kvm`
+//! can, otherwise inside the emulated-KVM machine (`tests/emulated-kvm/`),
+//! after building on this host what the guest needs (kernel, root image,
+//! the E2B SDK). On such a machine the suite also runs alone:
+//! `cargo test -p cellbox-tests --test vm -- --ignored`.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use cellbox::{
+    Backend, BackendPolicy, CommandOptions, Error, Executor, HybridConfig, HybridExecutor,
+    MicroVmConfig, MicroVmExecutor, RunCodeOptions, Sandbox, SandboxOptions,
+};
+use cellbox_tests::kvm_host::{self, IN_EMULATED_KVM, KvmHost};
+use cellbox_tests::wasm_engine;
+
+cellbox_tests::heavy_backend_tests!(Backend::Vm, #[ignore = "needs KVM that runs Linux guests; run by vm_suite"]);
+
+/// The `cellbox` binary that `cargo test --workspace` built beside the tests.
+fn cellbox_binary() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let binary = exe.parent().unwrap().parent().unwrap().join("cellbox");
+    assert!(
+        binary.exists(),
+        "{} is missing: `cargo test --workspace` builds it (or `cargo build -p cellbox`)",
+        binary.display()
+    );
+    binary
+}
+
+/// The E2B SDK's Python, installed into the cache on first use.
+fn e2b_sdk_python() -> PathBuf {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("e2b/install_sdk.sh");
+    let output = Command::new("sh")
+        .arg(script)
+        .arg("python")
+        .env("CELLBOX_CACHE_DIR", cellbox::default_cache_dir())
+        .output()
+        .expect("sh");
+    assert!(
+        output.status.success(),
+        "installing the E2B SDK failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    PathBuf::from(String::from_utf8(output.stdout).unwrap().trim())
+}
+
+/// Runs the suite where KVM runs Linux guests, here or emulated, having built
+/// on this machine everything the guest needs (the emulated machine has no
+/// network and builds slowly).
+#[test]
+fn vm_suite() {
+    if std::env::var_os(IN_EMULATED_KVM).is_some() {
+        return; // the suite is what runs in there
+    }
+    let cache = cellbox::default_cache_dir();
+    let progress = cellbox::Progress::default();
+    let kernel = cellbox::guest::GuestKernel::ensure(&cache, &progress).expect("the guest kernel");
+    let guest = cellbox::guest::GuestArtifacts::ensure(&cache, &progress).expect("the guest");
+    let image = guest.ext4_image(&progress).expect("the guest image");
+    assert!(kernel.vmlinux().exists() && image.exists());
+    e2b_sdk_python();
+    cellbox_binary();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(wasm_engine()); // compiles the fast path's module into the cache
+
+    let exe = std::env::current_exe().unwrap();
+    let expected = kvm_host::ignored_test_count(&exe);
+    assert!(expected >= 15, "only {expected} tests in the suite");
+    if let KvmHost::Emulated(reason) = KvmHost::detect() {
+        eprintln!("{reason}: running the microVM suite in the emulated-KVM machine");
+    }
+    // One test at a time: the emulated machine's two CPUs are slow enough
+    // for one guest and its host side.
+    let run = kvm_host::run(&exe, &["--ignored", "--test-threads=1"]);
+    assert!(
+        run.status.success(),
+        "the microVM suite failed ({}); its output is above",
+        run.status
+    );
+    let summary = format!("test result: ok. {expected} passed; 0 failed");
+    assert!(
+        run.output.contains(&summary),
+        "expected `{summary}` in the suite's output"
+    );
+}
+
+/// Where KVM cannot run Linux (no `/dev/kvm`, or PVM as on our build
+/// machines), the backend refuses at once, naming the reason and the way out.
+#[tokio::test]
+async fn without_kvm_for_linux_the_microvm_refuses_fast() {
+    let Some(reason) = cellbox_vmm::kvm_support::linux_guest_blocker() else {
+        return; // the suite covers this machine
+    };
+    let started = Instant::now();
+    let result = MicroVmExecutor::start(MicroVmConfig::default()).await;
+    let Err(Error::Unavailable {
+        backend,
+        reason: message,
+    }) = result
+    else {
+        panic!("expected Unavailable, got {result:?}");
+    };
+    assert_eq!(backend, Backend::Vm);
+    assert!(
+        message.contains(&reason) && message.contains("--backend namespace"),
+        "{message}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+#[ignore = "needs KVM that runs Linux guests; run by vm_suite"]
+async fn the_boot_reports_its_milestones_in_order() {
+    // The whole boot log, once, in the test's output: where a slow or broken
+    // boot is read.
+    let config = MicroVmConfig {
+        kernel_args: vec!["loglevel=7".into()],
+        ..Default::default()
+    };
+    let mut vm = MicroVmExecutor::start(config).await.expect("a microVM");
+    let console = vm.console();
+    eprintln!("--- the guest's console:\n{console}---");
+    let boot = vm.boot_timeline().expect("the guest reports its boot");
+    eprintln!("boot: {boot}");
+    assert!(
+        boot.vm_started <= boot.kernel_started
+            && boot.kernel_started <= boot.init_started
+            && boot.init_started <= boot.listening
+            && boot.listening <= boot.connected,
+        "{boot:?}"
+    );
+    for line in ["Run /usr/sbin/init as init process", "crng init done"] {
+        assert!(console.contains(line), "no `{line}` on the console");
+    }
+    assert!(!console.contains("guest-init:"), "guest-init complained");
+    // Under emulation (QEMU's SVM in software) the guest's XSETBV does not
+    // take, and Linux warns that XSAVE sizes disagree: the one known warning.
+    let known = match std::env::var_os(IN_EMULATED_KVM) {
+        Some(_) => console.matches("XSAVE consistency problem").count(),
+        None => 0,
+    };
+    assert_eq!(
+        console.matches("WARNING:").count(),
+        known,
+        "kernel warnings"
+    );
+    let first = Instant::now();
+    assert_eq!(vm.run("1 + 1").await.unwrap().text(), Some("2"));
+    eprintln!("first result {:?} after connecting", first.elapsed());
+    vm.close().await.unwrap();
+}
+
+#[tokio::test]
+#[ignore = "needs KVM that runs Linux guests; run by vm_suite"]
+async fn the_sandbox_api_on_the_microvm() {
+    let s = Sandbox::create(SandboxOptions::default().with_backend(BackendPolicy::Vm))
+        .await
+        .expect("a microVM sandbox");
+    // Files both ways.
+    s.files().write("data/in.txt", b"40").await.unwrap();
+    let sum = s
+        .run_code("x = int(open('data/in.txt').read()) + 2\nopen('out.txt', 'w').write(str(x)); x")
+        .await
+        .unwrap();
+    assert_eq!(sum.text(), Some("42"), "{sum:?}");
+    assert_eq!(s.files().read_text("out.txt").await.unwrap(), "42");
+    let big: Vec<u8> = (0..3 << 20).map(|i: u32| (i % 251) as u8).collect();
+    s.files().write("big.bin", &big).await.unwrap();
+    assert_eq!(s.files().read("big.bin").await.unwrap(), big);
+    // Commands in the foreground and the background.
+    let uname = s
+        .commands()
+        .run("uname -n; echo err >&2; exit 3", &CommandOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            uname.stdout.as_str(),
+            uname.stderr.as_str(),
+            uname.exit_code
+        ),
+        ("cellbox\n", "err\n", 3)
+    );
+    let cat = s
+        .commands()
+        .start("cat", &CommandOptions::default())
+        .await
+        .unwrap();
+    cat.send_stdin(b"through stdin").await.unwrap();
+    cat.close_stdin().await.unwrap();
+    assert_eq!(cat.wait().await.unwrap().stdout, "through stdin");
+    // Contexts keep their names apart; per-run env vars stay in their run.
+    let other = s.create_context(Some("/tmp")).await.unwrap();
+    let in_other = RunCodeOptions::default().in_context(&other);
+    s.run_code_with("x = 'other'", &in_other, &mut |_| {})
+        .await
+        .unwrap();
+    assert_eq!(s.run_code("x").await.unwrap().text(), Some("42"));
+    let env = RunCodeOptions::default().env("FOO", "bar");
+    let foo = s
+        .run_code_with("import os; os.environ['FOO']", &env, &mut |_| {})
+        .await
+        .unwrap();
+    assert_eq!(foo.text(), Some("'bar'"));
+    // Closing ends the VM; the sandbox says so afterwards.
+    s.close().await.unwrap();
+    assert!(!s.is_running().await);
+    assert!(matches!(s.run_code("1").await, Err(Error::Closed)));
+}
+
+#[tokio::test]
+#[ignore = "needs KVM that runs Linux guests; run by vm_suite"]
+async fn the_router_moves_a_session_to_the_microvm() {
+    let mut s = HybridExecutor::start(&wasm_engine().await, HybridConfig::default())
+        .await
+        .unwrap();
+    s.run("x = 21\ndef double(v):\n    return 2 * v")
+        .await
+        .unwrap();
+    assert_eq!(s.backend(), Backend::Wasm);
+    let moved = s
+        .run("import numpy as np; float(np.float64(double(x)))")
+        .await
+        .unwrap();
+    assert_eq!(moved.text(), Some("42.0"), "{moved:?}");
+    assert_eq!(s.backend(), Backend::Vm);
+    assert_eq!(s.run("double(x) + 1").await.unwrap().text(), Some("43"));
+    s.close().await.unwrap();
+}
+
+#[tokio::test]
+#[ignore = "needs KVM that runs Linux guests; run by vm_suite"]
+async fn cellbox_run_with_the_vm_backend() {
+    let output = Command::new(cellbox_binary())
+        .args(["run", "--backend", "vm", "--json"])
+        .args(["-c", "x = 1", "-c", "x += 1; x", "-c", "!uname -s"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let cells: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    assert_eq!(cells.len(), 3, "{stdout}");
+    assert!(cells.iter().all(|cell| cell["backend"] == "vm"), "{stdout}");
+    assert_eq!(cells[1]["results"][0]["text"], "2");
+    assert_eq!(cells[2]["logs"]["stdout"][0], "Linux\n");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs KVM that runs Linux guests; run by vm_suite"]
+async fn the_official_e2b_sdk_drives_cellbox_serve_on_the_microvm() {
+    let python = e2b_sdk_python();
+    let config = cellbox::serve::ServeConfig {
+        sandbox: SandboxOptions::default()
+            .with_backend(BackendPolicy::Vm)
+            .with_inactivity_timeout(None),
+        ..Default::default()
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(cellbox::serve::serve(config, async {
+        let _ = stopped.await;
+    }));
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let healthy =
+        || tokio::task::spawn_blocking(|| cellbox_tests::http_ok("127.0.0.1:49999", "/health"));
+    while !healthy().await.unwrap() {
+        assert!(
+            !server.is_finished(),
+            "cellbox serve ended: {:?}",
+            server.await
+        );
+        assert!(Instant::now() < deadline, "cellbox serve did not come up");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("e2b/test_sdk.py");
+    let report = tokio::task::spawn_blocking(move || Command::new(python).arg(script).output())
+        .await
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8_lossy(&report.stdout);
+    assert!(
+        report.status.success() && text.contains(" passed, 0 failed"),
+        "{text}\n{}",
+        String::from_utf8_lossy(&report.stderr)
+    );
+    let _ = stop.send(());
+    server.await.unwrap().unwrap();
+}
