@@ -99,14 +99,66 @@ pub fn run(program: &Path, args: &[&str]) -> Run {
     Run { status, output }
 }
 
-/// The number of tests `--ignored` selects in the test binary `program`.
-pub fn ignored_test_count(program: &Path) -> usize {
+/// The names of the tests `--ignored` selects in the test binary `program`.
+pub fn ignored_tests(program: &Path) -> Vec<String> {
     let list = Command::new(program)
         .args(["--list", "--ignored"])
         .output()
         .expect("listing the tests");
     String::from_utf8_lossy(&list.stdout)
         .lines()
-        .filter(|line| line.ends_with(": test"))
-        .count()
+        .filter_map(|line| line.strip_suffix(": test"))
+        .map(str::to_string)
+        .collect()
+}
+
+/// The tests a libtest run reported as passed (`test NAME ... ok`).
+pub fn passed_tests(output: &str) -> Vec<String> {
+    output
+        .lines()
+        .filter_map(|line| line.strip_prefix("test ")?.strip_suffix(" ... ok"))
+        .map(str::to_string)
+        .collect()
+}
+
+/// `run.sh`'s exit status when the emulated machine stopped before the
+/// command ended (its kernel crashed: the console says why).
+pub const MACHINE_DIED: i32 = 125;
+
+/// Runs the `#[ignore]`d tests of the test binary `program` one at a time
+/// where KVM runs Linux guests (see [`run`]). If the emulated machine itself
+/// dies (its kernel, not the tests, as its console then shows), the run
+/// resumes in a fresh machine without the tests that passed, twice at most.
+/// Returns the names of the tests that passed and the last run.
+pub fn run_ignored_tests(program: &Path) -> (Vec<String>, Run) {
+    let mut passed: Vec<String> = Vec::new();
+    let mut attempt = 1;
+    loop {
+        let mut args = vec!["--ignored", "--test-threads=1", "--color=never", "--exact"];
+        for name in &passed {
+            args.extend(["--skip", name.as_str()]);
+        }
+        let run = run(program, &args);
+        passed.extend(passed_tests(&run.output));
+        if run.status.code() != Some(MACHINE_DIED) || attempt == 3 {
+            return (passed, run);
+        }
+        let _ = writeln!(
+            std::io::stderr(),
+            "the emulated machine died (attempt {attempt}; its console is above): resuming without the {} tests that passed",
+            passed.len()
+        );
+        attempt += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::passed_tests;
+
+    #[test]
+    fn passed_tests_are_read_from_libtest_output() {
+        let output = "running 3 tests\ntest a ... ok\ntest b::c ... FAILED\ntest d ... ok\n[ 1.0] test e ... ok then\n";
+        assert_eq!(passed_tests(output), ["a", "d"]);
+    }
 }
