@@ -82,6 +82,7 @@ cp "/root$script" /root/.emulated-kvm-command
 mount --move /dev /root/dev
 mount -t proc proc /root/proc
 mount -t sysfs sys /root/sys
+mount -t cgroup2 cgroup2 /root/sys/fs/cgroup
 mount -t tmpfs tmp /root/tmp
 mount -t tmpfs run /root/run
 mkdir -p /root/dev/shm /root/dev/pts
