@@ -36,12 +36,8 @@ fn main() {
 /// Builds the guest here (fast, with network), then runs this benchmark
 /// inside the emulated machine.
 fn run_emulated() {
-    let cache = cellbox::default_cache_dir();
-    let progress = cellbox::Progress::default();
-    cellbox::guest::GuestKernel::ensure(&cache, &progress).expect("the guest kernel");
-    cellbox::guest::GuestArtifacts::ensure(&cache, &progress)
-        .and_then(|guest| guest.ext4_image(&progress))
-        .expect("the guest image");
+    cellbox::microvm::guest_files(&cellbox::default_cache_dir(), &Default::default())
+        .expect("the guest kernel and image");
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/emulated-kvm/run.sh");
     let status = std::process::Command::new("bash")
         .arg(script)

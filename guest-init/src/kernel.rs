@@ -149,6 +149,7 @@ impl Kernel {
         }
         let mut deadline = timeout.map(|t| Instant::now() + t);
         let mut interrupted = false;
+        let mut reporting = false;
         loop {
             let said = match deadline {
                 Some(at) => self
@@ -164,7 +165,9 @@ impl Kernel {
                     // The KeyboardInterrupt our own timeout caused is not the user's error.
                     EventReply::Send(ReplyBody::Error { .. }) if interrupted => {}
                     EventReply::Send(reply) => send(reply),
-                    EventReply::Reporting if interrupted => {
+                    // Once: a cell's own code could say `reporting` too.
+                    EventReply::Reporting if interrupted && !reporting => {
+                        reporting = true;
                         deadline = Some(Instant::now() + REPORT_GRACE);
                     }
                     EventReply::Reporting | EventReply::Ignore => {}

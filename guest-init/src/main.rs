@@ -104,7 +104,7 @@ fn main() -> ExitCode {
     // the boot clock is the host's and says nothing about this guest).
     let boot = (is_pid1 && args.vsock.is_some()).then_some(init_started_ms);
     if !is_pid1 {
-        return run_server(&args, boot);
+        return run_server(&args, None);
     }
     // SAFETY: guest-init is single-threaded here; the child only runs the server.
     match unsafe { fork() } {
@@ -142,9 +142,10 @@ fn connect(args: &Args) -> std::io::Result<File> {
 }
 
 fn run_server(args: &Args, init_started_ms: Option<u64>) -> ExitCode {
-    let boot = init_started_ms.map(|init_started_ms| server::Boot {
+    let boot = init_started_ms.map(|init_started_ms| BootClock {
         init_started_ms,
         listening_ms: BootClock::now_ms(),
+        hello_ms: 0, // set when answering
     });
     let stream = match connect(args) {
         Ok(stream) => stream,

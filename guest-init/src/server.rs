@@ -20,18 +20,9 @@ pub enum Ended {
     Disconnected,
 }
 
-/// When guest-init started and began to listen, in the guest's boot clock.
-#[derive(Debug, Clone, Copy)]
-pub struct Boot {
-    /// guest-init started.
-    pub init_started_ms: u64,
-    /// guest-init began to listen for the host.
-    pub listening_ms: u64,
-}
-
 /// Serves one host connection until it ends; the commands it started are
-/// killed then. `boot` (a microVM guest's milestones) goes into `Hello`.
-pub fn serve(stream: File, contexts: Arc<Contexts>, boot: Option<Boot>) -> Ended {
+/// killed then. `boot` (a microVM guest's milestones so far) goes into `Hello`.
+pub fn serve(stream: File, contexts: Arc<Contexts>, boot: Option<BootClock>) -> Ended {
     let commands = Arc::new(Commands::new());
     let ended = serve_with(stream, &contexts, &commands, boot);
     commands.kill_all();
@@ -42,7 +33,7 @@ fn serve_with(
     stream: File,
     contexts: &Arc<Contexts>,
     commands: &Arc<Commands>,
-    boot: Option<Boot>,
+    boot: Option<BootClock>,
 ) -> Ended {
     let writer = match stream.try_clone() {
         Ok(writer) => Arc::new(Mutex::new(writer)),
@@ -102,7 +93,7 @@ fn send(writer: &Mutex<File>, id: u64, body: ReplyBody) {
 }
 
 /// The answer to a `Hello` from a host speaking protocol `version`.
-pub fn hello(version: u32, boot: Option<Boot>) -> ReplyBody {
+pub fn hello(version: u32, boot: Option<BootClock>) -> ReplyBody {
     if version != VERSION {
         return ReplyBody::failed(
             Failure::Version,
@@ -115,9 +106,8 @@ pub fn hello(version: u32, boot: Option<Boot>) -> ReplyBody {
         version: VERSION,
         guest: format!("cellbox-guest-init {}", env!("CARGO_PKG_VERSION")),
         boot: boot.map(|boot| BootClock {
-            init_started_ms: boot.init_started_ms,
-            listening_ms: boot.listening_ms,
             hello_ms: BootClock::now_ms(),
+            ..boot
         }),
     }
 }

@@ -58,11 +58,9 @@ fn vm_suite() {
     if std::env::var_os(IN_EMULATED_KVM).is_some() {
         return; // the suite is what runs in there
     }
-    let cache = cellbox::default_cache_dir();
-    let progress = cellbox::Progress::default();
-    let kernel = cellbox::guest::GuestKernel::ensure(&cache, &progress).expect("the guest kernel");
-    let guest = cellbox::guest::GuestArtifacts::ensure(&cache, &progress).expect("the guest");
-    let image = guest.ext4_image(&progress).expect("the guest image");
+    let (kernel, image) =
+        cellbox::microvm::guest_files(&cellbox::default_cache_dir(), &Default::default())
+            .expect("the guest kernel and image");
     assert!(kernel.vmlinux().exists() && image.exists());
     e2b_sdk_python();
     cellbox_binary();

@@ -86,5 +86,26 @@ mod tests {
         );
         assert_eq!(skewed.kernel_started, Duration::from_millis(2));
         assert_eq!(skewed.listening, Duration::from_millis(100));
+
+        // Whatever a hostile guest reports, the host neither panics nor
+        // places a milestone outside [VM started, connected].
+        for ms in [0, 1, u64::MAX / 2, u64::MAX] {
+            let hostile = BootTimeline::new(
+                Duration::from_millis(2),
+                Duration::from_millis(100),
+                BootClock {
+                    init_started_ms: ms,
+                    listening_ms: u64::MAX - ms,
+                    hello_ms: ms,
+                },
+            );
+            for at in [
+                hostile.kernel_started,
+                hostile.init_started,
+                hostile.listening,
+            ] {
+                assert!(at >= Duration::from_millis(2) && at <= Duration::from_millis(100));
+            }
+        }
     }
 }

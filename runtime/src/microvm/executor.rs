@@ -1,7 +1,7 @@
 //! `MicroVmExecutor`: boots the guest in a microVM and runs cells in it with
 //! the same guest protocol (and so the same results) as the namespace backend.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -56,14 +56,19 @@ impl Default for MicroVmConfig {
 /// only to the VM's copy-on-write layer), guest-init as init on vsock; `extra`
 /// parameters go before guest-init's (later ones win).
 pub fn kernel_cmdline(extra: &[String]) -> String {
-    let mut kernel = String::from(
-        "console=ttyS0 reboot=k panic=-1 quiet root=/dev/vda rw rootfstype=ext4 init=/usr/sbin/init",
-    );
-    for arg in extra {
-        kernel.push(' ');
-        kernel.push_str(arg);
-    }
-    format!("{kernel} -- --vsock {VSOCK_PORT}")
+    let extra: String = extra.iter().map(|arg| format!(" {arg}")).collect();
+    format!(
+        "console=ttyS0 reboot=k panic=-1 quiet root=/dev/vda rw rootfstype=ext4 \
+         init=/usr/sbin/init{extra} -- --vsock {VSOCK_PORT}"
+    )
+}
+
+/// What a microVM boots: the guest kernel and the root file system image,
+/// built into `cache_root` first where missing (minutes, once). Blocking.
+pub fn guest_files(cache_root: &Path, progress: &Progress) -> Result<(GuestKernel, PathBuf)> {
+    let kernel = GuestKernel::ensure(cache_root, progress)?;
+    let image = GuestArtifacts::ensure(cache_root, progress)?.ext4_image(progress)?;
+    Ok((kernel, image))
 }
 
 /// A stateful Python session in a KVM microVM: its own kernel, no network
@@ -97,13 +102,10 @@ impl MicroVmExecutor {
             .clone()
             .unwrap_or_else(crate::default_cache_dir);
         let progress = config.progress.clone();
-        let (kernel, image) = tokio::task::spawn_blocking(move || -> Result<_> {
-            let kernel = GuestKernel::ensure(&cache_root, &progress)?;
-            let image = GuestArtifacts::ensure(&cache_root, &progress)?.ext4_image(&progress)?;
-            Ok((kernel, image))
-        })
-        .await
-        .map_err(|e| unavailable(format!("building the guest failed: {e}")))??;
+        let (kernel, image) =
+            tokio::task::spawn_blocking(move || guest_files(&cache_root, &progress))
+                .await
+                .map_err(|e| unavailable(format!("building the guest failed: {e}")))??;
 
         let vm_config = VmConfig::new(kernel.vmlinux())
             .with_cmdline(kernel_cmdline(&config.kernel_args))

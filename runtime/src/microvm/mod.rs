@@ -5,4 +5,4 @@ mod boot;
 mod executor;
 
 pub use boot::BootTimeline;
-pub use executor::{MicroVmConfig, MicroVmExecutor, kernel_cmdline};
+pub use executor::{MicroVmConfig, MicroVmExecutor, guest_files, kernel_cmdline};
