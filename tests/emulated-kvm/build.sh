@@ -83,6 +83,7 @@ mount --move /dev /root/dev
 mount -t proc proc /root/proc
 mount -t sysfs sys /root/sys
 mount -t cgroup2 cgroup2 /root/sys/fs/cgroup
+echo "+memory +pids" >/root/sys/fs/cgroup/cgroup.subtree_control
 mount -t tmpfs tmp /root/tmp
 mount -t tmpfs run /root/run
 mkdir -p /root/dev/shm /root/dev/pts
