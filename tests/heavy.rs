@@ -184,7 +184,7 @@ pub async fn memory_and_fork_bombs_are_stopped(backend: Backend) {
     let (forks, _) = run_with_timeout(
         &mut *sandbox,
         "import os\nn = 0\ntry:\n    while n < 100000:\n        if os.fork() == 0:\n            import time; time.sleep(3); os._exit(0)\n        n += 1\nexcept OSError:\n    pass\nn",
-        20,
+        20 * u64::from(crate::time_scale()),
     )
     .await;
     let forks = forks.unwrap();
@@ -194,6 +194,7 @@ pub async fn memory_and_fork_bombs_are_stopped(backend: Backend) {
         "the process limit stopped the bomb after {made} forks"
     );
     assert_eq!(sandbox.run("1 + 1").await.unwrap().text(), Some("2"));
+    sandbox.close().await.unwrap();
     let mut next = start(backend).await;
     assert_eq!(next.run("2 + 2").await.unwrap().text(), Some("4"));
 }

@@ -15,10 +15,11 @@ use crate::protocol::{Failure, ReplyBody, Stream};
 /// Where the kernel driver lives in the guest.
 pub const DRIVER: &str = "/usr/lib/cellbox/cellbox_kernel.py";
 /// How long an interrupted cell may take to stop before the kernel is killed.
-const INTERRUPT_GRACE: Duration = Duration::from_secs(3);
+pub const INTERRUPT_GRACE: Duration = Duration::from_secs(3);
 /// How long an interrupted cell that has stopped (the kernel said it is
 /// `reporting`) may take to format its traceback: seconds on a slow CPU.
-const REPORT_GRACE: Duration = Duration::from_secs(30);
+/// Both graces together stay within the host's wait past a timeout.
+pub const REPORT_GRACE: Duration = Duration::from_secs(10);
 /// How long a new kernel may take to import IPython and say it is ready.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 

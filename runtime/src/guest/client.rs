@@ -24,6 +24,12 @@ type Pending = Arc<Mutex<HashMap<u64, mpsc::UnboundedSender<ReplyBody>>>>;
 /// for the guest.
 pub(crate) const GUEST_GRACE: Duration = Duration::from_secs(15);
 
+// guest-init reports a timed-out cell within its two graces: the host waits longer.
+const _: () = {
+    use cellbox_guest_init::kernel::{INTERRUPT_GRACE, REPORT_GRACE};
+    assert!(INTERRUPT_GRACE.as_secs() + REPORT_GRACE.as_secs() < GUEST_GRACE.as_secs());
+};
+
 /// A connection to `guest-init`. Cloning it is cheap: clones share the
 /// connection, which closes when the last one is dropped.
 #[derive(Clone)]
