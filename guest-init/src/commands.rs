@@ -122,6 +122,7 @@ impl Commands {
         if let Some(cwd) = spec.cwd {
             command.current_dir(cwd);
         }
+        crate::confine::apply(&mut command);
         let mut child = match command.spawn() {
             Ok(child) => child,
             Err(e) => {

@@ -6,9 +6,11 @@
 //!   [`files`] and [`commands`] the rest
 //! - [`transport`]: the host connection (a passed-in fd, or vsock in a VM)
 //! - [`pid1`]: mounts, reaping and shutdown when running as PID 1;
-//!   [`seccomp`]: the system-call filter everything after setup runs under
+//!   [`seccomp`]: the system-call filter everything after setup runs under;
+//!   [`confine`]: the control group user code runs in
 
 pub mod commands;
+pub mod confine;
 pub mod contexts;
 pub mod files;
 pub mod frame;

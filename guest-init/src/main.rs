@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! guest-init (--fd N | --vsock PORT) [--namespace-root DIR --overlay MOUNT_DATA] [--python PATH] [--home DIR]
-//!            [--max-processes N]
+//!            [--max-processes N] [--user-cgroup-fd N]...
 //! ```
 //!
 //! `--fd N` is the host connection (a Unix socket the launcher passed in);
@@ -15,12 +15,13 @@
 //! and `--max-processes` (default 256); PID 1 stays outside it.
 
 use std::fs::File;
+use std::os::fd::FromRawFd;
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use cellbox_guest_init::contexts::Contexts;
 use cellbox_guest_init::protocol::BootClock;
-use cellbox_guest_init::{pid1, server, transport};
+use cellbox_guest_init::{confine, pid1, server, transport};
 use nix::unistd::{ForkResult, fork};
 
 #[derive(Debug, Default)]
@@ -32,6 +33,7 @@ struct Args {
     python: Option<String>,
     home: Option<String>,
     max_processes: Option<u32>,
+    user_cgroup_fds: Vec<i32>,
 }
 
 /// Processes (and threads) user code may have at once in a microVM, as in
@@ -63,6 +65,11 @@ fn parse_args() -> Result<Args, String> {
                         .map_err(|_| "--max-processes takes a number")?,
                 )
             }
+            "--user-cgroup-fd" => args.user_cgroup_fds.push(
+                value()?
+                    .parse()
+                    .map_err(|_| "--user-cgroup-fd takes a number")?,
+            ),
             other => return Err(format!("unknown argument {other}")),
         }
     }
@@ -82,24 +89,37 @@ fn main() -> ExitCode {
         }
     };
     let is_pid1 = std::process::id() == 1;
+    let passed_cgroup = || {
+        let fds = args.user_cgroup_fds.iter();
+        // SAFETY: the launcher passed these descriptors to us for our exclusive use.
+        fds.map(|&fd| unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+            .collect()
+    };
     let setup = match (&args.namespace_root, &args.overlay) {
-        (Some(root), Some(overlay)) => pid1::enter_namespace_root(root, overlay).map(|()| None),
+        (Some(root), Some(overlay)) => {
+            pid1::enter_namespace_root(root, overlay).map(|()| passed_cgroup())
+        }
         (Some(_), None) | (None, Some(_)) => {
             eprintln!("guest-init: --namespace-root and --overlay go together");
             return ExitCode::from(2);
         }
         (None, None) if is_pid1 => pid1::mount_vm_basics().and_then(|()| {
-            pid1::make_sandbox_cgroup(args.max_processes.unwrap_or(DEFAULT_MAX_PROCESSES)).map(Some)
+            pid1::make_user_cgroup(args.max_processes.unwrap_or(DEFAULT_MAX_PROCESSES))
+                .map(|fd| vec![fd])
         }),
-        (None, None) => Ok(None),
+        (None, None) => Ok(passed_cgroup()),
     };
-    let sandbox_cgroup = match setup {
-        Ok(cgroup) => cgroup,
+    let user_cgroup = match setup {
+        Ok(fds) => fds,
         Err(e) => {
             eprintln!("guest-init: setup failed: {e}");
             return ExitCode::from(3);
         }
     };
+    if let Err(e) = confine::set_user_cgroup(user_cgroup) {
+        eprintln!("guest-init: the user control group: {e}");
+        return ExitCode::from(3);
+    }
     // A microVM's PID 1 reports its boot milestones (in a namespace sandbox
     // the boot clock is the host's and says nothing about this guest).
     let boot = (is_pid1 && args.vsock.is_some()).then_some(init_started_ms);
@@ -108,15 +128,7 @@ fn main() -> ExitCode {
     }
     // SAFETY: guest-init is single-threaded here; the child only runs the server.
     match unsafe { fork() } {
-        Ok(ForkResult::Child) => {
-            if let Some(procs) = &sandbox_cgroup
-                && let Err(e) = pid1::join_cgroup(procs)
-            {
-                eprintln!("guest-init: joining the sandbox cgroup: {e}");
-                return ExitCode::from(3);
-            }
-            run_server(&args, boot)
-        }
+        Ok(ForkResult::Child) => run_server(&args, boot),
         Ok(ForkResult::Parent { child }) => {
             let code = pid1::reap_until(child);
             pid1::kill_everything();

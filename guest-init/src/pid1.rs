@@ -151,21 +151,12 @@ pub fn enter_namespace_root(root: &str, overlay: &str) -> Result<(), SetupError>
     Ok(())
 }
 
-/// The microVM's control group for everything but PID 1 (the protocol
-/// server, the kernels and commands it starts).
-const SANDBOX_CGROUP: &str = "/sys/fs/cgroup/sandbox";
-
-/// Memory kept out of the sandbox's reach for the guest kernel and PID 1:
-/// an eighth of the VM's memory, at least 64 MiB.
-fn memory_reserve(total: u64) -> u64 {
-    (total / 8).max(64 << 20)
-}
-
-/// In a microVM: makes the control group that confines user code — a memory
-/// limit under the VM's memory (so an out-of-memory cell is killed there,
-/// not the guest), and `max_processes` (a fork bomb stops there). Returns
-/// its `cgroup.procs`, for the server process to join.
-pub fn make_sandbox_cgroup(max_processes: u32) -> Result<std::path::PathBuf, SetupError> {
+/// In a microVM: makes the control group that confines user code (see
+/// [`crate::confine`]) — a memory limit under the VM's memory (so an
+/// out-of-memory cell is killed there, not the guest or guest-init), and
+/// `max_processes` (a fork bomb stops there). Returns its `cgroup.procs`,
+/// open for writing.
+pub fn make_user_cgroup(max_processes: u32) -> Result<std::os::fd::OwnedFd, SetupError> {
     let io = |what: &str, e: std::io::Error| SetupError {
         step: what.to_string(),
         source: nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
@@ -186,9 +177,9 @@ pub fn make_sandbox_cgroup(max_processes: u32) -> Result<std::path::PathBuf, Set
         .ok_or_else(|| io("reading MemTotal", std::io::ErrorKind::InvalidData.into()))?;
     std::fs::write("/sys/fs/cgroup/cgroup.subtree_control", "+memory +pids")
         .map_err(|e| io("enabling the memory and pids controllers", e))?;
-    let dir = std::path::Path::new(SANDBOX_CGROUP);
-    std::fs::create_dir_all(dir).map_err(|e| io("creating the sandbox cgroup", e))?;
-    let limit = total.saturating_sub(memory_reserve(total));
+    let dir = std::path::Path::new("/sys/fs/cgroup").join(crate::confine::USER_CGROUP);
+    std::fs::create_dir_all(&dir).map_err(|e| io("creating the user cgroup", e))?;
+    let limit = total.saturating_sub(crate::confine::memory_reserve(total));
     for (file, value) in [
         ("memory.max", limit.to_string()),
         ("memory.swap.max", "0".to_string()),
@@ -196,13 +187,11 @@ pub fn make_sandbox_cgroup(max_processes: u32) -> Result<std::path::PathBuf, Set
     ] {
         std::fs::write(dir.join(file), value).map_err(|e| io(&format!("writing {file}"), e))?;
     }
-    Ok(dir.join("cgroup.procs"))
-}
-
-/// Moves the calling process into the control group whose `cgroup.procs` is
-/// `procs`.
-pub fn join_cgroup(procs: &std::path::Path) -> std::io::Result<()> {
-    std::fs::write(procs, "0")
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(dir.join("cgroup.procs"))
+        .map(Into::into)
+        .map_err(|e| io("opening the user cgroup", e))
 }
 
 /// Brings up `lo` (a new network namespace starts with it down).
@@ -256,13 +245,7 @@ pub fn power_off() -> ! {
 
 #[cfg(test)]
 mod tests {
-    use super::{listed, memory_reserve};
-
-    #[test]
-    fn the_reserve_is_an_eighth_and_at_least_64_mib() {
-        assert_eq!(memory_reserve(1 << 30), 128 << 20);
-        assert_eq!(memory_reserve(256 << 20), 64 << 20);
-    }
+    use super::listed;
 
     #[test]
     fn a_mount_is_found_by_target_and_type() {

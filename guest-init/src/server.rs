@@ -64,13 +64,17 @@ fn serve_with(
             }
             Op::Hello { version } => send(&writer, request.id, hello(version, boot)),
             op => {
-                let (writer, contexts, commands) =
+                let (replies, contexts, commands) =
                     (writer.clone(), contexts.clone(), commands.clone());
-                std::thread::spawn(move || {
+                let spawned = std::thread::Builder::new().spawn(move || {
                     handle(op, &contexts, &commands, &mut |body| {
-                        send(&writer, request.id, body)
+                        send(&replies, request.id, body)
                     });
                 });
+                if let Err(e) = spawned {
+                    let message = format!("guest-init cannot start a thread for this request: {e}");
+                    send(&writer, request.id, ReplyBody::failed(Failure::Io, message));
+                }
             }
         }
     }

@@ -22,9 +22,11 @@ pub struct NamespaceConfig {
     pub cache_dir: Option<PathBuf>,
     /// Receives progress lines while artefacts are built.
     pub progress: Progress,
-    /// Memory for everything in the sandbox, kernels included.
+    /// Memory for everything in the sandbox; user code (kernels, commands)
+    /// gets this less guest-init's reserve (an eighth, at least 64 MiB).
     pub memory_limit: u64,
-    /// Most processes (and threads) alive at once in the sandbox.
+    /// Most processes (and threads) user code may have at once; guest-init
+    /// has a few of its own beyond these, so that it keeps answering.
     pub max_processes: u32,
     /// CPU seconds each process in the sandbox may use.
     pub cpu_time_limit: Duration,
@@ -133,10 +135,15 @@ impl NamespaceExecutor {
             .env("HOME", "/home/user")
             .env("LANG", "C.UTF-8")
             .stdin(std::process::Stdio::null());
+        let user_cgroup = cgroup.open_user_procs()?;
+        for fd in 4..4 + user_cgroup.len() {
+            command.arg("--user-cgroup-fd").arg(fd.to_string());
+        }
+        let passed = std::iter::once(OwnedFd::from(guest_end)).chain(user_cgroup);
         prepare_child(
             &mut command,
-            OwnedFd::from(guest_end),
-            cgroup.procs_files(),
+            passed.collect(),
+            cgroup.init_procs_files(),
             config.cpu_time_limit,
         );
         let mut launcher = tokio::process::Command::from(command)
@@ -165,22 +172,25 @@ impl NamespaceExecutor {
     }
 }
 
+/// Most descriptors [`prepare_child`] passes on.
+const MAX_PASSED: usize = 4;
+
 /// Between fork and exec: join the control groups, cap CPU time, and put the
-/// guest's end of the socket at fd 3.
+/// `passed` descriptors at fd 3, 4, … in order.
 fn prepare_child(
     command: &mut std::process::Command,
-    guest_end: OwnedFd,
+    passed: Vec<OwnedFd>,
     procs: Vec<CString>,
     cpu: Duration,
 ) {
-    let fd = guest_end.as_raw_fd();
+    assert!(passed.len() <= MAX_PASSED, "too many descriptors to pass");
     let cpu_secs = cpu.as_secs().max(1) as libc::rlim_t;
     // SAFETY: the closure uses only async-signal-safe calls (open, write,
-    // close, setrlimit, dup2) on data prepared before the fork; `guest_end`
-    // moves into the closure, so the descriptor stays open until exec.
+    // close, setrlimit, fcntl, dup2) on data prepared before the fork, and
+    // allocates nothing; `passed` moves into the closure, so its descriptors
+    // stay open until exec.
     unsafe {
         command.pre_exec(move || {
-            let _keep = &guest_end;
             for path in &procs {
                 let file = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
                 let joined = file >= 0 && libc::write(file, b"0".as_ptr().cast(), 1) == 1;
@@ -198,14 +208,19 @@ fn prepare_child(
             if libc::setrlimit(libc::RLIMIT_CPU, &limit) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
-            // dup2 clears close-on-exec on the copy; when fd is already 3, clear it directly.
-            let placed = if fd == 3 {
-                libc::fcntl(3, libc::F_SETFD, 0)
-            } else {
-                libc::dup2(fd, 3)
-            };
-            if placed < 0 {
-                return Err(std::io::Error::last_os_error());
+            // Copies above the targets first (close-on-exec), so that placing
+            // one never clobbers another; dup2 clears close-on-exec on the target.
+            let mut high = [-1; MAX_PASSED];
+            for (copy, fd) in high.iter_mut().zip(&passed) {
+                *copy = libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 10);
+                if *copy < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            for (target, &copy) in (3..).zip(&high[..passed.len()]) {
+                if libc::dup2(copy, target) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
             }
             Ok(())
         });
