@@ -36,6 +36,7 @@ macro_rules! heavy_backend_tests {
             there_is_no_network,
             dangerous_system_calls_are_filtered,
             memory_and_fork_bombs_are_stopped,
+            an_endless_fork_bomb_costs_only_its_kernel,
             a_killed_kernel_is_reported_and_replaced,
             per_run_env_vars_and_restart,
             orphans_are_reaped_by_guest_init
@@ -197,6 +198,25 @@ pub async fn memory_and_fork_bombs_are_stopped(backend: Backend) {
     sandbox.close().await.unwrap();
     let mut next = start(backend).await;
     assert_eq!(next.run("2 + 2").await.unwrap().text(), Some("4"));
+}
+
+/// A fork bomb that never stops (every child forks too, failures ignored)
+/// fills the process limit; guest-init still answers: the cell times out, its
+/// kernel and the bomb are ended, and the next cell and command run.
+pub async fn an_endless_fork_bomb_costs_only_its_kernel(backend: Backend) {
+    let mut sandbox = start(backend).await;
+    sandbox.run("kept = 1").await.unwrap();
+    let bomb = "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass";
+    let (outcome, _) = run_with_timeout(&mut *sandbox, bomb, 5 * u64::from(crate::time_scale())).await;
+    assert!(
+        matches!(&outcome, Err(Error::SandboxDied { reason }) if reason.contains("restarted"))
+            || matches!(&outcome, Err(Error::Timeout { .. })),
+        "{outcome:?}"
+    );
+    let after = sandbox.run("1 + 1").await.unwrap();
+    assert_eq!(after.text(), Some("2"), "the next cell runs");
+    let shell = sandbox.run("!echo alive").await.unwrap();
+    assert!(shell.logs.stdout.concat().contains("alive"), "{shell:?}");
 }
 
 /// A kernel killed under a cell is reported as such and replaced (its state is gone).

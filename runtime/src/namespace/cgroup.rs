@@ -175,24 +175,33 @@ fn mkdir(dir: &Path) -> Result<()> {
 }
 
 impl Drop for Cgroup {
+    /// Kills what is left and removes the folders, children first; a group
+    /// whose last processes are still exiting refuses removal (EBUSY) for a
+    /// moment, so both are retried for up to a second.
     fn drop(&mut self) {
-        for _ in 0..50 {
-            let pids = self.pids();
-            if pids.is_empty() {
-                break;
-            }
-            for pid in pids {
+        for attempt in 0..50 {
+            for pid in self.pids() {
                 // SAFETY: kill(2) on processes inside this sandbox's own control group.
                 unsafe {
                     libc::kill(pid, libc::SIGKILL);
                 }
             }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        for dir in &self.dirs {
-            if let Err(e) = std::fs::remove_dir(dir) {
-                tracing::warn!("could not remove control group {}: {e}", dir.display());
+            let mut left = Vec::new();
+            for dir in self.dirs.drain(..) {
+                match std::fs::remove_dir(&dir) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) if attempt == 49 => {
+                        tracing::warn!("could not remove control group {}: {e}", dir.display())
+                    }
+                    Err(_) => left.push(dir),
+                }
             }
+            self.dirs = left;
+            if self.dirs.is_empty() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 }
