@@ -6,12 +6,13 @@
 
 use std::time::Duration;
 
-use cellbox::{Backend, Error, Executor};
+use cellbox::guest::{CommandOptions, GuestExecutor};
+use cellbox::{Backend, Error, Event, RunOptions};
 
 use crate::{check_env_vars_do_not_leak, check_plot_is_png, run_with_timeout};
 
 /// A session of a heavy backend.
-pub type HeavySession = Box<dyn Executor>;
+pub type HeavySession = Box<dyn GuestExecutor>;
 
 /// Starts a fresh session of `backend` (building the guest on a machine that
 /// has none).
@@ -39,7 +40,8 @@ macro_rules! heavy_backend_tests {
             an_endless_fork_bomb_costs_only_its_kernel,
             a_killed_kernel_is_reported_and_replaced,
             per_run_env_vars_and_restart,
-            orphans_are_reaped_by_guest_init
+            orphans_are_reaped_by_guest_init,
+            printing_forever_costs_the_host_nothing
         );
     };
     (@each $backend:expr, $attrs:tt, $($name:ident),*) => {
@@ -206,8 +208,10 @@ pub async fn memory_and_fork_bombs_are_stopped(backend: Backend) {
 pub async fn an_endless_fork_bomb_costs_only_its_kernel(backend: Backend) {
     let mut sandbox = start(backend).await;
     sandbox.run("kept = 1").await.unwrap();
-    let bomb = "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass";
-    let (outcome, _) = run_with_timeout(&mut *sandbox, bomb, 5 * u64::from(crate::time_scale())).await;
+    let bomb =
+        "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass";
+    let (outcome, _) =
+        run_with_timeout(&mut *sandbox, bomb, 5 * u64::from(crate::time_scale())).await;
     assert!(
         matches!(&outcome, Err(Error::SandboxDied { reason }) if reason.contains("restarted"))
             || matches!(&outcome, Err(Error::Timeout { .. })),
@@ -259,4 +263,80 @@ pub async fn orphans_are_reaped_by_guest_init(backend: Backend) {
         .await
         .unwrap();
     assert_eq!(zombies.text(), Some("[]"), "PID 1 reaps orphaned children");
+}
+
+/// This process's peak resident memory (`VmHWM`), in bytes.
+fn peak_resident_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    kib << 10
+}
+
+/// guest-init's output budget per cell and per command (its default).
+const OUTPUT_LIMIT: usize = cellbox_guest_init::output::DEFAULT_LIMIT;
+
+/// A cell printing as fast as it can until its timeout is cut at the output
+/// limit with a marker; a background command printing forever that nobody
+/// reads holds up nothing; the host's memory stays flat; the sandbox works on.
+pub async fn printing_forever_costs_the_host_nothing(backend: Backend) {
+    let mut sandbox = start(backend).await;
+    let before = peak_resident_bytes();
+    let options = RunOptions::with_timeout(Duration::from_secs(5 * u64::from(crate::time_scale())));
+    let (mut printed, mut marked) = (0, false);
+    let outcome = sandbox
+        .execute(
+            "import sys\nwhile True:\n    sys.stdout.write('x' * 65536)",
+            &options,
+            &mut |event| {
+                if let Event::Stdout(text) = event {
+                    printed += text.len();
+                    marked |= text.contains("[cellbox: output truncated at");
+                }
+            },
+        )
+        .await;
+    assert!(
+        matches!(
+            outcome,
+            Err(Error::Timeout {
+                restarted: false,
+                ..
+            })
+        ),
+        "{outcome:?}"
+    );
+    assert!(marked, "the cut is marked");
+    assert!(
+        (OUTPUT_LIMIT..OUTPUT_LIMIT + 4096).contains(&printed),
+        "{printed} bytes printed, the limit is {OUTPUT_LIMIT}"
+    );
+
+    let guest = sandbox.guest().unwrap().clone();
+    let yes = guest
+        .start_command("yes", &CommandOptions::default())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(2 * u64::from(crate::time_scale()))).await;
+    let listed = guest.list_commands().await.unwrap();
+    assert!(listed.iter().any(|c| c.pid == yes.pid()), "{listed:?}");
+    assert_eq!(
+        sandbox.run("1 + 1").await.unwrap().text(),
+        Some("2"),
+        "the unread command holds up nothing"
+    );
+    yes.kill().await.unwrap();
+    let result = yes.wait().await.unwrap();
+    assert!(
+        result.stdout.len() <= OUTPUT_LIMIT + 4096
+            && result.stdout.contains("[cellbox: output truncated at"),
+        "{} bytes kept of the command's output",
+        result.stdout.len()
+    );
+    let grown = peak_resident_bytes().saturating_sub(before);
+    assert!(
+        grown < 256 << 20,
+        "the host's peak memory grew by {} MiB",
+        grown >> 20
+    );
 }

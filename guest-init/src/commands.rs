@@ -3,7 +3,7 @@
 //! listed and killed, and started ones fed on their stdin.
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{ChildStdin, Command, Stdio};
 use std::sync::{Arc, Mutex, MutexGuard, mpsc};
@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 
+use crate::output::{self, Budget};
 use crate::protocol::{CommandInfo, Failure, ReplyBody, Stream};
 
 /// The running commands of one host connection, by process id (each command
@@ -147,35 +148,25 @@ impl Commands {
             send(ReplyBody::CommandStarted { pid });
         }
 
-        let (tx, rx) = mpsc::channel();
-        for (stream, pipe) in [
-            (
-                Stream::Stdout,
-                child
-                    .stdout
-                    .take()
-                    .map(|p| Box::new(p) as Box<dyn Read + Send>),
-            ),
-            (
-                Stream::Stderr,
-                child
-                    .stderr
-                    .take()
-                    .map(|p| Box::new(p) as Box<dyn Read + Send>),
-            ),
-        ] {
-            let (tx, Some(mut pipe)) = (tx.clone(), pipe) else {
-                continue;
-            };
-            std::thread::spawn(move || {
-                let mut buffer = vec![0u8; 64 * 1024];
-                while let Ok(n @ 1..) = pipe.read(&mut buffer) {
-                    if tx.send((stream, buffer[..n].to_vec())).is_err() {
-                        break;
-                    }
-                }
+        let (tx, rx) = mpsc::sync_channel(output::QUEUE);
+        let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
+        let forwarded = stdout
+            .map_or(Ok(()), |pipe| {
+                output::forward(pipe, tx.clone(), |b| (Stream::Stdout, b.to_vec()))
+            })
+            .and_then(|()| {
+                stderr.map_or(Ok(()), |pipe| {
+                    output::forward(pipe, tx.clone(), |b| (Stream::Stderr, b.to_vec()))
+                })
             });
+        if let Err(e) = forwarded {
+            kill_group(pid);
+            let _ = child.wait();
+            lock(&self.table).remove(&pid);
+            let message = format!("guest-init cannot start a thread for the command: {e}");
+            return send(ReplyBody::failed(Failure::Io, message));
         }
+        let mut budget = Budget::new();
         drop(tx);
         let deadline = spec.timeout.map(|t| Instant::now() + t);
         let mut timed_out = false;
@@ -184,10 +175,12 @@ impl Commands {
                 d.saturating_duration_since(Instant::now())
             });
             match rx.recv_timeout(wait) {
-                Ok((stream, bytes)) => send(ReplyBody::CommandOutput {
-                    stream,
-                    data: BASE64.encode(bytes),
-                }),
+                Ok((stream, bytes)) => {
+                    if let Some(bytes) = budget.bytes(bytes) {
+                        let data = BASE64.encode(bytes);
+                        send(ReplyBody::CommandOutput { stream, data });
+                    }
+                }
                 Err(mpsc::RecvTimeoutError::Disconnected) => break,
                 Err(mpsc::RecvTimeoutError::Timeout) if deadline.is_some() => {
                     timed_out = true;

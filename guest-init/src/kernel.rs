@@ -7,9 +7,11 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender};
 use std::time::{Duration, Instant};
 
+use crate::frame::MAX_FRAME_LEN;
+use crate::output::{self, Budget};
 use crate::protocol::{Failure, ReplyBody, Stream};
 
 /// Where the kernel driver lives in the guest.
@@ -93,20 +95,26 @@ impl Kernel {
                 Ok(())
             });
         }
-        let mut child = command
+        let child = command
             .spawn()
             .map_err(|e| format!("starting {python} {DRIVER}: {e}"))?;
         drop((request_read, event_write));
 
-        let (tx, said) = mpsc::channel();
-        forward_raw(child.stdout.take(), Stream::Stdout, tx.clone());
-        forward_raw(child.stderr.take(), Stream::Stderr, tx.clone());
-        forward_events(File::from(event_read), tx);
+        let (tx, said) = mpsc::sync_channel(output::QUEUE);
         let mut kernel = Kernel {
-            child,
             requests: File::from(request_write),
             said,
+            child,
         };
+        let (stdout, stderr) = (kernel.child.stdout.take(), kernel.child.stderr.take());
+        let forwarded = forward_raw(stdout, Stream::Stdout, tx.clone())
+            .and_then(|()| forward_raw(stderr, Stream::Stderr, tx.clone()))
+            .and_then(|()| forward_events(File::from(event_read), tx));
+        if let Err(e) = forwarded {
+            return Err(format!(
+                "guest-init cannot start a thread for the kernel: {e}"
+            ));
+        }
         kernel.wait_ready()?;
         Ok(kernel)
     }
@@ -153,6 +161,24 @@ impl Kernel {
         let mut deadline = timeout.map(|t| Instant::now() + t);
         let mut interrupted = false;
         let mut reporting = false;
+        let mut budget = Budget::new();
+        // Output and rich results count against the budget; errors and the end always go.
+        let mut send = |reply: ReplyBody| match reply {
+            ReplyBody::Output { stream, text } => {
+                if let Some(text) = budget.text(text) {
+                    send(ReplyBody::Output { stream, text });
+                }
+            }
+            ReplyBody::Result { result } => match budget.whole(result.to_string().len()) {
+                Some(true) => send(ReplyBody::Result { result }),
+                Some(false) => send(ReplyBody::Output {
+                    stream: Stream::Stderr,
+                    text: budget.marker(),
+                }),
+                None => {}
+            },
+            other => send(other),
+        };
         loop {
             let said = match deadline {
                 Some(at) => self
@@ -304,31 +330,36 @@ fn pipe() -> Result<(OwnedFd, OwnedFd), String> {
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
-fn forward_raw(stream: Option<impl Read + Send + 'static>, which: Stream, tx: Sender<Said>) {
-    let Some(mut stream) = stream else { return };
-    std::thread::spawn(move || {
-        let mut buffer = vec![0u8; 64 * 1024];
-        while let Ok(n @ 1..) = stream.read(&mut buffer) {
-            let text = String::from_utf8_lossy(&buffer[..n]).into_owned();
-            if tx.send(Said::Raw(which, text)).is_err() {
-                break;
-            }
-        }
-    });
+fn forward_raw(
+    stream: Option<impl Read + Send + 'static>,
+    which: Stream,
+    tx: SyncSender<Said>,
+) -> std::io::Result<()> {
+    let Some(stream) = stream else { return Ok(()) };
+    output::forward(stream, tx, move |bytes| {
+        Said::Raw(which, String::from_utf8_lossy(bytes).into_owned())
+    })
 }
 
-fn forward_events(events: File, tx: Sender<Said>) {
-    std::thread::spawn(move || {
+/// Reads the kernel's event lines (each at most a frame long: a longer one,
+/// which only user code could write, is skipped and reported).
+fn forward_events(events: File, tx: SyncSender<Said>) -> std::io::Result<()> {
+    std::thread::Builder::new().spawn(move || {
         let mut lines = BufReader::new(events);
         let mut line = Vec::new();
         loop {
             line.clear();
-            match lines.read_until(b'\n', &mut line) {
+            let limit = MAX_FRAME_LEN as u64 + 1;
+            match (&mut lines).take(limit).read_until(b'\n', &mut line) {
                 Ok(0) | Err(_) => break,
                 Ok(_) => {
+                    let complete = line.ends_with(b"\n");
+                    if !complete && line.len() as u64 == limit && !skip_line(&mut lines) {
+                        break;
+                    }
                     let said = match serde_json::from_slice(&line) {
-                        Ok(event) => Said::Event(event),
-                        Err(_) => Said::Raw(
+                        Ok(event) if complete => Said::Event(event),
+                        _ => Said::Raw(
                             Stream::Stderr,
                             "[cellbox: the kernel sent a malformed event]\n".into(),
                         ),
@@ -340,7 +371,24 @@ fn forward_events(events: File, tx: Sender<Said>) {
             }
         }
         let _ = tx.send(Said::Gone);
-    });
+    })?;
+    Ok(())
+}
+
+/// Reads past the rest of an over-long line; false if the pipe ended first.
+fn skip_line(lines: &mut impl BufRead) -> bool {
+    let mut rest = Vec::new();
+    loop {
+        rest.clear();
+        match lines
+            .take(output::CHUNK as u64)
+            .read_until(b'\n', &mut rest)
+        {
+            Ok(0) | Err(_) => return false,
+            Ok(_) if rest.ends_with(b"\n") => return true,
+            Ok(_) => {}
+        }
+    }
 }
 
 #[cfg(test)]

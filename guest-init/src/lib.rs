@@ -3,7 +3,7 @@
 //!
 //! - [`protocol`], [`frame`]: the messages and how they are framed
 //! - [`server`]: answers requests; [`contexts`] and [`kernel`] run Python,
-//!   [`files`] and [`commands`] the rest
+//!   [`files`] and [`commands`] the rest; [`output`] bounds what they print
 //! - [`transport`]: the host connection (a passed-in fd, or vsock in a VM)
 //! - [`pid1`]: mounts, reaping and shutdown when running as PID 1;
 //!   [`seccomp`]: the system-call filter everything after setup runs under;
@@ -15,6 +15,7 @@ pub mod contexts;
 pub mod files;
 pub mod frame;
 pub mod kernel;
+pub mod output;
 pub mod pid1;
 pub mod protocol;
 pub mod seccomp;

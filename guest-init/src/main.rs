@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! guest-init (--fd N | --vsock PORT) [--namespace-root DIR --overlay MOUNT_DATA] [--python PATH] [--home DIR]
-//!            [--max-processes N] [--user-cgroup-fd N]...
+//!            [--max-processes N] [--user-cgroup-fd N]... [--output-limit BYTES]
 //! ```
 //!
 //! `--fd N` is the host connection (a Unix socket the launcher passed in);
@@ -21,7 +21,7 @@ use std::sync::Arc;
 
 use cellbox_guest_init::contexts::Contexts;
 use cellbox_guest_init::protocol::BootClock;
-use cellbox_guest_init::{confine, pid1, server, transport};
+use cellbox_guest_init::{confine, output, pid1, server, transport};
 use nix::unistd::{ForkResult, fork};
 
 #[derive(Debug, Default)]
@@ -34,6 +34,7 @@ struct Args {
     home: Option<String>,
     max_processes: Option<u32>,
     user_cgroup_fds: Vec<i32>,
+    output_limit: Option<usize>,
 }
 
 /// Processes (and threads) user code may have at once in a microVM, as in
@@ -70,6 +71,13 @@ fn parse_args() -> Result<Args, String> {
                     .parse()
                     .map_err(|_| "--user-cgroup-fd takes a number")?,
             ),
+            "--output-limit" => {
+                args.output_limit = Some(
+                    value()?
+                        .parse()
+                        .map_err(|_| "--output-limit takes a number of bytes")?,
+                )
+            }
             other => return Err(format!("unknown argument {other}")),
         }
     }
@@ -88,6 +96,9 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Some(bytes) = args.output_limit {
+        output::set_limit(bytes);
+    }
     let is_pid1 = std::process::id() == 1;
     let passed_cgroup = || {
         let fds = args.user_cgroup_fds.iter();

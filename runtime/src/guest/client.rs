@@ -18,7 +18,39 @@ use crate::event::Event;
 use crate::execution::{CellResult, Execution};
 use crate::executor::{EventCallback, RunOptions};
 
-type Pending = Arc<Mutex<HashMap<u64, mpsc::UnboundedSender<ReplyBody>>>>;
+type Pending = Arc<Mutex<HashMap<u64, ReplySender>>>;
+
+/// Replies waiting for their caller, per request. A caller that reads slowly
+/// holds up the connection, and so the guest, whose output then waits in
+/// its pipes: push-back from the reader of the output to the printer.
+const REPLY_QUEUE: usize = 16;
+
+/// Where one request's replies go.
+#[derive(Clone)]
+enum ReplySender {
+    Bounded(mpsc::Sender<ReplyBody>),
+    /// A background command's: its handle may never be read, so it must not
+    /// hold up the connection; guest-init's output budget bounds it.
+    Unbounded(mpsc::UnboundedSender<ReplyBody>),
+}
+
+/// The replies to one request, in order; `None` once they ended or the guest
+/// went away.
+#[derive(Debug)]
+pub enum Replies {
+    Bounded(mpsc::Receiver<ReplyBody>),
+    Unbounded(mpsc::UnboundedReceiver<ReplyBody>),
+}
+
+impl Replies {
+    /// The next reply.
+    pub async fn recv(&mut self) -> Option<ReplyBody> {
+        match self {
+            Replies::Bounded(rx) => rx.recv().await,
+            Replies::Unbounded(rx) => rx.recv().await,
+        }
+    }
+}
 
 /// How much longer than a cell's or command's own timeout the host waits
 /// for the guest.
@@ -98,11 +130,18 @@ impl GuestClient {
     }
 
     /// Sends a request; its replies arrive on the returned channel, which
-    /// closes if the guest goes away.
-    pub async fn request(&self, op: Op) -> Result<mpsc::UnboundedReceiver<ReplyBody>> {
+    /// closes if the guest goes away. A background command's replies are not
+    /// held up when nobody reads them (see [`ReplySender::Unbounded`]).
+    pub async fn request(&self, op: Op) -> Result<Replies> {
         let inner = &*self.inner;
         let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = if matches!(op, Op::StartCommand { .. }) {
+            let (tx, rx) = mpsc::unbounded_channel();
+            (ReplySender::Unbounded(tx), Replies::Unbounded(rx))
+        } else {
+            let (tx, rx) = mpsc::channel(REPLY_QUEUE);
+            (ReplySender::Bounded(tx), Replies::Bounded(rx))
+        };
         inner
             .pending
             .lock()
@@ -317,13 +356,23 @@ async fn route_replies(mut read: impl AsyncRead + Unpin, pending: Pending) {
                 continue;
             }
         };
-        let mut table = pending.lock().unwrap_or_else(|p| p.into_inner());
-        let last = reply.body.is_final();
-        if let Some(tx) = table.get(&reply.id) {
-            let _ = tx.send(reply.body);
-        }
-        if last {
-            table.remove(&reply.id);
+        let sender = {
+            let mut table = pending.lock().unwrap_or_else(|p| p.into_inner());
+            if reply.body.is_final() {
+                table.remove(&reply.id)
+            } else {
+                table.get(&reply.id).cloned()
+            }
+        };
+        // A caller that is gone no longer wants its replies.
+        match sender {
+            Some(ReplySender::Bounded(tx)) => {
+                let _ = tx.send(reply.body).await;
+            }
+            Some(ReplySender::Unbounded(tx)) => {
+                let _ = tx.send(reply.body);
+            }
+            None => {}
         }
     }
     pending.lock().unwrap_or_else(|p| p.into_inner()).clear();

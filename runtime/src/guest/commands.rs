@@ -9,11 +9,10 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 pub use cellbox_guest_init::protocol::{CommandInfo, Stream};
 use cellbox_guest_init::protocol::{FILE_CHUNK, Failure, Op, ReplyBody};
-use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::time::Instant;
 
 use super::GuestClient;
-use super::client::{GUEST_GRACE, failure};
+use super::client::{GUEST_GRACE, Replies, failure};
 use crate::error::{Error, Result};
 
 /// Receives a command's output as it arrives.
@@ -97,7 +96,7 @@ impl CommandResult {
 pub struct CommandHandle {
     client: GuestClient,
     pid: u32,
-    replies: UnboundedReceiver<ReplyBody>,
+    replies: Replies,
     timeout: Option<Duration>,
     started: Instant,
 }
@@ -231,7 +230,7 @@ fn closed() -> Error {
 
 /// Gathers a command's output until its exit.
 async fn finish(
-    replies: &mut UnboundedReceiver<ReplyBody>,
+    replies: &mut Replies,
     timeout: Option<Duration>,
     deadline: Option<Instant>,
     on_output: &mut OutputCallback<'_>,

@@ -12,10 +12,9 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use cellbox_guest_init::protocol::{FILE_CHUNK, FileStat, Op, ReplyBody};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::mpsc::UnboundedReceiver;
 
 use super::GuestClient;
-use super::client::failure;
+use super::client::{Replies, failure};
 use crate::error::{Error, Result};
 
 /// How many chunk reads are in flight at once while reading a file.
@@ -28,7 +27,7 @@ fn closed() -> Error {
 }
 
 /// Collects the chunks of one ranged read.
-async fn chunk(replies: &mut UnboundedReceiver<ReplyBody>) -> Result<Vec<u8>> {
+async fn chunk(replies: &mut Replies) -> Result<Vec<u8>> {
     let mut bytes = Vec::new();
     loop {
         match replies.recv().await.ok_or_else(closed)? {

@@ -16,7 +16,7 @@ pub mod session;
 
 pub use artifacts::GuestArtifacts;
 pub use cellbox_guest_init::protocol::FileStat;
-pub use client::GuestClient;
+pub use client::{GuestClient, Replies};
 pub use commands::{
     CommandHandle, CommandInfo, CommandOptions, CommandResult, OutputCallback, Stream,
 };
