@@ -174,7 +174,13 @@ impl Commands {
             let wait = deadline.map_or(Duration::from_secs(3600), |d| {
                 d.saturating_duration_since(Instant::now())
             });
-            match rx.recv_timeout(wait) {
+            // Checked before reading: output without pause never lets it time out.
+            let next = if wait.is_zero() {
+                Err(mpsc::RecvTimeoutError::Timeout)
+            } else {
+                rx.recv_timeout(wait)
+            };
+            match next {
                 Ok((stream, bytes)) => {
                     if let Some(bytes) = budget.bytes(bytes) {
                         let data = BASE64.encode(bytes);
@@ -343,6 +349,31 @@ mod tests {
         let started = Instant::now();
         let replies = collect("sleep 30", Some(Duration::from_millis(300)));
         assert!(started.elapsed() < Duration::from_secs(5));
+        assert!(matches!(
+            replies.last(),
+            Some(ReplyBody::Failed {
+                failure: Failure::Timeout,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn a_command_printing_forever_is_cut_at_the_limit_and_still_times_out() {
+        let started = Instant::now();
+        let replies = collect("yes", Some(Duration::from_secs(2)));
+        assert!(started.elapsed() < Duration::from_secs(10));
+        let printed = stdout(&replies);
+        let limit = crate::output::limit();
+        assert_eq!(&printed[..2], b"y\n");
+        assert!(
+            printed.len() > limit && printed.len() < limit + 100,
+            "{} bytes",
+            printed.len()
+        );
+        assert!(
+            String::from_utf8_lossy(&printed).ends_with(&crate::output::Budget::new().marker())
+        );
         assert!(matches!(
             replies.last(),
             Some(ReplyBody::Failed {

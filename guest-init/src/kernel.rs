@@ -180,7 +180,10 @@ impl Kernel {
             other => send(other),
         };
         loop {
+            // Checked before reading: a cell that prints without pause keeps
+            // the channel from ever being empty long enough to time out.
             let said = match deadline {
+                Some(at) if Instant::now() >= at => Err(RecvTimeoutError::Timeout),
                 Some(at) => self
                     .said
                     .recv_timeout(at.saturating_duration_since(Instant::now())),

@@ -36,6 +36,8 @@ pub struct MicroVmConfig {
     /// Extra guest kernel parameters, e.g. `loglevel=7` for the whole boot
     /// log in [`MicroVmExecutor::console`].
     pub kernel_args: Vec<String>,
+    /// What one cell or command may print; past it, output is cut with a marker.
+    pub output_limit: usize,
 }
 
 impl Default for MicroVmConfig {
@@ -48,18 +50,19 @@ impl Default for MicroVmConfig {
             default_timeout: Duration::from_secs(60),
             boot_timeout: Duration::from_secs(30),
             kernel_args: Vec::new(),
+            output_limit: cellbox_guest_init::output::DEFAULT_LIMIT,
         }
     }
 }
 
 /// The kernel command line: serial console, the ext4 root on `vda` (written
-/// only to the VM's copy-on-write layer), guest-init as init on vsock; `extra`
-/// parameters go before guest-init's (later ones win).
-pub fn kernel_cmdline(extra: &[String]) -> String {
+/// only to the VM's copy-on-write layer), guest-init as init on vsock with
+/// its output limit; `extra` parameters go before guest-init's (later ones win).
+pub fn kernel_cmdline(extra: &[String], output_limit: usize) -> String {
     let extra: String = extra.iter().map(|arg| format!(" {arg}")).collect();
     format!(
         "console=ttyS0 reboot=k panic=-1 quiet root=/dev/vda rw rootfstype=ext4 \
-         init=/usr/sbin/init{extra} -- --vsock {VSOCK_PORT}"
+         init=/usr/sbin/init{extra} -- --vsock {VSOCK_PORT} --output-limit {output_limit}"
     )
 }
 
@@ -108,7 +111,7 @@ impl MicroVmExecutor {
                 .map_err(|e| unavailable(format!("building the guest failed: {e}")))??;
 
         let vm_config = VmConfig::new(kernel.vmlinux())
-            .with_cmdline(kernel_cmdline(&config.kernel_args))
+            .with_cmdline(kernel_cmdline(&config.kernel_args, config.output_limit))
             .with_vcpus(config.vcpus)
             .with_memory_mib(config.memory_mib)
             .with_disk(image, true)

@@ -32,6 +32,8 @@ pub struct NamespaceConfig {
     pub cpu_time_limit: Duration,
     /// Timeout for cells whose [`RunOptions`](crate::RunOptions) set none.
     pub default_timeout: Duration,
+    /// What one cell or command may print; past it, output is cut with a marker.
+    pub output_limit: usize,
 }
 
 impl Default for NamespaceConfig {
@@ -43,6 +45,7 @@ impl Default for NamespaceConfig {
             max_processes: 256,
             cpu_time_limit: Duration::from_secs(3600),
             default_timeout: Duration::from_secs(60),
+            output_limit: cellbox_guest_init::output::DEFAULT_LIMIT,
         }
     }
 }
@@ -127,6 +130,8 @@ impl NamespaceExecutor {
             .arg(dir.path().join("root"))
             .arg("--overlay")
             .arg(overlay)
+            .arg("--output-limit")
+            .arg(config.output_limit.to_string())
             .env_clear()
             .env(
                 "PATH",

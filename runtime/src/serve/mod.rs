@@ -7,16 +7,21 @@
 //!   `DELETE /contexts/{id}` — E2B's port 49999.
 //! - [`envd`]: files and commands over Connect RPC and `/files` — E2B's port
 //!   49983.
+//! - [`guard`]: both for this machine's programs only (`Host`, `Origin`,
+//!   the optional access token).
 
 mod clock;
 pub mod code_interpreter;
 pub mod envd;
+pub mod guard;
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use axum::serve::{Listener, ListenerExt as _};
 use futures_util::FutureExt as _;
+
+pub use guard::Access;
 
 use crate::error::{Error, Result};
 use crate::sandbox::{Sandbox, SandboxOptions};
@@ -27,8 +32,11 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// Where and what to serve.
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
-    /// The address to listen on (loopback by default: the API has no authentication).
+    /// The address to listen on (loopback by default; beyond it only with an
+    /// access token).
     pub bind: IpAddr,
+    /// Who may call beyond this machine's own programs.
+    pub access: Access,
     /// The code-interpreter API's port (E2B's SDK expects 49999).
     pub code_port: u16,
     /// envd's port (E2B's SDK expects 49983); `None` serves no envd.
@@ -41,6 +49,7 @@ impl Default for ServeConfig {
     fn default() -> Self {
         ServeConfig {
             bind: IpAddr::from([127, 0, 0, 1]),
+            access: Access::default(),
             code_port: 49999,
             envd_port: Some(49983),
             sandbox: SandboxOptions::default().with_inactivity_timeout(None),
@@ -53,6 +62,7 @@ pub async fn serve(
     config: ServeConfig,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
+    config.access.check_bind(config.bind)?;
     let code_address = SocketAddr::new(config.bind, config.code_port);
     let code_listener = listen(code_address).await?;
     let envd_listener = match config.envd_port {
@@ -61,18 +71,22 @@ pub async fn serve(
     };
     let sandbox = Sandbox::create(config.sandbox.clone()).await?;
     let shutdown = shutdown.boxed().shared();
+    let guarded = |router| guard::guard(router, &config.access, config.bind);
     tracing::info!(address = %code_address, "code-interpreter API listening");
-    let code = axum::serve(code_listener, code_interpreter::router(sandbox.clone()))
-        .with_graceful_shutdown(shutdown.clone())
-        .into_future()
-        .map(|served| served.map_err(|e| Error::io("serving the code-interpreter API", e)));
+    let code = axum::serve(
+        code_listener,
+        guarded(code_interpreter::router(sandbox.clone())),
+    )
+    .with_graceful_shutdown(shutdown.clone())
+    .into_future()
+    .map(|served| served.map_err(|e| Error::io("serving the code-interpreter API", e)));
     let envd_shutdown = shutdown.clone();
     let envd = async {
         let Some(listener) = envd_listener else {
             return Ok(());
         };
         tracing::info!(address = ?listener.local_addr().ok(), "envd listening");
-        axum::serve(listener, envd::router(sandbox.clone()))
+        axum::serve(listener, guarded(envd::router(sandbox.clone())))
             .with_graceful_shutdown(envd_shutdown)
             .await
             .map_err(|e| Error::io("serving envd", e))

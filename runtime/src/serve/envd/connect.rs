@@ -130,10 +130,16 @@ pub fn unary(result: Result<Value, RpcError>) -> Response {
     }
 }
 
-/// The call's deadline from its `Connect-Timeout-Ms` header (none: no deadline).
+/// The longest deadline a caller may ask for: longer ones are cut to it, so
+/// that no time arithmetic on them can overflow.
+pub const MAX_DEADLINE: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// The call's deadline from its `Connect-Timeout-Ms` header (none: no
+/// deadline), at most [`MAX_DEADLINE`].
 pub fn deadline(headers: &HeaderMap) -> Option<Duration> {
     let millis = headers.get("connect-timeout-ms")?.to_str().ok()?;
-    millis.trim().parse().ok().map(Duration::from_millis)
+    let millis: u64 = millis.trim().parse().ok()?;
+    Some(Duration::from_millis(millis).min(MAX_DEADLINE))
 }
 
 fn content_type(headers: &HeaderMap) -> &str {
@@ -452,5 +458,8 @@ mod tests {
         with_deadline.insert("connect-timeout-ms", "1500".parse().unwrap());
         assert_eq!(deadline(&with_deadline), Some(Duration::from_millis(1500)));
         assert_eq!(deadline(&HeaderMap::new()), None);
+        let mut huge = HeaderMap::new();
+        huge.insert("connect-timeout-ms", u64::MAX.to_string().parse().unwrap());
+        assert_eq!(deadline(&huge), Some(MAX_DEADLINE));
     }
 }
