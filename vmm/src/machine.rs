@@ -26,7 +26,7 @@ use crate::devices::virtio::vsock::{VsockConnector, VsockDevice, unix};
 use crate::devices::virtio::{IrqTrigger, MmioTransport, VirtioDevice};
 use crate::error::VmError;
 use crate::layout::*;
-use crate::seccomp::{ThreadKind, apply_or_log};
+use crate::seccomp::{self, ThreadKind};
 use crate::vcpu::{self, ExitReason};
 
 type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
@@ -467,17 +467,14 @@ fn spawn_event_loop(subscribers: Vec<Subscriber>) -> Result<(JoinHandle<()>, Eve
     for subscriber in subscribers {
         manager.add_subscriber(subscriber);
     }
-    let thread = std::thread::Builder::new()
-        .name("vmm-devices".into())
-        .spawn(move || {
-            apply_or_log(ThreadKind::Io);
-            while !stop.load(Ordering::SeqCst) {
-                if let Err(e) = manager.run() {
-                    tracing::error!("device event loop failed: {e:?}");
-                    break;
-                }
+    let thread = seccomp::spawn_filtered("vmm-devices", ThreadKind::Io, move || {
+        while !stop.load(Ordering::SeqCst) {
+            if let Err(e) = manager.run() {
+                tracing::error!("device event loop failed: {e:?}");
+                break;
             }
-        })
-        .map_err(VmError::io("spawn the device thread"))?;
+        }
+    })
+    .map_err(VmError::io("spawn the device thread"))?;
     Ok((thread, stop_evt))
 }

@@ -144,10 +144,38 @@ pub fn apply(kind: ThreadKind) -> Result<(), SeccompError> {
     seccompiler::apply_filter(&filter(kind)?).map_err(|e| SeccompError(e.to_string()))
 }
 
-/// Installs the filter; a failure is logged (the thread runs unfiltered).
-pub fn apply_or_log(kind: ThreadKind) {
-    if let Err(e) = apply(kind) {
-        tracing::warn!("VMM thread runs without its {kind:?} {e}");
+/// Spawns a thread named `name` that installs `kind`'s filter and then runs
+/// `body`; fails, without running `body`, if the filter cannot be
+/// installed (no VMM thread runs unfiltered).
+pub fn spawn_filtered(
+    name: &str,
+    kind: ThreadKind,
+    body: impl FnOnce() + Send + 'static,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    let (installed_tx, installed) = std::sync::mpsc::channel();
+    let thread = std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            let result = apply(kind);
+            let ok = result.is_ok();
+            let _ = installed_tx.send(result);
+            if ok {
+                body();
+            }
+        })?;
+    let outcome = installed.recv();
+    match outcome {
+        Ok(Ok(())) => Ok(thread),
+        Ok(Err(e)) => {
+            let _ = thread.join();
+            Err(std::io::Error::other(format!("thread {name}: {e}")))
+        }
+        Err(_) => {
+            let _ = thread.join();
+            Err(std::io::Error::other(format!(
+                "thread {name} ended before its filter"
+            )))
+        }
     }
 }
 

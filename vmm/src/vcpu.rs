@@ -8,7 +8,7 @@ use kvm_ioctls::{VcpuExit, VcpuFd};
 use crate::devices::Bus;
 use crate::layout::I8042_COMMAND_PORT;
 use crate::machine::Shared;
-use crate::seccomp::{ThreadKind, apply_or_log};
+use crate::seccomp::{self, ThreadKind};
 
 /// Why a VM stopped.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -80,7 +80,11 @@ pub fn handle_exit(exit: VcpuExit<'_>, pio: &Bus, mmio: &Bus) -> Action {
 
 /// The vCPU thread's body: runs until an exit stops the VM or the host does.
 pub fn run(mut vcpu: VcpuFd, index: u8, shared: Arc<Shared>) {
-    apply_or_log(ThreadKind::Vcpu);
+    // A vCPU never runs the guest unfiltered: no filter, no VM.
+    if let Err(e) = seccomp::apply(ThreadKind::Vcpu) {
+        shared.finish(ExitReason::Failed(format!("vCPU {index}: {e}")));
+        return;
+    }
     if index == 0 {
         shared.mark_first_entry();
     }

@@ -29,22 +29,19 @@ pub fn serve(
 ) -> io::Result<JoinHandle<()>> {
     let listener = UnixListener::bind(path)?;
     listener.set_nonblocking(true)?;
-    std::thread::Builder::new()
-        .name("vsock-unix".into())
-        .spawn(move || {
-            crate::seccomp::apply_or_log(crate::seccomp::ThreadKind::Io);
-            while !stop.load(Ordering::Relaxed) {
-                match listener.accept() {
-                    Ok((stream, _)) => {
-                        if let Err(e) = handshake(stream, &connector) {
-                            tracing::debug!("vsock Unix client refused: {e}");
-                        }
+    crate::seccomp::spawn_filtered("vsock-unix", crate::seccomp::ThreadKind::Io, move || {
+        while !stop.load(Ordering::Relaxed) {
+            match listener.accept() {
+                Ok((stream, _)) => {
+                    if let Err(e) = handshake(stream, &connector) {
+                        tracing::debug!("vsock Unix client refused: {e}");
                     }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => wait_readable(&listener),
-                    Err(e) => tracing::debug!("vsock Unix accept failed: {e}"),
                 }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => wait_readable(&listener),
+                Err(e) => tracing::debug!("vsock Unix accept failed: {e}"),
             }
-        })
+        }
+    })
 }
 
 fn handshake(mut stream: UnixStream, connector: &VsockConnector) -> io::Result<()> {
