@@ -1,5 +1,6 @@
 //! `cellbox serve`: E2B's code-interpreter API for one local sandbox.
 
+use std::io::Write;
 use std::net::IpAddr;
 
 use clap::Args;
@@ -53,7 +54,7 @@ pub async fn run(args: ServeArgs) -> u8 {
         (Some(token), _) => Some(token),
         (None, true) => match Access::generate_token() {
             Ok(token) => {
-                println!("{token}");
+                let _ = writeln!(std::io::stdout().lock(), "{token}");
                 eprintln!("cellbox: the access token (send it as X-Access-Token) is printed above");
                 Some(token)
             }
