@@ -6,12 +6,13 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{ChildStdin, Command, Stdio};
-use std::sync::{Arc, Mutex, MutexGuard, mpsc};
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 
+use crate::lock;
 use crate::output::{self, Budget};
 use crate::protocol::{CommandInfo, Failure, ReplyBody, Stream};
 
@@ -40,10 +41,6 @@ pub struct Spec<'a> {
     /// Whether stdin is a pipe the host writes to ([`Commands::send_stdin`]),
     /// announced first with [`ReplyBody::CommandStarted`].
     pub background: bool,
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn not_running(pid: u32) -> ReplyBody {

@@ -3,10 +3,11 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::kernel::{self, CellEnd, Kernel};
+use crate::lock;
 use crate::protocol::{ContextInfo, DEFAULT_CONTEXT, Failure, ReplyBody};
 
 /// All contexts of the guest.
@@ -25,12 +26,6 @@ struct Context {
     kernel: Mutex<Option<Kernel>>,
     /// The running kernel's pid, for interrupts while `kernel` is locked.
     pid: AtomicI32,
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl Contexts {

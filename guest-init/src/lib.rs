@@ -25,3 +25,10 @@ pub mod transport;
 /// Where this crate's sources are, so that the host can build `guest-init`
 /// for the guest image on first use.
 pub const SOURCE_DIR: &str = env!("CARGO_MANIFEST_DIR");
+
+/// Locks `mutex`, also after a panic elsewhere (the tables it guards stay valid).
+pub(crate) fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}

@@ -55,3 +55,10 @@ pub use progress::Progress;
 pub use router::{HeavyChoice, HybridConfig, HybridExecutor};
 pub use sandbox::{BackendPolicy, Files, RunCodeOptions, RunStream, Sandbox, SandboxOptions};
 pub use wasm::{WasmConfig, WasmEngine, WasmExecutor, WasmSessionOptions};
+
+/// Locks `mutex`, also after a panic elsewhere (the maps it guards stay valid).
+pub(crate) fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}

@@ -326,3 +326,41 @@ async fn another_task_can_interrupt_a_run() {
     assert_eq!(s.run_code("kept").await.unwrap().text(), Some("5"));
     s.close().await.unwrap();
 }
+
+#[tokio::test]
+async fn files_commands_and_close_do_not_wait_behind_a_running_cell() {
+    let s = sandbox().await;
+    s.files().write("/home/user/here.txt", b"x").await.unwrap();
+    let running = {
+        let s = s.clone();
+        tokio::spawn(async move { s.run_code("import time; time.sleep(30)").await })
+    };
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let quick = Duration::from_secs(5);
+    let listed = tokio::time::timeout(quick, s.files().list("/home/user"))
+        .await
+        .expect("listing files waited for the cell")
+        .unwrap();
+    assert!(listed.iter().any(|e| e.name == "here.txt"), "{listed:?}");
+    let echoed = tokio::time::timeout(
+        quick,
+        s.commands().run("echo hi", &CommandOptions::default()),
+    )
+    .await
+    .expect("a command waited for the cell")
+    .unwrap();
+    assert_eq!(echoed.stdout, "hi\n");
+    let started = std::time::Instant::now();
+    tokio::time::timeout(Duration::from_secs(15), s.close())
+        .await
+        .expect("close waited for the cell")
+        .unwrap();
+    let outcome = running.await.unwrap();
+    assert!(
+        outcome.is_err(),
+        "the cell was stopped by close: {outcome:?}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(15));
+    assert!(!s.is_running().await);
+    assert!(matches!(s.run_code("1").await, Err(Error::Closed)));
+}

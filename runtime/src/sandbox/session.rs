@@ -1,5 +1,7 @@
 //! The `Sandbox`: a code-interpreter sandbox the way E2B's SDK offers one.
 
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
@@ -10,7 +12,7 @@ use super::{Commands, Files};
 use crate::error::{Error, Result};
 use crate::event::Event;
 use crate::execution::Execution;
-use crate::executor::{Backend, EventCallback, Executor, RunOptions};
+use crate::executor::{Backend, EventCallback, Executor, Interrupt, RunOptions};
 use crate::guest::{ContextInfo, GuestClient};
 use crate::microvm::MicroVmConfig;
 use crate::namespace::NamespaceConfig;
@@ -22,9 +24,33 @@ pub const DEFAULT_CONTEXT: &str = cellbox_guest_init::protocol::DEFAULT_CONTEXT;
 
 pub(super) struct Inner {
     pub(super) session: HybridExecutor,
-    closed: bool,
     last_used: Instant,
     inactivity_timeout: Option<Duration>,
+}
+
+/// What files, commands and `close` reach without waiting for the cell that
+/// holds [`Inner`]'s lock.
+#[derive(Default)]
+struct Side {
+    closed: AtomicBool,
+    /// The heavy guest's connection once started, and whether the default
+    /// context has moved there (the heavy backend, once started, stays).
+    guest: std::sync::Mutex<Option<(GuestClient, bool)>>,
+    /// The running cells' interrupts, by run number.
+    running: std::sync::Mutex<HashMap<u64, Interrupt>>,
+    next_run: AtomicU64,
+}
+
+/// A running cell's entry in [`Side::running`], removed when dropped.
+struct Running<'a> {
+    side: &'a Side,
+    id: u64,
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        crate::lock(&self.side.running).remove(&self.id);
+    }
 }
 
 /// A stateful code-interpreter sandbox: cells (in contexts), files and
@@ -50,6 +76,7 @@ pub(super) struct Inner {
 #[derive(Clone)]
 pub struct Sandbox {
     pub(super) inner: Arc<Mutex<Inner>>,
+    side: Arc<Side>,
     options: Arc<SandboxOptions>,
     id: Arc<str>,
 }
@@ -113,14 +140,17 @@ impl Sandbox {
         let sandbox = Sandbox {
             inner: Arc::new(Mutex::new(Inner {
                 session,
-                closed: false,
                 last_used: Instant::now(),
                 inactivity_timeout: options.inactivity_timeout,
             })),
+            side: Arc::default(),
             options: Arc::new(options),
             id,
         };
-        spawn_watchdog(Arc::downgrade(&sandbox.inner));
+        spawn_watchdog(
+            Arc::downgrade(&sandbox.inner),
+            Arc::downgrade(&sandbox.side),
+        );
         Ok(sandbox)
     }
 
@@ -136,7 +166,7 @@ impl Sandbox {
 
     /// Whether it still runs (not closed, not timed out).
     pub async fn is_running(&self) -> bool {
-        !self.inner.lock().await.closed
+        !self.side.closed.load(Ordering::SeqCst)
     }
 
     /// Changes the inactivity timeout (`None`: never close for inactivity).
@@ -167,21 +197,50 @@ impl Sandbox {
     ) -> Result<Execution> {
         let mut env = self.options.env_vars.clone();
         env.extend(options.env.clone());
+        // The run's own interrupt, so that `close` can stop it; the caller's
+        // fires it too.
+        let interrupt = Interrupt::new();
+        let id = self.side.next_run.fetch_add(1, Ordering::Relaxed);
+        crate::lock(&self.side.running).insert(id, interrupt.clone());
+        let _running = Running {
+            side: &self.side,
+            id,
+        };
+        let forward = async {
+            if let Some(theirs) = &options.interrupt {
+                theirs.interrupted().await;
+                interrupt.interrupt();
+            }
+            std::future::pending::<()>().await
+        };
         let run = RunOptions {
             timeout: options.timeout,
             env,
-            interrupt: options.interrupt.clone(),
+            interrupt: Some(interrupt.clone()),
         };
+        tokio::select! {
+            result = self.run_code_in(code, options, &run, on_event) => result,
+            () = forward => unreachable!("pending"),
+        }
+    }
+
+    async fn run_code_in(
+        &self,
+        code: &str,
+        options: &RunCodeOptions,
+        run: &RunOptions,
+        on_event: &mut EventCallback<'_>,
+    ) -> Result<Execution> {
         match &options.context {
             Some(context) if context.id != DEFAULT_CONTEXT => {
                 let guest = self.heavy_client().await?;
                 guest
-                    .execute(&context.id, code, &run, self.options.timeout, on_event)
+                    .execute(&context.id, code, run, self.options.timeout, on_event)
                     .await
             }
             _ => {
                 let mut inner = self.active().await?;
-                let result = inner.session.execute(code, &run, on_event).await;
+                let result = inner.session.execute(code, run, on_event).await;
                 inner.last_used = Instant::now();
                 result
             }
@@ -247,36 +306,75 @@ impl Sandbox {
         self.heavy_client().await?.remove_context(&context.id).await
     }
 
-    /// Closes the sandbox; later calls fail with [`Error::Closed`].
+    /// Closes the sandbox at once: running cells are interrupted and the
+    /// heavy guest told to stop everything, then the session closes. Later
+    /// calls fail with [`Error::Closed`].
     pub async fn close(&self) -> Result<()> {
-        let mut inner = self.inner.lock().await;
-        if inner.closed {
+        if self.side.closed.swap(true, Ordering::SeqCst) {
             return Ok(());
         }
-        inner.closed = true;
-        inner.session.close().await
+        for interrupt in crate::lock(&self.side.running).values() {
+            interrupt.interrupt();
+        }
+        let guest = crate::lock(&self.side.guest)
+            .as_ref()
+            .map(|(c, _)| c.clone());
+        if let Some(guest) = guest {
+            guest.shutdown().await?;
+        }
+        self.inner.lock().await.session.close().await
     }
 
     /// The session, if the sandbox still runs (and marks it used).
     pub(super) async fn active(&self) -> Result<tokio::sync::MutexGuard<'_, Inner>> {
+        self.check_open()?;
         let mut inner = self.inner.lock().await;
-        if inner.closed {
-            return Err(Error::Closed);
-        }
+        self.check_open()?;
         inner.last_used = Instant::now();
         Ok(inner)
     }
 
+    fn check_open(&self) -> Result<()> {
+        if self.side.closed.load(Ordering::SeqCst) {
+            return Err(Error::Closed);
+        }
+        Ok(())
+    }
+
+    /// The heavy guest's connection, without waiting for a running cell once
+    /// it is known (and the default context moved there, if `moved`).
+    fn known_client(&self, moved: bool) -> Result<Option<GuestClient>> {
+        self.check_open()?;
+        if let Ok(mut inner) = self.inner.try_lock() {
+            inner.last_used = Instant::now();
+        }
+        let guest = crate::lock(&self.side.guest);
+        Ok(guest
+            .as_ref()
+            .filter(|(_, is_moved)| *is_moved || !moved)
+            .map(|(client, _)| client.clone()))
+    }
+
     /// The heavy guest with the default context moved there (files, commands).
     pub(super) async fn moved_client(&self) -> Result<GuestClient> {
+        if let Some(client) = self.known_client(true)? {
+            return Ok(client);
+        }
         let mut inner = self.active().await?;
-        inner.session.guest().await?.guest().cloned()
+        let client = inner.session.guest().await?.guest().cloned()?;
+        *crate::lock(&self.side.guest) = Some((client.clone(), true));
+        Ok(client)
     }
 
     /// The heavy guest without moving the default context (other contexts).
     async fn heavy_client(&self) -> Result<GuestClient> {
+        if let Some(client) = self.known_client(false)? {
+            return Ok(client);
+        }
         let mut inner = self.active().await?;
-        inner.session.heavy_guest().await?.guest().cloned()
+        let client = inner.session.heavy_guest().await?.guest().cloned()?;
+        crate::lock(&self.side.guest).get_or_insert((client.clone(), false));
+        Ok(client)
     }
 
     /// Default options for commands: the sandbox's folder and variables.
@@ -317,23 +415,25 @@ impl RunStream {
 
 /// Closes the sandbox once it has been idle past its inactivity timeout;
 /// ends when the sandbox is gone.
-fn spawn_watchdog(inner: Weak<Mutex<Inner>>) {
+fn spawn_watchdog(inner: Weak<Mutex<Inner>>, side: Weak<Side>) {
     tokio::spawn(async move {
         loop {
             tokio::time::sleep(Duration::from_millis(500)).await;
-            let Some(inner) = inner.upgrade() else { return };
+            let (Some(inner), Some(side)) = (inner.upgrade(), side.upgrade()) else {
+                return;
+            };
+            if side.closed.load(Ordering::SeqCst) {
+                return;
+            }
             let Ok(mut guard) = inner.try_lock() else {
                 continue;
             };
-            if guard.closed {
-                return;
-            }
             if guard
                 .inactivity_timeout
                 .is_some_and(|t| guard.last_used.elapsed() > t)
+                && !side.closed.swap(true, Ordering::SeqCst)
             {
                 tracing::info!("closing a sandbox after its inactivity timeout");
-                guard.closed = true;
                 let _ = guard.session.close().await;
                 return;
             }

@@ -18,11 +18,11 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
-use super::lock;
 use crate::error::Error;
 use crate::event::Event;
 use crate::executor::Interrupt;
 use crate::guest::ContextInfo;
+use crate::lock;
 use crate::sandbox::{DEFAULT_CONTEXT, RunCodeOptions, Sandbox};
 
 /// Largest request body (a cell's code and its variables).

@@ -108,13 +108,6 @@ pub async fn serve(
 /// A listener whose connections send small writes (JSON lines, stream
 /// frames) at once: with Nagle's algorithm each answer waited ~40 ms for the
 /// client's delayed ACK.
-/// Locks `mutex`, also after a panic elsewhere (the maps it guards stay valid).
-fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
 async fn listen(address: SocketAddr) -> Result<impl Listener<Addr = SocketAddr>> {
     let listener = tokio::net::TcpListener::bind(address)
         .await

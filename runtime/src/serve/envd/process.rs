@@ -25,7 +25,7 @@ use super::Envd;
 use super::connect::{self, Code, Message, RpcError};
 use crate::error::Error;
 use crate::guest::{CommandHandle, CommandOptions, Stream};
-use crate::serve::lock;
+use crate::lock;
 
 /// How often an idle stream says it is alive (which is also how soon a
 /// client that went away is noticed).
