@@ -65,6 +65,16 @@ impl Queue {
     }
 }
 
+/// A request's turn in its queue; it ends when dropped, also if the cell's
+/// task panics, so that no failed request leaves the queue stuck.
+struct Turn<'a>(&'a Queue, u64);
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        self.0.done(self.1);
+    }
+}
+
 impl App {
     fn queue(&self, context: &str) -> Arc<Queue> {
         let mut queues = lock(&self.queues);
@@ -174,11 +184,11 @@ async fn execute(
     let ticket = queue.ticket();
     tokio::spawn(async move {
         queue.wait_for_turn(ticket).await;
+        let _turn = Turn(&queue, ticket);
         // A client that left while waiting gets nothing run.
         if !lines.is_closed() {
             run_cell(app, request, context, lines).await;
         }
-        queue.done(ticket);
     });
     let stream = futures_util::stream::unfold(received, |mut received| async move {
         received
