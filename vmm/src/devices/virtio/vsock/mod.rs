@@ -74,7 +74,10 @@ impl VsockDevice {
             return;
         };
         let mut used = false;
-        while let Some(mut chain) = queues[TX].pop_descriptor_chain(&*mem) {
+        // Back-pressure: packets wait in the queue while replies are owed.
+        while !self.muxer.control_full()
+            && let Some(mut chain) = queues[TX].pop_descriptor_chain(&*mem)
+        {
             let head = chain.head_index();
             match VsockPacket::from_tx_virtq_chain(&*mem, &mut chain, MAX_PKT_DATA) {
                 Ok(pkt) => {
@@ -248,6 +251,11 @@ impl MutEventSubscriber for VsockDevice {
             }
         }
         self.fill_rx();
+        // RX buffers drained the control queue: guest packets held back go on.
+        if !self.muxer.control_full() {
+            self.process_tx();
+            self.fill_rx();
+        }
         self.sync_watches(ops);
     }
 

@@ -16,6 +16,12 @@ use super::header::{HOST_CID, Header, SHUTDOWN_RCV, SHUTDOWN_SEND, TYPE_STREAM, 
 /// First host port handed out (high, so it never looks like a service port).
 pub(crate) const FIRST_HOST_PORT: u32 = 1 << 30;
 
+/// Control packets (requests, resets, credit updates) waiting for RX buffers
+/// at most. Past it the device takes no more guest packets (TX back-pressure)
+/// and resets owed to packets for unknown connections are dropped, so a guest
+/// that sends without posting RX buffers cannot grow the queue.
+pub(crate) const MAX_CONTROL: usize = 256;
+
 /// A request to open a stream to a guest port.
 #[derive(Debug)]
 pub struct ConnectRequest {
@@ -63,6 +69,11 @@ impl Muxer {
     /// Whether no connection is open.
     pub fn is_empty(&self) -> bool {
         self.connections.is_empty()
+    }
+
+    /// Whether the control queue is full: guest packets must wait.
+    pub fn control_full(&self) -> bool {
+        self.control.len() >= MAX_CONTROL
     }
 
     /// Starts a connection: queues a REQUEST to the guest.
@@ -133,7 +144,7 @@ impl Muxer {
             .get(&hdr.dst_port)
             .is_some_and(|c| c.peer_port == hdr.src_port);
         if hdr.type_ != TYPE_STREAM || !known {
-            if hdr.op != op::RST {
+            if hdr.op != op::RST && !self.control_full() {
                 self.control.push_back(self.reset_reply(hdr));
             }
             return;

@@ -202,3 +202,31 @@ fn a_huge_rx_buffer_gets_at_most_one_packet_of_data() {
     let len: u32 = mem.read_obj(GuestAddress(0x40_0000 + 24)).unwrap();
     assert_eq!(len, MAX_PKT_DATA);
 }
+
+#[test]
+fn a_guest_that_posts_no_rx_buffers_cannot_grow_the_control_queue() {
+    let mut muxer = super::muxer::Muxer::new(3);
+    let garbage = super::header::Header {
+        src_cid: 3,
+        dst_cid: HOST_CID,
+        src_port: 7,
+        dst_port: 99,
+        type_: 1,
+        op: op::RW,
+        ..Default::default()
+    };
+    for _ in 0..10_000 {
+        muxer.from_guest(&garbage, &[]);
+    }
+    assert!(muxer.control_full());
+    let mut owed = 0;
+    while let Some((hdr, _)) = muxer.to_guest(4096) {
+        assert_eq!(hdr.op, op::RST);
+        owed += 1;
+    }
+    assert_eq!(
+        owed,
+        super::muxer::MAX_CONTROL,
+        "resets past the bound were dropped"
+    );
+}
