@@ -2,7 +2,7 @@
 //! system) in the namespace sandbox: the behaviour every heavy backend shares
 //! (`cellbox_tests::heavy`), and the guest's ext4 image for the microVM.
 
-use cellbox::Backend;
+use cellbox::{Backend, Executor};
 
 cellbox_tests::heavy_backend_tests!(Backend::Namespace);
 
@@ -36,4 +36,50 @@ async fn the_same_guest_becomes_an_ext4_image() {
         .status()
         .unwrap();
     assert!(fsck.success(), "the image is a clean ext4 file system");
+}
+
+/// Writing past the sandbox's disk size fails with ENOSPC inside it; the host
+/// holds no more than that size; the sandbox works on.
+#[tokio::test]
+async fn a_full_disk_is_enospc_inside_and_costs_the_host_nothing_more() {
+    let disk_limit = 64 << 20;
+    let mut sandbox = cellbox::NamespaceExecutor::start(cellbox::NamespaceConfig {
+        disk_limit,
+        ..Default::default()
+    })
+    .await
+    .expect("starting a namespace sandbox (needs root)");
+    let filled = sandbox
+        .run(
+            "import errno\nchunk = b'x' * (1 << 20)\nwritten = 0\ntry:\n    with open('/home/user/big', 'wb') as f:\n        for _ in range(1024):\n            f.write(chunk); f.flush(); written += 1\nexcept OSError as e:\n    print(errno.errorcode[e.errno])\nwritten",
+        )
+        .await
+        .unwrap();
+    assert_eq!(filled.logs.stdout.concat().trim(), "ENOSPC", "{filled:?}");
+    let written: u64 = filled.text().unwrap().parse().unwrap();
+    assert!(
+        (40..64).contains(&written),
+        "{written} MiB written before ENOSPC"
+    );
+    let images: Vec<_> = std::fs::read_dir(std::env::temp_dir())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("cellbox-ns-"))
+        .map(|e| e.path().join("disk.img"))
+        .filter(|p| p.exists())
+        .collect();
+    let largest = images
+        .iter()
+        .map(|p| std::os::unix::fs::MetadataExt::blocks(&std::fs::metadata(p).unwrap()) * 512)
+        .max()
+        .unwrap();
+    assert!(
+        largest <= disk_limit,
+        "a disk image takes {largest} bytes on the host"
+    );
+    let after = sandbox
+        .run("import os; os.remove('/home/user/big'); 1 + 1")
+        .await
+        .unwrap();
+    assert_eq!(after.text(), Some("2"));
 }

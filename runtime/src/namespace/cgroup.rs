@@ -177,9 +177,9 @@ fn mkdir(dir: &Path) -> Result<()> {
 impl Drop for Cgroup {
     /// Kills what is left and removes the folders, children first; a group
     /// whose last processes are still exiting refuses removal (EBUSY) for a
-    /// moment, so both are retried for up to a second.
+    /// moment, so both are retried for up to five seconds.
     fn drop(&mut self) {
-        for attempt in 0..50 {
+        for attempt in 0..250 {
             for pid in self.pids() {
                 // SAFETY: kill(2) on processes inside this sandbox's own control group.
                 unsafe {
@@ -191,7 +191,7 @@ impl Drop for Cgroup {
                 match std::fs::remove_dir(&dir) {
                     Ok(()) => {}
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) if attempt == 49 => {
+                    Err(e) if attempt == 249 => {
                         tracing::warn!("could not remove control group {}: {e}", dir.display())
                     }
                     Err(_) => left.push(dir),

@@ -10,6 +10,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use super::cgroup::Cgroup;
+use super::disk::Disk;
 use crate::error::{Error, Result};
 use crate::executor::Backend;
 use crate::guest::{GuestArtifacts, GuestBackend, GuestClient, GuestSession};
@@ -34,6 +35,9 @@ pub struct NamespaceConfig {
     pub default_timeout: Duration,
     /// What one cell or command may print; past it, output is cut with a marker.
     pub output_limit: usize,
+    /// Size of the writable layer (everything the sandbox writes to its
+    /// files): past it, writes fail with `ENOSPC`.
+    pub disk_limit: u64,
 }
 
 impl Default for NamespaceConfig {
@@ -46,6 +50,7 @@ impl Default for NamespaceConfig {
             cpu_time_limit: Duration::from_secs(3600),
             default_timeout: Duration::from_secs(60),
             output_limit: cellbox_guest_init::output::DEFAULT_LIMIT,
+            disk_limit: 4 << 30,
         }
     }
 }
@@ -62,6 +67,8 @@ pub struct NamespaceExecutor {
     session: GuestSession,
     launcher: tokio::process::Child,
     _cgroup: Cgroup,
+    // Unmounted after the control group killed everything, before the folder goes.
+    _disk: Disk,
     _dir: tempfile::TempDir,
 }
 
@@ -93,9 +100,14 @@ impl NamespaceExecutor {
             .prefix("cellbox-ns-")
             .tempdir()
             .map_err(|e| Error::io("creating the sandbox folder", e))?;
-        for sub in ["upper", "work", "root"] {
-            std::fs::create_dir(dir.path().join(sub))
-                .map_err(|e| Error::io("creating the sandbox folder", e))?;
+        let layer = dir.path().join("layer");
+        let disk = Disk::create(dir.path(), &layer, config.disk_limit)?;
+        for sub in [
+            layer.join("upper"),
+            layer.join("work"),
+            dir.path().join("root"),
+        ] {
+            std::fs::create_dir(sub).map_err(|e| Error::io("creating the sandbox folder", e))?;
         }
         let name = dir
             .path()
@@ -110,8 +122,8 @@ impl NamespaceExecutor {
             "lowerdir={}:{},upperdir={},workdir={}",
             artifacts.layer.display(),
             artifacts.tree.display(),
-            dir.path().join("upper").display(),
-            dir.path().join("work").display()
+            layer.join("upper").display(),
+            layer.join("work").display()
         );
         let mut command = std::process::Command::new("unshare");
         command
@@ -172,6 +184,7 @@ impl NamespaceExecutor {
             session: GuestSession::new(client, config.default_timeout),
             launcher,
             _cgroup: cgroup,
+            _disk: disk,
             _dir: dir,
         })
     }

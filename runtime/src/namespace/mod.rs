@@ -3,8 +3,10 @@
 //!
 //! - [`executor`]: [`NamespaceExecutor`] and its [`NamespaceConfig`]
 //! - [`cgroup`]: the per-sandbox memory and process limits
+//! - [`disk`]: the size-limited writable layer
 
 pub mod cgroup;
+pub mod disk;
 pub mod executor;
 
 pub use executor::{NamespaceConfig, NamespaceExecutor};

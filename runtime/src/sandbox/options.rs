@@ -42,6 +42,9 @@ pub struct SandboxOptions {
     pub vcpus: u8,
     /// Memory for everything in the heavy backend, in MiB.
     pub memory_mib: u32,
+    /// The namespace sandbox's writable layer, in MiB (the microVM's is its
+    /// root image's free space).
+    pub disk_mib: u32,
     /// Timeout of a run that sets none.
     pub timeout: Duration,
     /// Environment variables of every run and command.
@@ -64,6 +67,7 @@ impl Default for SandboxOptions {
             backend: BackendPolicy::Auto,
             vcpus: 1,
             memory_mib: 2048,
+            disk_mib: 4096,
             timeout: Duration::from_secs(60),
             env_vars: BTreeMap::new(),
             metadata: BTreeMap::new(),
@@ -89,6 +93,11 @@ impl SandboxOptions {
     /// Sets the heavy backend's memory in MiB.
     pub fn with_memory_mib(mut self, mib: u32) -> Self {
         self.memory_mib = mib;
+        self
+    }
+    /// Sets the namespace sandbox's disk size in MiB.
+    pub fn with_disk_mib(mut self, mib: u32) -> Self {
+        self.disk_mib = mib;
         self
     }
     /// Sets the default run timeout.

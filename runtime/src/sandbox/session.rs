@@ -112,6 +112,7 @@ impl Sandbox {
             },
             namespace: NamespaceConfig {
                 memory_limit: u64::from(options.memory_mib) << 20,
+                disk_limit: u64::from(options.disk_mib) << 20,
                 default_timeout: options.timeout,
                 ..Default::default()
             },
