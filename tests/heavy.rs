@@ -36,6 +36,7 @@ macro_rules! heavy_backend_tests {
             the_guest_sees_its_own_files_and_sandboxes_do_not_share_them,
             there_is_no_network,
             dangerous_system_calls_are_filtered,
+            user_code_cannot_reach_guest_init,
             memory_and_fork_bombs_are_stopped,
             an_endless_fork_bomb_costs_only_its_kernel,
             a_killed_kernel_is_reported_and_replaced,
@@ -169,6 +170,34 @@ pub async fn dangerous_system_calls_are_filtered(backend: Backend) {
         Some("(-1, 1)"),
         "unshare fails with EPERM: {probe:?}"
     );
+}
+
+/// User code holds no capabilities, has `no_new_privs`, cannot read
+/// guest-init's descriptors (`/proc/PID/fd`, `pidfd_getfd`) and cannot use
+/// io_uring or make namespaces; the sandbox works on.
+pub async fn user_code_cannot_reach_guest_init(backend: Backend) {
+    let mut sandbox = start(backend).await;
+    let status = sandbox
+        .run("s = open('/proc/self/status').read().splitlines()\n[l.split()[1] for l in s if l.split(':')[0] in ('CapEff', 'CapBnd', 'NoNewPrivs')]")
+        .await
+        .unwrap();
+    assert_eq!(
+        status.text(),
+        Some("['0000000000000000', '0000000000000000', '1']"),
+        "{status:?}"
+    );
+    let probe = sandbox
+        .run(
+            "import ctypes, os\nlibc = ctypes.CDLL(None, use_errno=True)\n\
+             def errno(nr, *args):\n    r = libc.syscall(nr, *args)\n    return ctypes.get_errno() if r == -1 else 0\n\
+             try:\n    os.readlink(f'/proc/{os.getppid()}/fd/0'); fds = 'readable'\nexcept PermissionError:\n    fds = 'refused'\n\
+             fds, errno(425, 1, 0), errno(438, 0, 0, 0), os.getppid() > 0",
+        )
+        .await
+        .unwrap();
+    // io_uring_setup is 425, pidfd_getfd 438 on x86_64: EPERM (1) for both.
+    assert_eq!(probe.text(), Some("('refused', 1, 1, True)"), "{probe:?}");
+    assert_eq!(sandbox.run("2 + 2").await.unwrap().text(), Some("4"));
 }
 
 /// A huge allocation is a `MemoryError`, a creeping one is stopped, a fork bomb meets the process limit; the sandbox stays usable.
