@@ -17,6 +17,7 @@ pub(crate) fn ensure_built(
     ready: &str,
     build: impl FnOnce(&Path) -> Result<()>,
 ) -> Result<PathBuf> {
+    crate::cache::check_trusted(dir)?;
     if dir.join(ready).exists() {
         return Ok(dir.to_path_buf());
     }

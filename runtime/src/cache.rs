@@ -23,6 +23,40 @@ pub fn default_cache_dir() -> PathBuf {
     }
 }
 
+/// Checks that `path` and every folder above it can be changed only by the
+/// current user or root (a folder anyone may write to is fine only with the
+/// sticky bit, as `/tmp`): cellbox runs what the cache holds — compiled code,
+/// the guest's kernel and init — so it must not take it from a place another
+/// user could have written.
+pub fn check_trusted(path: &Path) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    for place in path.ancestors() {
+        let Ok(meta) = std::fs::metadata(place) else {
+            continue; // not made yet: it will be ours
+        };
+        let writable_by_others = meta.mode() & 0o022 != 0;
+        let sticky_dir = meta.is_dir() && meta.mode() & 0o1000 != 0;
+        let owner_ok = meta.uid() == me || meta.uid() == 0;
+        if !owner_ok || (writable_by_others && !sticky_dir) {
+            return Err(Error::Artifact {
+                what: "the artefact cache".into(),
+                reason: format!(
+                    "{} is owned by uid {} with mode {:o}: another user could replace what \
+                     cellbox runs from {}; make it yours and not writable by others \
+                     (chown, chmod go-w) or set CELLBOX_CACHE_DIR",
+                    place.display(),
+                    meta.uid(),
+                    meta.mode() & 0o7777,
+                    path.display()
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// A short hex key for a list of named inputs.
 pub fn input_key<'a>(inputs: impl IntoIterator<Item = (&'a str, &'a [u8])>) -> String {
     let mut hasher = Sha256::new();
@@ -73,6 +107,36 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn a_cache_others_can_write_to_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = dir.path().join("cache");
+        std::fs::create_dir(&cache).unwrap();
+        let artefact = cache.join("kernel/abc");
+        assert!(
+            check_trusted(&artefact).is_ok(),
+            "not made yet, below a private folder"
+        );
+        let mode = |path: &Path, mode| {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap()
+        };
+        mode(&cache, 0o777);
+        let refused = check_trusted(&artefact).unwrap_err().to_string();
+        assert!(refused.contains("mode 777"), "{refused}");
+        mode(&cache, 0o1777);
+        assert!(check_trusted(&artefact).is_ok(), "sticky, like /tmp");
+        mode(&cache, 0o755);
+        let file = cache.join("module.cwasm");
+        std::fs::write(&file, b"x").unwrap();
+        mode(&file, 0o666);
+        assert!(check_trusted(&file).is_err(), "a file others may write");
+        mode(&file, 0o644);
+        assert!(check_trusted(&file).is_ok());
+        std::os::unix::fs::chown(&file, Some(12345), None).unwrap();
+        assert!(check_trusted(&file).is_err(), "another user's file");
+    }
 
     #[test]
     fn input_key_depends_on_names_and_contents() {

@@ -65,9 +65,11 @@ pub(crate) fn load_compiled(engine: &Engine, wasm: &Path) -> Result<Module> {
     engine.precompile_compatibility_hash().hash(&mut hasher);
     let compiled = wasm.with_extension(format!("{:016x}.cwasm", hasher.finish()));
     if compiled.is_file() {
+        cache::check_trusted(&compiled)?;
         // SAFETY: the file is a `Module::serialize` output that this code wrote
-        // into the user's own cache folder, keyed by the engine's compatibility
-        // hash; wasmtime checks its header and version before using it.
+        // into the user's own cache folder (checked above: nobody else can
+        // write it), keyed by the engine's compatibility hash; wasmtime checks
+        // its header and version before using it.
         match unsafe { Module::deserialize_file(engine, &compiled) } {
             Ok(module) => return Ok(module),
             Err(e) => tracing::warn!("recompiling {}: {e:#}", compiled.display()),
