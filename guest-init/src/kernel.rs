@@ -201,6 +201,7 @@ impl Kernel {
                     EventReply::Reporting if interrupted && !reporting => {
                         reporting = true;
                         deadline = Some(Instant::now() + REPORT_GRACE);
+                        send(ReplyBody::Stopping);
                     }
                     EventReply::Reporting | EventReply::Ignore => {}
                 },
@@ -211,6 +212,7 @@ impl Kernel {
                     interrupted = true;
                     self.interrupt();
                     deadline = Some(Instant::now() + INTERRUPT_GRACE);
+                    send(ReplyBody::Stopping);
                 }
                 Err(RecvTimeoutError::Timeout) => {
                     self.kill();

@@ -188,6 +188,10 @@ pub enum ReplyBody {
         stream: Stream,
         text: String,
     },
+    /// The cell ran past its timeout and is being stopped (interrupted, or
+    /// reporting its traceback): the host keeps waiting, since the guest is
+    /// alive, only slow.
+    Stopping,
     /// A rich result in the shape of `cellbox::CellResult`.
     Result {
         result: serde_json::Value,
@@ -243,6 +247,7 @@ impl ReplyBody {
         !matches!(
             self,
             ReplyBody::Output { .. }
+                | ReplyBody::Stopping
                 | ReplyBody::Result { .. }
                 | ReplyBody::Error { .. }
                 | ReplyBody::CommandOutput { .. }

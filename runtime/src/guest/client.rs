@@ -203,13 +203,17 @@ impl GuestClient {
             })
             .await?;
         let mut execution = Execution::default();
-        let deadline = tokio::time::sleep(timeout + GUEST_GRACE);
+        // The guest ends the cell at its timeout; past that it has GUEST_GRACE
+        // from its last reply (it says `Stopping` while it stops the cell, and
+        // a slow link may still be carrying output).
+        let give_up = tokio::time::Instant::now() + timeout + GUEST_GRACE;
+        let deadline = tokio::time::sleep_until(give_up);
         tokio::pin!(deadline);
         let mut interrupt_sent = false;
         loop {
             let reply = tokio::select! {
                 reply = replies.recv() => reply.ok_or_else(|| died("the guest closed the connection during the cell"))?,
-                () = &mut deadline => return Err(died(format!("the guest did not answer within {:?}", timeout + GUEST_GRACE))),
+                () = &mut deadline => return Err(died(format!("the guest did not answer within {GUEST_GRACE:?} past the cell's timeout of {timeout:?}"))),
                 // The kernel gets SIGINT and ends the cell with KeyboardInterrupt; keep reading.
                 () = crate::executor::interrupted(options.interrupt.as_ref()), if !interrupt_sent => {
                     interrupt_sent = true;
@@ -217,7 +221,10 @@ impl GuestClient {
                     continue;
                 }
             };
+            let heard = tokio::time::Instant::now() + GUEST_GRACE;
+            deadline.as_mut().reset(give_up.max(heard));
             let event = match reply {
+                ReplyBody::Stopping => continue,
                 ReplyBody::Output {
                     stream: Stream::Stdout,
                     text,
