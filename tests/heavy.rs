@@ -105,16 +105,7 @@ pub async fn a_timeout_interrupts_the_kernel_which_keeps_its_state(backend: Back
     sandbox.run("y = 41").await.unwrap();
     let (outcome, elapsed) =
         run_with_timeout(&mut *sandbox, "import time; time.sleep(30)", 2).await;
-    assert!(
-        matches!(
-            outcome,
-            Err(Error::Timeout {
-                restarted: false,
-                ..
-            })
-        ),
-        "{outcome:?}"
-    );
+    assert_stopped_with_state_kept(&outcome);
     assert!(
         elapsed < Duration::from_secs(5) * crate::time_scale(),
         "{elapsed:?}"
@@ -349,16 +340,7 @@ pub async fn printing_forever_costs_the_host_nothing(backend: Backend) {
             },
         )
         .await;
-    assert!(
-        matches!(
-            outcome,
-            Err(Error::Timeout {
-                restarted: false,
-                ..
-            })
-        ),
-        "{outcome:?}"
-    );
+    assert_stopped_with_state_kept(&outcome);
     assert!(marked, "the cut is marked");
     assert!(
         (OUTPUT_LIMIT..OUTPUT_LIMIT + 4096).contains(&printed),
@@ -391,5 +373,19 @@ pub async fn printing_forever_costs_the_host_nothing(backend: Backend) {
         grown < 256 << 20,
         "the host's peak memory grew by {} MiB",
         grown >> 20
+    );
+}
+
+/// `outcome` is a timeout after which the kernel kept its state.
+fn assert_stopped_with_state_kept(outcome: &cellbox::Result<cellbox::Execution>) {
+    assert!(
+        matches!(
+            outcome,
+            Err(Error::Timeout {
+                restarted: false,
+                ..
+            })
+        ),
+        "{outcome:?}"
     );
 }
