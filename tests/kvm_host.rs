@@ -54,6 +54,11 @@ pub fn run(program: &Path, args: &[&str]) -> Run {
         KvmHost::Emulated(_) => {
             let mut command = Command::new("bash");
             command.arg(emulated_kvm_script()).arg(program);
+            // The whole suite takes about 20 minutes there: a hang fails
+            // within CI's time instead of outliving it.
+            if std::env::var_os("EMULATED_KVM_TIMEOUT").is_none() {
+                command.env("EMULATED_KVM_TIMEOUT", "2400");
+            }
             command
         }
     };
