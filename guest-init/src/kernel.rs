@@ -22,8 +22,9 @@ pub const INTERRUPT_GRACE: Duration = Duration::from_secs(3);
 /// `reporting`) may take to format its traceback: seconds on a slow CPU.
 /// Both graces together stay within the host's wait past a timeout.
 pub const REPORT_GRACE: Duration = Duration::from_secs(10);
-/// How long a new kernel may take to import IPython and say it is ready.
-const START_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a new kernel may take to import IPython and say it is ready
+/// (a cell's timeout starts after that).
+pub const START_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// What the kernel process said, in order.
 #[derive(Debug)]

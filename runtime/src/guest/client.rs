@@ -203,17 +203,19 @@ impl GuestClient {
             })
             .await?;
         let mut execution = Execution::default();
-        // The guest ends the cell at its timeout; past that it has GUEST_GRACE
+        // The guest may first start a kernel (its cell's timeout starts after
+        // that), then ends the cell at its timeout; past that it has GUEST_GRACE
         // from its last reply (it says `Stopping` while it stops the cell, and
         // a slow link may still be carrying output).
-        let give_up = tokio::time::Instant::now() + timeout + GUEST_GRACE;
+        let kernel_start = cellbox_guest_init::kernel::START_TIMEOUT;
+        let give_up = tokio::time::Instant::now() + kernel_start + timeout + GUEST_GRACE;
         let deadline = tokio::time::sleep_until(give_up);
         tokio::pin!(deadline);
         let mut interrupt_sent = false;
         loop {
             let reply = tokio::select! {
                 reply = replies.recv() => reply.ok_or_else(|| died("the guest closed the connection during the cell"))?,
-                () = &mut deadline => return Err(died(format!("the guest did not answer within {GUEST_GRACE:?} past the cell's timeout of {timeout:?}"))),
+                () = &mut deadline => return Err(died(format!("the guest did not answer in time (the cell's timeout: {timeout:?}; then {GUEST_GRACE:?} of silence)"))),
                 // The kernel gets SIGINT and ends the cell with KeyboardInterrupt; keep reading.
                 () = crate::executor::interrupted(options.interrupt.as_ref()), if !interrupt_sent => {
                     interrupt_sent = true;
