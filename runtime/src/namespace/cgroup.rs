@@ -95,13 +95,8 @@ impl Cgroup {
         self.dirs.push(dir.to_path_buf());
         self.roots.push(dir.to_path_buf());
         let set = |dir: &Path, user: bool| -> Result<()> {
-            for limit in limits {
-                let value = if user { limit.user } else { limit.sandbox };
-                write(&dir.join(limit.file), &value.to_string())?;
-            }
-            if let Some(limit) = optional
-                && dir.join(limit.file).exists()
-            {
+            let present = optional.filter(|limit| dir.join(limit.file).exists());
+            for limit in limits.iter().chain(present) {
                 let value = if user { limit.user } else { limit.sandbox };
                 write(&dir.join(limit.file), &value.to_string())?;
             }
