@@ -37,6 +37,7 @@ macro_rules! heavy_backend_tests {
             there_is_no_network,
             dangerous_system_calls_are_filtered,
             user_code_cannot_reach_guest_init,
+            cells_commands_and_files_belong_to_user_unless_root_is_asked_for,
             memory_and_fork_bombs_are_stopped,
             an_endless_fork_bomb_costs_only_its_kernel,
             a_killed_kernel_is_reported_and_replaced,
@@ -122,10 +123,16 @@ pub async fn the_guest_sees_its_own_files_and_sandboxes_do_not_share_them(backen
         .unwrap();
     assert_eq!(home.text(), Some("['user']"));
     let wrote = first
-        .run(r#"open("/home/user/secret.txt", "w").write("mine"); open("/etc/cellbox-mark", "w").write("x")"#)
+        .run(r#"open("/home/user/secret.txt", "w").write("mine")"#)
         .await
         .unwrap();
     assert!(wrote.error.is_none(), "{wrote:?}");
+    let root = CommandOptions::default().user("root");
+    let marked = first.guest().unwrap();
+    let marked = marked
+        .run_command("touch /etc/cellbox-mark", &root, &mut |_, _| {})
+        .await;
+    assert!(marked.unwrap().success(), "root writes to /etc");
     let mut second = start(backend).await;
     let seen = second
         .run(r#"import os; os.path.exists("/home/user/secret.txt"), os.path.exists("/etc/cellbox-mark")"#)
@@ -188,6 +195,72 @@ pub async fn user_code_cannot_reach_guest_init(backend: Backend) {
         .unwrap();
     // io_uring_setup is 425, pidfd_getfd 438 on x86_64: EPERM (1) for both.
     assert_eq!(probe.text(), Some("('refused', 1, 1, True)"), "{probe:?}");
+    assert_eq!(sandbox.run("2 + 2").await.unwrap().text(), Some("4"));
+}
+
+/// As in E2B, cells and commands run as `user` (uid 1000, home
+/// `/home/user`) and what they and the Files API create is `user`'s; a
+/// command runs as root only when asked, and then holds no capabilities
+/// either; `user` cannot signal guest-init.
+pub async fn cells_commands_and_files_belong_to_user_unless_root_is_asked_for(backend: Backend) {
+    let mut sandbox = start(backend).await;
+    let who = sandbox
+        .run(
+            "import os, pathlib\npathlib.Path('/home/user/by-cell.txt').write_text('x')\n\
+              os.getuid(), os.getgid(), os.environ['HOME'], os.getcwd()",
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        who.text(),
+        Some("(1000, 1000, '/home/user', '/home/user')"),
+        "{who:?}"
+    );
+    let signal = sandbox
+        .run("import os\ntry:\n    os.kill(os.getppid(), 0); r = 'reached'\nexcept PermissionError:\n    r = 'refused'\nr")
+        .await
+        .unwrap();
+    assert_eq!(signal.text(), Some("'refused'"), "guest-init: {signal:?}");
+
+    let guest = sandbox.guest().unwrap().clone();
+    guest
+        .write_file("/home/user/uploads/by-api.txt", b"y")
+        .await
+        .unwrap();
+    let shell = |cmd: &'static str, options: CommandOptions| {
+        let guest = guest.clone();
+        async move {
+            let result = guest
+                .run_command(cmd, &options, &mut |_, _| {})
+                .await
+                .unwrap();
+            assert!(result.success(), "{cmd}: {result:?}");
+            result.stdout
+        }
+    };
+    let owners = "cd; stat -c '%U %n' by-cell.txt uploads uploads/by-api.txt; id -un; pwd";
+    assert_eq!(
+        shell(owners, CommandOptions::default()).await,
+        "user by-cell.txt\nuser uploads\nuser uploads/by-api.txt\nuser\n/home/user\n"
+    );
+    let root = "id -u; echo $HOME; grep -E '^CapEff' /proc/self/status";
+    assert_eq!(
+        shell(root, CommandOptions::default().user("root")).await,
+        "0\n/root\nCapEff:\t0000000000000000\n"
+    );
+    let nobody = guest
+        .run_command(
+            "true",
+            &CommandOptions::default().user("no-such-user"),
+            &mut |_, _| {},
+        )
+        .await;
+    assert!(
+        nobody
+            .as_ref()
+            .is_err_and(|e| e.to_string().contains("no-such-user")),
+        "{nobody:?}"
+    );
     assert_eq!(sandbox.run("2 + 2").await.unwrap().text(), Some("4"));
 }
 

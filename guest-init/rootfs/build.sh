@@ -173,9 +173,14 @@ printf '127.0.0.1\tlocalhost\n127.0.1.1\tcellbox\n::1\t\tlocalhost ip6-localhost
 # No display in the guest: plots render with Agg and come back as PNG.
 # Debian's matplotlib reads /etc/matplotlibrc as its system-wide rc file.
 printf '# cellbox: no display in the guest; render with Agg\nbackend: Agg\n' >"$T/etc/matplotlibrc"
-# The sessions' home and the place for guest-init's files.
+# The account cells and commands run as (E2B's: "user", uid and gid 1000,
+# home /home/user), and the place for guest-init's files.
+echo 'user:x:1000:' >>"$T/etc/group"
+echo 'user:x:1000:1000::/home/user:/bin/bash' >>"$T/etc/passwd"
+if [[ -f "$T/etc/shadow" ]]; then echo 'user:*:20000:0:99999:7:::' >>"$T/etc/shadow"; fi
 mkdir -p "$T/home/user" "$T/usr/lib/cellbox"
 chmod 0755 "$T/home/user" "$T/usr/lib/cellbox"
+chown 1000:1000 "$T/home/user"
 # mmdebstrap already removed apt's lists and downloaded packages; these are the rest.
 rm -rf "$T"/var/lib/apt/lists/* "$T"/var/cache/apt/*.bin "$T"/var/cache/apt/archives/*.deb \
     "$T"/var/cache/debconf/*-old "$T"/var/lib/dpkg/*-old "$T"/var/log/apt/*
@@ -198,6 +203,8 @@ versions="$(chroot "$T" /usr/bin/env -i PATH=/usr/bin:/bin HOME=/tmp/cellbox-che
     MPLCONFIGDIR=/var/cache/cellbox/matplotlib /usr/bin/python3 -B -c "$IMPORT_CHECK" 2>&1)" \
     || die "python3 in the new tree cannot do what cellbox needs: $versions"
 rm -rf "$T/tmp/cellbox-check"
+# The kernels run as "user" and matplotlib wants its folder writable.
+chown -R 1000:1000 "$T/var/cache/cellbox/matplotlib"
 echo "$versions"
 for p in systemd systemd-sysv sysvinit-core runit openrc usrmerge; do
     # shellcheck disable=SC2016 # dpkg-query expands these itself

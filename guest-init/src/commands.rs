@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::Path;
 use std::process::{ChildStdin, Command, Stdio};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
@@ -12,6 +13,7 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 
+use crate::confine::User;
 use crate::lock;
 use crate::output::{self, Budget};
 use crate::protocol::{CommandInfo, Failure, ReplyBody, Stream};
@@ -41,6 +43,8 @@ pub struct Spec<'a> {
     /// Whether stdin is a pipe the host writes to ([`Commands::send_stdin`]),
     /// announced first with [`ReplyBody::CommandStarted`].
     pub background: bool,
+    /// Who it runs as (and, without `cwd`, where: their home).
+    pub user: &'a User,
 }
 
 fn not_running(pid: u32) -> ReplyBody {
@@ -117,10 +121,9 @@ impl Commands {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .process_group(0);
-        if let Some(cwd) = spec.cwd {
-            command.current_dir(cwd);
-        }
-        crate::confine::apply(&mut command);
+        let home = Some(spec.user.home.as_str()).filter(|home| Path::new(home).is_dir());
+        command.current_dir(spec.cwd.or(home).unwrap_or("/"));
+        crate::confine::apply(&mut command, spec.user);
         let mut child = match command.spawn() {
             Ok(child) => child,
             Err(e) => {
@@ -297,12 +300,25 @@ mod tests {
         timeout: Option<Duration>,
         background: bool,
     ) -> Spec<'a> {
+        // The test runner's own account: no change of identity.
+        static ME: std::sync::OnceLock<User> = std::sync::OnceLock::new();
+        let me = ME.get_or_init(|| {
+            // SAFETY: geteuid has no preconditions.
+            let uid = unsafe { libc::geteuid() };
+            User {
+                name: "me".into(),
+                uid,
+                gid: uid,
+                home: "/".into(),
+            }
+        });
         Spec {
             cmd,
             cwd: Some("/"),
             env,
             timeout,
             background,
+            user: me,
         }
     }
 

@@ -1,11 +1,13 @@
 //! What confines user code: every process guest-init starts for a cell or a
-//! command (kernels, shells) joins the *user* control group, whose memory and
-//! process limits sit below the sandbox's own, and holds no capabilities
-//! (none now, none after `exec`, not even as root: the bounding set is
-//! emptied) and `no_new_privs`. guest-init itself stays outside the group, so
-//! a fork bomb or a memory hog cannot starve the server that reports on it;
-//! and since guest-init keeps its capabilities, user code cannot trace it,
-//! read its `/proc/PID/fd` or take its descriptors.
+//! command (kernels, shells) runs as an account of the guest (by default
+//! [`DEFAULT_USER`], uid 1000, as in E2B), joins the *user* control group,
+//! whose memory and process limits sit below the sandbox's own, and holds no
+//! capabilities (none now, none after `exec`, not even as root: the bounding
+//! set is emptied) and `no_new_privs`. guest-init itself stays outside the
+//! group, so a fork bomb or a memory hog cannot starve the server that
+//! reports on it; and since guest-init keeps its capabilities (and, for
+//! `user`, its uid differs), user code cannot trace it, signal it, read its
+//! `/proc/PID/fd` or take its descriptors.
 //!
 //! The group is reached through open `cgroup.procs` descriptors: in a microVM
 //! PID 1 creates the group and opens it; in a namespace sandbox the host
@@ -32,6 +34,60 @@ pub fn memory_reserve(total: u64) -> u64 {
     (total / 8).max(64 << 20).min(total / 2)
 }
 
+/// The account cells and commands run as unless a command asks for another.
+pub const DEFAULT_USER: &str = "user";
+
+/// An account of the guest that user code runs as.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct User {
+    pub name: String,
+    pub uid: u32,
+    pub gid: u32,
+    pub home: String,
+}
+
+impl User {
+    /// Looks `name` up in the guest's `/etc/passwd`; `root` and `user`
+    /// (uid 1000, home `/home/user`) exist even where that file lacks them.
+    pub fn lookup(name: &str) -> Result<User, String> {
+        let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+        User::find(&passwd, name)
+    }
+
+    fn find(passwd: &str, name: &str) -> Result<User, String> {
+        let listed = passwd.lines().find_map(|line| {
+            let fields: Vec<&str> = line.split(':').collect();
+            match fields[..] {
+                [n, _, uid, gid, _, home, ..] if n == name => Some(User {
+                    name: name.to_string(),
+                    uid: uid.parse().ok()?,
+                    gid: gid.parse().ok()?,
+                    home: home.to_string(),
+                }),
+                _ => None,
+            }
+        });
+        let builtin = |uid, home: &str| User {
+            name: name.to_string(),
+            uid,
+            gid: uid,
+            home: home.to_string(),
+        };
+        listed
+            .or_else(|| match name {
+                "root" => Some(builtin(0, "/root")),
+                DEFAULT_USER => Some(builtin(1000, "/home/user")),
+                _ => None,
+            })
+            .ok_or_else(|| format!("there is no user {name:?} in the sandbox"))
+    }
+
+    /// [`DEFAULT_USER`].
+    pub fn default_user() -> User {
+        User::lookup(DEFAULT_USER).expect("the default user always resolves")
+    }
+}
+
 static USER_GROUP: OnceLock<Vec<OwnedFd>> = OnceLock::new();
 
 /// Sets, once, the `cgroup.procs` descriptors of the user control group that
@@ -49,17 +105,30 @@ pub fn set_user_cgroup(procs: Vec<OwnedFd>) -> std::io::Result<()> {
         .map_err(|_| std::io::Error::other("the user control group is already set"))
 }
 
-/// Makes the process `command` starts join the user control group (when one
+/// Makes the process `command` starts run as `user` (its `HOME`, `USER` and
+/// `LOGNAME` too, unless set already), join the user control group (when one
 /// was set) and give up every capability and any gain of privileges, before
 /// it runs anything.
-pub fn apply(command: &mut Command) {
+pub fn apply(command: &mut Command, user: &User) {
+    for (key, value) in [
+        ("HOME", &user.home),
+        ("USER", &user.name),
+        ("LOGNAME", &user.name),
+    ] {
+        if !command.get_envs().any(|(k, _)| k == key) {
+            command.env(key, value);
+        }
+    }
     let fds: Vec<i32> = USER_GROUP
         .get()
         .map(|fds| fds.iter().map(AsRawFd::as_raw_fd).collect())
         .unwrap_or_default();
+    let (uid, gid) = (user.uid, user.gid);
     // SAFETY: between fork and exec the closure only makes async-signal-safe
-    // system calls (write, prctl, capset) on descriptors held open by the
-    // static above and on stack data; it allocates nothing.
+    // system calls (write, prctl, setgroups, setresgid, setresuid, capset) on
+    // descriptors held open by the static above and on stack data; it
+    // allocates nothing. The child has one thread, so the C library's
+    // set*id calls need no broadcast to others.
     unsafe {
         command.pre_exec(move || {
             for &fd in &fds {
@@ -67,21 +136,36 @@ pub fn apply(command: &mut Command) {
                     return Err(std::io::Error::last_os_error());
                 }
             }
-            drop_privileges()
+            drop_privileges(uid, gid)
         });
     }
 }
 
-/// Empties the bounding set (so that `exec` as root grants nothing), then
-/// every capability set, and sets `no_new_privs`. Async-signal-safe.
-fn drop_privileges() -> std::io::Result<()> {
-    // SAFETY: prctl and capset with plain integers and a stack array of the
-    // size `_LINUX_CAPABILITY_VERSION_3` expects.
+/// Empties the bounding set (so that `exec` as root grants nothing), becomes
+/// `uid`/`gid` with no supplementary groups, clears every capability set and
+/// sets `no_new_privs`. Async-signal-safe.
+fn drop_privileges(uid: u32, gid: u32) -> std::io::Result<()> {
+    let check = |result: libc::c_int| {
+        if result == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
+        }
+    };
+    // SAFETY: prctl, set*id and capset with plain integers, a null group
+    // list of length 0 and a stack array of the size
+    // `_LINUX_CAPABILITY_VERSION_3` expects.
     unsafe {
         for cap in 0..64 {
             // EINVAL past the kernel's last capability; EPERM without
             // CAP_SETPCAP (not root: then exec grants nothing anyway).
             libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0);
+        }
+        // Only root may change its identity; anyone else stays who they are.
+        if libc::geteuid() == 0 {
+            check(libc::setgroups(0, std::ptr::null()))?;
+            check(libc::setresgid(gid, gid, gid))?;
+            check(libc::setresuid(uid, uid, uid))?;
         }
         #[repr(C)]
         struct Header {
@@ -105,29 +189,62 @@ fn drop_privileges() -> std::io::Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::{apply, memory_reserve};
+    use super::{User, apply, memory_reserve};
 
     #[test]
     fn a_confined_process_holds_no_capabilities_and_cannot_gain_any() {
-        let mut command = std::process::Command::new("/bin/sh");
-        command.args([
-            "-c",
-            "grep -E '^(CapInh|CapPrm|CapEff|CapBnd|CapAmb|NoNewPrivs)' /proc/self/status",
-        ]);
-        apply(&mut command);
-        let output = command.output().unwrap();
-        assert!(output.status.success(), "{output:?}");
-        let status = String::from_utf8(output.stdout).unwrap();
-        for line in status.lines() {
-            let value = line.split_whitespace().nth(1).unwrap();
-            let expected = if line.starts_with("NoNewPrivs") {
-                "1"
-            } else {
-                "0000000000000000"
-            };
-            assert_eq!(value, expected, "{line}");
+        for user in [
+            User::find("", "root").unwrap(),
+            User::find("", "user").unwrap(),
+        ] {
+            let mut command = std::process::Command::new("/bin/sh");
+            command.args([
+                "-c",
+                "grep -E '^(CapInh|CapPrm|CapEff|CapBnd|CapAmb|NoNewPrivs)' /proc/self/status; \
+                 echo \"$(id -u) $(id -g) $HOME\"",
+            ]);
+            apply(&mut command, &user);
+            let output = command.output().unwrap();
+            assert!(output.status.success(), "{output:?}");
+            let status = String::from_utf8(output.stdout).unwrap();
+            let mut lines = status.lines().collect::<Vec<_>>();
+            let identity = lines.pop().unwrap();
+            for line in &lines {
+                let value = line.split_whitespace().nth(1).unwrap();
+                let expected = if line.starts_with("NoNewPrivs") {
+                    "1"
+                } else {
+                    "0000000000000000"
+                };
+                assert_eq!(value, expected, "{line}");
+            }
+            assert_eq!(lines.len(), 6, "{status}");
+            // SAFETY: geteuid has no preconditions.
+            if unsafe { libc::geteuid() } == 0 {
+                let expected = format!("{} {} {}", user.uid, user.gid, user.home);
+                assert_eq!(identity, expected);
+            }
         }
-        assert_eq!(status.lines().count(), 6, "{status}");
+    }
+
+    #[test]
+    fn users_come_from_passwd_and_root_and_user_always_exist() {
+        let passwd = "root:x:0:0:root:/root:/bin/bash\nuser:x:1000:1000::/home/user:/bin/bash\n\
+                      app:x:1001:1002:App:/srv/app:/bin/sh\nbroken:x:abc:1::/:/bin/sh\n";
+        let app = User::find(passwd, "app").unwrap();
+        assert_eq!(
+            (app.uid, app.gid, app.home.as_str()),
+            (1001, 1002, "/srv/app")
+        );
+        let user = User::find("", "user").unwrap();
+        assert_eq!(
+            (user.uid, user.gid, user.home.as_str()),
+            (1000, 1000, "/home/user")
+        );
+        assert_eq!(User::find("", "root").unwrap().uid, 0);
+        assert!(User::find(passwd, "broken").is_err());
+        let missing = User::find(passwd, "nobody-here").unwrap_err();
+        assert!(missing.contains("no user \"nobody-here\""), "{missing}");
     }
 
     #[test]

@@ -1,4 +1,6 @@
-//! File requests, answered from the guest's own file system.
+//! File requests, answered from the guest's own file system. What they
+//! create (files and folders) belongs to the sandbox's user
+//! ([`crate::confine::DEFAULT_USER`]), as in E2B.
 
 use std::fs;
 use std::io::{ErrorKind, Read, Seek, SeekFrom, Write};
@@ -8,6 +10,7 @@ use std::path::Path;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 
+use crate::confine::User;
 use crate::protocol::{FILE_CHUNK, Failure, FileStat, ReplyBody};
 
 fn failed(path: &str, e: std::io::Error) -> ReplyBody {
@@ -79,16 +82,47 @@ pub fn write(path: &str, data: &str, append: bool) -> ReplyBody {
     let parent = Path::new(path)
         .parent()
         .filter(|p| !p.as_os_str().is_empty());
-    if let Some(Err(e)) = parent.map(fs::create_dir_all) {
+    if let Some(Err(e)) = parent.map(make_dirs) {
         return failed(path, e);
     }
+    let existed = fs::symlink_metadata(path).is_ok();
     let file = fs::OpenOptions::new()
         .create(true)
         .write(true)
         .append(append)
         .truncate(!append)
         .open(path);
-    done(path, file.and_then(|mut f| f.write_all(&bytes)))
+    let written = file.and_then(|mut f| {
+        if !existed {
+            give_to_user(&f)?;
+        }
+        f.write_all(&bytes)
+    });
+    done(path, written)
+}
+
+/// Gives a file or folder guest-init made to the sandbox's user (when
+/// guest-init is root: otherwise it has nothing to give).
+fn give_to_user(file: &fs::File) -> std::io::Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Ok(());
+    }
+    let user = User::default_user();
+    std::os::unix::fs::fchown(file, Some(user.uid), Some(user.gid))
+}
+
+/// `create_dir_all`, with each folder it makes given to the sandbox's user.
+fn make_dirs(path: &Path) -> std::io::Result<()> {
+    let missing: Vec<&Path> = path
+        .ancestors()
+        .take_while(|dir| !dir.as_os_str().is_empty() && fs::symlink_metadata(dir).is_err())
+        .collect();
+    fs::create_dir_all(path)?;
+    for dir in missing.into_iter().rev() {
+        give_to_user(&fs::File::open(dir)?)?;
+    }
+    Ok(())
 }
 
 pub fn stat(path: &str) -> Result<FileStat, ReplyBody> {
@@ -123,7 +157,7 @@ pub fn list(path: &str) -> ReplyBody {
 }
 
 pub fn make_dir(path: &str) -> ReplyBody {
-    done(path, fs::create_dir_all(path))
+    done(path, make_dirs(Path::new(path)))
 }
 
 pub fn remove(path: &str) -> ReplyBody {
@@ -198,6 +232,21 @@ mod tests {
             }]
         ));
         assert_eq!(stat(path).unwrap().size, data.len() as u64);
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } == 0 {
+            let owner = |p: &Path| fs::metadata(p).map(|m| (m.uid(), m.gid())).unwrap();
+            assert_eq!(owner(Path::new(path)), (1000, 1000), "the file");
+            assert_eq!(
+                owner(&dir.path().join("sub")),
+                (1000, 1000),
+                "its new folder"
+            );
+            assert_eq!(
+                owner(dir.path()),
+                (0, 0),
+                "an existing folder is left alone"
+            );
+        }
         let sub = dir.path().join("sub");
         let ReplyBody::Entries { entries } = list(sub.to_str().unwrap()) else {
             panic!()

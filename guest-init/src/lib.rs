@@ -15,6 +15,7 @@ pub mod contexts;
 pub mod files;
 pub mod frame;
 pub mod kernel;
+pub mod launch;
 pub mod output;
 pub mod pid1;
 pub mod protocol;

@@ -1,16 +1,18 @@
 //! `guest-init`: PID 1 of the cellbox guest.
 //!
 //! ```text
-//! guest-init (--fd N | --vsock PORT) [--namespace-root DIR --overlay MOUNT_DATA] [--python PATH] [--home DIR]
-//!            [--max-processes N] [--user-cgroup-fd N]... [--output-limit BYTES]
+//! guest-init (--fd N | --vsock PORT) [--python PATH] [--home DIR] [--max-processes N]
+//!            [--namespace-root DIR --lower DIR... --upper DIR --work DIR [--id-base N]]
+//!            [--user-cgroup-fd N]... [--output-limit BYTES]
 //! ```
 //!
 //! `--fd N` is the host connection (a Unix socket the launcher passed in);
 //! `--vsock PORT` (the microVM) waits for the host to connect to that vsock
 //! port. In a VM the kernel passes the words after `--` on its command line.
-//! With `--namespace-root`, guest-init first mounts the overlay on DIR and
-//! pivots into it (the namespace sandbox); as PID 1 it then forks the server
-//! and reaps orphans until the server exits. In a microVM the server and all
+//! With `--namespace-root`, guest-init is the namespace sandbox's launcher:
+//! it mounts the layers on DIR, makes the namespaces (see [`launch`]) and,
+//! as their PID 1, pivots into DIR; as PID 1 it then forks the server and
+//! reaps orphans until the server exits. In a microVM the server and all
 //! it starts run in a control group with a memory limit below the VM's memory
 //! and `--max-processes` (default 256); PID 1 stays outside it.
 
@@ -21,7 +23,7 @@ use std::sync::Arc;
 
 use cellbox_guest_init::contexts::Contexts;
 use cellbox_guest_init::protocol::BootClock;
-use cellbox_guest_init::{confine, output, pid1, server, transport};
+use cellbox_guest_init::{confine, launch, output, pid1, server, transport};
 use nix::unistd::{ForkResult, fork};
 
 #[derive(Debug, Default)]
@@ -29,7 +31,10 @@ struct Args {
     fd: Option<i32>,
     vsock: Option<u32>,
     namespace_root: Option<String>,
-    overlay: Option<String>,
+    lowers: Vec<String>,
+    upper: Option<String>,
+    work: Option<String>,
+    id_base: Option<u32>,
     python: Option<String>,
     home: Option<String>,
     max_processes: Option<u32>,
@@ -56,7 +61,12 @@ fn parse_args() -> Result<Args, String> {
                 )
             }
             "--namespace-root" => args.namespace_root = Some(value()?),
-            "--overlay" => args.overlay = Some(value()?),
+            "--lower" => args.lowers.push(value()?),
+            "--upper" => args.upper = Some(value()?),
+            "--work" => args.work = Some(value()?),
+            "--id-base" => {
+                args.id_base = Some(value()?.parse().map_err(|_| "--id-base takes a number")?)
+            }
             "--python" => args.python = Some(value()?),
             "--home" => args.home = Some(value()?),
             "--max-processes" => {
@@ -84,6 +94,10 @@ fn parse_args() -> Result<Args, String> {
     if args.fd.is_some() == args.vsock.is_some() {
         return Err("give exactly one of --fd N and --vsock PORT".into());
     }
+    let layered = !args.lowers.is_empty() && args.upper.is_some() && args.work.is_some();
+    if args.namespace_root.is_some() != layered {
+        return Err("--namespace-root goes with --lower, --upper and --work".into());
+    }
     Ok(args)
 }
 
@@ -99,6 +113,20 @@ fn main() -> ExitCode {
     if let Some(bytes) = args.output_limit {
         output::set_limit(bytes);
     }
+    if let (Some(root), Some(upper), Some(work)) = (&args.namespace_root, &args.upper, &args.work) {
+        let layers = launch::Layers {
+            root: root.clone(),
+            lowers: args.lowers.clone(),
+            upper: upper.clone(),
+            work: work.clone(),
+        };
+        // Returns only in the sandbox's PID 1.
+        let id_base = args.id_base.unwrap_or(launch::DEFAULT_ID_BASE);
+        if let Err(e) = launch::enter_sandbox(&layers, id_base) {
+            eprintln!("guest-init: starting the sandbox failed: {e}");
+            return ExitCode::from(3);
+        }
+    }
     let is_pid1 = std::process::id() == 1;
     let passed_cgroup = || {
         let fds = args.user_cgroup_fds.iter();
@@ -106,19 +134,13 @@ fn main() -> ExitCode {
         fds.map(|&fd| unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
             .collect()
     };
-    let setup = match (&args.namespace_root, &args.overlay) {
-        (Some(root), Some(overlay)) => {
-            pid1::enter_namespace_root(root, overlay).map(|()| passed_cgroup())
-        }
-        (Some(_), None) | (None, Some(_)) => {
-            eprintln!("guest-init: --namespace-root and --overlay go together");
-            return ExitCode::from(2);
-        }
-        (None, None) if is_pid1 => pid1::mount_vm_basics().and_then(|()| {
+    let setup = match &args.namespace_root {
+        Some(root) => pid1::enter_namespace_root(root).map(|()| passed_cgroup()),
+        None if is_pid1 => pid1::mount_vm_basics().and_then(|()| {
             pid1::make_user_cgroup(args.max_processes.unwrap_or(DEFAULT_MAX_PROCESSES))
                 .map(|fd| vec![fd])
         }),
-        (None, None) => Ok(passed_cgroup()),
+        None => Ok(passed_cgroup()),
     };
     let user_cgroup = match setup {
         Ok(fds) => fds,

@@ -13,7 +13,17 @@ pub struct SetupError {
     source: nix::Error,
 }
 
-fn step<T>(what: impl Into<String>, result: nix::Result<T>) -> Result<T, SetupError> {
+impl SetupError {
+    pub fn new(step: impl Into<String>, source: nix::Error) -> SetupError {
+        SetupError {
+            step: step.into(),
+            source,
+        }
+    }
+}
+
+/// `result`, or the error with what was being done.
+pub fn step<T>(what: impl Into<String>, result: nix::Result<T>) -> Result<T, SetupError> {
     result.map_err(|source| SetupError {
         step: what.into(),
         source,
@@ -83,10 +93,11 @@ fn mount_common() -> Result<(), SetupError> {
     Ok(())
 }
 
-/// In a fresh mount and PID namespace: mounts the overlay `data` on `root`,
-/// gives it a minimal `/dev` (bind mounts of the host's harmless devices),
-/// pivots into it and mounts the rest. Nothing of the host stays visible.
-pub fn enter_namespace_root(root: &str, overlay: &str) -> Result<(), SetupError> {
+/// In the sandbox's fresh mount and PID namespaces (see [`crate::launch`]),
+/// with the root file system mounted on `root`: gives it a minimal `/dev`
+/// (bind mounts of the host's harmless devices), pivots into it and mounts
+/// the rest. Nothing of the host stays visible.
+pub fn enter_namespace_root(root: &str) -> Result<(), SetupError> {
     step(
         "making mounts private",
         mount(
@@ -97,14 +108,16 @@ pub fn enter_namespace_root(root: &str, overlay: &str) -> Result<(), SetupError>
             None::<&str>,
         ),
     )?;
+    // The launcher's overlay came into this namespace locked to its parent,
+    // and a locked mount cannot be pivoted into: a bind of it can.
     step(
-        format!("mounting the root overlay on {root}"),
+        format!("binding {root} onto itself"),
         mount(
-            Some("overlay"),
+            Some(root),
             root,
-            Some("overlay"),
-            MsFlags::empty(),
-            Some(overlay),
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None::<&str>,
         ),
     )?;
     let dev = format!("{root}/dev");

@@ -96,14 +96,17 @@ pub enum Op {
     Stat {
         path: String,
     },
-    /// Runs `cmd` with `/bin/sh -c`; streams [`ReplyBody::CommandOutput`],
-    /// then [`ReplyBody::CommandExit`].
+    /// Runs `cmd` with `/bin/sh -c` (in the user's home unless `cwd`);
+    /// streams [`ReplyBody::CommandOutput`], then [`ReplyBody::CommandExit`].
     RunCommand {
         cmd: String,
         cwd: Option<String>,
         #[serde(default)]
         env: BTreeMap<String, String>,
         timeout_ms: Option<u64>,
+        /// The account to run as (`root`, say); by default the sandbox's user.
+        #[serde(default)]
+        user: Option<String>,
     },
     /// Like [`Op::RunCommand`] but with its stdin open to
     /// [`Op::SendStdin`]: first [`ReplyBody::CommandStarted`], then the
@@ -114,6 +117,9 @@ pub enum Op {
         #[serde(default)]
         env: BTreeMap<String, String>,
         timeout_ms: Option<u64>,
+        /// The account to run as (`root`, say); by default the sandbox's user.
+        #[serde(default)]
+        user: Option<String>,
     },
     /// Writes `data` (base64) to a started command's stdin, then closes it if
     /// `eof`; answered with [`ReplyBody::Done`].

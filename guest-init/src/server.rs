@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::commands::{self, Commands};
+use crate::confine::{DEFAULT_USER, User};
 use crate::contexts::Contexts;
 use crate::files;
 use crate::frame::{self, FrameError};
@@ -151,19 +152,26 @@ pub fn handle(op: Op, contexts: &Contexts, commands: &Commands, send: &mut dyn F
             cwd,
             env,
             timeout_ms,
+            user,
         }
         | Op::StartCommand {
             cmd,
             cwd,
             env,
             timeout_ms,
+            user,
         } => {
+            let user = match User::lookup(user.as_deref().unwrap_or(DEFAULT_USER)) {
+                Ok(user) => user,
+                Err(e) => return send(ReplyBody::failed(Failure::BadRequest, e)),
+            };
             let spec = commands::Spec {
                 cmd: &cmd,
                 cwd: cwd.as_deref(),
                 env: &env,
                 timeout: ms(timeout_ms),
                 background,
+                user: &user,
             };
             return commands.run(spec, send);
         }

@@ -83,3 +83,55 @@ async fn a_full_disk_is_enospc_inside_and_costs_the_host_nothing_more() {
         .unwrap();
     assert_eq!(after.text(), Some("2"));
 }
+
+/// The sandbox's ids are an unprivileged host range: its root is host uid
+/// 1000000000, its `user` host uid 1000001000 (every kernel on the host runs
+/// as that); the system files keep their owners inside (idmapped layers), so
+/// root may change them and `user` may not.
+#[tokio::test]
+async fn the_sandbox_root_is_not_the_host_root() {
+    use cellbox::guest::{CommandOptions, GuestExecutor};
+    let mut sandbox = cellbox_tests::namespace_session().await;
+    let map = sandbox
+        .run("open('/proc/self/uid_map').read().split()")
+        .await
+        .unwrap();
+    assert_eq!(map.text(), Some("['0', '1000000000', '65536']"), "{map:?}");
+    let mut kernels = 0;
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        if !String::from_utf8_lossy(&cmdline).contains("cellbox_kernel.py") {
+            continue;
+        }
+        let Ok(status) = std::fs::read_to_string(entry.path().join("status")) else {
+            continue; // ended meanwhile
+        };
+        let uids = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+        assert_eq!(
+            uids.split_whitespace().skip(1).collect::<Vec<_>>(),
+            ["1000001000"; 4],
+            "a kernel on the host: {uids}"
+        );
+        kernels += 1;
+    }
+    assert!(kernels >= 1, "this sandbox's kernel was found on the host");
+
+    let guest = sandbox.guest().unwrap().clone();
+    let run = |cmd: &'static str, user: &'static str| {
+        let guest = guest.clone();
+        async move {
+            let options = CommandOptions::default().user(user);
+            let result = guest
+                .run_command(cmd, &options, &mut |_, _| {})
+                .await
+                .unwrap();
+            (result.exit_code, result.stdout + &result.stderr)
+        }
+    };
+    let (code, owner) = run("stat -c %U:%G /usr/bin/python3.11 /etc", "user").await;
+    assert_eq!((code, owner.as_str()), (0, "root:root\nroot:root\n"));
+    let (code, out) = run("touch /usr/local/bin/probe", "user").await;
+    assert!(code != 0 && out.contains("Permission denied"), "{out}");
+    let (code, out) = run("touch /usr/local/bin/probe && ls /usr/local/bin", "root").await;
+    assert_eq!((code, out.as_str()), (0, "probe\n"));
+}

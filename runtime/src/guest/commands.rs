@@ -21,8 +21,11 @@ pub type OutputCallback<'a> = dyn FnMut(Stream, &str) + Send + 'a;
 /// How a command runs.
 #[derive(Debug, Clone, Default)]
 pub struct CommandOptions {
-    /// Its working folder (default: `/`).
+    /// Its working folder (default: the user's home).
     pub cwd: Option<String>,
+    /// The account it runs as, `root` say (default: the sandbox's `user`,
+    /// uid 1000). Whoever it runs as holds no capabilities.
+    pub user: Option<String>,
     /// Variables added to guest-init's environment.
     pub env: BTreeMap<String, String>,
     /// After this the command's process group is killed and the call fails
@@ -43,6 +46,12 @@ impl CommandOptions {
         self
     }
 
+    /// These options with the account `user` (`"root"`, say).
+    pub fn user(mut self, user: impl Into<String>) -> Self {
+        self.user = Some(user.into());
+        self
+    }
+
     /// These options with a timeout.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = Some(timeout);
@@ -51,6 +60,7 @@ impl CommandOptions {
 
     fn op(&self, cmd: &str, background: bool) -> Op {
         let (cmd, cwd, env) = (cmd.to_string(), self.cwd.clone(), self.env.clone());
+        let user = self.user.clone();
         let timeout_ms = self
             .timeout
             .map(|t| t.as_millis().try_into().unwrap_or(u64::MAX));
@@ -60,6 +70,7 @@ impl CommandOptions {
                 cwd,
                 env,
                 timeout_ms,
+                user,
             }
         } else {
             Op::RunCommand {
@@ -67,6 +78,7 @@ impl CommandOptions {
                 cwd,
                 env,
                 timeout_ms,
+                user,
             }
         }
     }

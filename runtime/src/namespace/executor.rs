@@ -56,9 +56,10 @@ impl Default for NamespaceConfig {
 }
 
 /// A stateful Python session in a namespace sandbox: new user, mount, PID,
-/// network (loopback only), IPC and UTS namespaces; the Debian root file
-/// system as a read-only lower layer under a private writable layer; memory,
-/// process-count and CPU-time limits.
+/// network (loopback only), IPC, UTS and cgroup namespaces; the sandbox's
+/// ids are an unprivileged host range (its root is not the host's); the
+/// Debian root file system as a read-only lower layer under a private
+/// writable layer; memory, process-count, CPU-time and disk limits.
 ///
 /// Its isolation is that of a container: the host kernel is shared, so a
 /// kernel exploit escapes it. Use the microVM backend for strong isolation.
@@ -118,30 +119,20 @@ impl NamespaceExecutor {
 
         let (host_end, guest_end) = std::os::unix::net::UnixStream::pair()
             .map_err(|e| Error::io("creating the guest socket", e))?;
-        let overlay = format!(
-            "lowerdir={}:{},upperdir={},workdir={}",
-            artifacts.layer.display(),
-            artifacts.tree.display(),
-            layer.join("upper").display(),
-            layer.join("work").display()
-        );
-        let mut command = std::process::Command::new("unshare");
+        // guest-init, run as root on the host, is the launcher: it mounts
+        // the layers and makes the namespaces (guest-init/src/launch.rs).
+        let mut command = std::process::Command::new(artifacts.layer.join("sbin/init"));
         command
-            .args([
-                "--user",
-                "--map-root-user",
-                "--mount",
-                "--pid",
-                "--net",
-                "--ipc",
-                "--uts",
-            ])
-            .args(["--fork", "--kill-child", "--"])
-            .arg(artifacts.layer.join("sbin/init"))
             .args(["--fd", "3", "--namespace-root"])
             .arg(dir.path().join("root"))
-            .arg("--overlay")
-            .arg(overlay)
+            .arg("--lower")
+            .arg(&artifacts.layer)
+            .arg("--lower")
+            .arg(&artifacts.tree)
+            .arg("--upper")
+            .arg(layer.join("upper"))
+            .arg("--work")
+            .arg(layer.join("work"))
             .arg("--output-limit")
             .arg(config.output_limit.to_string())
             .env_clear()
@@ -149,7 +140,6 @@ impl NamespaceExecutor {
                 "PATH",
                 "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
             )
-            .env("HOME", "/home/user")
             .env("LANG", "C.UTF-8")
             .stdin(std::process::Stdio::null());
         let user_cgroup = cgroup.open_user_procs()?;
@@ -166,7 +156,7 @@ impl NamespaceExecutor {
         let mut launcher = tokio::process::Command::from(command)
             .kill_on_drop(true)
             .spawn()
-            .map_err(|e| unavailable(format!("cannot run unshare (util-linux): {e}")))?;
+            .map_err(|e| unavailable(format!("cannot run guest-init: {e}")))?;
 
         host_end
             .set_nonblocking(true)

@@ -11,13 +11,16 @@ pub struct Commands<'a> {
 }
 
 impl Commands<'_> {
-    /// `options` over the sandbox's defaults (folder, variables, timeout).
+    /// `options` over the sandbox's defaults (folder, variables, timeout, user).
     fn merged(&self, options: &CommandOptions) -> CommandOptions {
         let mut merged = self.sandbox.command_defaults();
         if options.cwd.is_some() {
             merged.cwd.clone_from(&options.cwd);
         }
         merged.env.extend(options.env.clone());
+        if options.user.is_some() {
+            merged.user.clone_from(&options.user);
+        }
         if options.timeout.is_some() {
             merged.timeout = options.timeout;
         }

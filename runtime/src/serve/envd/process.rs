@@ -191,6 +191,19 @@ fn selected(envd: &Envd, request: &Message) -> Result<u32, RpcError> {
         .ok_or_else(|| RpcError::new(Code::NotFound, format!("no process tagged \"{tag}\"")))
 }
 
+/// The user an SDK asks a process to run as: envd's `Authorization: Basic
+/// base64("NAME:")` (the SDKs send it for `user="root"` and the like).
+fn basic_auth_user(headers: &HeaderMap) -> Option<String> {
+    let value = headers
+        .get(axum::http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
+    let decoded = BASE64.decode(value.strip_prefix("Basic ")?.trim()).ok()?;
+    let text = String::from_utf8(decoded).ok()?;
+    let name = text.split(':').next()?.trim();
+    (!name.is_empty()).then(|| name.to_string())
+}
+
 /// `Start`: runs the command and streams its events until it ends.
 async fn start(envd: &Envd, request: &Message, headers: &HeaderMap) -> Result<Response, RpcError> {
     refuse_pty(request)?;
@@ -209,6 +222,7 @@ async fn start(envd: &Envd, request: &Message, headers: &HeaderMap) -> Result<Re
         cwd: cwd.clone(),
         env: envs.clone(),
         timeout: None,
+        user: basic_auth_user(headers),
     };
     let handle = envd
         .sandbox
@@ -412,6 +426,27 @@ fn shell_line(cmd: &str, args: &[String]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_user_comes_from_basic_authorization() {
+        let with = |value: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(axum::http::header::AUTHORIZATION, value.parse().unwrap());
+            basic_auth_user(&headers)
+        };
+        assert_eq!(
+            with(&format!("Basic {}", BASE64.encode("root:"))).as_deref(),
+            Some("root")
+        );
+        assert_eq!(
+            with(&format!("Basic {}", BASE64.encode("user:pw"))).as_deref(),
+            Some("user")
+        );
+        assert_eq!(with(&format!("Basic {}", BASE64.encode(":"))), None);
+        assert_eq!(with("Basic not base64!"), None);
+        assert_eq!(with("Bearer abc"), None);
+        assert_eq!(basic_auth_user(&HeaderMap::new()), None);
+    }
 
     #[test]
     fn the_shell_line_passes_every_argument_through_unchanged() {

@@ -1,0 +1,282 @@
+//! The namespace sandbox's launcher: started by the host as root, it builds
+//! the sandbox's root file system and its namespaces, then becomes its PID 1.
+//!
+//! The sandbox's ids 0–65535 are host ids `id_base`… (an unprivileged range
+//! no host account uses), so the sandbox's root is not the host's root and
+//! its `user` (uid 1000) is host uid `id_base + 1000`. The guest's root file
+//! system (owned by host ids 0…, as built) is shown to the sandbox through
+//! idmapped mounts, so that its files keep their owners inside (root's are
+//! root's, `/home/user` is `user`'s); the overlay is mounted by the launcher
+//! as host root, outside the sandbox's user namespace, so the sandbox finds
+//! it mounted and locked.
+//!
+//! ```text
+//! launcher (host root, own mount namespace: idmapped layers, the overlay)
+//!  └ keeper (new user namespace; maps written by the launcher; then new
+//!    │       mount, PID, network, IPC, UTS and cgroup namespaces)
+//!    └ PID 1 (guest-init, which pivots into the overlay and runs the server)
+//! ```
+//! Each waits for the one below and exits with its status; each below dies
+//! with the one above (`PR_SET_PDEATHSIG`), so killing the launcher ends the
+//! sandbox.
+
+use std::ffi::CString;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+use nix::mount::{MsFlags, mount};
+use nix::sched::{CloneFlags, unshare};
+use nix::sys::signal::Signal;
+use nix::unistd::{ForkResult, Pid, fork};
+
+use crate::pid1::{SetupError, reap_until, step};
+
+/// How many ids the sandbox has (0 to 65535, as a Debian system expects).
+pub const ID_COUNT: u32 = 65536;
+/// Where the sandbox's ids start on the host unless the host says otherwise.
+pub const DEFAULT_ID_BASE: u32 = 1_000_000_000;
+
+/// The sandbox's root file system: read-only `lowers` (top first) under a
+/// writable `upper`, mounted on `root`.
+#[derive(Debug, Clone)]
+pub struct Layers {
+    pub root: String,
+    pub lowers: Vec<String>,
+    pub upper: String,
+    pub work: String,
+}
+
+/// Builds the sandbox and returns in its PID 1; the processes above never
+/// return (they exit with PID 1's status).
+pub fn enter_sandbox(layers: &Layers, id_base: u32) -> Result<(), SetupError> {
+    step(
+        "entering a mount namespace",
+        unshare(CloneFlags::CLONE_NEWNS),
+    )?;
+    step(
+        "making mounts private",
+        mount(
+            None::<&str>,
+            "/",
+            None::<&str>,
+            MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+            None::<&str>,
+        ),
+    )?;
+    let (ready_read, ready_write) = step("making a pipe", nix::unistd::pipe())?;
+    let (go_read, go_write) = step("making a pipe", nix::unistd::pipe())?;
+    // SAFETY: guest-init is single-threaded here.
+    match step("forking", unsafe { fork() })? {
+        ForkResult::Child => {
+            drop((ready_read, go_write));
+            become_keeper(ready_write, go_read)
+        }
+        ForkResult::Parent { child } => {
+            drop((ready_write, go_read));
+            let prepared = wait_byte(ready_read)
+                .and_then(|()| prepare(child, layers, id_base))
+                .and_then(|()| send_byte(go_write));
+            if let Err(e) = prepared {
+                let _ = nix::sys::signal::kill(child, Signal::SIGKILL);
+                return Err(e);
+            }
+            std::process::exit(reap_until(child));
+        }
+    }
+}
+
+/// The launcher's part, once the keeper is in its user namespace: the id
+/// maps, the idmapped layers and the overlay.
+fn prepare(keeper: Pid, layers: &Layers, id_base: u32) -> Result<(), SetupError> {
+    let map = format!("0 {id_base} {ID_COUNT}\n");
+    for file in ["uid_map", "gid_map"] {
+        let path = format!("/proc/{keeper}/{file}");
+        step(format!("writing {path}"), io(std::fs::write(&path, &map)))?;
+    }
+    let userns = step(
+        "opening the sandbox's user namespace",
+        io(File::open(format!("/proc/{keeper}/ns/user"))),
+    )?;
+    let mut idmapped = true;
+    for lower in &layers.lowers {
+        if let Err(e) = idmap(lower, &userns) {
+            // Without idmapped mounts (an old kernel, a file system without
+            // them) the layers' files show as owned by nobody: the sandbox
+            // still runs, but its root cannot change the system's files.
+            eprintln!(
+                "guest-init: {lower} cannot be idmapped ({e}); \
+                 the sandbox sees its system files as owned by nobody"
+            );
+            idmapped = false;
+            break;
+        }
+    }
+    let owned = |path: &str, id: u32| {
+        step(
+            format!("giving {path} to the sandbox"),
+            io(std::os::unix::fs::chown(path, Some(id), Some(id))),
+        )
+    };
+    owned(&layers.upper, id_base)?;
+    if !idmapped {
+        // What the sandbox's user must be able to write, made in the upper layer.
+        for dir in ["home", "home/user", "var", "var/cache", "var/cache/cellbox"] {
+            let path = format!("{}/{dir}", layers.upper);
+            let _ = std::fs::create_dir(&path);
+            owned(&path, id_base)?;
+        }
+        for dir in ["home/user", "var/cache/cellbox/matplotlib"] {
+            let path = format!("{}/{dir}", layers.upper);
+            let _ = std::fs::create_dir(&path);
+            owned(&path, id_base + 1000)?;
+        }
+    }
+    let data = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        layers.lowers.join(":"),
+        layers.upper,
+        layers.work
+    );
+    step(
+        format!("mounting the root overlay on {}", layers.root),
+        mount(
+            Some("overlay"),
+            layers.root.as_str(),
+            Some("overlay"),
+            MsFlags::empty(),
+            Some(data.as_str()),
+        ),
+    )
+}
+
+/// Mounts over `dir` (in the launcher's own mount namespace) a copy of it
+/// whose owners are shifted into the user namespace `userns`.
+fn idmap(dir: &str, userns: &File) -> std::io::Result<()> {
+    const OPEN_TREE_CLONE: libc::c_uint = 1;
+    const AT_RECURSIVE: libc::c_uint = 0x8000;
+    const MOUNT_ATTR_RDONLY: u64 = 0x1;
+    const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
+    const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
+    #[repr(C)]
+    struct MountAttr {
+        attr_set: u64,
+        attr_clr: u64,
+        propagation: u64,
+        userns_fd: u64,
+    }
+    let path = CString::new(dir).map_err(std::io::Error::other)?;
+    let check = |result: libc::c_long| {
+        if result < 0 {
+            Err(std::io::Error::last_os_error())
+        } else {
+            Ok(result)
+        }
+    };
+    // SAFETY: open_tree with a NUL-terminated path returns a new descriptor
+    // (a detached copy of the mount tree at `dir`), which we own from here.
+    let tree = unsafe {
+        let fd = check(libc::syscall(
+            libc::SYS_open_tree,
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint | AT_RECURSIVE,
+        ))?;
+        OwnedFd::from_raw_fd(fd as i32)
+    };
+    let attr = MountAttr {
+        attr_set: MOUNT_ATTR_IDMAP | MOUNT_ATTR_RDONLY,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: userns.as_raw_fd() as u64,
+    };
+    // SAFETY: mount_setattr and move_mount on the descriptor we own, with an
+    // empty NUL-terminated path, a `mount_attr` of the size we pass and the
+    // NUL-terminated target path; neither keeps a pointer.
+    unsafe {
+        check(libc::syscall(
+            libc::SYS_mount_setattr,
+            tree.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH as libc::c_uint | AT_RECURSIVE,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        ))?;
+        check(libc::syscall(
+            libc::SYS_move_mount,
+            tree.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            MOVE_MOUNT_F_EMPTY_PATH,
+        ))?;
+    }
+    Ok(())
+}
+
+/// The keeper: enters a user namespace, waits for its maps, becomes its
+/// root, enters the other namespaces and forks PID 1, which returns.
+fn become_keeper(ready: OwnedFd, go: OwnedFd) -> Result<(), SetupError> {
+    die_with_parent()?;
+    step(
+        "entering a user namespace",
+        unshare(CloneFlags::CLONE_NEWUSER),
+    )?;
+    send_byte(ready)?;
+    wait_byte(go)?;
+    // SAFETY: plain integer arguments; a null list of length 0.
+    let became_root = unsafe {
+        libc::setgroups(0, std::ptr::null()) == 0
+            && libc::setresgid(0, 0, 0) == 0
+            && libc::setresuid(0, 0, 0) == 0
+    };
+    if !became_root {
+        return Err(SetupError::new(
+            "becoming the sandbox's root",
+            nix::errno::Errno::last(),
+        ));
+    }
+    step(
+        "entering the sandbox's namespaces",
+        unshare(
+            CloneFlags::CLONE_NEWNS
+                | CloneFlags::CLONE_NEWPID
+                | CloneFlags::CLONE_NEWNET
+                | CloneFlags::CLONE_NEWIPC
+                | CloneFlags::CLONE_NEWUTS
+                | CloneFlags::CLONE_NEWCGROUP,
+        ),
+    )?;
+    // SAFETY: still single-threaded.
+    match step("forking PID 1", unsafe { fork() })? {
+        ForkResult::Child => die_with_parent(),
+        ForkResult::Parent { child } => std::process::exit(reap_until(child)),
+    }
+}
+
+fn die_with_parent() -> Result<(), SetupError> {
+    step(
+        "asking to die with the launcher",
+        nix::sys::prctl::set_pdeathsig(Signal::SIGKILL),
+    )
+}
+
+fn send_byte(fd: OwnedFd) -> Result<(), SetupError> {
+    step(
+        "signalling across the launch",
+        io(File::from(fd).write_all(b"1")),
+    )
+}
+
+/// Waits for the other side's byte; its end (it died) is an error.
+fn wait_byte(fd: OwnedFd) -> Result<(), SetupError> {
+    let mut byte = [0u8];
+    step(
+        "waiting across the launch",
+        io(File::from(fd).read_exact(&mut byte)),
+    )
+}
+
+fn io<T>(result: std::io::Result<T>) -> nix::Result<T> {
+    result.map_err(|e| nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))
+}
