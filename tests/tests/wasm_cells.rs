@@ -168,6 +168,46 @@ async fn the_shared_scratch_folder_is_the_only_writable_place() {
     assert_eq!(written, "from the sandbox");
 }
 
+/// Writing past the scratch folder's limit fails with ENOSPC inside; the
+/// host folder holds no more than the limit; deleting frees room again.
+#[tokio::test]
+async fn a_full_scratch_folder_is_enospc_and_costs_the_host_nothing_more() {
+    let shared = tempfile::tempdir().unwrap();
+    let disk_limit = 8 << 20;
+    let mut session = wasm_session_with(WasmSessionOptions {
+        scratch_dir: Some(shared.path().to_path_buf()),
+        disk_limit,
+        ..Default::default()
+    })
+    .await;
+    let filled = session
+        .run(
+            "import errno\nchunk = b'x' * (1 << 20)\nwritten = 0\ntry:\n    \
+             with open('/home/user/big', 'wb') as f:\n        for _ in range(100):\n            \
+             f.write(chunk); f.flush(); written += 1\nexcept OSError as e:\n    \
+             print(errno.errorcode[e.errno])\nwritten",
+        )
+        .await
+        .unwrap();
+    assert_eq!(filled.logs.stdout.concat().trim(), "ENOSPC", "{filled:?}");
+    let written: u64 = filled.text().unwrap().parse().unwrap();
+    assert!(
+        (6..=8).contains(&written),
+        "{written} MiB written before ENOSPC"
+    );
+    let held = std::fs::metadata(shared.path().join("big")).unwrap();
+    assert!(
+        std::os::unix::fs::MetadataExt::blocks(&held) * 512 <= disk_limit,
+        "the host holds {} bytes",
+        std::os::unix::fs::MetadataExt::blocks(&held) * 512
+    );
+    let again = session
+        .run("import os; os.remove('/home/user/big'); open('/home/user/small', 'wb').write(b'y' * 4096)")
+        .await
+        .unwrap();
+    assert_eq!(again.text(), Some("4096"), "{again:?}");
+}
+
 #[tokio::test]
 async fn there_is_no_network() {
     let mut session = wasm_session().await;

@@ -42,8 +42,9 @@ pub struct SandboxOptions {
     pub vcpus: u8,
     /// Memory for everything in the heavy backend, in MiB.
     pub memory_mib: u32,
-    /// The namespace sandbox's writable layer, in MiB (the microVM's is its
-    /// root image's free space).
+    /// What the sandbox may write, in MiB: the namespace sandbox's writable
+    /// layer and the WebAssembly session's scratch folder (the microVM's is
+    /// its root image's free space). Past it, writes fail with `ENOSPC`.
     pub disk_mib: u32,
     /// Timeout of a run that sets none.
     pub timeout: Duration,

@@ -108,6 +108,7 @@ impl Sandbox {
             prestart: options.prestart,
             wasm: WasmSessionOptions {
                 default_timeout: options.timeout,
+                disk_limit: u64::from(options.disk_mib) << 20,
                 ..Default::default()
             },
             namespace: NamespaceConfig {

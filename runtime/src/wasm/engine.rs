@@ -13,6 +13,7 @@ use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
 use wasmtime_wizer::Wizer;
 
 use super::artifacts::{self, PythonWasm};
+use super::disk::DiskBudget;
 use super::host::{self, HostState};
 use crate::error::{Error, Result};
 use crate::progress::Progress;
@@ -134,6 +135,7 @@ fn new_engine() -> Result<Engine> {
 fn new_linker(engine: &Engine) -> Result<Linker<HostState>> {
     let mut linker = Linker::new(engine);
     wasmtime_wasi::p1::add_to_linker_async(&mut linker, |s: &mut HostState| &mut s.wasi)
+        .and_then(|()| super::disk::add_to_linker(&mut linker))
         .and_then(|()| host::add_emit(&mut linker))
         .map_err(|e| Error::Artifact {
             what: "setting up the WASI imports".into(),
@@ -143,13 +145,15 @@ fn new_linker(engine: &Engine) -> Result<Linker<HostState>> {
 }
 
 /// A store whose sandbox sees only the standard library (read-only) and
-/// `home` at [`GUEST_HOME`], with environment `env`. The preopen order is fixed: the snapshot
+/// `home` at [`GUEST_HOME`] (holding at most `disk_limit` bytes, if given),
+/// with environment `env`. The preopen order is fixed: the snapshot
 /// remembers descriptor numbers.
 pub(crate) fn new_store(
     engine: &Engine,
     python: &PythonWasm,
     home: &Path,
     memory_limit: usize,
+    disk_limit: Option<u64>,
     env: &[(&str, &str)],
 ) -> Result<Store<HostState>> {
     let mut wasi = WasiCtxBuilder::new();
@@ -167,7 +171,8 @@ pub(crate) fn new_store(
         .memory_size(memory_limit)
         .instances(1)
         .build();
-    let mut store = Store::new(engine, HostState::new(wasi.build_p1(), limits));
+    let disk = disk_limit.map(|limit| DiskBudget::new(home, limit));
+    let mut store = Store::new(engine, HostState::new(wasi.build_p1(), limits, disk));
     store.limiter(|s| &mut s.limits);
     store.epoch_deadline_async_yield_and_update(1);
     Ok(store)
@@ -199,7 +204,7 @@ async fn ensure_snapshot(
     let home = tempfile::tempdir().map_err(|e| Error::io("creating a scratch folder", e))?;
     // CELLBOX_PREINIT: the driver imports the common standard modules into the snapshot.
     let preinit = [("CELLBOX_PREINIT", "1")];
-    let mut store = new_store(engine, python, home.path(), usize::MAX, &preinit)?;
+    let mut store = new_store(engine, python, home.path(), usize::MAX, None, &preinit)?;
     let snapshot = Wizer::new()
         .init_func("cellbox_init")
         .run(&mut store, &wasm, async |store, module| {

@@ -26,6 +26,9 @@ pub struct WasmSessionOptions {
     /// A host folder shared with the sandbox at `/home/user` (read-write).
     /// `None` gives the session a private, empty folder, deleted on close.
     pub scratch_dir: Option<PathBuf>,
+    /// Most bytes the scratch folder may hold; writes past it fail with
+    /// `ENOSPC` (`OSError: [Errno 28]`) inside the sandbox.
+    pub disk_limit: u64,
 }
 
 impl Default for WasmSessionOptions {
@@ -35,6 +38,7 @@ impl Default for WasmSessionOptions {
             output_limit: 8 << 20,
             default_timeout: Duration::from_secs(60),
             scratch_dir: None,
+            disk_limit: 1 << 30,
         }
     }
 }
@@ -124,7 +128,7 @@ impl WasmExecutor {
     async fn renew(&mut self) -> Result<()> {
         self.live = None;
         let home = self.scratch.path().to_path_buf();
-        self.live = Some(instantiate(&self.engine, &home, self.options.memory_limit).await?);
+        self.live = Some(instantiate(&self.engine, &home, &self.options).await?);
         Ok(())
     }
 }
@@ -133,14 +137,21 @@ impl WasmExecutor {
 async fn instantiate(
     engine: &WasmEngine,
     home: &std::path::Path,
-    memory_limit: usize,
+    options: &WasmSessionOptions,
 ) -> Result<Live> {
     let inner = &engine.inner;
     let failed = |store: &Store<HostState>, e: wasmtime::Error| Error::Artifact {
         what: "starting cellbox-python".into(),
         reason: format!("{e:#}\n{}", store.data().stray),
     };
-    let mut store = new_store(&inner.engine, &inner.python, home, memory_limit, &[])?;
+    let mut store = new_store(
+        &inner.engine,
+        &inner.python,
+        home,
+        options.memory_limit,
+        Some(options.disk_limit),
+        &[],
+    )?;
     let instance = match inner.pre.instantiate_async(&mut store).await {
         Ok(instance) => instance,
         Err(e) => return Err(failed(&store, e)),

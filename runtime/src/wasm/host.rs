@@ -5,6 +5,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use wasmtime::{Caller, Extern, Linker, StoreLimits};
 use wasmtime_wasi::p1::WasiP1Ctx;
 
+use super::disk::DiskBudget;
 use crate::event::Event;
 use crate::execution::{CellResult, ExecutionError};
 
@@ -21,6 +22,8 @@ const STRAY_LIMIT: usize = 16 * 1024;
 pub(crate) struct HostState {
     pub wasi: WasiP1Ctx,
     pub limits: StoreLimits,
+    /// The scratch folder's size limit; `None` while pre-initialising.
+    pub disk: Option<DiskBudget>,
     /// Where the running cell's events go; `None` between cells.
     pub cell: Option<CellSink>,
     /// Output produced outside a cell (during initialisation), for error messages.
@@ -28,10 +31,11 @@ pub(crate) struct HostState {
 }
 
 impl HostState {
-    pub fn new(wasi: WasiP1Ctx, limits: StoreLimits) -> Self {
+    pub fn new(wasi: WasiP1Ctx, limits: StoreLimits, disk: Option<DiskBudget>) -> Self {
         HostState {
             wasi,
             limits,
+            disk,
             cell: None,
             stray: String::new(),
         }

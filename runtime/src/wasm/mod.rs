@@ -7,6 +7,7 @@
 //! - `artifacts`: building and caching cellbox-python (`python-wasm/`)
 
 mod artifacts;
+mod disk;
 pub mod engine;
 pub mod executor;
 mod host;
