@@ -245,3 +245,41 @@ fn listening_beyond_loopback_needs_a_token() {
     let message = refused.expect_err("refused").to_string();
     assert!(message.contains("access token"), "{message}");
 }
+
+/// A request whose body stops arriving fails after `BODY_IDLE_TIMEOUT`
+/// instead of holding its connection and handler for ever; the server goes on.
+#[test]
+fn a_stalled_request_body_is_dropped() {
+    let server = Server::start(45_106, 45_107, Access::default());
+    let mut stream = TcpStream::connect(("127.0.0.1", server.code)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(120)))
+        .unwrap();
+    let started = Instant::now();
+    stream
+        .write_all(
+            b"POST /execute HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
+              Content-Length: 1000\r\n\r\n{\"code\": ",
+        )
+        .unwrap();
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    let waited = started.elapsed();
+    assert!(
+        waited >= cellbox::serve::BODY_IDLE_TIMEOUT
+            && waited < cellbox::serve::BODY_IDLE_TIMEOUT + Duration::from_secs(30),
+        "answered after {waited:?}: {response}"
+    );
+    assert!(
+        response.starts_with("HTTP/1.1 4") || response.is_empty(),
+        "{response}"
+    );
+    let (status, body) = http(
+        server.code,
+        "POST",
+        "/execute",
+        &[("Host", "localhost"), JSON],
+        EXECUTE,
+    );
+    assert_eq!(status, 200, "{body}");
+}

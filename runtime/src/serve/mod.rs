@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use axum::serve::{Listener, ListenerExt as _};
 use futures_util::FutureExt as _;
+use tower_http::timeout::RequestBodyTimeoutLayer;
 
 pub use guard::Access;
 
@@ -28,6 +29,9 @@ use crate::sandbox::{Sandbox, SandboxOptions};
 
 /// How long open requests may go on after the shutdown signal.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// How long a request body (an upload, say) may stall before the request
+/// fails: a client that stops sending holds nothing for longer.
+pub const BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Where and what to serve.
 #[derive(Debug, Clone)]
@@ -71,7 +75,10 @@ pub async fn serve(
     };
     let sandbox = Sandbox::create(config.sandbox.clone()).await?;
     let shutdown = shutdown.boxed().shared();
-    let guarded = |router| guard::guard(router, &config.access, config.bind);
+    let guarded = |router: axum::Router| {
+        guard::guard(router, &config.access, config.bind)
+            .layer(RequestBodyTimeoutLayer::new(BODY_IDLE_TIMEOUT))
+    };
     tracing::info!(address = %code_address, "code-interpreter API listening");
     let code = axum::serve(
         code_listener,
