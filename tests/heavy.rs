@@ -201,7 +201,7 @@ pub async fn user_code_cannot_reach_guest_init(backend: Backend) {
 /// As in E2B, cells and commands run as `user` (uid 1000, home
 /// `/home/user`) and what they and the Files API create is `user`'s; a
 /// command runs as root only when asked, and then holds no capabilities
-/// either; `user` cannot signal guest-init.
+/// either; neither can signal guest-init.
 pub async fn cells_commands_and_files_belong_to_user_unless_root_is_asked_for(backend: Backend) {
     let mut sandbox = start(backend).await;
     let who = sandbox
@@ -243,10 +243,11 @@ pub async fn cells_commands_and_files_belong_to_user_unless_root_is_asked_for(ba
         shell(owners, CommandOptions::default()).await,
         "user by-cell.txt\nuser uploads\nuser uploads/by-api.txt\nuser\n/home/user\n"
     );
-    let root = "id -u; echo $HOME; grep -E '^CapEff' /proc/self/status";
+    let root = "id -u; echo $HOME; grep -E '^CapEff' /proc/self/status; \
+                kill -s 0 $PPID 2>/dev/null && echo reached guest-init || echo refused";
     assert_eq!(
         shell(root, CommandOptions::default().user("root")).await,
-        "0\n/root\nCapEff:\t0000000000000000\n"
+        "0\n/root\nCapEff:\t0000000000000000\nrefused\n"
     );
     let nobody = guest
         .run_command(

@@ -5,9 +5,10 @@
 //! capabilities (none now, none after `exec`, not even as root: the bounding
 //! set is emptied) and `no_new_privs`. guest-init itself stays outside the
 //! group, so a fork bomb or a memory hog cannot starve the server that
-//! reports on it; and since guest-init keeps its capabilities (and, for
-//! `user`, its uid differs), user code cannot trace it, signal it, read its
-//! `/proc/PID/fd` or take its descriptors.
+//! reports on it; and since guest-init keeps its capabilities and its
+//! server's real uid is one no user code has ([`shield_server`]), user code
+//! cannot trace it, signal it, read its `/proc/PID/fd` or take its
+//! descriptors.
 //!
 //! The group is reached through open `cgroup.procs` descriptors: in a microVM
 //! PID 1 creates the group and opens it; in a namespace sandbox the host
@@ -86,6 +87,28 @@ impl User {
     pub fn default_user() -> User {
         User::lookup(DEFAULT_USER).expect("the default user always resolves")
     }
+}
+
+/// The real (and saved) uid of guest-init's server, whose effective uid
+/// stays root: no account has it, so no user code — not even a root
+/// command, which holds no `CAP_KILL` — may signal or trace the server.
+pub const SERVER_UID: u32 = 65533;
+
+/// Makes this process (guest-init's server) unreachable by signals and
+/// `ptrace` from user code of any uid, keeping its root privileges: its real
+/// and saved uid become [`SERVER_UID`], its effective uid stays 0 (so its
+/// capabilities stay too). Does nothing unless it runs as root.
+pub fn shield_server() -> std::io::Result<()> {
+    // SAFETY: geteuid and setresuid with plain integers.
+    unsafe {
+        if libc::geteuid() != 0 {
+            return Ok(());
+        }
+        if libc::setresuid(SERVER_UID, 0, SERVER_UID) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }
 
 static USER_GROUP: OnceLock<Vec<OwnedFd>> = OnceLock::new();

@@ -199,6 +199,10 @@ fn run_server(args: &Args, init_started_ms: Option<u64>) -> ExitCode {
             return ExitCode::from(3);
         }
     };
+    if let Err(e) = confine::shield_server() {
+        eprintln!("guest-init: {e}");
+        return ExitCode::from(3);
+    }
     if let Err(e) = cellbox_guest_init::seccomp::install() {
         eprintln!("guest-init: {e}");
         return ExitCode::from(3);
