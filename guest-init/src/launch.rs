@@ -30,7 +30,7 @@ use nix::sched::{CloneFlags, unshare};
 use nix::sys::signal::Signal;
 use nix::unistd::{ForkResult, Pid, fork};
 
-use crate::pid1::{SetupError, reap_until, step};
+use crate::pid1::{SetupError, make_mounts_private, reap_until, step};
 
 /// How many ids the sandbox has (0 to 65535, as a Debian system expects).
 pub const ID_COUNT: u32 = 65536;
@@ -54,16 +54,7 @@ pub fn enter_sandbox(layers: &Layers, id_base: u32) -> Result<(), SetupError> {
         "entering a mount namespace",
         unshare(CloneFlags::CLONE_NEWNS),
     )?;
-    step(
-        "making mounts private",
-        mount(
-            None::<&str>,
-            "/",
-            None::<&str>,
-            MsFlags::MS_REC | MsFlags::MS_PRIVATE,
-            None::<&str>,
-        ),
-    )?;
+    make_mounts_private()?;
     let (ready_read, ready_write) = step("making a pipe", nix::unistd::pipe())?;
     let (go_read, go_write) = step("making a pipe", nix::unistd::pipe())?;
     // SAFETY: guest-init is single-threaded here.

@@ -93,11 +93,9 @@ fn mount_common() -> Result<(), SetupError> {
     Ok(())
 }
 
-/// In the sandbox's fresh mount and PID namespaces (see [`crate::launch`]),
-/// with the root file system mounted on `root`: gives it a minimal `/dev`
-/// (bind mounts of the host's harmless devices), pivots into it and mounts
-/// the rest. Nothing of the host stays visible.
-pub fn enter_namespace_root(root: &str) -> Result<(), SetupError> {
+/// Makes every mount of this (new) mount namespace private: nothing mounted
+/// here shows elsewhere, nor the other way.
+pub fn make_mounts_private() -> Result<(), SetupError> {
     step(
         "making mounts private",
         mount(
@@ -107,7 +105,15 @@ pub fn enter_namespace_root(root: &str) -> Result<(), SetupError> {
             MsFlags::MS_REC | MsFlags::MS_PRIVATE,
             None::<&str>,
         ),
-    )?;
+    )
+}
+
+/// In the sandbox's fresh mount and PID namespaces (see [`crate::launch`]),
+/// with the root file system mounted on `root`: gives it a minimal `/dev`
+/// (bind mounts of the host's harmless devices), pivots into it and mounts
+/// the rest. Nothing of the host stays visible.
+pub fn enter_namespace_root(root: &str) -> Result<(), SetupError> {
+    make_mounts_private()?;
     // The launcher's overlay came into this namespace locked to its parent,
     // and a locked mount cannot be pivoted into: a bind of it can.
     step(

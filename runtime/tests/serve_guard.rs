@@ -97,8 +97,12 @@ fn http(
     (status, response)
 }
 
-const EXECUTE: &str = r#"{"code": "6 * 7"}"#;
-const JSON: (&str, &str) = ("Content-Type", "application/json");
+/// `POST /execute` of `6 * 7` with `headers` (and a JSON content type).
+fn execute(port: u16, headers: &[(&str, &str)]) -> (u16, String) {
+    let mut all = headers.to_vec();
+    all.push(("Content-Type", "application/json"));
+    http(port, "POST", "/execute", &all, r#"{"code": "6 * 7"}"#)
+}
 
 #[test]
 fn foreign_hosts_and_web_pages_are_refused_local_programs_served() {
@@ -112,24 +116,12 @@ fn foreign_hosts_and_web_pages_are_refused_local_programs_served() {
     );
     let (code, envd) = (server.code, server.envd);
 
-    let (status, body) = http(
-        code,
-        "POST",
-        "/execute",
-        &[("Host", "localhost:45101"), JSON],
-        EXECUTE,
-    );
+    let (status, body) = execute(code, &[("Host", "localhost:45101")]);
     assert_eq!(status, 200, "{body}");
     assert!(body.contains(r#""text":"42""#), "{body}");
 
     // DNS rebinding: the page's own name comes as Host.
-    let (status, body) = http(
-        code,
-        "POST",
-        "/execute",
-        &[("Host", "rebind.example:45101"), JSON],
-        EXECUTE,
-    );
+    let (status, body) = execute(code, &[("Host", "rebind.example:45101")]);
     assert_eq!(status, 421, "{body}");
     assert!(!body.contains(r#""text":"42""#));
 
@@ -148,13 +140,7 @@ fn foreign_hosts_and_web_pages_are_refused_local_programs_served() {
         multipart,
     );
     assert_eq!(status, 403, "{body}");
-    let (status, body) = http(
-        code,
-        "POST",
-        "/execute",
-        &[("Host", "localhost"), ("Origin", "null"), JSON],
-        EXECUTE,
-    );
+    let (status, body) = execute(code, &[("Host", "localhost"), ("Origin", "null")]);
     assert_eq!(status, 403, "{body}");
 
     // An allowed origin is served, with CORS headers, preflight included.
@@ -176,16 +162,9 @@ fn foreign_hosts_and_web_pages_are_refused_local_programs_served() {
             .contains("access-control-allow-origin: http://localhost:3000"),
         "{body}"
     );
-    let (status, body) = http(
+    let (status, body) = execute(
         code,
-        "POST",
-        "/execute",
-        &[
-            ("Host", "localhost"),
-            ("Origin", "http://localhost:3000"),
-            JSON,
-        ],
-        EXECUTE,
+        &[("Host", "localhost"), ("Origin", "http://localhost:3000")],
     );
     assert_eq!(status, 200, "{body}");
     assert!(body.contains(r#""text":"42""#), "{body}");
@@ -204,28 +183,23 @@ fn with_a_token_every_request_but_health_must_carry_it() {
     );
     let (status, _) = http(server.code, "GET", "/health", &[("Host", "localhost")], "");
     assert_eq!(status, 200);
-    let (status, body) = http(
-        server.code,
-        "POST",
-        "/execute",
-        &[("Host", "localhost"), JSON],
-        EXECUTE,
-    );
+    let (status, body) = execute(server.code, &[("Host", "localhost")]);
     assert_eq!(status, 401, "{body}");
     let (status, _) = http(
         server.envd,
         "POST",
         "/filesystem.Filesystem/ListDir",
-        &[("Host", "localhost"), ("X-Access-Token", "wrong"), JSON],
+        &[
+            ("Host", "localhost"),
+            ("X-Access-Token", "wrong"),
+            ("Content-Type", "application/json"),
+        ],
         "{}",
     );
     assert_eq!(status, 401);
-    let (status, body) = http(
+    let (status, body) = execute(
         server.code,
-        "POST",
-        "/execute",
-        &[("Host", "localhost"), ("X-Access-Token", &token), JSON],
-        EXECUTE,
+        &[("Host", "localhost"), ("X-Access-Token", &token)],
     );
     assert_eq!(status, 200, "{body}");
     assert!(body.contains(r#""text":"42""#), "{body}");
@@ -274,12 +248,6 @@ fn a_stalled_request_body_is_dropped() {
         response.starts_with("HTTP/1.1 4") || response.is_empty(),
         "{response}"
     );
-    let (status, body) = http(
-        server.code,
-        "POST",
-        "/execute",
-        &[("Host", "localhost"), JSON],
-        EXECUTE,
-    );
+    let (status, body) = execute(server.code, &[("Host", "localhost")]);
     assert_eq!(status, 200, "{body}");
 }
