@@ -4,8 +4,10 @@
 //! `kvm_amd` gives a real `/dev/kvm`; see its README).
 
 use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// Set (to 1) inside the emulated machine by `tests/emulated-kvm/run.sh`.
@@ -40,6 +42,9 @@ pub fn emulated_kvm_script() -> PathBuf {
 pub struct Run {
     /// How the program (or the emulated machine) exited.
     pub status: ExitStatus,
+    /// The emulated machine's kernel reported a CPU stuck for
+    /// [`LOCKED_UP_AFTER`] or longer, and the machine was stopped.
+    pub locked_up: bool,
     /// Everything printed, the machine's console included.
     pub output: String,
 }
@@ -64,12 +69,16 @@ pub fn run(program: &Path, args: &[&str]) -> Run {
     };
     let mut child = command
         .args(args)
+        // Its own process group: a machine that locks up is stopped whole.
+        .process_group(0)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap_or_else(|e| panic!("starting {}: {e}", program.display()));
     let output = Arc::new(Mutex::new(String::new()));
+    let locked_up = Arc::new(AtomicBool::new(false));
+    let group = child.id() as i32;
     let readers: Vec<_> = [
         child
             .stdout
@@ -84,8 +93,20 @@ pub fn run(program: &Path, args: &[&str]) -> Run {
     .flatten()
     .map(|stream| {
         let output = output.clone();
+        let locked_up = locked_up.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stream).lines().map_while(|l| l.ok()) {
+                if stuck_for(&line).is_some_and(|stuck| stuck >= LOCKED_UP_AFTER)
+                    && !locked_up.swap(true, Ordering::SeqCst)
+                {
+                    let _ = writeln!(
+                        std::io::stderr(),
+                        "| (the emulated machine's kernel has locked up: stopping it)"
+                    );
+                    // SAFETY: kill(2) on the process group made for this run,
+                    // whose leader is our unreaped child.
+                    unsafe { libc::kill(-group, libc::SIGKILL) };
+                }
                 // Straight to the real stderr: the harness captures only
                 // `print!`-style output.
                 let _ = writeln!(std::io::stderr(), "| {line}");
@@ -101,7 +122,23 @@ pub fn run(program: &Path, args: &[&str]) -> Run {
         let _ = reader.join();
     }
     let output = std::mem::take(&mut *output.lock().unwrap_or_else(|p| p.into_inner()));
-    Run { status, output }
+    let locked_up = locked_up.load(Ordering::SeqCst);
+    Run {
+        status,
+        locked_up,
+        output,
+    }
+}
+
+/// A kernel soft lockup this long means the emulated machine will not
+/// recover (seen under QEMU's emulated SVM: both CPUs stuck for good).
+pub const LOCKED_UP_AFTER: u32 = 120;
+
+/// The seconds of a kernel's `soft lockup - CPU#N stuck for Ns!` line.
+fn stuck_for(line: &str) -> Option<u32> {
+    let rest = line.split("soft lockup - CPU#").nth(1)?;
+    let seconds = rest.split("stuck for ").nth(1)?;
+    seconds.split('s').next()?.parse().ok()
 }
 
 /// The names of the tests `--ignored` selects in the test binary `program`.
@@ -149,7 +186,8 @@ pub fn run_ignored_tests(program: &Path) -> (Vec<String>, Run) {
         }
         let run = run(program, &args);
         passed.extend(passed_tests(&run.output));
-        let machine_failed = matches!(run.status.code(), Some(MACHINE_DIED | MACHINE_TIMED_OUT));
+        let machine_failed =
+            run.locked_up || matches!(run.status.code(), Some(MACHINE_DIED | MACHINE_TIMED_OUT));
         if !machine_failed || attempt == 3 {
             return (passed, run);
         }
@@ -164,7 +202,19 @@ pub fn run_ignored_tests(program: &Path) -> (Vec<String>, Run) {
 
 #[cfg(test)]
 mod tests {
-    use super::passed_tests;
+    use super::{passed_tests, stuck_for};
+
+    #[test]
+    fn soft_lockups_are_read_from_the_console() {
+        let line =
+            "| [  485.066321] watchdog: BUG: soft lockup - CPU#1 stuck for 417s! [vcpu0:136]";
+        assert_eq!(stuck_for(line), Some(417));
+        assert_eq!(
+            stuck_for("watchdog: BUG: soft lockup - CPU#0 stuck for 26s! [kworker/0:1:17]"),
+            Some(26)
+        );
+        assert_eq!(stuck_for("test a ... ok"), None);
+    }
 
     #[test]
     fn passed_tests_are_read_from_libtest_output() {

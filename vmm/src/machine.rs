@@ -98,10 +98,11 @@ pub struct Vm {
     vsock: Option<VsockConnector>,
     disks: Vec<Arc<Mutex<BlockDevice>>>,
     started: Instant,
-    // Guest RAM stays mapped until the vCPUs stopped (`Drop` stops them before
-    // fields drop); KVM's memory slots point into it.
-    memory: GuestMemoryMmap,
+    // Fields drop in order: the VM (and with it KVM's memory slots, which
+    // point into guest RAM) goes before the RAM is unmapped, and both only
+    // after `Drop` stopped and joined the vCPUs and device threads.
     _vm: VmFd,
+    memory: GuestMemoryMmap,
 }
 
 impl std::fmt::Debug for Vm {
