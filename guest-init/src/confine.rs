@@ -83,9 +83,11 @@ impl User {
             .ok_or_else(|| format!("there is no user {name:?} in the sandbox"))
     }
 
-    /// [`DEFAULT_USER`].
-    pub fn default_user() -> User {
-        User::lookup(DEFAULT_USER).expect("the default user always resolves")
+    /// [`DEFAULT_USER`], looked up once.
+    pub fn default_user() -> &'static User {
+        static DEFAULT: OnceLock<User> = OnceLock::new();
+        DEFAULT
+            .get_or_init(|| User::lookup(DEFAULT_USER).expect("the default user always resolves"))
     }
 }
 
@@ -200,12 +202,8 @@ fn drop_privileges(uid: u32, gid: u32) -> std::io::Result<()> {
             pid: 0,
         };
         let data = [0u32; 6]; // two of {effective, permitted, inheritable}
-        if libc::syscall(libc::SYS_capset, &header, data.as_ptr()) != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
+        check(libc::syscall(libc::SYS_capset, &header, data.as_ptr()) as libc::c_int)?;
+        check(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0))?;
     }
     Ok(())
 }

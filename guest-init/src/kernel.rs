@@ -75,7 +75,7 @@ impl Kernel {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         // First (closures run in order): the ones below move descriptors onto 3 and 4.
-        crate::confine::apply(&mut command, &crate::confine::User::default_user());
+        crate::confine::apply(&mut command, crate::confine::User::default_user());
         // SAFETY: between fork and exec the closure only calls setsid, fcntl and
         // dup2, which are async-signal-safe, on descriptors that stay open until after spawn.
         unsafe {

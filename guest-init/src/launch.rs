@@ -28,9 +28,9 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use nix::mount::{MsFlags, mount};
 use nix::sched::{CloneFlags, unshare};
 use nix::sys::signal::Signal;
-use nix::unistd::{ForkResult, Pid, fork};
+use nix::unistd::{ForkResult, Gid, Pid, Uid, fork, setgroups, setresgid, setresuid};
 
-use crate::pid1::{SetupError, make_mounts_private, reap_until, step};
+use crate::pid1::{SetupError, io, make_mounts_private, reap_until, step};
 
 /// How many ids the sandbox has (0 to 65535, as a Debian system expects).
 pub const ID_COUNT: u32 = 65536;
@@ -111,16 +111,19 @@ fn prepare(keeper: Pid, layers: &Layers, id_base: u32) -> Result<(), SetupError>
     };
     owned(&layers.upper, id_base)?;
     if !idmapped {
-        // What the sandbox's user must be able to write, made in the upper layer.
-        for dir in ["home", "home/user", "var", "var/cache", "var/cache/cellbox"] {
+        // What the sandbox's user must be able to write, made in the upper
+        // layer (owners: 0 is the sandbox's root, 1000 its user).
+        for (dir, owner) in [
+            ("home", 0),
+            ("home/user", 1000),
+            ("var", 0),
+            ("var/cache", 0),
+            ("var/cache/cellbox", 0),
+            ("var/cache/cellbox/matplotlib", 1000),
+        ] {
             let path = format!("{}/{dir}", layers.upper);
             let _ = std::fs::create_dir(&path);
-            owned(&path, id_base)?;
-        }
-        for dir in ["home/user", "var/cache/cellbox/matplotlib"] {
-            let path = format!("{}/{dir}", layers.upper);
-            let _ = std::fs::create_dir(&path);
-            owned(&path, id_base + 1000)?;
+            owned(&path, id_base + owner)?;
         }
     }
     let data = format!(
@@ -215,18 +218,13 @@ fn become_keeper(ready: OwnedFd, go: OwnedFd) -> Result<(), SetupError> {
     )?;
     send_byte(ready)?;
     wait_byte(go)?;
-    // SAFETY: plain integer arguments; a null list of length 0.
-    let became_root = unsafe {
-        libc::setgroups(0, std::ptr::null()) == 0
-            && libc::setresgid(0, 0, 0) == 0
-            && libc::setresuid(0, 0, 0) == 0
-    };
-    if !became_root {
-        return Err(SetupError::new(
-            "becoming the sandbox's root",
-            nix::errno::Errno::last(),
-        ));
-    }
+    let root = (Uid::from_raw(0), Gid::from_raw(0));
+    step(
+        "becoming the sandbox's root",
+        setgroups(&[])
+            .and_then(|()| setresgid(root.1, root.1, root.1))
+            .and_then(|()| setresuid(root.0, root.0, root.0)),
+    )?;
     step(
         "entering the sandbox's namespaces",
         unshare(
@@ -266,8 +264,4 @@ fn wait_byte(fd: OwnedFd) -> Result<(), SetupError> {
         "waiting across the launch",
         io(File::from(fd).read_exact(&mut byte)),
     )
-}
-
-fn io<T>(result: std::io::Result<T>) -> nix::Result<T> {
-    result.map_err(|e| nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))
 }

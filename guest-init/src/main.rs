@@ -30,10 +30,8 @@ use nix::unistd::{ForkResult, fork};
 struct Args {
     fd: Option<i32>,
     vsock: Option<u32>,
-    namespace_root: Option<String>,
-    lowers: Vec<String>,
-    upper: Option<String>,
-    work: Option<String>,
+    /// The namespace sandbox's root file system (`--namespace-root` & co).
+    layers: Option<launch::Layers>,
     id_base: Option<u32>,
     python: Option<String>,
     home: Option<String>,
@@ -48,6 +46,7 @@ const DEFAULT_MAX_PROCESSES: u32 = 256;
 
 fn parse_args() -> Result<Args, String> {
     let mut args = Args::default();
+    let (mut root, mut lowers, mut upper, mut work) = (None, Vec::new(), None, None);
     let mut words = std::env::args().skip(1);
     while let Some(flag) = words.next() {
         let mut value = || words.next().ok_or(format!("{flag} needs a value"));
@@ -60,10 +59,10 @@ fn parse_args() -> Result<Args, String> {
                         .map_err(|_| "--vsock takes a port number")?,
                 )
             }
-            "--namespace-root" => args.namespace_root = Some(value()?),
-            "--lower" => args.lowers.push(value()?),
-            "--upper" => args.upper = Some(value()?),
-            "--work" => args.work = Some(value()?),
+            "--namespace-root" => root = Some(value()?),
+            "--lower" => lowers.push(value()?),
+            "--upper" => upper = Some(value()?),
+            "--work" => work = Some(value()?),
             "--id-base" => {
                 args.id_base = Some(value()?.parse().map_err(|_| "--id-base takes a number")?)
             }
@@ -94,10 +93,16 @@ fn parse_args() -> Result<Args, String> {
     if args.fd.is_some() == args.vsock.is_some() {
         return Err("give exactly one of --fd N and --vsock PORT".into());
     }
-    let layered = !args.lowers.is_empty() && args.upper.is_some() && args.work.is_some();
-    if args.namespace_root.is_some() != layered {
-        return Err("--namespace-root goes with --lower, --upper and --work".into());
-    }
+    args.layers = match (root, upper, work) {
+        (Some(root), Some(upper), Some(work)) if !lowers.is_empty() => Some(launch::Layers {
+            root,
+            lowers,
+            upper,
+            work,
+        }),
+        (None, None, None) if lowers.is_empty() => None,
+        _ => return Err("--namespace-root goes with --lower, --upper and --work".into()),
+    };
     Ok(args)
 }
 
@@ -113,16 +118,10 @@ fn main() -> ExitCode {
     if let Some(bytes) = args.output_limit {
         output::set_limit(bytes);
     }
-    if let (Some(root), Some(upper), Some(work)) = (&args.namespace_root, &args.upper, &args.work) {
-        let layers = launch::Layers {
-            root: root.clone(),
-            lowers: args.lowers.clone(),
-            upper: upper.clone(),
-            work: work.clone(),
-        };
+    if let Some(layers) = &args.layers {
         // Returns only in the sandbox's PID 1.
         let id_base = args.id_base.unwrap_or(launch::DEFAULT_ID_BASE);
-        if let Err(e) = launch::enter_sandbox(&layers, id_base) {
+        if let Err(e) = launch::enter_sandbox(layers, id_base) {
             eprintln!("guest-init: starting the sandbox failed: {e}");
             return ExitCode::from(3);
         }
@@ -134,8 +133,8 @@ fn main() -> ExitCode {
         fds.map(|&fd| unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
             .collect()
     };
-    let setup = match &args.namespace_root {
-        Some(root) => pid1::enter_namespace_root(root).map(|()| passed_cgroup()),
+    let setup = match &args.layers {
+        Some(layers) => pid1::enter_namespace_root(&layers.root).map(|()| passed_cgroup()),
         None if is_pid1 => pid1::mount_vm_basics().and_then(|()| {
             pid1::make_user_cgroup(args.max_processes.unwrap_or(DEFAULT_MAX_PROCESSES))
                 .map(|fd| vec![fd])
@@ -165,7 +164,7 @@ fn main() -> ExitCode {
         Ok(ForkResult::Parent { child }) => {
             let code = pid1::reap_until(child);
             pid1::kill_everything();
-            if args.namespace_root.is_none() {
+            if args.layers.is_none() {
                 pid1::power_off();
             }
             ExitCode::from(code.clamp(0, 255) as u8)

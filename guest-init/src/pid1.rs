@@ -13,13 +13,9 @@ pub struct SetupError {
     source: nix::Error,
 }
 
-impl SetupError {
-    pub fn new(step: impl Into<String>, source: nix::Error) -> SetupError {
-        SetupError {
-            step: step.into(),
-            source,
-        }
-    }
+/// An I/O result as a `nix` one (its errno), for [`step`].
+pub fn io<T>(result: std::io::Result<T>) -> nix::Result<T> {
+    result.map_err(|e| nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))
 }
 
 /// `result`, or the error with what was being done.
@@ -176,12 +172,10 @@ pub fn enter_namespace_root(root: &str) -> Result<(), SetupError> {
 /// `max_processes` (a fork bomb stops there). Returns its `cgroup.procs`,
 /// open for writing.
 pub fn make_user_cgroup(max_processes: u32) -> Result<std::os::fd::OwnedFd, SetupError> {
-    let io = |what: &str, e: std::io::Error| SetupError {
-        step: what.to_string(),
-        source: nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
-    };
-    let meminfo =
-        std::fs::read_to_string("/proc/meminfo").map_err(|e| io("reading /proc/meminfo", e))?;
+    let meminfo = step(
+        "reading /proc/meminfo",
+        io(std::fs::read_to_string("/proc/meminfo")),
+    )?;
     let total = meminfo
         .lines()
         .find_map(|line| line.strip_prefix("MemTotal:"))
@@ -192,25 +186,35 @@ pub fn make_user_cgroup(max_processes: u32) -> Result<std::os::fd::OwnedFd, Setu
                 .parse::<u64>()
                 .ok()
         })
-        .map(|kib| kib << 10)
-        .ok_or_else(|| io("reading MemTotal", std::io::ErrorKind::InvalidData.into()))?;
-    std::fs::write("/sys/fs/cgroup/cgroup.subtree_control", "+memory +pids")
-        .map_err(|e| io("enabling the memory and pids controllers", e))?;
+        .map(|kib| kib << 10);
+    let total = step("reading MemTotal", total.ok_or(nix::errno::Errno::EINVAL))?;
+    step(
+        "enabling the memory and pids controllers",
+        io(std::fs::write(
+            "/sys/fs/cgroup/cgroup.subtree_control",
+            "+memory +pids",
+        )),
+    )?;
     let dir = std::path::Path::new("/sys/fs/cgroup").join(crate::confine::USER_CGROUP);
-    std::fs::create_dir_all(&dir).map_err(|e| io("creating the user cgroup", e))?;
+    step(
+        "creating the user cgroup",
+        io(std::fs::create_dir_all(&dir)),
+    )?;
     let limit = total.saturating_sub(crate::confine::memory_reserve(total));
     for (file, value) in [
         ("memory.max", limit.to_string()),
         ("memory.swap.max", "0".to_string()),
         ("pids.max", max_processes.to_string()),
     ] {
-        std::fs::write(dir.join(file), value).map_err(|e| io(&format!("writing {file}"), e))?;
+        step(
+            format!("writing {file}"),
+            io(std::fs::write(dir.join(file), value)),
+        )?;
     }
-    std::fs::OpenOptions::new()
+    let procs = std::fs::OpenOptions::new()
         .write(true)
-        .open(dir.join("cgroup.procs"))
-        .map(Into::into)
-        .map_err(|e| io("opening the user cgroup", e))
+        .open(dir.join("cgroup.procs"));
+    step("opening the user cgroup", io(procs)).map(Into::into)
 }
 
 /// Brings up `lo` (a new network namespace starts with it down).
