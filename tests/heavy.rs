@@ -201,7 +201,8 @@ pub async fn user_code_cannot_reach_guest_init(backend: Backend) {
 /// As in E2B, cells and commands run as `user` (uid 1000, home
 /// `/home/user`) and what they and the Files API create is `user`'s; a
 /// command runs as root only when asked, and then holds no capabilities
-/// either; neither can signal guest-init.
+/// either; neither can signal guest-init; the Files API cannot be turned
+/// into root's hands by a planted link.
 pub async fn cells_commands_and_files_belong_to_user_unless_root_is_asked_for(backend: Backend) {
     let mut sandbox = start(backend).await;
     let who = sandbox
@@ -227,6 +228,15 @@ pub async fn cells_commands_and_files_belong_to_user_unless_root_is_asked_for(ba
         .write_file("/home/user/uploads/by-api.txt", b"y")
         .await
         .unwrap();
+    // A link user code planted towards root's files: the Files API acts as
+    // `user`, so writing through it is refused, not done as root.
+    let planted = sandbox
+        .run("import os; os.symlink('/etc/cellbox-planted', '/home/user/planted')")
+        .await
+        .unwrap();
+    assert!(planted.error.is_none(), "{planted:?}");
+    let through = guest.write_file("/home/user/planted", b"owned").await;
+    assert!(through.is_err(), "a write through the link: {through:?}");
     let shell = |cmd: &'static str, options: CommandOptions| {
         let guest = guest.clone();
         async move {
@@ -244,10 +254,11 @@ pub async fn cells_commands_and_files_belong_to_user_unless_root_is_asked_for(ba
         "user by-cell.txt\nuser uploads\nuser uploads/by-api.txt\nuser\n/home/user\n"
     );
     let root = "id -u; echo $HOME; grep -E '^CapEff' /proc/self/status; \
-                kill -s 0 $PPID 2>/dev/null && echo reached guest-init || echo refused";
+                kill -s 0 $PPID 2>/dev/null && echo reached guest-init || echo refused; \
+                ls /etc/cellbox-planted 2>/dev/null || echo not planted";
     assert_eq!(
         shell(root, CommandOptions::default().user("root")).await,
-        "0\n/root\nCapEff:\t0000000000000000\nrefused\n"
+        "0\n/root\nCapEff:\t0000000000000000\nrefused\nnot planted\n"
     );
     let nobody = guest
         .run_command(

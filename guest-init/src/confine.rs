@@ -91,6 +91,28 @@ impl User {
     }
 }
 
+/// Runs `f` with this thread's file-system identity (`fsuid`, `fsgid`) that
+/// of `user`: files it makes are theirs, and it may open only what they may
+/// (root's file-system capabilities are off meanwhile). The identity is per
+/// thread, so other requests are untouched; the previous one comes back
+/// after. Without root, `f` just runs.
+pub fn as_user<T>(user: &User, f: impl FnOnce() -> T) -> T {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return f();
+    }
+    // SAFETY: setfsgid/setfsuid change only this thread's credentials and
+    // return the previous ids, restored below.
+    let (gid, uid) = unsafe { (libc::setfsgid(user.gid), libc::setfsuid(user.uid)) };
+    let result = f();
+    // SAFETY: as above, back to the previous ids.
+    unsafe {
+        libc::setfsuid(uid as libc::uid_t);
+        libc::setfsgid(gid as libc::gid_t);
+    }
+    result
+}
+
 /// The real (and saved) uid of guest-init's server, whose effective uid
 /// stays root: no account has it, so no user code — not even a root
 /// command, which holds no `CAP_KILL` — may signal or trace the server.

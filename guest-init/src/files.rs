@@ -1,6 +1,8 @@
-//! File requests, answered from the guest's own file system. What they
-//! create (files and folders) belongs to the sandbox's user
-//! ([`crate::confine::DEFAULT_USER`]), as in E2B.
+//! File requests, answered from the guest's own file system with the
+//! file-system identity of the sandbox's user ([`crate::confine::DEFAULT_USER`]),
+//! as in E2B: what they create is the user's, and they reach only what the
+//! user may (a link user code planted towards `/etc/passwd` gets
+//! "permission denied", not root's write).
 
 use std::fs;
 use std::io::{ErrorKind, Read, Seek, SeekFrom, Write};
@@ -36,7 +38,7 @@ fn done(path: &str, result: std::io::Result<()>) -> ReplyBody {
 /// most [`FILE_CHUNK`] bytes, one in memory at a time; the last reply has
 /// `eof: true`.
 pub fn read(path: &str, offset: u64, length: Option<u64>, send: &mut dyn FnMut(ReplyBody)) {
-    let mut file = match fs::File::open(path) {
+    let mut file = match as_user(|| fs::File::open(path)) {
         Ok(file) => file,
         Err(e) => return send(failed(path, e)),
     };
@@ -82,51 +84,28 @@ pub fn write(path: &str, data: &str, append: bool) -> ReplyBody {
     let parent = Path::new(path)
         .parent()
         .filter(|p| !p.as_os_str().is_empty());
-    if let Some(Err(e)) = parent.map(make_dirs) {
-        return failed(path, e);
-    }
-    let existed = fs::symlink_metadata(path).is_ok();
-    let file = fs::OpenOptions::new()
-        .create(true)
-        .write(true)
-        .append(append)
-        .truncate(!append)
-        .open(path);
-    let written = file.and_then(|mut f| {
-        if !existed {
-            give_to_user(&f)?;
+    let written = as_user(|| {
+        if let Some(parent) = parent {
+            fs::create_dir_all(parent)?;
         }
-        f.write_all(&bytes)
+        fs::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .append(append)
+            .truncate(!append)
+            .open(path)?
+            .write_all(&bytes)
     });
     done(path, written)
 }
 
-/// Gives a file or folder guest-init made to the sandbox's user (when
-/// guest-init is root: otherwise it has nothing to give).
-fn give_to_user(file: &fs::File) -> std::io::Result<()> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        return Ok(());
-    }
-    let user = User::default_user();
-    std::os::unix::fs::fchown(file, Some(user.uid), Some(user.gid))
-}
-
-/// `create_dir_all`, with each folder it makes given to the sandbox's user.
-fn make_dirs(path: &Path) -> std::io::Result<()> {
-    let missing: Vec<&Path> = path
-        .ancestors()
-        .take_while(|dir| !dir.as_os_str().is_empty() && fs::symlink_metadata(dir).is_err())
-        .collect();
-    fs::create_dir_all(path)?;
-    for dir in missing.into_iter().rev() {
-        give_to_user(&fs::File::open(dir)?)?;
-    }
-    Ok(())
+/// `f`, done as the sandbox's user.
+fn as_user<T>(f: impl FnOnce() -> T) -> T {
+    crate::confine::as_user(User::default_user(), f)
 }
 
 pub fn stat(path: &str) -> Result<FileStat, ReplyBody> {
-    let meta = fs::symlink_metadata(path).map_err(|e| failed(path, e))?;
+    let meta = as_user(|| fs::symlink_metadata(path)).map_err(|e| failed(path, e))?;
     let name = Path::new(path)
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -142,7 +121,7 @@ pub fn stat(path: &str) -> Result<FileStat, ReplyBody> {
 }
 
 pub fn list(path: &str) -> ReplyBody {
-    let entries = match fs::read_dir(path) {
+    let entries = match as_user(|| fs::read_dir(path)) {
         Ok(entries) => entries,
         Err(e) => return failed(path, e),
     };
@@ -157,20 +136,20 @@ pub fn list(path: &str) -> ReplyBody {
 }
 
 pub fn make_dir(path: &str) -> ReplyBody {
-    done(path, make_dirs(Path::new(path)))
+    done(path, as_user(|| fs::create_dir_all(path)))
 }
 
 pub fn remove(path: &str) -> ReplyBody {
-    let result = match fs::symlink_metadata(path) {
+    let result = as_user(|| match fs::symlink_metadata(path) {
         Ok(meta) if meta.is_dir() => fs::remove_dir_all(path),
         Ok(_) => fs::remove_file(path),
         Err(e) => Err(e),
-    };
+    });
     done(path, result)
 }
 
 pub fn rename(from: &str, to: &str) -> ReplyBody {
-    done(from, fs::rename(from, to))
+    done(from, as_user(|| fs::rename(from, to)))
 }
 
 #[cfg(test)]
@@ -180,6 +159,8 @@ mod tests {
     #[test]
     fn write_read_stat_list_rename_remove() {
         let dir = tempfile::tempdir().unwrap();
+        // Requests act as the sandbox's user, who may write here.
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o777)).unwrap();
         let path = dir.path().join("sub/a.bin");
         let path = path.to_str().unwrap();
         let data = vec![7u8; FILE_CHUNK + 10];
