@@ -208,6 +208,32 @@ async fn a_full_scratch_folder_is_enospc_and_costs_the_host_nothing_more() {
     assert_eq!(again.text(), Some("4096"), "{again:?}");
 }
 
+/// Empty files, folders and links count too (a block each): a flood of
+/// them meets the limit with ENOSPC instead of filling the host's inodes.
+#[tokio::test]
+async fn a_flood_of_empty_files_meets_the_same_limit() {
+    let shared = tempfile::tempdir().unwrap();
+    let mut session = wasm_session_with(WasmSessionOptions {
+        scratch_dir: Some(shared.path().to_path_buf()),
+        disk_limit: 1 << 20,
+        ..Default::default()
+    })
+    .await;
+    let flood = session
+        .run(
+            "import errno, os\nmade = 0\ntry:\n    for i in range(100000):\n        \
+             open(f'/home/user/f{i}', 'w').close(); os.mkdir(f'/home/user/d{i}'); made += 1\n\
+             except OSError as e:\n    print(errno.errorcode[e.errno])\nmade",
+        )
+        .await
+        .unwrap();
+    assert_eq!(flood.logs.stdout.concat().trim(), "ENOSPC", "{flood:?}");
+    let made: usize = flood.text().unwrap().parse().unwrap();
+    assert!(made <= 128, "{made} files and folders made in 1 MiB");
+    let entries = std::fs::read_dir(shared.path()).unwrap().count();
+    assert!(entries <= 256, "the host holds {entries} entries");
+}
+
 #[tokio::test]
 async fn there_is_no_network() {
     let mut session = wasm_session().await;

@@ -1,8 +1,9 @@
-//! The scratch folder's size limit. The interpreter writes files only
-//! through WASI's `fd_write` and `fd_pwrite`; both are wrapped here so that
-//! a write that would take the folder past its limit fails with `ENOSPC`
-//! (Python raises `OSError: [Errno 28] No space left on device`) and the host
-//! never holds more than the limit.
+//! The scratch folder's size limit. The interpreter fills the folder only
+//! through WASI's `fd_write` and `fd_pwrite` (data) and `path_open` with
+//! `O_CREAT`, `path_create_directory` and `path_symlink` (entries, a block
+//! each); all are wrapped here so that one that would take the folder past
+//! its limit fails with `ENOSPC` (Python raises `OSError: [Errno 28] No
+//! space left on device`) and the host never holds more than the limit.
 //!
 //! The folder's use is measured (blocks on disk, by walking it) when the
 //! session starts and again only when the running estimate — the last
@@ -22,6 +23,10 @@ use super::host::HostState;
 const ENOSPC: i32 = 51;
 /// Descriptors 0–2 are stdio, never files of the folder.
 const FIRST_FILE_FD: i32 = 3;
+/// What a new file, folder or link is counted as (the walk counts the same).
+const ENTRY: u64 = 4096;
+/// WASI's `oflags::creat`.
+const O_CREAT: i32 = 1;
 /// More I/O vectors than this in one call are not counted (WASI's own cap is 1024).
 const MAX_IOVECS: u32 = 1024;
 
@@ -67,7 +72,7 @@ fn usage(root: &Path) -> u64 {
         };
         for entry in entries.flatten() {
             let Ok(meta) = entry.metadata() else { continue };
-            total = total.saturating_add((meta.blocks() * 512).max(4096));
+            total = total.saturating_add((meta.blocks() * 512).max(ENTRY));
             if meta.is_dir() {
                 pending.push(entry.path());
             }
@@ -76,9 +81,9 @@ fn usage(root: &Path) -> u64 {
     total
 }
 
-/// Shadows `fd_write` and `fd_pwrite` of the WASI imports already in
-/// `linker` with versions that ask the store's [`DiskBudget`] first, then
-/// do what WASI's own do.
+/// Shadows the WASI imports already in `linker` that fill the folder with
+/// versions that ask the store's [`DiskBudget`] first, then do what WASI's
+/// own do.
 pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     linker.allow_shadowing(true);
     linker.func_wrap_async(
@@ -108,6 +113,70 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
             })
         },
     )?;
+    linker.func_wrap_async(
+        "wasi_snapshot_preview1",
+        "path_open",
+        |mut caller: Caller<'_, HostState>,
+         (fd, lookup, path, len, oflags, base, inheriting, fdflags, opened): (
+            i32,
+            i32,
+            i32,
+            i32,
+            i32,
+            i64,
+            i64,
+            i32,
+            i32,
+        )| {
+            Box::new(async move {
+                if oflags & O_CREAT != 0 && !admit(&mut caller, ENTRY) {
+                    return Ok(ENOSPC);
+                }
+                let (mut memory, wasi) = guest_memory(&mut caller)?;
+                p1::path_open(
+                    wasi,
+                    &mut memory,
+                    fd,
+                    lookup,
+                    path,
+                    len,
+                    oflags,
+                    base,
+                    inheriting,
+                    fdflags,
+                    opened,
+                )
+                .await
+            })
+        },
+    )?;
+    linker.func_wrap_async(
+        "wasi_snapshot_preview1",
+        "path_create_directory",
+        |mut caller: Caller<'_, HostState>, (fd, path, len): (i32, i32, i32)| {
+            Box::new(async move {
+                if !admit(&mut caller, ENTRY) {
+                    return Ok(ENOSPC);
+                }
+                let (mut memory, wasi) = guest_memory(&mut caller)?;
+                p1::path_create_directory(wasi, &mut memory, fd, path, len).await
+            })
+        },
+    )?;
+    linker.func_wrap_async(
+        "wasi_snapshot_preview1",
+        "path_symlink",
+        |mut caller: Caller<'_, HostState>,
+         (target, target_len, fd, path, len): (i32, i32, i32, i32, i32)| {
+            Box::new(async move {
+                if !admit(&mut caller, ENTRY) {
+                    return Ok(ENOSPC);
+                }
+                let (mut memory, wasi) = guest_memory(&mut caller)?;
+                p1::path_symlink(wasi, &mut memory, target, target_len, fd, path, len).await
+            })
+        },
+    )?;
     linker.allow_shadowing(false);
     Ok(())
 }
@@ -127,10 +196,10 @@ fn guest_memory<'a>(
 }
 
 /// Whether the write of the I/O vectors at `iovs` to `fd` fits the budget
-/// (always, for stdio, without a budget, or when the vectors cannot be read:
-/// WASI then refuses the call itself).
+/// (always, for stdio, or when the vectors cannot be read: WASI then
+/// refuses the call itself).
 fn admitted(caller: &mut Caller<'_, HostState>, fd: i32, iovs: i32, count: i32) -> bool {
-    if fd < FIRST_FILE_FD || caller.data().disk.is_none() {
+    if fd < FIRST_FILE_FD {
         return true;
     }
     let Some(memory) = caller
@@ -149,6 +218,11 @@ fn admitted(caller: &mut Caller<'_, HostState>, fd: i32, iovs: i32, count: i32) 
         };
         bytes += u64::from(u32::from_le_bytes(len.try_into().unwrap_or_default()));
     }
+    admit(caller, bytes)
+}
+
+/// Whether `bytes` more fit the store's budget (always, without one).
+fn admit(caller: &mut Caller<'_, HostState>, bytes: u64) -> bool {
     caller
         .data_mut()
         .disk
