@@ -43,7 +43,8 @@ macro_rules! heavy_backend_tests {
             a_killed_kernel_is_reported_and_replaced,
             per_run_env_vars_and_restart,
             orphans_are_reaped_by_guest_init,
-            printing_forever_costs_the_host_nothing
+            printing_forever_costs_the_host_nothing,
+            pause_stops_everything_and_resume_goes_on
         );
     };
     (@each $backend:expr, $attrs:tt, $($name:ident),*) => {
@@ -375,6 +376,77 @@ pub async fn orphans_are_reaped_by_guest_init(backend: Backend) {
         .await
         .unwrap();
     assert_eq!(zombies.text(), Some("[]"), "PID 1 reaps orphaned children");
+}
+
+/// A paused guest runs nothing (a background process's ticks stop, no CPU
+/// time is used); resumed, it goes on with its variables and processes.
+pub async fn pause_stops_everything_and_resume_goes_on(backend: Backend) {
+    let mut sandbox = start(backend).await;
+    let control = sandbox.control();
+    let started = sandbox
+        .run(
+            "import subprocess\n\
+             ticker = subprocess.Popen(['sh', '-c', 'while :; do echo t >> /tmp/ticks; sleep 0.05; done'])\n\
+             x = 41",
+        )
+        .await
+        .unwrap();
+    assert!(started.error.is_none(), "{started:?}");
+    let ticks = async |sandbox: &mut HeavySession| -> u64 {
+        let count = sandbox
+            .run("import os; os.path.getsize('/tmp/ticks') // 2 if os.path.exists('/tmp/ticks') else 0")
+            .await
+            .unwrap();
+        count.text().unwrap().parse().unwrap()
+    };
+    let window = Duration::from_secs(3);
+    let before_running = ticks(&mut sandbox).await;
+    tokio::time::sleep(window).await;
+    let before_pause = ticks(&mut sandbox).await;
+    let running = before_pause - before_running;
+    assert!(
+        running >= 5,
+        "the ticker ticked {running} times in {window:?}"
+    );
+
+    control.pause().unwrap();
+    let cpu_paused = control.usage().unwrap().cpu_time;
+    tokio::time::sleep(window).await;
+    let cpu_used = control.usage().unwrap().cpu_time - cpu_paused;
+    control.resume().unwrap();
+    let after_pause = ticks(&mut sandbox).await;
+    let paused = after_pause - before_pause;
+    assert!(
+        paused * 3 < running,
+        "{paused} ticks while paused, {running} while running"
+    );
+    assert!(
+        cpu_used < Duration::from_millis(100),
+        "{cpu_used:?} of CPU while paused"
+    );
+
+    let state = sandbox.run("x + 1, ticker.poll()").await.unwrap();
+    assert_eq!(
+        state.text(),
+        Some("(42, None)"),
+        "variables and the process survived"
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        ticks(&mut sandbox).await > after_pause,
+        "the ticker goes on after resume"
+    );
+
+    let usage = control.usage().unwrap();
+    assert!(usage.cpus >= 1 && usage.memory_total > 0, "{usage:?}");
+    assert!(usage.cpu_time > Duration::ZERO, "{usage:?}");
+    if backend == Backend::Namespace {
+        assert!(usage.memory_used > 10 << 20, "{usage:?}");
+        assert!(
+            usage.disk_used > 0 && usage.disk_total >= usage.disk_used,
+            "{usage:?}"
+        );
+    }
 }
 
 /// This process's peak resident memory (`VmHWM`), in bytes.

@@ -53,7 +53,9 @@ pub use microvm::{BootTimeline, MicroVmConfig, MicroVmExecutor};
 pub use namespace::{NamespaceConfig, NamespaceExecutor};
 pub use progress::Progress;
 pub use router::{HeavyChoice, HybridConfig, HybridExecutor};
-pub use sandbox::{BackendPolicy, Files, RunCodeOptions, RunStream, Sandbox, SandboxOptions};
+pub use sandbox::{
+    BackendPolicy, Files, RunCodeOptions, RunStream, Sandbox, SandboxMetrics, SandboxOptions,
+};
 pub use wasm::{WasmConfig, WasmEngine, WasmExecutor, WasmSessionOptions};
 
 /// Locks `mutex`, also after a panic elsewhere (the maps it guards stay valid).

@@ -47,6 +47,9 @@ pub enum VmError {
     /// Out of MMIO slots or IRQs.
     #[error("cannot place a device: {0}")]
     Devices(String),
+    /// The VM has stopped (or its vCPUs did not answer a pause).
+    #[error("the VM is not running (or its vCPUs did not stop for a pause within 5 s)")]
+    Stopped,
     /// A thread, event fd or socket could not be created.
     #[error("cannot {what}: {source}")]
     Io {

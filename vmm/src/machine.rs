@@ -26,6 +26,7 @@ use crate::devices::virtio::vsock::{VsockConnector, VsockDevice, unix};
 use crate::devices::virtio::{IrqTrigger, MmioTransport, VirtioDevice};
 use crate::error::VmError;
 use crate::layout::*;
+use crate::pause::PauseGate;
 use crate::seccomp::{self, ThreadKind};
 use crate::vcpu::{self, ExitReason};
 
@@ -39,7 +40,10 @@ pub struct Shared {
     exit: Mutex<Option<ExitReason>>,
     exited: Condvar,
     first_entry: OnceLock<Instant>,
+    /// The vCPU threads, while they may be signalled (emptied before they
+    /// are joined).
     vcpu_threads: Mutex<Vec<libc::pthread_t>>,
+    pub(crate) pause: PauseGate,
 }
 
 impl std::fmt::Debug for Shared {
@@ -69,6 +73,7 @@ impl Shared {
         }
         self.stop.store(true, Ordering::SeqCst);
         self.exited.notify_all();
+        self.pause.wake();
         for &thread in lock(&self.vcpu_threads).iter() {
             kick(thread);
         }
@@ -86,6 +91,71 @@ fn kick(thread: libc::pthread_t) {
     // SAFETY: `thread` is a vCPU thread we spawned; signalling a thread that
     // already exited but was not joined yet is harmless (the id stays valid until join).
     unsafe { libc::pthread_kill(thread, kick_signal()) };
+}
+
+/// Pauses, resumes and measures a running [`Vm`] (see [`Vm::control`]).
+#[derive(Debug, Clone)]
+pub struct VmControl {
+    shared: Arc<Shared>,
+}
+
+impl VmControl {
+    /// Parks every vCPU outside the guest and returns once all have; the
+    /// guest uses no CPU until [`VmControl::resume`].
+    pub fn pause(&self) -> Result<(), VmError> {
+        let shared = &self.shared;
+        shared.pause.request(true);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let threads = lock(&shared.vcpu_threads);
+            if shared.stopping() || threads.is_empty() {
+                return Err(VmError::Stopped);
+            }
+            let count = threads.len();
+            // A kick can land just before KVM_RUN; repeat until all parked.
+            for &thread in threads.iter() {
+                kick(thread);
+            }
+            drop(threads);
+            if shared.pause.wait_parked(count, Duration::from_millis(2)) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                shared.pause.request(false);
+                return Err(VmError::Stopped);
+            }
+        }
+    }
+
+    /// Lets the vCPUs enter the guest again.
+    pub fn resume(&self) {
+        self.shared.pause.request(false);
+    }
+
+    /// CPU time the vCPU threads have used (zero once the VM stopped).
+    pub fn cpu_time(&self) -> Duration {
+        let threads = lock(&self.shared.vcpu_threads);
+        threads.iter().map(|&thread| thread_cpu_time(thread)).sum()
+    }
+}
+
+/// The CPU time of a thread we spawned and have not joined.
+fn thread_cpu_time(thread: libc::pthread_t) -> Duration {
+    let mut clock: libc::clockid_t = 0;
+    let mut time = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `thread` is a live vCPU thread (the caller holds the lock that
+    // `Vm::stop` takes before joining them); both out-pointers are valid.
+    let ok = unsafe {
+        libc::pthread_getcpuclockid(thread, &mut clock) == 0
+            && libc::clock_gettime(clock, &mut time) == 0
+    };
+    if !ok {
+        return Duration::ZERO;
+    }
+    Duration::new(time.tv_sec as u64, time.tv_nsec as u32)
 }
 
 /// A running microVM. Dropping it stops it.
@@ -192,6 +262,7 @@ impl Vm {
             exited: Condvar::new(),
             first_entry: OnceLock::new(),
             vcpu_threads: Mutex::new(Vec::new()),
+            pause: PauseGate::default(),
         });
         let mut vm_handle = Vm {
             shared,
@@ -283,6 +354,13 @@ impl Vm {
             .map(|t| t.duration_since(self.started))
     }
 
+    /// A handle that pauses, resumes and measures this VM from any thread.
+    pub fn control(&self) -> VmControl {
+        VmControl {
+            shared: self.shared.clone(),
+        }
+    }
+
     /// Why the VM stopped, if it did.
     pub fn exit_reason(&self) -> Option<ExitReason> {
         lock(&self.shared.exit).clone()
@@ -303,6 +381,8 @@ impl Vm {
     /// why it ended; [`ExitReason::Stopped`] if it was still running.
     pub fn stop(&mut self) -> ExitReason {
         self.shared.finish(ExitReason::Stopped);
+        // From here on only this loop signals the threads it joins.
+        lock(&self.shared.vcpu_threads).clear();
         let deadline = Instant::now() + Duration::from_secs(5);
         for thread in self.vcpus.drain(..) {
             // A kick can land just before KVM_RUN; repeat until the thread is out.

@@ -89,6 +89,10 @@ pub fn run(mut vcpu: VcpuFd, index: u8, shared: Arc<Shared>) {
         shared.mark_first_entry();
     }
     while !shared.stopping() {
+        shared.pause.park_while_paused(|| shared.stopping());
+        if shared.stopping() {
+            break;
+        }
         let action = match vcpu.run() {
             Ok(VcpuExit::InternalError) => emulation_failure(&mut vcpu),
             Ok(exit) => handle_exit(exit, &shared.pio, &shared.mmio),

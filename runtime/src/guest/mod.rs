@@ -10,6 +10,7 @@ pub mod artifacts;
 pub mod client;
 pub mod commands;
 pub mod contexts;
+pub mod control;
 pub mod files;
 pub mod kernel;
 pub mod session;
@@ -21,5 +22,6 @@ pub use commands::{
     CommandHandle, CommandInfo, CommandOptions, CommandResult, OutputCallback, Stream,
 };
 pub use contexts::ContextInfo;
+pub use control::{ControlSlot, GuestControl, Usage};
 pub use kernel::GuestKernel;
 pub use session::{GuestBackend, GuestExecutor, GuestSession};

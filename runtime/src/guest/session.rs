@@ -3,12 +3,14 @@
 //! [`Executor`] — a backend only says what it is and how to stop what runs
 //! the guest ([`GuestBackend`]).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use cellbox_guest_init::protocol::DEFAULT_CONTEXT;
 
 use super::GuestClient;
+use super::control::GuestControl;
 use crate::error::{Error, Result};
 use crate::execution::Execution;
 use crate::executor::{Backend, EventCallback, Executor, RunOptions};
@@ -18,6 +20,8 @@ use crate::executor::{Backend, EventCallback, Executor, RunOptions};
 pub trait GuestExecutor: Executor + Send {
     /// The connection to `guest-init`.
     fn guest(&self) -> Result<&GuestClient>;
+    /// Pause, resume and usage, from outside the guest.
+    fn control(&self) -> Arc<dyn GuestControl>;
 }
 
 /// A heavy backend: a [`GuestSession`] plus whatever runs the guest.
@@ -29,6 +33,8 @@ pub trait GuestBackend: Send {
     fn session(&self) -> &GuestSession;
     /// The same, mutable.
     fn session_mut(&mut self) -> &mut GuestSession;
+    /// Pause, resume and usage, from outside the guest.
+    fn control(&self) -> Arc<dyn GuestControl>;
     /// Stops what runs the guest (guest-init was already asked to shut down).
     async fn stop_guest(&mut self) -> Result<()>;
 }
@@ -36,6 +42,10 @@ pub trait GuestBackend: Send {
 impl<T: GuestBackend> GuestExecutor for T {
     fn guest(&self) -> Result<&GuestClient> {
         self.session().client()
+    }
+
+    fn control(&self) -> Arc<dyn GuestControl> {
+        GuestBackend::control(self)
     }
 }
 

@@ -2,6 +2,7 @@
 //! the same guest protocol (and so the same results) as the namespace backend.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -10,7 +11,9 @@ use cellbox_vmm::{Vm, VmConfig};
 
 use crate::error::{Error, Result};
 use crate::executor::Backend;
-use crate::guest::{GuestArtifacts, GuestBackend, GuestClient, GuestKernel, GuestSession};
+use crate::guest::{
+    GuestArtifacts, GuestBackend, GuestClient, GuestControl, GuestKernel, GuestSession, Usage,
+};
 use crate::progress::Progress;
 
 use super::BootTimeline;
@@ -80,6 +83,7 @@ pub fn guest_files(cache_root: &Path, progress: &Progress) -> Result<(GuestKerne
 #[derive(Debug)]
 pub struct MicroVmExecutor {
     session: GuestSession,
+    control: Arc<MicroVmControl>,
     vm: Option<Vm>,
     boot: Option<BootTimeline>,
 }
@@ -130,8 +134,14 @@ impl MicroVmExecutor {
             Some(timeline) => tracing::info!("microVM booted: {timeline}"),
             None => tracing::warn!("the guest reported no boot milestones"),
         }
+        let control = Arc::new(MicroVmControl {
+            vm: vm.control(),
+            vcpus: u32::from(config.vcpus),
+            memory: u64::from(config.memory_mib) << 20,
+        });
         Ok(MicroVmExecutor {
             session: GuestSession::new(client, config.default_timeout),
+            control,
             vm: Some(vm),
             boot,
         })
@@ -225,6 +235,10 @@ impl GuestBackend for MicroVmExecutor {
         &mut self.session
     }
 
+    fn control(&self) -> Arc<dyn GuestControl> {
+        self.control.clone()
+    }
+
     async fn stop_guest(&mut self) -> Result<()> {
         if let Some(mut vm) = self.vm.take() {
             // guest-init powers the VM off after a shutdown; stop it regardless.
@@ -238,5 +252,36 @@ impl GuestBackend for MicroVmExecutor {
             })?;
         }
         Ok(())
+    }
+}
+
+/// Pauses the VM by parking its vCPUs; measures their CPU time. (What the
+/// guest uses inside its memory and disk is not read yet: the totals are.)
+#[derive(Debug)]
+struct MicroVmControl {
+    vm: cellbox_vmm::VmControl,
+    vcpus: u32,
+    memory: u64,
+}
+
+impl GuestControl for MicroVmControl {
+    fn pause(&self) -> Result<()> {
+        self.vm.pause().map_err(|e| Error::SandboxDied {
+            reason: e.to_string(),
+        })
+    }
+
+    fn resume(&self) -> Result<()> {
+        self.vm.resume();
+        Ok(())
+    }
+
+    fn usage(&self) -> Result<Usage> {
+        Ok(Usage {
+            cpus: self.vcpus,
+            cpu_time: self.vm.cpu_time(),
+            memory_total: self.memory,
+            ..Usage::default()
+        })
     }
 }

@@ -1,6 +1,8 @@
 //! A control group per sandbox, capping its memory and process count, with
-//! user code in a child group of its own. Works with the unified (v2)
-//! hierarchy and with v1's `memory` and `pids`.
+//! user code in a child group of its own; it also freezes the sandbox
+//! (pause) and counts its CPU time and memory (metrics). Works with the
+//! unified (v2) hierarchy and with v1's `memory` and `pids` (plus `freezer`
+//! and `cpuacct` where mounted).
 
 use std::ffi::CString;
 use std::os::fd::OwnedFd;
@@ -24,6 +26,21 @@ pub struct Cgroup {
     dirs: Vec<PathBuf>,
     /// The sandbox's folder in each hierarchy.
     roots: Vec<PathBuf>,
+    /// How to read and freeze the whole sandbox.
+    files: CgroupFiles,
+}
+
+/// The sandbox-wide files that pause it and tell what it uses.
+#[derive(Debug, Clone)]
+pub struct CgroupFiles {
+    /// Unified hierarchy (v2) or v1.
+    v2: bool,
+    /// The folder with the memory files.
+    memory: PathBuf,
+    /// The folder with the CPU time (`cpu.stat` or `cpuacct.usage`).
+    cpu: Option<PathBuf>,
+    /// The folder that freezes (`cgroup.freeze` or `freezer.state`).
+    freezer: Option<PathBuf>,
 }
 
 fn write(path: &Path, value: &str) -> Result<()> {
@@ -51,11 +68,28 @@ impl Cgroup {
             user: processes,
         };
         let root = Path::new(ROOT);
+        let v2 = root.join("cgroup.controllers").exists();
+        let v1_extra = |controller: &str| Some(root.join(controller)).filter(|d| !v2 && d.is_dir());
+        let (freezer, cpuacct) = (v1_extra("freezer"), v1_extra("cpuacct"));
         let mut cgroup = Cgroup {
             dirs: Vec::new(),
             roots: Vec::new(),
+            files: CgroupFiles {
+                v2,
+                memory: root.join(if v2 { "" } else { "memory" }).join(name),
+                cpu: if v2 {
+                    Some(root.join(name))
+                } else {
+                    cpuacct.as_ref().map(|d| d.join(name))
+                },
+                freezer: if v2 {
+                    Some(root.join(name))
+                } else {
+                    freezer.as_ref().map(|d| d.join(name))
+                },
+            },
         };
-        if root.join("cgroup.controllers").exists() {
+        if v2 {
             let memory = Split {
                 file: "memory.max",
                 sandbox: memory_bytes,
@@ -79,6 +113,9 @@ impl Cgroup {
             };
             cgroup.make(&root.join("memory").join(name), &[memory], Some(&memsw))?;
             cgroup.make(&root.join("pids").join(name), &[pids], None)?;
+            for extra in [freezer, cpuacct].into_iter().flatten() {
+                cgroup.make(&extra.join(name), &[], None)?;
+            }
         } else {
             return Err(Error::Unavailable {
                 backend: crate::Backend::Namespace,
@@ -146,6 +183,11 @@ impl Cgroup {
             .collect()
     }
 
+    /// The files that pause the sandbox and tell what it uses.
+    pub fn files(&self) -> CgroupFiles {
+        self.files.clone()
+    }
+
     fn pids(&self) -> Vec<i32> {
         self.dirs
             .iter()
@@ -157,6 +199,88 @@ impl Cgroup {
             })
             .collect()
     }
+}
+
+impl CgroupFiles {
+    /// Freezes (`true`) or thaws everything in the sandbox, and waits until
+    /// the kernel says it is done.
+    pub fn freeze(&self, frozen: bool) -> Result<()> {
+        let Some(dir) = &self.freezer else {
+            return Err(Error::Unavailable {
+                backend: crate::Backend::Namespace,
+                reason: format!(
+                    "pausing needs the freezer control group, not mounted under {ROOT}"
+                ),
+            });
+        };
+        let (file, value, done_file, done) = match (self.v2, frozen) {
+            (true, true) => ("cgroup.freeze", "1", "cgroup.events", "frozen 1"),
+            (true, false) => ("cgroup.freeze", "0", "cgroup.events", "frozen 0"),
+            (false, true) => ("freezer.state", "FROZEN", "freezer.state", "FROZEN"),
+            (false, false) => ("freezer.state", "THAWED", "freezer.state", "THAWED"),
+        };
+        write(&dir.join(file), value)?;
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let state = read(&dir.join(done_file))?;
+            if state.lines().any(|line| line.trim() == done) {
+                return Ok(());
+            }
+            if std::time::Instant::now() > deadline {
+                return Err(Error::SandboxDied {
+                    reason: format!(
+                        "the sandbox did not reach {done:?} within 10 s ({})",
+                        state.trim()
+                    ),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// CPU time used by everything in the sandbox so far.
+    pub fn cpu_time(&self) -> Result<Duration> {
+        let Some(dir) = &self.cpu else {
+            return Ok(Duration::ZERO);
+        };
+        if self.v2 {
+            let micros = stat_value(&read(&dir.join("cpu.stat"))?, "usage_usec");
+            return Ok(Duration::from_micros(micros));
+        }
+        let nanos = read(&dir.join("cpuacct.usage"))?
+            .trim()
+            .parse()
+            .unwrap_or(0);
+        Ok(Duration::from_nanos(nanos))
+    }
+
+    /// Memory in use (page cache included) and, of it, page cache (bytes).
+    pub fn memory(&self) -> Result<(u64, u64)> {
+        let (used, stat_key) = if self.v2 {
+            ("memory.current", "file")
+        } else {
+            ("memory.usage_in_bytes", "total_cache")
+        };
+        let used = read(&self.memory.join(used))?.trim().parse().unwrap_or(0);
+        let cache = stat_value(&read(&self.memory.join("memory.stat"))?, stat_key);
+        Ok((used, cache))
+    }
+}
+
+fn read(path: &Path) -> Result<String> {
+    std::fs::read_to_string(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => Error::Closed,
+        _ => Error::io(format!("reading {}", path.display()), e),
+    })
+}
+
+/// The number after `key` in a `key value` per line file (`memory.stat`).
+fn stat_value(text: &str, key: &str) -> u64 {
+    text.lines()
+        .filter_map(|line| line.split_once(' '))
+        .find(|(k, _)| *k == key)
+        .and_then(|(_, v)| v.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 fn mkdir(dir: &Path) -> Result<()> {

@@ -9,10 +9,11 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use super::cgroup::Cgroup;
+use super::cgroup::{Cgroup, CgroupFiles};
 use super::disk::Disk;
 use crate::error::{Error, Result};
 use crate::executor::Backend;
+use crate::guest::control::{GuestControl, Usage};
 use crate::guest::{GuestArtifacts, GuestBackend, GuestClient, GuestSession};
 use crate::progress::Progress;
 
@@ -66,6 +67,7 @@ impl Default for NamespaceConfig {
 #[derive(Debug)]
 pub struct NamespaceExecutor {
     session: GuestSession,
+    control: std::sync::Arc<NamespaceControl>,
     launcher: tokio::process::Child,
     _cgroup: Cgroup,
     // Unmounted after the control group killed everything, before the folder goes.
@@ -170,8 +172,14 @@ impl NamespaceExecutor {
                 return Err(unavailable(format!("the sandbox did not start: {e}")));
             }
         };
+        let control = NamespaceControl {
+            cgroup: cgroup.files(),
+            disk: layer,
+            memory_limit: config.memory_limit,
+        };
         Ok(NamespaceExecutor {
             session: GuestSession::new(client, config.default_timeout),
+            control: std::sync::Arc::new(control),
             launcher,
             _cgroup: cgroup,
             _disk: disk,
@@ -181,7 +189,7 @@ impl NamespaceExecutor {
 }
 
 /// Most descriptors [`prepare_child`] passes on.
-const MAX_PASSED: usize = 4;
+const MAX_PASSED: usize = 8;
 
 /// Between fork and exec: join the control groups, cap CPU time, and put the
 /// `passed` descriptors at fd 3, 4, … in order.
@@ -249,6 +257,10 @@ impl GuestBackend for NamespaceExecutor {
         &mut self.session
     }
 
+    fn control(&self) -> std::sync::Arc<dyn GuestControl> {
+        self.control.clone()
+    }
+
     async fn stop_guest(&mut self) -> Result<()> {
         if tokio::time::timeout(Duration::from_secs(5), self.launcher.wait())
             .await
@@ -257,5 +269,41 @@ impl GuestBackend for NamespaceExecutor {
             let _ = self.launcher.kill().await;
         }
         Ok(())
+    }
+}
+
+/// Pauses the sandbox with its control group's freezer; reads its usage
+/// from the control group and its disk.
+#[derive(Debug)]
+struct NamespaceControl {
+    cgroup: CgroupFiles,
+    /// Where the sandbox's disk is mounted.
+    disk: PathBuf,
+    memory_limit: u64,
+}
+
+impl GuestControl for NamespaceControl {
+    fn pause(&self) -> Result<()> {
+        self.cgroup.freeze(true)
+    }
+
+    fn resume(&self) -> Result<()> {
+        self.cgroup.freeze(false)
+    }
+
+    fn usage(&self) -> Result<Usage> {
+        let (memory_used, memory_cache) = self.cgroup.memory()?;
+        let disk = nix::sys::statvfs::statvfs(&self.disk)
+            .map_err(|e| Error::io("measuring the sandbox's disk", e.into()))?;
+        let block = disk.fragment_size();
+        Ok(Usage {
+            cpus: std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
+            cpu_time: self.cgroup.cpu_time()?,
+            memory_used,
+            memory_cache,
+            memory_total: self.memory_limit,
+            disk_used: (disk.blocks() - disk.blocks_free()) * block,
+            disk_total: disk.blocks() * block,
+        })
     }
 }

@@ -12,7 +12,7 @@ use crate::error::{Error, Result};
 use crate::event::Event;
 use crate::execution::Execution;
 use crate::executor::{Backend, EventCallback, Executor, RunOptions};
-use crate::guest::GuestExecutor;
+use crate::guest::{ControlSlot, GuestExecutor};
 use crate::microvm::{MicroVmConfig, MicroVmExecutor};
 use crate::namespace::{NamespaceConfig, NamespaceExecutor};
 use crate::progress::Progress;
@@ -126,6 +126,7 @@ pub struct HybridExecutor {
     last_backend: Backend,
     execution_count: u32,
     prestart_pending: bool,
+    control: ControlSlot,
 }
 
 impl std::fmt::Debug for HybridExecutor {
@@ -154,6 +155,7 @@ impl HybridExecutor {
             last_backend: Backend::Wasm,
             execution_count: 0,
             prestart_pending: false,
+            control: ControlSlot::default(),
         };
         match session.config.policy {
             Policy::HeavyOnly => {
@@ -168,6 +170,12 @@ impl HybridExecutor {
             _ => {}
         }
         Ok(session)
+    }
+
+    /// Where the heavy guest's pause/resume/usage control appears once it
+    /// has started.
+    pub fn control_slot(&self) -> ControlSlot {
+        self.control.clone()
     }
 
     /// Whether the session has moved to the heavy backend.
@@ -196,7 +204,7 @@ impl HybridExecutor {
     fn start_heavy_in_background(&mut self) {
         if matches!(self.heavy, HeavyState::Idle) {
             tracing::debug!(backend = %self.heavy_backend, "starting the heavy backend in the background");
-            let task = start_heavy(self.heavy_backend, &self.config);
+            let task = start_heavy(self.heavy_backend, &self.config, &self.control);
             self.heavy = HeavyState::Starting(tokio::spawn(task));
         }
     }
@@ -216,7 +224,8 @@ impl HybridExecutor {
                     self.heavy = HeavyState::Ready(heavy);
                 }
                 HeavyState::Idle => {
-                    let heavy = start_heavy(self.heavy_backend, &self.config).await?;
+                    let heavy =
+                        start_heavy(self.heavy_backend, &self.config, &self.control).await?;
                     self.heavy = HeavyState::Ready(heavy);
                 }
             }
@@ -347,6 +356,7 @@ fn heavy_available(backend: Backend) -> bool {
 fn start_heavy(
     backend: Backend,
     config: &HybridConfig,
+    control: &ControlSlot,
 ) -> impl std::future::Future<Output = Result<Heavy>> + Send + 'static {
     let namespace = NamespaceConfig {
         progress: config.progress.clone(),
@@ -356,11 +366,13 @@ fn start_heavy(
         progress: config.progress.clone(),
         ..config.microvm.clone()
     };
+    let control = control.clone();
     async move {
         let heavy: Heavy = match backend {
             Backend::Vm => Box::new(MicroVmExecutor::start(microvm).await?),
             _ => Box::new(NamespaceExecutor::start(namespace).await?),
         };
+        control.set(heavy.control());
         Ok(heavy)
     }
 }

@@ -1,16 +1,19 @@
 //! The `Sandbox` API: what a host application links — code in contexts,
 //! files, commands, lifecycle — on top of the router.
 //!
-//! - [`Sandbox`]: create, `run_code`, contexts, close, inactivity timeout
+//! - [`Sandbox`]: create, `run_code`, contexts, pause and resume, metrics,
+//!   close, inactivity timeout
 //! - [`Files`] (`sandbox.files()`), [`Commands`] (`sandbox.commands()`)
 //! - [`SandboxOptions`], [`RunCodeOptions`], [`BackendPolicy`]
 
 mod commands;
 mod files;
+mod metrics;
 mod options;
 mod session;
 
 pub use commands::Commands;
 pub use files::Files;
+pub use metrics::SandboxMetrics;
 pub use options::{BackendPolicy, RunCodeOptions, SandboxOptions};
 pub use session::{DEFAULT_CONTEXT, RunStream, Sandbox};

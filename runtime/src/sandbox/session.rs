@@ -7,13 +7,14 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{Mutex, mpsc};
 
+use super::metrics::{CpuSampler, SandboxMetrics};
 use super::options::{RunCodeOptions, SandboxOptions};
 use super::{Commands, Files};
 use crate::error::{Error, Result};
 use crate::event::Event;
 use crate::execution::Execution;
 use crate::executor::{Backend, EventCallback, Executor, Interrupt, RunOptions};
-use crate::guest::{ContextInfo, GuestClient};
+use crate::guest::{ContextInfo, ControlSlot, GuestClient, Usage};
 use crate::microvm::MicroVmConfig;
 use crate::namespace::NamespaceConfig;
 use crate::router::{HybridConfig, HybridExecutor};
@@ -28,17 +29,33 @@ pub(super) struct Inner {
     inactivity_timeout: Option<Duration>,
 }
 
-/// What files, commands and `close` reach without waiting for the cell that
-/// holds [`Inner`]'s lock.
-#[derive(Default)]
+/// What files, commands, `close` and `pause` reach without waiting for the
+/// cell that holds [`Inner`]'s lock.
 struct Side {
     closed: AtomicBool,
+    paused: AtomicBool,
+    /// The heavy guest's pause/resume/usage, once it started.
+    control: ControlSlot,
+    cpu: CpuSampler,
     /// The heavy guest's connection once started, and whether the default
     /// context has moved there (the heavy backend, once started, stays).
     guest: std::sync::Mutex<Option<(GuestClient, bool)>>,
     /// The running cells' interrupts, by run number.
     running: std::sync::Mutex<HashMap<u64, Interrupt>>,
     next_run: AtomicU64,
+}
+
+impl Side {
+    /// Resumes the heavy guest if the sandbox is paused.
+    fn thaw(&self) -> Result<()> {
+        if !self.paused.swap(false, Ordering::SeqCst) {
+            return Ok(());
+        }
+        match self.control.get() {
+            Some(control) => control.resume(),
+            None => Ok(()),
+        }
+    }
 }
 
 /// A running cell's entry in [`Side::running`], removed when dropped.
@@ -139,13 +156,22 @@ impl Sandbox {
             }
         }
         let id: Arc<str> = format!("cellbox-{:016x}", rand_id()).into();
+        let side = Side {
+            closed: AtomicBool::new(false),
+            paused: AtomicBool::new(false),
+            control: session.control_slot(),
+            cpu: CpuSampler::new(),
+            guest: Default::default(),
+            running: Default::default(),
+            next_run: AtomicU64::new(0),
+        };
         let sandbox = Sandbox {
             inner: Arc::new(Mutex::new(Inner {
                 session,
                 last_used: Instant::now(),
                 inactivity_timeout: options.inactivity_timeout,
             })),
-            side: Arc::default(),
+            side: Arc::new(side),
             options: Arc::new(options),
             id,
         };
@@ -315,6 +341,8 @@ impl Sandbox {
         if self.side.closed.swap(true, Ordering::SeqCst) {
             return Ok(());
         }
+        // A frozen guest could not hear the shutdown.
+        let _ = self.side.thaw();
         for interrupt in crate::lock(&self.side.running).values() {
             interrupt.interrupt();
         }
@@ -327,9 +355,71 @@ impl Sandbox {
         self.inner.lock().await.session.close().await
     }
 
+    /// Pauses the sandbox: everything in its guest (cells' kernels,
+    /// commands, background processes) stops where it is and uses no CPU;
+    /// memory and files stay. Using the sandbox again (or
+    /// [`Sandbox::resume`]) resumes it. Before the heavy guest starts there
+    /// is nothing running to stop (the fast path runs only during a cell; a
+    /// fast-path cell already running finishes).
+    pub async fn pause(&self) -> Result<()> {
+        self.check_open()?;
+        if self.side.paused.swap(true, Ordering::SeqCst) {
+            return Ok(());
+        }
+        let Some(control) = self.side.control.get() else {
+            return Ok(());
+        };
+        let paused = tokio::task::spawn_blocking(move || control.pause()).await;
+        let paused = paused.unwrap_or_else(|e| {
+            Err(Error::SandboxDied {
+                reason: format!("pausing panicked: {e}"),
+            })
+        });
+        if paused.is_err() {
+            self.side.paused.store(false, Ordering::SeqCst);
+        }
+        paused
+    }
+
+    /// Resumes a paused sandbox where it stopped (nothing if it runs).
+    pub async fn resume(&self) -> Result<()> {
+        self.check_open()?;
+        self.wake()
+    }
+
+    /// Whether the sandbox is paused.
+    pub fn is_paused(&self) -> bool {
+        self.side.paused.load(Ordering::SeqCst)
+    }
+
+    /// What the sandbox uses now; CPU use is since the previous call.
+    pub async fn metrics(&self) -> Result<SandboxMetrics> {
+        self.check_open()?;
+        let usage = match self.side.control.get() {
+            Some(control) => tokio::task::spawn_blocking(move || control.usage())
+                .await
+                .map_err(|e| Error::SandboxDied {
+                    reason: format!("measuring panicked: {e}"),
+                })??,
+            None => Usage {
+                cpus: u32::from(self.options.vcpus),
+                memory_total: u64::from(self.options.memory_mib) << 20,
+                disk_total: u64::from(self.options.disk_mib) << 20,
+                ..Usage::default()
+            },
+        };
+        Ok(self.side.cpu.metrics(usage))
+    }
+
+    /// Resumes the guest if it is paused (every use of the sandbox does).
+    fn wake(&self) -> Result<()> {
+        self.side.thaw()
+    }
+
     /// The session, if the sandbox still runs (and marks it used).
     pub(super) async fn active(&self) -> Result<tokio::sync::MutexGuard<'_, Inner>> {
         self.check_open()?;
+        self.wake()?;
         let mut inner = self.inner.lock().await;
         self.check_open()?;
         inner.last_used = Instant::now();
@@ -347,6 +437,7 @@ impl Sandbox {
     /// it is known (and the default context moved there, if `moved`).
     fn known_client(&self, moved: bool) -> Result<Option<GuestClient>> {
         self.check_open()?;
+        self.wake()?;
         if let Ok(mut inner) = self.inner.try_lock() {
             inner.last_used = Instant::now();
         }
@@ -437,6 +528,7 @@ fn spawn_watchdog(inner: Weak<Mutex<Inner>>, side: Weak<Side>) {
                 && !side.closed.swap(true, Ordering::SeqCst)
             {
                 tracing::info!("closing a sandbox after its inactivity timeout");
+                let _ = side.thaw();
                 let _ = guard.session.close().await;
                 return;
             }
