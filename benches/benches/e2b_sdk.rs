@@ -51,9 +51,12 @@ async fn main() {
     sandbox.close().await.unwrap();
 
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(serve(ServeConfig::default(), async {
-        let _ = stopped.await;
-    }));
+    let server = tokio::spawn(serve(
+        ServeConfig::new("an-api-key-for-the-benchmark"),
+        async {
+            let _ = stopped.await;
+        },
+    ));
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("peers/e2b_sdk_run_code.py");
     let output = tokio::process::Command::new(&python)
         .arg(script)

@@ -1,9 +1,10 @@
-//! E2B's official SDKs, unmodified, drive `cellbox serve` (both ports) in
-//! their debug mode: Python's `e2b-code-interpreter` from PyPI
-//! (`tests/e2b/test_sdk.py`) and, where Node.js ≥ 20.18 is installed, the
-//! npm package `@e2b/code-interpreter` (`tests/e2b/test_sdk.cjs`). Each is
-//! installed into the cache on first run. Root is needed (the heavy backend
-//! is the namespace sandbox here).
+//! E2B's official SDKs, unmodified, drive `cellbox serve`: Python's
+//! `e2b-code-interpreter` from PyPI and, where Node.js ≥ 20.18 is
+//! installed, the npm package `@e2b/code-interpreter`. Each is installed
+//! into the cache on first run. Both run twice: in their debug mode (one
+//! sandbox on the fixed ports; `tests/e2b/test_sdk.*`) and as against E2B's
+//! cloud (many sandboxes through the control plane; `test_sandboxes.*`).
+//! Root is needed (the heavy backend is the namespace sandbox here).
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -46,6 +47,19 @@ fn node_is_recent() -> bool {
     let major: u32 = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
     let minor: u32 = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
     major > 20 || (major == 20 && minor >= 18)
+}
+
+/// The server's API key in these tests.
+const API_KEY: &str = "e2b_a-key-for-the-sdk-tests-0123456789";
+
+/// `command` with the SDK pointed at `cellbox serve` as its cloud.
+fn cloud(command: &mut Command) -> &mut Command {
+    let url = format!("http://localhost:{}", cellbox::serve::DEFAULT_API_PORT);
+    command
+        .env_remove("E2B_DEBUG")
+        .env("E2B_API_URL", &url)
+        .env("E2B_SANDBOX_URL", &url)
+        .env("E2B_API_KEY", API_KEY)
 }
 
 /// Runs an SDK test script; asserts that every check passed.
@@ -134,7 +148,7 @@ fn the_official_e2b_sdks_run_against_cellbox_serve() {
     let python = installed("python");
     let mut server = Server(
         Command::new(env!("CARGO_BIN_EXE_cellbox"))
-            .arg("serve")
+            .args(["serve", "--api-key", API_KEY])
             .stdout(Stdio::null())
             .spawn()
             .expect("starting cellbox serve"),
@@ -145,13 +159,21 @@ fn the_official_e2b_sdks_run_against_cellbox_serve() {
         std::thread::sleep(Duration::from_millis(100));
     }
     passes(Command::new(&python).arg(e2b_dir().join("test_sdk.py")));
+    passes(cloud(
+        Command::new(&python).arg(e2b_dir().join("test_sandboxes.py")),
+    ));
     if node_is_recent() {
         let node_modules = installed("node");
         passes(
             Command::new("node")
                 .arg(e2b_dir().join("test_sdk.cjs"))
-                .env("NODE_PATH", node_modules),
+                .env("NODE_PATH", &node_modules),
         );
+        passes(cloud(
+            Command::new("node")
+                .arg(e2b_dir().join("test_sandboxes.cjs"))
+                .env("NODE_PATH", &node_modules),
+        ));
     } else {
         eprintln!(
             "skipping the JavaScript SDK: it needs Node.js 20.18 or newer and npm, not found here"

@@ -22,11 +22,12 @@ impl Server {
     fn start(code: u16, envd: u16, access: Access) -> Server {
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let config = ServeConfig {
-            bind: IpAddr::from([127, 0, 0, 1]),
             access,
-            code_port: code,
+            api_port: None,
+            code_port: Some(code),
             envd_port: Some(envd),
             sandbox: SandboxOptions::default().with_backend(BackendPolicy::Wasm),
+            ..ServeConfig::new("an-api-key-for-these-tests")
         };
         let thread = std::thread::spawn(move || {
             let runtime = tokio::runtime::Runtime::new().unwrap();
@@ -210,10 +211,11 @@ fn listening_beyond_loopback_needs_a_token() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let config = ServeConfig {
         bind: IpAddr::from([0, 0, 0, 0]),
-        code_port: 45_105,
+        api_port: None,
+        code_port: Some(45_105),
         envd_port: None,
         sandbox: SandboxOptions::default().with_backend(BackendPolicy::Wasm),
-        access: Access::default(),
+        ..ServeConfig::new("an-api-key-for-these-tests")
     };
     let refused = runtime.block_on(serve(config, std::future::pending()));
     let message = refused.expect_err("refused").to_string();

@@ -266,7 +266,7 @@ async fn the_official_e2b_sdk_drives_cellbox_serve_on_the_microvm() {
         sandbox: SandboxOptions::default()
             .with_backend(BackendPolicy::Vm)
             .with_inactivity_timeout(None),
-        ..Default::default()
+        ..cellbox::serve::ServeConfig::new("an-api-key-for-the-vm-test")
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(cellbox::serve::serve(config, async {

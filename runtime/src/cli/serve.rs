@@ -1,10 +1,12 @@
-//! `cellbox serve`: E2B's code-interpreter API for one local sandbox.
+//! `cellbox serve`: E2B's control plane and sandbox APIs for local
+//! sandboxes.
 
 use std::io::Write;
 use std::net::IpAddr;
 
 use clap::Args;
 
+use cellbox::serve::api::key;
 use cellbox::serve::{Access, ServeConfig, serve};
 use cellbox::{BackendPolicy, Progress, SandboxOptions};
 
@@ -31,10 +33,19 @@ pub struct ServeArgs {
     /// A host name this machine is reached by, beyond localhost and the bound address; repeatable.
     #[arg(long = "allow-host", value_name = "NAME")]
     allowed_hosts: Vec<String>,
-    /// Port of the code-interpreter API (E2B's SDK uses 49999 in debug mode).
+    /// Port of the control plane and all sandboxes' traffic (point E2B_API_URL and E2B_SANDBOX_URL here; 0: none).
+    #[arg(long, default_value_t = cellbox::serve::DEFAULT_API_PORT)]
+    api_port: u16,
+    /// The key the control plane requires in X-API-Key (E2B_API_KEY); by default one made on first start and kept in ~/.config/cellbox/api-key.
+    #[arg(long, env = "CELLBOX_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+    /// Most sandboxes at once through the API.
+    #[arg(long, default_value_t = 64)]
+    max_sandboxes: usize,
+    /// Port of the debug sandbox's code-interpreter API (E2B's SDK uses 49999 with E2B_DEBUG=true; 0: no debug sandbox).
     #[arg(long, default_value_t = 49999)]
     port: u16,
-    /// Port of envd, the files and commands API (E2B's SDK uses 49983; 0: none).
+    /// Port of the debug sandbox's envd, its files and commands (E2B's SDK uses 49983; 0: none).
     #[arg(long, default_value_t = 49983)]
     envd_port: u16,
 }
@@ -70,17 +81,52 @@ pub async fn run(args: ServeArgs) -> u8 {
         allowed_origins: args.allowed_origins,
         allowed_hosts: args.allowed_hosts,
     };
+    let api_key = match args.api_key {
+        Some(key) => key,
+        None => {
+            let file = key::default_key_file();
+            match key::load_or_create(&file) {
+                Ok((key, created)) => {
+                    if created {
+                        let _ = writeln!(std::io::stdout().lock(), "{key}");
+                        eprintln!(
+                            "cellbox: a new API key (printed above) is kept in {}",
+                            file.display()
+                        );
+                    }
+                    key
+                }
+                Err(error) => {
+                    eprintln!("cellbox: error: {error}");
+                    return EXIT_SANDBOX_ERROR;
+                }
+            }
+        }
+    };
+    let some = |port: u16| (port != 0).then_some(port);
     let config = ServeConfig {
         bind: args.bind,
         access,
-        code_port: args.port,
-        envd_port: (args.envd_port != 0).then_some(args.envd_port),
+        api_port: some(args.api_port),
+        api_key,
+        max_sandboxes: args.max_sandboxes,
+        code_port: some(args.port),
+        envd_port: some(args.envd_port),
         sandbox,
     };
-    eprintln!(
-        "cellbox: serving E2B's code-interpreter API on http://{}:{} and envd on port {} (Ctrl-C stops)",
-        args.bind, args.port, args.envd_port
-    );
+    if let Some(port) = config.api_port {
+        eprintln!(
+            "cellbox: E2B's API on http://{0}:{port}: E2B_API_URL=http://{0}:{port} E2B_SANDBOX_URL=http://{0}:{port} \
+             E2B_API_KEY=<the key in ~/.config/cellbox/api-key, or --api-key>",
+            args.bind
+        );
+    }
+    if let Some(port) = config.code_port {
+        eprintln!(
+            "cellbox: a debug sandbox (E2B_DEBUG=true) on port {port}, its envd on port {} (Ctrl-C stops)",
+            args.envd_port
+        );
+    }
     match serve(config, shutdown_signal()).await {
         Ok(()) => EXIT_OK,
         Err(error) => {

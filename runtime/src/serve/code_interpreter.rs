@@ -370,13 +370,7 @@ async fn remove_context(State(app): State<App>, Path(id): Path<String>) -> Respo
 }
 
 fn error_response(error: &Error) -> Response {
-    let status = match error {
-        Error::NotFound(_) => StatusCode::NOT_FOUND,
-        Error::InvalidArgument(_) => StatusCode::BAD_REQUEST,
-        Error::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
-        _ => StatusCode::INTERNAL_SERVER_ERROR,
-    };
-    text(status, error.to_string())
+    text(super::status::status_of(error), error.to_string())
 }
 
 #[cfg(test)]

@@ -39,10 +39,7 @@ pub struct Access {
 impl Access {
     /// A new random access token (128 bits from the kernel, hex).
     pub fn generate_token() -> Result<String> {
-        let mut bytes = [0u8; 16];
-        std::fs::File::open("/dev/urandom")
-            .and_then(|mut random| std::io::Read::read_exact(&mut random, &mut bytes))
-            .map_err(|e| Error::io("reading /dev/urandom for an access token", e))?;
+        let bytes: [u8; 16] = super::random_bytes("an access token")?;
         Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
     }
 
@@ -178,7 +175,7 @@ fn strip_port(host: &str) -> &str {
 }
 
 /// Compares in time independent of where the first difference is.
-fn same_token(given: Option<&HeaderValue>, token: &str) -> bool {
+pub(crate) fn same_token(given: Option<&HeaderValue>, token: &str) -> bool {
     let Some(given) = given else { return false };
     let (given, token) = (given.as_bytes(), token.as_bytes());
     given.len() == token.len() && given.iter().zip(token).fold(0, |acc, (a, b)| acc | (a ^ b)) == 0

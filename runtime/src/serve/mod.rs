@@ -1,25 +1,41 @@
-//! `cellbox serve`: a local, offline stand-in for the HTTP API that E2B's
-//! code-interpreter SDK talks to inside a sandbox, so that the unmodified SDK
-//! (with `E2B_DEBUG=true`) runs its code in a cellbox [`Sandbox`].
+//! `cellbox serve`: a local, offline stand-in for E2B — its control plane
+//! and the APIs inside its sandboxes — so that the unmodified E2B SDKs run
+//! their code in cellbox sandboxes, many at once.
 //!
+//! - [`api`]: the control plane (`/sandboxes`, …) on the API port, with
+//!   the server's API key; [`fleet`] holds the sandboxes and their
+//!   timeouts; [`sandbox_log`] what each did.
+//! - [`gateway`]: sandbox traffic on the same port, routed by E2B's
+//!   `E2b-Sandbox-Id`/`E2b-Sandbox-Port` headers, with each sandbox's token.
 //! - [`code_interpreter`]: `GET /health`, `POST /execute` (a stream of JSON
 //!   lines), `POST/GET /contexts`, `POST /contexts/{id}/restart`,
 //!   `DELETE /contexts/{id}` — E2B's port 49999.
 //! - [`envd`]: files and commands over Connect RPC and `/files` — E2B's port
 //!   49983.
-//! - [`guard`]: both for this machine's programs only (`Host`, `Origin`,
-//!   the optional access token).
+//! - Debug mode (`E2B_DEBUG=true`): one default sandbox on the fixed ports
+//!   49999 and 49983.
+//! - [`guard`]: all of it for this machine's programs only (`Host`,
+//!   `Origin`, the optional access token); [`status`]: one mapping from
+//!   errors to HTTP statuses.
 
+pub mod api;
 mod clock;
 pub mod code_interpreter;
 pub mod envd;
+pub mod fleet;
+pub mod gateway;
 pub mod guard;
+pub mod sandbox_log;
+pub mod status;
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
+use axum::middleware;
 use axum::serve::{Listener, ListenerExt as _};
 use futures_util::FutureExt as _;
+use futures_util::future::BoxFuture;
 use tower_http::timeout::RequestBodyTimeoutLayer;
 
 pub use guard::Access;
@@ -32,6 +48,8 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// How long a request body (an upload, say) may stall before the request
 /// fails: a client that stops sending holds nothing for longer.
 pub const BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// The API port's default (`E2B_API_URL` and `E2B_SANDBOX_URL` point here).
+pub const DEFAULT_API_PORT: u16 = 49980;
 
 /// Where and what to serve.
 #[derive(Debug, Clone)]
@@ -41,75 +59,133 @@ pub struct ServeConfig {
     pub bind: IpAddr,
     /// Who may call beyond this machine's own programs.
     pub access: Access,
-    /// The code-interpreter API's port (E2B's SDK expects 49999).
-    pub code_port: u16,
-    /// envd's port (E2B's SDK expects 49983); `None` serves no envd.
+    /// The control plane and sandbox traffic's port; `None`: none.
+    pub api_port: Option<u16>,
+    /// The key every control-plane request must carry in `X-API-Key`.
+    pub api_key: String,
+    /// Most sandboxes at once through the API.
+    pub max_sandboxes: usize,
+    /// The debug sandbox's code-interpreter port (E2B's SDK expects 49999
+    /// in debug mode); `None`: no debug sandbox.
+    pub code_port: Option<u16>,
+    /// The debug sandbox's envd port (E2B's SDK expects 49983); `None`: none.
     pub envd_port: Option<u16>,
-    /// The sandbox behind it.
+    /// Options of every sandbox.
     pub sandbox: SandboxOptions,
 }
 
-impl Default for ServeConfig {
-    fn default() -> Self {
+impl ServeConfig {
+    /// Serves on the default ports with `api_key`.
+    pub fn new(api_key: impl Into<String>) -> ServeConfig {
         ServeConfig {
             bind: IpAddr::from([127, 0, 0, 1]),
             access: Access::default(),
-            code_port: 49999,
+            api_port: Some(DEFAULT_API_PORT),
+            api_key: api_key.into(),
+            max_sandboxes: 64,
+            code_port: Some(49999),
             envd_port: Some(49983),
             sandbox: SandboxOptions::default().with_inactivity_timeout(None),
         }
     }
 }
 
-/// Serves one sandbox until `shutdown` resolves, then closes it.
+/// Serves until `shutdown` resolves, then kills every sandbox.
 pub async fn serve(
     config: ServeConfig,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
     config.access.check_bind(config.bind)?;
-    let code_address = SocketAddr::new(config.bind, config.code_port);
-    let code_listener = listen(code_address).await?;
-    let envd_listener = match config.envd_port {
-        Some(port) => Some(listen(SocketAddr::new(config.bind, port)).await?),
-        None => None,
-    };
-    let sandbox = Sandbox::create(config.sandbox.clone()).await?;
+    if config.api_key.len() < 16 {
+        return Err(Error::InvalidArgument(
+            "the API key must be at least 16 characters".into(),
+        ));
+    }
     let shutdown = shutdown.boxed().shared();
-    let guarded = |router: axum::Router| {
-        guard::guard(router, &config.access, config.bind)
+    let fleet = fleet::Fleet::new(config.sandbox.clone(), config.max_sandboxes);
+    let debug = match config.code_port.is_some() || config.envd_port.is_some() {
+        true => Some(Sandbox::create(config.sandbox.clone()).await?),
+        false => None,
+    };
+    let guarded = |router: axum::Router, access: &Access| {
+        guard::guard(router, access, config.bind)
             .layer(RequestBodyTimeoutLayer::new(BODY_IDLE_TIMEOUT))
     };
-    tracing::info!(address = %code_address, "code-interpreter API listening");
-    let code = axum::serve(
-        code_listener,
-        guarded(code_interpreter::router(sandbox.clone())),
-    )
-    .with_graceful_shutdown(shutdown.clone())
-    .into_future()
-    .map(|served| served.map_err(|e| Error::io("serving the code-interpreter API", e)));
-    let envd_shutdown = shutdown.clone();
-    let envd = async {
-        let Some(listener) = envd_listener else {
-            return Ok(());
+    let mut servers: Vec<BoxFuture<'static, Result<()>>> = Vec::new();
+    if let Some(port) = config.api_port {
+        let api = api::router(api::Api {
+            fleet: fleet.clone(),
+            api_key: Arc::from(config.api_key.as_str()),
+        })
+        .layer(middleware::from_fn_with_state(
+            fleet.clone(),
+            gateway::route,
+        ));
+        // Sandbox traffic carries each sandbox's own token, the control
+        // plane the API key: the server's access token is not asked for.
+        let access = Access {
+            token: None,
+            ..config.access.clone()
         };
-        tracing::info!(address = ?listener.local_addr().ok(), "envd listening");
-        axum::serve(listener, guarded(envd::router(sandbox.clone())))
-            .with_graceful_shutdown(envd_shutdown)
-            .await
-            .map_err(|e| Error::io("serving envd", e))
-    };
-    let servers = async { tokio::try_join!(code, envd).map(drop) };
+        let app = guarded(api, &access);
+        servers.push(server("the API", config.bind, port, app, shutdown.clone()).await?);
+    }
+    if let Some(debug) = &debug {
+        let access = &config.access;
+        if let Some(port) = config.code_port {
+            let app = guarded(code_interpreter::router(debug.clone()), access);
+            servers.push(
+                server(
+                    "the debug code-interpreter API",
+                    config.bind,
+                    port,
+                    app,
+                    shutdown.clone(),
+                )
+                .await?,
+            );
+        }
+        if let Some(port) = config.envd_port {
+            let app = guarded(envd::router(debug.clone()), access);
+            servers.push(server("the debug envd", config.bind, port, app, shutdown.clone()).await?);
+        }
+    }
+    let all = futures_util::future::try_join_all(servers).map(|r| r.map(drop));
     // Requests still open (a command's stream, a long cell) get a grace
-    // period after the signal; then the sandbox closes under them.
+    // period after the signal; then the sandboxes close under them.
     let served = tokio::select! {
-        served = servers => served,
+        served = all => served,
         () = async { shutdown.await; tokio::time::sleep(SHUTDOWN_GRACE).await } => {
-            tracing::warn!("requests still open {SHUTDOWN_GRACE:?} after the shutdown signal; closing the sandbox");
+            tracing::warn!("requests still open {SHUTDOWN_GRACE:?} after the shutdown signal; closing the sandboxes");
             Ok(())
         }
     };
-    let closed = sandbox.close().await;
+    fleet.kill_all().await;
+    let closed = match debug {
+        Some(debug) => debug.close().await,
+        None => Ok(()),
+    };
     served.and(closed)
+}
+
+/// Listens on `port` and serves `app` until `shutdown`.
+async fn server(
+    what: &'static str,
+    bind: IpAddr,
+    port: u16,
+    app: axum::Router,
+    shutdown: futures_util::future::Shared<BoxFuture<'static, ()>>,
+) -> Result<BoxFuture<'static, Result<()>>> {
+    let address = SocketAddr::new(bind, port);
+    let listener = listen(address).await?;
+    tracing::info!(%address, "{what} listening");
+    Ok(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await
+            .map_err(|e| Error::io(format!("serving {what}"), e))
+    }
+    .boxed())
 }
 
 /// A listener whose connections send small writes (JSON lines, stream
@@ -124,4 +200,13 @@ async fn listen(address: SocketAddr) -> Result<impl Listener<Addr = SocketAddr>>
             tracing::warn!(%error, "could not set TCP_NODELAY");
         }
     }))
+}
+
+/// `N` random bytes from the kernel, for `what` (a token, an id).
+pub(crate) fn random_bytes<const N: usize>(what: &str) -> Result<[u8; N]> {
+    let mut bytes = [0u8; N];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut random| std::io::Read::read_exact(&mut random, &mut bytes))
+        .map_err(|e| Error::io(format!("reading /dev/urandom for {what}"), e))?;
+    Ok(bytes)
 }

@@ -90,22 +90,11 @@ impl RpcError {
 
 impl From<Error> for RpcError {
     fn from(error: Error) -> Self {
-        let code = match &error {
-            Error::NotFound(_) => Code::NotFound,
-            Error::InvalidArgument(_) => Code::InvalidArgument,
-            // Bytes a decoder refused (a broken gzip upload): the caller's fault.
-            Error::Io { source, .. }
-                if matches!(
-                    source.kind(),
-                    std::io::ErrorKind::InvalidData | std::io::ErrorKind::InvalidInput
-                ) =>
-            {
-                Code::InvalidArgument
-            }
-            Error::Timeout { .. } => Code::DeadlineExceeded,
-            Error::Unavailable { .. } | Error::SandboxDied { .. } | Error::Closed => {
-                Code::Unavailable
-            }
+        let code = match crate::serve::status::status_of(&error) {
+            StatusCode::NOT_FOUND => Code::NotFound,
+            StatusCode::BAD_REQUEST => Code::InvalidArgument,
+            StatusCode::GATEWAY_TIMEOUT => Code::DeadlineExceeded,
+            StatusCode::SERVICE_UNAVAILABLE | StatusCode::BAD_GATEWAY => Code::Unavailable,
             _ => Code::Internal,
         };
         RpcError::new(code, error.to_string())

@@ -229,9 +229,16 @@ async fn start(envd: &Envd, request: &Message, headers: &HeaderMap) -> Result<Re
         .commands()
         .start(&shell_line(&cmd, &args), &options)
         .await?;
-    if !keep_stdin && let Err(error) = handle.close_stdin().await {
-        let _ = handle.kill().await;
-        return Err(error.into());
+    // A command that already ended (`exit 4`) has no stdin to close: its
+    // end is in its events all the same.
+    if !keep_stdin {
+        match handle.close_stdin().await {
+            Ok(()) | Err(crate::Error::NotFound(_)) => {}
+            Err(error) => {
+                let _ = handle.kill().await;
+                return Err(error.into());
+            }
+        }
     }
     let pid = handle.pid();
     let tracked = Arc::new(Tracked {

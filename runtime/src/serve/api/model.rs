@@ -1,0 +1,230 @@
+//! The control plane's JSON, in E2B's field names (their OpenAPI spec, as
+//! the SDKs' generated clients read and write it).
+
+use std::collections::BTreeMap;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use super::super::clock::rfc3339;
+use super::super::fleet::{Entry, State};
+use super::super::sandbox_log::LogEntry;
+use crate::sandbox::SandboxMetrics;
+
+/// envd's version as the SDKs see it: what cellbox's envd implements
+/// (octet-stream uploads yes; file metadata, 0.6.2, not yet).
+pub const ENVD_VERSION: &str = "0.6.1";
+/// Who created the sandboxes (E2B's `clientID`).
+pub const CLIENT_ID: &str = "cellbox";
+
+/// `POST /sandboxes` and `POST /v2/sandboxes`.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NewSandbox {
+    #[serde(rename = "templateID")]
+    pub template_id: String,
+    /// Seconds.
+    pub timeout: Option<u64>,
+    pub auto_pause: Option<bool>,
+    pub auto_resume: Option<AutoResume>,
+    #[serde(default)]
+    pub metadata: BTreeMap<String, String>,
+    #[serde(default)]
+    pub env_vars: BTreeMap<String, String>,
+    #[serde(rename = "allow_internet_access")]
+    pub allow_internet_access: Option<bool>,
+}
+
+/// `autoResume`: a flag (v1) or `{"enabled": flag}` (v2).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum AutoResume {
+    Flag(bool),
+    Config { enabled: bool },
+}
+
+impl AutoResume {
+    pub fn enabled(&self) -> bool {
+        match self {
+            AutoResume::Flag(enabled) | AutoResume::Config { enabled } => *enabled,
+        }
+    }
+}
+
+/// `POST /sandboxes/{id}/timeout`.
+#[derive(Debug, Deserialize)]
+pub struct TimeoutRequest {
+    pub timeout: u64,
+}
+
+/// `POST /sandboxes/{id}/refreshes`.
+#[derive(Debug, Default, Deserialize)]
+pub struct RefreshRequest {
+    pub duration: Option<u64>,
+}
+
+/// `POST /sandboxes/{id}/connect` and `/resume`.
+#[derive(Debug, Default, Deserialize)]
+pub struct ConnectRequest {
+    pub timeout: Option<u64>,
+}
+
+/// A created or connected sandbox (E2B's `Sandbox`).
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SandboxCreated {
+    #[serde(rename = "templateID")]
+    template_id: String,
+    #[serde(rename = "sandboxID")]
+    sandbox_id: String,
+    #[serde(rename = "clientID")]
+    client_id: &'static str,
+    envd_version: &'static str,
+    envd_access_token: String,
+    traffic_access_token: String,
+    domain: Option<String>,
+}
+
+impl SandboxCreated {
+    pub fn of(entry: &Entry) -> SandboxCreated {
+        SandboxCreated {
+            template_id: entry.spec.template.clone(),
+            sandbox_id: entry.id.clone(),
+            client_id: CLIENT_ID,
+            envd_version: ENVD_VERSION,
+            envd_access_token: entry.token.clone(),
+            traffic_access_token: entry.token.clone(),
+            domain: None,
+        }
+    }
+}
+
+/// A sandbox in a list, or its details (E2B's `ListedSandbox` and
+/// `SandboxDetail`; the access token only in the details).
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SandboxInfo {
+    #[serde(rename = "templateID")]
+    template_id: String,
+    #[serde(rename = "sandboxID")]
+    sandbox_id: String,
+    #[serde(rename = "clientID")]
+    client_id: &'static str,
+    started_at: String,
+    end_at: String,
+    cpu_count: u32,
+    #[serde(rename = "memoryMB")]
+    memory_mb: u32,
+    #[serde(rename = "diskSizeMB")]
+    disk_size_mb: u32,
+    state: &'static str,
+    envd_version: &'static str,
+    metadata: BTreeMap<String, String>,
+    allow_internet_access: bool,
+    lifecycle: Lifecycle,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    envd_access_token: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Lifecycle {
+    on_timeout: &'static str,
+    auto_resume: bool,
+}
+
+impl SandboxInfo {
+    pub fn of(entry: &Entry, with_token: bool) -> SandboxInfo {
+        SandboxInfo {
+            template_id: entry.spec.template.clone(),
+            sandbox_id: entry.id.clone(),
+            client_id: CLIENT_ID,
+            started_at: timestamp(entry.started_at),
+            end_at: timestamp(entry.end_at()),
+            cpu_count: entry.limits.cpus,
+            memory_mb: entry.limits.memory_mib,
+            disk_size_mb: entry.limits.disk_mib,
+            state: state_name(entry.state()),
+            envd_version: ENVD_VERSION,
+            metadata: entry.spec.metadata.clone(),
+            allow_internet_access: false,
+            lifecycle: Lifecycle {
+                on_timeout: match entry.spec.on_timeout {
+                    super::super::fleet::OnTimeout::Kill => "kill",
+                    super::super::fleet::OnTimeout::Pause => "pause",
+                },
+                auto_resume: entry.spec.auto_resume,
+            },
+            envd_access_token: with_token.then(|| entry.token.clone()),
+        }
+    }
+}
+
+/// E2B's name of a state.
+pub fn state_name(state: State) -> &'static str {
+    match state {
+        State::Running => "running",
+        State::Paused => "paused",
+    }
+}
+
+/// One metrics sample (E2B's `SandboxMetric`).
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Metric {
+    timestamp: String,
+    timestamp_unix: u64,
+    cpu_count: u32,
+    cpu_used_pct: f64,
+    mem_used: u64,
+    mem_total: u64,
+    mem_cache: u64,
+    disk_used: u64,
+    disk_total: u64,
+}
+
+impl From<&SandboxMetrics> for Metric {
+    fn from(m: &SandboxMetrics) -> Metric {
+        Metric {
+            timestamp: timestamp(m.timestamp),
+            timestamp_unix: unix_seconds(m.timestamp),
+            cpu_count: m.cpu_count,
+            cpu_used_pct: (m.cpu_used_pct * 100.0).round() / 100.0,
+            mem_used: m.mem_used,
+            mem_total: m.mem_total,
+            mem_cache: m.mem_cache,
+            disk_used: m.disk_used,
+            disk_total: m.disk_total,
+        }
+    }
+}
+
+/// A log entry (E2B's `SandboxLogEntry`).
+#[derive(Debug, Serialize)]
+pub struct LogLine {
+    pub timestamp: String,
+    pub message: String,
+    pub level: &'static str,
+    pub fields: BTreeMap<String, String>,
+}
+
+impl From<&LogEntry> for LogLine {
+    fn from(e: &LogEntry) -> LogLine {
+        LogLine {
+            timestamp: timestamp(e.timestamp),
+            message: e.message.clone(),
+            level: e.level.as_str(),
+            fields: BTreeMap::from([("seq".to_string(), e.seq.to_string())]),
+        }
+    }
+}
+
+/// RFC 3339 in UTC with microseconds.
+pub fn timestamp(time: SystemTime) -> String {
+    let since = time.duration_since(UNIX_EPOCH).unwrap_or_default();
+    rfc3339(since.as_secs() as i64, Some(since.subsec_micros()))
+}
+
+pub fn unix_seconds(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}

@@ -1,0 +1,145 @@
+//! Sandbox traffic on the API port. E2B's client proxy routes each request
+//! by the headers the SDKs send with it (`E2b-Sandbox-Id`,
+//! `E2b-Sandbox-Port`), and so does this: to the sandbox's code-interpreter
+//! API (49999) or its envd (49983), once the request shows that sandbox's
+//! token. Every request lands in the sandbox's log.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{Request, State};
+use axum::http::StatusCode;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use tower::ServiceExt as _;
+
+use super::fleet::{Entry, Fleet, Missing, State as SandboxState};
+use super::guard::same_token;
+use super::sandbox_log::Level;
+
+/// The header naming the sandbox a request is for.
+pub const SANDBOX_ID: &str = "e2b-sandbox-id";
+/// The header naming the port in it.
+pub const SANDBOX_PORT: &str = "e2b-sandbox-port";
+/// E2B's code-interpreter port.
+pub const CODE_PORT: u16 = 49999;
+/// envd's port.
+pub const ENVD_PORT: u16 = 49983;
+
+/// Passes requests without [`SANDBOX_ID`] on (to the control plane); routes
+/// the others to their sandbox.
+pub async fn route(State(fleet): State<Arc<Fleet>>, request: Request, next: Next) -> Response {
+    let Some(id) = request.headers().get(SANDBOX_ID) else {
+        return next.run(request).await;
+    };
+    let Ok(id) = id.to_str().map(str::to_owned) else {
+        return unavailable("the sandbox id is not text");
+    };
+    let entry = match fleet.get(&id) {
+        Ok(entry) => entry,
+        Err(Missing::Ended) => {
+            return unavailable(format!(
+                "The sandbox {id} was not found (it was killed or reached its timeout)"
+            ));
+        }
+        Err(Missing::Unknown) => return unavailable(format!("The sandbox {id} was not found")),
+    };
+    if !carries_token(&request, &entry.token) {
+        return (
+            StatusCode::UNAUTHORIZED,
+            format!(
+                "sandbox {id}: a valid X-Access-Token (or E2B-Traffic-Access-Token) is required"
+            ),
+        )
+            .into_response();
+    }
+    let port = request
+        .headers()
+        .get(SANDBOX_PORT)
+        .and_then(|p| p.to_str().ok())
+        .and_then(|p| p.parse::<u16>().ok());
+    let service = match port {
+        Some(CODE_PORT) => entry.code.clone(),
+        Some(ENVD_PORT) => entry.envd.clone(),
+        _ => {
+            return unavailable(format!(
+                "sandbox {id}: port is not open ({port:?}; cellbox sandboxes serve the code interpreter, \
+                 {CODE_PORT}, and envd, {ENVD_PORT})"
+            ));
+        }
+    };
+    if let Err(response) = wake(&entry).await {
+        return response;
+    }
+    let (method, path) = (request.method().clone(), request.uri().path().to_owned());
+    let started = Instant::now();
+    let response = match service.oneshot(request).await {
+        Ok(response) => response,
+        Err(never) => match never {},
+    };
+    let status = response.status();
+    let level = match status.as_u16() {
+        500.. => Level::Error,
+        400.. => Level::Warn,
+        _ if path == "/health" => Level::Debug,
+        _ => Level::Info,
+    };
+    entry.log.push(
+        level,
+        format!(
+            "{} ({method} {path}: {status}, {:?})",
+            action(&method, &path),
+            started.elapsed()
+        ),
+    );
+    response
+}
+
+/// A paused sandbox resumes on traffic if it was created to; otherwise the
+/// request is refused.
+async fn wake(entry: &Entry) -> Result<(), Response> {
+    if entry.state() == SandboxState::Running {
+        return Ok(());
+    }
+    if !entry.spec.auto_resume {
+        return Err(unavailable(format!(
+            "sandbox {} is paused; resume it (Sandbox.connect) first",
+            entry.id
+        )));
+    }
+    Fleet::resume(entry, entry.spec.timeout)
+        .await
+        .map(drop)
+        .map_err(|e| unavailable(format!("sandbox {} could not resume: {e}", entry.id)))
+}
+
+fn carries_token(request: &Request, token: &str) -> bool {
+    let headers = request.headers();
+    same_token(headers.get("x-access-token"), token)
+        || same_token(headers.get("e2b-traffic-access-token"), token)
+}
+
+/// E2B's proxy answers 502 for a sandbox it cannot reach; the SDKs turn
+/// the message into their "sandbox not running" errors.
+fn unavailable(message: impl Into<String>) -> Response {
+    (StatusCode::BAD_GATEWAY, message.into()).into_response()
+}
+
+/// What a request to a sandbox does, in words for its log.
+fn action(method: &axum::http::Method, path: &str) -> String {
+    let rpc = |prefix: &str| path.strip_prefix(prefix).map(str::to_owned);
+    if let Some(call) = rpc("/process.Process/") {
+        return format!("command: {call}");
+    }
+    if let Some(call) = rpc("/filesystem.Filesystem/") {
+        return format!("files: {call}");
+    }
+    match (method.as_str(), path) {
+        ("POST", "/execute") => "code run".into(),
+        ("GET", "/files") => "file read".into(),
+        ("POST", "/files") => "file written".into(),
+        ("GET", "/health") => "health check".into(),
+        (_, p) if p.starts_with("/contexts") => "context call".into(),
+        _ => "request".into(),
+    }
+}

@@ -1,0 +1,159 @@
+"""E2B's official Python SDK (e2b-code-interpreter from PyPI, unmodified) against
+`cellbox serve` as E2B's cloud: many sandboxes through the control plane and the
+sandbox traffic on one port (E2B_API_URL and E2B_SANDBOX_URL pointing at it,
+E2B_API_KEY its key), not debug mode.
+
+Usage: E2B_API_URL=http://localhost:49980 E2B_SANDBOX_URL=http://localhost:49980 \
+       E2B_API_KEY=... python test_sandboxes.py   (with `cellbox serve` running)
+Prints one line per check and `N passed, M failed`; exits 1 if anything failed.
+"""
+import os
+import sys
+import time
+import uuid
+
+os.environ.pop("E2B_DEBUG", None)
+
+import httpx  # noqa: E402  (comes with the SDK)
+from e2b import SandboxQuery, SandboxState  # noqa: E402
+from e2b.exceptions import AuthenticationException, NotFoundException, SandboxException  # noqa: E402
+from e2b_code_interpreter import Sandbox  # noqa: E402
+
+API = os.environ["E2B_API_URL"]
+KEY = os.environ["E2B_API_KEY"]
+RUN = uuid.uuid4().hex[:8]          # this run's sandboxes carry it in their metadata
+passed, failed = 0, 0
+
+
+def check(name, condition, detail=""):
+    global passed, failed
+    if condition:
+        passed += 1
+        print(f"ok   {name}", flush=True)
+    else:
+        failed += 1
+        print(f"FAIL {name}: {detail}", flush=True)
+
+
+def eventually(condition, seconds=15):
+    deadline = time.time() + seconds
+    while not condition():
+        if time.time() > deadline:
+            return False
+        time.sleep(0.25)
+    return True
+
+
+def raises(call, kind=Exception):
+    try:
+        call()
+    except kind as e:
+        return e
+    return None
+
+
+def ids(**query):
+    found = []
+    paginator = Sandbox.list(query=SandboxQuery(metadata={"run": RUN, **query.pop("metadata", {})}, **query))
+    while paginator.has_next:
+        found += [s.sandbox_id for s in paginator.next_items()]
+    return sorted(found)
+
+
+api = httpx.Client(base_url=API, headers={"X-API-Key": KEY}, timeout=30)
+
+# ---- many sandboxes, no crosstalk ------------------------------------------------------------
+a = Sandbox.create(metadata={"run": RUN, "who": "a"})
+b = Sandbox.create(metadata={"run": RUN, "who": "b"}, envs={"WHO": "b"})
+check("two sandboxes, two ids", a.sandbox_id != b.sandbox_id, (a.sandbox_id, b.sandbox_id))
+a.run_code("x = 'a'")
+b.run_code("x = 'b'")
+check("each keeps its own variables",
+      a.run_code("x").text == "'a'" and b.run_code("x").text == "'b'")
+a.files.write("only-a.txt", "A")
+check("each has its own files", a.files.exists("only-a.txt") and not b.files.exists("only-a.txt"))
+check("create's envs reach code and commands",
+      b.run_code("import os; os.environ.get('WHO')").text == "'b'"
+      and b.commands.run("echo $WHO").stdout == "b\n" and a.commands.run("echo -n $WHO").stdout == "")
+
+# ---- list, filters, info ---------------------------------------------------------------------
+check("list with a metadata filter", ids() == sorted([a.sandbox_id, b.sandbox_id]), ids())
+check("list with two metadata pairs", ids(metadata={"who": "a"}) == [a.sandbox_id])
+one_page = Sandbox.list(query=SandboxQuery(metadata={"run": RUN}), limit=1)
+first = one_page.next_items()
+check("pagination: one per page, then the next", len(first) == 1 and one_page.has_next
+      and len(one_page.next_items()) == 1, first)
+info = a.get_info()
+check("get_info", info.sandbox_id == a.sandbox_id and info.state == SandboxState.RUNNING
+      and info.metadata.get("who") == "a" and info.template_id == "code-interpreter-v1"
+      and info.end_at > info.started_at, info)
+
+# ---- tokens and keys -------------------------------------------------------------------------
+r = httpx.post(f"{API}/execute", json={"code": "1"},
+               headers={"E2b-Sandbox-Id": a.sandbox_id, "E2b-Sandbox-Port": "49999"})
+check("sandbox traffic without its token is refused", r.status_code == 401, r.status_code)
+r = httpx.post(f"{API}/execute", json={"code": "1"},
+               headers={"E2b-Sandbox-Id": a.sandbox_id, "E2b-Sandbox-Port": "49999",
+                        "X-Access-Token": b._envd_access_token})
+check("another sandbox's token is refused", r.status_code == 401, r.status_code)
+check("a wrong API key is refused",
+      raises(lambda: Sandbox.list(api_key="e2b_" + "0" * 40).next_items(), AuthenticationException) is not None)
+check("an unknown template is refused",
+      raises(lambda: Sandbox.create(template="no-such-template"), SandboxException) is not None)
+
+# ---- metrics and logs ------------------------------------------------------------------------
+metrics = a.get_metrics()
+check("metrics", len(metrics) >= 1 and metrics[-1].mem_total > 0 and metrics[-1].cpu_count >= 1
+      and metrics[-1].disk_total > 0, metrics)
+logs = api.get(f"/v2/sandboxes/{a.sandbox_id}/logs").json()["logs"]
+messages = [entry["message"] for entry in logs]
+check("the log tells what happened", any("started" in m for m in messages)
+      and any(m.startswith("code run") for m in messages)
+      and any(m.startswith("file written") for m in messages), messages)
+warnings = api.get(f"/v2/sandboxes/{a.sandbox_id}/logs", params={"level": "error"}).json()["logs"]
+check("logs filtered by level", all(entry["level"] == "error" for entry in warnings), warnings)
+
+# ---- pause and resume keep variables and processes ------------------------------------------
+ticker = a.commands.run("while :; do date +%s%N >> /tmp/ticks; sleep 0.05; done", background=True)
+time.sleep(1)
+a.pause()
+check("a paused sandbox says so", a.get_info().state == SandboxState.PAUSED)
+check("list by state", a.sandbox_id in ids(state=[SandboxState.PAUSED])
+      and a.sandbox_id not in ids(state=[SandboxState.RUNNING]))
+check("pausing it again says it was paused already", a.pause() is False)
+time.sleep(2)
+a2 = Sandbox.connect(a.sandbox_id)
+check("connect resumes it", a2.get_info().state == SandboxState.RUNNING)
+check("variables survive a pause", a2.run_code("x").text == "'a'")
+lines = a2.files.read("/tmp/ticks").split()
+gaps = [(int(t2) - int(t1)) / 1e9 for t1, t2 in zip(lines, lines[1:])]
+check("the background process was stopped while paused, and goes on",
+      max(gaps) >= 1.5 and ticker.pid in [p.pid for p in a2.commands.list()], max(gaps, default=0))
+ticker.kill()
+
+# ---- timeouts, kill, auto-pause --------------------------------------------------------------
+short = Sandbox.create(timeout=2, metadata={"run": RUN, "who": "short"})
+check("a sandbox ends at its timeout", eventually(lambda: short.sandbox_id not in ids()))
+check("its traffic then says it is not running", not short.is_running()
+      and raises(lambda: short.run_code("1")) is not None)
+kept = Sandbox.create(timeout=2, metadata={"run": RUN, "who": "kept"})
+kept.set_timeout(60)
+time.sleep(3)
+check("set_timeout extends it", kept.sandbox_id in ids() and kept.run_code("1 + 1").text == "2")
+b.kill()
+check("kill ends it at once", b.sandbox_id not in ids() and not b.is_running())
+check("connect to a killed sandbox is not found",
+      raises(lambda: Sandbox.connect(b.sandbox_id), NotFoundException) is not None)
+sleepy = Sandbox.create(timeout=2, metadata={"run": RUN, "who": "sleepy"},
+                        lifecycle={"on_timeout": "pause", "auto_resume": True})
+sleepy.run_code("y = 7")
+check("auto-pause: paused at its timeout",
+      eventually(lambda: sleepy.get_info().state == SandboxState.PAUSED))
+check("auto-resume: traffic resumes it with its state", sleepy.run_code("y * 6").text == "42"
+      and sleepy.get_info().state == SandboxState.RUNNING)
+
+for sandbox in [a, kept, sleepy]:
+    sandbox.kill()
+check("all gone", ids() == [], ids())
+print(f"{passed} passed, {failed} failed")
+sys.exit(1 if failed else 0)
