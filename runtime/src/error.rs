@@ -36,6 +36,10 @@ pub enum Error {
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
 
+    /// A limit on how many of something may exist at once was reached.
+    #[error("{0}")]
+    LimitReached(String),
+
     /// The session was closed; start a new one.
     #[error("the session is closed")]
     Closed,
@@ -68,6 +72,7 @@ impl Error {
             Error::SandboxDied { .. } => "sandbox_died",
             Error::NotFound(_) => "not_found",
             Error::InvalidArgument(_) => "invalid_argument",
+            Error::LimitReached(_) => "limit_reached",
             Error::Closed => "closed",
             Error::Io { .. } => "io",
         }

@@ -170,15 +170,7 @@ impl Fleet {
 
     /// Creates and starts a sandbox.
     pub async fn create(&self, spec: Spec) -> Result<Arc<Entry>> {
-        if lock(&self.entries).len() >= self.max_sandboxes {
-            return Err(Error::Unavailable {
-                backend: crate::Backend::Wasm,
-                reason: format!(
-                    "this server already runs its maximum of {} sandboxes (--max-sandboxes); kill one first",
-                    self.max_sandboxes
-                ),
-            });
-        }
+        self.check_room()?;
         let mut options = self.base.clone().with_inactivity_timeout(None);
         options.metadata = spec.metadata.clone();
         options.env_vars.extend(spec.env_vars.clone());
@@ -212,8 +204,23 @@ impl Fleet {
             spec,
             id: id.clone(),
         });
+        // Others may have been created meanwhile.
+        if let Err(full) = self.check_room() {
+            let _ = entry.sandbox.close().await;
+            return Err(full);
+        }
         lock(&self.entries).insert(id, entry.clone());
         Ok(entry)
+    }
+
+    fn check_room(&self) -> Result<()> {
+        if lock(&self.entries).len() < self.max_sandboxes {
+            return Ok(());
+        }
+        Err(Error::LimitReached(format!(
+            "this server already runs its maximum of {} sandboxes (--max-sandboxes); kill one first",
+            self.max_sandboxes
+        )))
     }
 
     /// The sandbox `id`.

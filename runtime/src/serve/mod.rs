@@ -168,6 +168,16 @@ pub async fn serve(
     served.and(closed)
 }
 
+/// The API port's routes: sandbox traffic (by its headers) to `fleet`'s
+/// sandboxes, everything else to the control plane.
+pub fn api_app(fleet: Arc<fleet::Fleet>, api_key: &str) -> axum::Router {
+    api::router(api::Api {
+        fleet: fleet.clone(),
+        api_key: Arc::from(api_key),
+    })
+    .layer(middleware::from_fn_with_state(fleet, gateway::route))
+}
+
 /// Listens on `port` and serves `app` until `shutdown`.
 async fn server(
     what: &'static str,

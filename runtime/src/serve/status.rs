@@ -20,6 +20,7 @@ pub fn status_of(error: &Error) -> StatusCode {
             StatusCode::BAD_REQUEST
         }
         Error::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+        Error::LimitReached(_) => StatusCode::TOO_MANY_REQUESTS,
         Error::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
         // The sandbox is gone: what E2B's proxy answers for one that ended.
         Error::SandboxDied { .. } | Error::Closed => StatusCode::BAD_GATEWAY,

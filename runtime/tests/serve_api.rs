@@ -1,0 +1,238 @@
+//! The control plane and the sandbox gateway of `cellbox serve` under
+//! misuse: requests go straight into the API port's router (no sockets) with
+//! WebAssembly-only sandboxes. Wrong or missing keys and tokens, garbage
+//! bodies, unknown templates and sandboxes, closed ports, too many
+//! sandboxes, paused sandboxes that may not resume: each gets a clear
+//! answer, and the server keeps serving.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use cellbox::serve::api_app;
+use cellbox::serve::fleet::Fleet;
+use cellbox::{BackendPolicy, SandboxOptions};
+use serde_json::{Value, json};
+use tower::ServiceExt as _;
+
+const KEY: &str = "e2b_0123456789abcdef0123";
+
+struct Api {
+    app: axum::Router,
+}
+
+impl Api {
+    fn new(max_sandboxes: usize) -> Api {
+        let base = SandboxOptions::default().with_backend(BackendPolicy::Wasm);
+        let fleet: Arc<Fleet> = Fleet::new(base, max_sandboxes);
+        Api {
+            app: api_app(fleet, KEY),
+        }
+    }
+
+    async fn call(&self, request: Request<Body>) -> (StatusCode, String) {
+        let response = self.app.clone().oneshot(request).await.unwrap();
+        let status = response.status();
+        let body = axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    /// A control-plane call with the key.
+    async fn control(&self, method: &str, path: &str, body: &str) -> (StatusCode, String) {
+        let request = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("x-api-key", KEY)
+            .header("content-type", "application/json")
+            .body(Body::from(body.to_string()))
+            .unwrap();
+        self.call(request).await
+    }
+
+    /// Creates a sandbox; returns its id and token.
+    async fn create(&self, body: Value) -> (String, String) {
+        let (status, text) = self
+            .control("POST", "/v2/sandboxes", &body.to_string())
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{text}");
+        let created: Value = serde_json::from_str(&text).unwrap();
+        (
+            created["sandboxID"].as_str().unwrap().to_string(),
+            created["envdAccessToken"].as_str().unwrap().to_string(),
+        )
+    }
+
+    /// Sandbox traffic: `POST /execute` to `id` on `port` with `token`.
+    async fn execute(&self, id: &str, port: &str, token: Option<&str>) -> (StatusCode, String) {
+        let mut request = Request::builder()
+            .method("POST")
+            .uri("/execute")
+            .header("e2b-sandbox-id", id)
+            .header("e2b-sandbox-port", port)
+            .header("content-type", "application/json");
+        if let Some(token) = token {
+            request = request.header("x-access-token", token);
+        }
+        let body = Body::from(json!({"code": "6 * 7"}).to_string());
+        self.call(request.body(body).unwrap()).await
+    }
+}
+
+#[tokio::test]
+async fn keys_bodies_and_templates_are_checked() {
+    let api = Api::new(4);
+    let no_key = Request::get("/v2/sandboxes").body(Body::empty()).unwrap();
+    assert_eq!(api.call(no_key).await.0, StatusCode::UNAUTHORIZED);
+    let wrong = Request::get("/v2/sandboxes")
+        .header("x-api-key", "e2b_0123456789abcdef0124")
+        .body(Body::empty())
+        .unwrap();
+    assert_eq!(api.call(wrong).await.0, StatusCode::UNAUTHORIZED);
+    for (body, status, says) in [
+        ("{not json", StatusCode::BAD_REQUEST, "invalid request body"),
+        (
+            r#"{"templateID": 7}"#,
+            StatusCode::BAD_REQUEST,
+            "invalid request body",
+        ),
+        (
+            r#"{"templateID": "nope"}"#,
+            StatusCode::NOT_FOUND,
+            "not found",
+        ),
+        (
+            r#"{"templateID": "base", "timeout": 99999999}"#,
+            StatusCode::BAD_REQUEST,
+            "maximum",
+        ),
+        (
+            r#"{"templateID": "base", "autoResume": {"enabled": true}}"#,
+            StatusCode::BAD_REQUEST,
+            "autoPause",
+        ),
+    ] {
+        let (got, text) = api.control("POST", "/v2/sandboxes", body).await;
+        assert_eq!(got, status, "{body}: {text}");
+        let error: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(error["code"], status.as_u16());
+        assert!(error["message"].as_str().unwrap().contains(says), "{text}");
+    }
+    let (status, text) = api.control("GET", "/v2/sandboxes", "").await;
+    assert_eq!((status, text.as_str()), (StatusCode::OK, "[]"));
+    let (status, _) = api.control("DELETE", "/sandboxes/nosuchsandbox", "").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = api.control("POST", "/sandboxes/x/fork", "{}").await;
+    assert_eq!(status, StatusCode::NOT_IMPLEMENTED);
+}
+
+#[tokio::test]
+async fn sandbox_traffic_needs_its_own_token_and_an_open_port() {
+    let api = Api::new(4);
+    let (a, token_a) = api.create(json!({"templateID": "base"})).await;
+    let (b, token_b) = api
+        .create(json!({"templateID": "code-interpreter-v1"}))
+        .await;
+    assert_ne!(token_a, token_b);
+    let (status, body) = api.execute(&a, "49999", Some(&token_a)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body.contains(r#""text":"42""#), "{body}");
+    assert_eq!(
+        api.execute(&a, "49999", None).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        api.execute(&a, "49999", Some(&token_b)).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    let (status, body) = api.execute(&a, "8080", Some(&token_a)).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    assert!(body.contains("port is not open"), "{body}");
+    let (status, body) = api.execute("nosuchsandbox", "49999", Some(&token_a)).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    assert!(body.contains("was not found"), "{body}");
+
+    // Killed: its traffic says so, its log stays readable.
+    let (status, _) = api.control("DELETE", &format!("/sandboxes/{b}"), "").await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, body) = api.execute(&b, "49999", Some(&token_b)).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    assert!(
+        body.contains("was not found") && body.contains("killed"),
+        "{body}"
+    );
+    let (status, log) = api
+        .control("GET", &format!("/v2/sandboxes/{b}/logs"), "")
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(log.contains("sandbox killed"), "{log}");
+    let (status, log) = api
+        .control("GET", &format!("/v2/sandboxes/{a}/logs?level=info"), "")
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        log.contains("code run") && !log.contains(r#""level":"debug""#),
+        "{log}"
+    );
+}
+
+#[tokio::test]
+async fn a_paused_sandbox_resumes_on_traffic_only_if_created_to() {
+    let api = Api::new(4);
+    let (plain, plain_token) = api.create(json!({"templateID": "base"})).await;
+    let (eager, eager_token) = api
+        .create(json!({"templateID": "base", "autoPause": true, "autoResume": {"enabled": true}}))
+        .await;
+    for id in [&plain, &eager] {
+        let (status, body) = api
+            .control("POST", &format!("/sandboxes/{id}/pause"), "")
+            .await;
+        assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    }
+    let (status, _) = api
+        .control("POST", &format!("/sandboxes/{plain}/pause"), "")
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "paused already");
+    let (status, body) = api.execute(&plain, "49999", Some(&plain_token)).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    assert!(body.contains("paused"), "{body}");
+    let (status, body) = api.execute(&eager, "49999", Some(&eager_token)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (_, info) = api.control("GET", &format!("/sandboxes/{eager}"), "").await;
+    assert!(info.contains(r#""state":"running""#), "{info}");
+    let (status, _) = api
+        .control(
+            "POST",
+            &format!("/sandboxes/{plain}/connect"),
+            r#"{"timeout": 30}"#,
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "resumed");
+    let (status, _) = api
+        .control("POST", &format!("/sandboxes/{plain}/connect"), "{}")
+        .await;
+    assert_eq!(status, StatusCode::OK, "already running");
+    assert_eq!(
+        api.execute(&plain, "49999", Some(&plain_token)).await.0,
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn the_number_of_sandboxes_is_capped() {
+    let api = Api::new(2);
+    api.create(json!({"templateID": "base"})).await;
+    let (last, _) = api.create(json!({"templateID": "base"})).await;
+    let (status, text) = api
+        .control("POST", "/sandboxes", r#"{"templateID": "base"}"#)
+        .await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{text}");
+    assert!(text.contains("maximum of 2"), "{text}");
+    api.control("DELETE", &format!("/sandboxes/{last}"), "")
+        .await;
+    let (status, text) = api
+        .control("POST", "/sandboxes", r#"{"templateID": "base"}"#)
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "room again: {text}");
+}
