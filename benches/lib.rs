@@ -86,6 +86,23 @@ pub fn human(d: Duration) -> String {
     }
 }
 
+/// The Python of E2B's official SDK, installed from PyPI into the cache on
+/// first use (`tests/e2b/install_sdk.sh`).
+pub fn e2b_sdk_python() -> std::path::PathBuf {
+    use std::process::{Command, Stdio};
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/e2b/install_sdk.sh");
+    let output = Command::new("sh")
+        .arg(script)
+        .arg("python")
+        .env("CELLBOX_CACHE_DIR", cellbox::default_cache_dir())
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("sh");
+    assert!(output.status.success(), "installing the E2B SDK failed");
+    std::path::PathBuf::from(String::from_utf8(output.stdout).unwrap().trim())
+}
+
 /// A Markdown table of samples, each with its ratio to `peer`'s median.
 pub fn table(samples: &[&Sample], peer: &Sample) -> String {
     let mut out =

@@ -10,8 +10,7 @@
 
 #![allow(clippy::print_stdout)] // the report is this program's output
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::Path;
 
 use cellbox::serve::{ServeConfig, serve};
 use cellbox::{Sandbox, SandboxOptions};
@@ -20,22 +19,9 @@ use cellbox_benches::{Sample, human, measure, table};
 const WARMUP: usize = 20;
 const RUNS: usize = 300;
 
-fn sdk_python() -> PathBuf {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/e2b/install_sdk.sh");
-    let output = Command::new("sh")
-        .arg(script)
-        .arg("python")
-        .env("CELLBOX_CACHE_DIR", cellbox::default_cache_dir())
-        .stderr(Stdio::inherit())
-        .output()
-        .expect("sh");
-    assert!(output.status.success(), "installing the E2B SDK failed");
-    PathBuf::from(String::from_utf8(output.stdout).unwrap().trim())
-}
-
 #[tokio::main]
 async fn main() {
-    let python = sdk_python();
+    let python = cellbox_benches::e2b_sdk_python();
 
     let sandbox = Sandbox::create(SandboxOptions::default()).await.unwrap();
     let direct = measure(

@@ -1,0 +1,99 @@
+//! Sandbox lifecycles through E2B's official Python SDK against
+//! `cellbox serve` as E2B's cloud (in this process, on its API port):
+//! create → first result (fast path) with the Rust API's
+//! `Sandbox::create` + `run_code` measured in the same run as the peer;
+//! create → first command (heavy guest); pause → resume; eight sandboxes
+//! at once against eight in turn.
+//!
+//!     cargo bench -p cellbox-benches --bench e2b_sandboxes
+//!
+//! Installs the SDK from PyPI into the cache on first use; needs root (the
+//! heavy guest is the namespace sandbox here) and port 49980 free.
+
+#![allow(clippy::print_stdout)] // the report is this program's output
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use cellbox::serve::{DEFAULT_API_PORT, ServeConfig, serve};
+use cellbox::{Sandbox, SandboxOptions};
+use cellbox_benches::{Sample, measure, table};
+
+const RUNS: usize = 15;
+const API_KEY: &str = "e2b_a-key-for-the-sandboxes-benchmark";
+
+#[tokio::main]
+async fn main() {
+    let python = cellbox_benches::e2b_sdk_python();
+    // Closed after the measurement, as the SDK's are killed outside theirs.
+    let mut made = Vec::new();
+    let direct = measure(
+        "Rust API: `Sandbox::create` → `run_code(\"1 + 1\")`",
+        1,
+        RUNS,
+        async || {
+            let sandbox = Sandbox::create(SandboxOptions::default()).await.unwrap();
+            assert_eq!(sandbox.run_code("1 + 1").await.unwrap().text(), Some("2"));
+            made.push(sandbox);
+        },
+    )
+    .await;
+    for sandbox in made {
+        sandbox.close().await.unwrap();
+    }
+
+    let config = ServeConfig {
+        code_port: None,
+        envd_port: None,
+        ..ServeConfig::new(API_KEY)
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(serve(config, async {
+        let _ = stopped.await;
+    }));
+    let url = format!("http://localhost:{DEFAULT_API_PORT}");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("peers/e2b_sdk_sandboxes.py");
+    let output = tokio::process::Command::new(&python)
+        .arg(script)
+        .arg(RUNS.to_string())
+        .env("E2B_API_URL", &url)
+        .env("E2B_SANDBOX_URL", &url)
+        .env("E2B_API_KEY", API_KEY)
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .output()
+        .await
+        .expect("running the SDK");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let timings: BTreeMap<String, Vec<f64>> =
+        serde_json::from_slice(&output.stdout).expect("timings");
+    let _ = stop.send(());
+    server.await.unwrap().unwrap();
+
+    let sample = |key: &str, name: &str| Sample::from_secs(name, &timings[key]);
+    let first_result = sample(
+        "create_first_result",
+        "E2B SDK: `Sandbox.create()` → `run_code(\"1 + 1\")`",
+    );
+    let first_command = sample(
+        "create_first_command",
+        "E2B SDK: `Sandbox.create()` → `commands.run(\"true\")` (heavy guest)",
+    );
+    let pause_resume = sample(
+        "pause_resume",
+        "E2B SDK: `pause()` → `Sandbox.connect()` → `run_code` (heavy guest)",
+    );
+    println!(
+        "{}",
+        table(&[&first_result, &first_command, &pause_resume], &direct)
+    );
+    let sequential = sample("sequential_8", "8 × create → run_code → kill, in turn");
+    let parallel = sample(
+        "parallel_8",
+        "8 × create → run_code → kill, at once (8 threads)",
+    );
+    println!("{}", table(&[&parallel], &sequential));
+}
