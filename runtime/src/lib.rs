@@ -40,6 +40,7 @@ pub mod namespace;
 pub mod progress;
 pub mod router;
 pub mod sandbox;
+#[cfg(feature = "serve")]
 pub mod serve;
 pub mod wasm;
 

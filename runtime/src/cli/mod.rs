@@ -3,6 +3,7 @@
 mod notebook;
 mod render;
 mod run;
+mod sandbox;
 mod serve;
 
 use std::process::ExitCode;
@@ -21,8 +22,10 @@ struct Cli {
 enum Command {
     /// Run cells in order in one fresh session.
     Run(run::RunArgs),
-    /// Serve E2B's code-interpreter API (for the E2B SDKs with E2B_DEBUG=true).
+    /// Serve E2B's API and sandboxes to the E2B SDKs (E2B_API_URL, E2B_SANDBOX_URL, E2B_API_KEY).
     Serve(serve::ServeArgs),
+    /// List, kill and read the logs of the sandboxes of a running `cellbox serve`.
+    Sandbox(sandbox::SandboxArgs),
 }
 
 /// Exit status: every cell ran without error.
@@ -51,6 +54,7 @@ pub fn main() -> ExitCode {
     let status = match cli.command {
         Command::Run(args) => runtime.block_on(run::run(args)),
         Command::Serve(args) => runtime.block_on(serve::run(args)),
+        Command::Sandbox(args) => runtime.block_on(sandbox::run(args)),
     };
     ExitCode::from(status)
 }
