@@ -44,7 +44,8 @@ macro_rules! heavy_backend_tests {
             per_run_env_vars_and_restart,
             orphans_are_reaped_by_guest_init,
             printing_forever_costs_the_host_nothing,
-            pause_stops_everything_and_resume_goes_on
+            pause_stops_everything_and_resume_goes_on,
+            a_command_runs_in_its_own_terminal
         );
     };
     (@each $backend:expr, $attrs:tt, $($name:ident),*) => {
@@ -447,6 +448,33 @@ pub async fn pause_stops_everything_and_resume_goes_on(backend: Backend) {
             "{usage:?}"
         );
     }
+}
+
+/// A command started with a terminal has it as stdin, stdout and stderr
+/// (its size as asked), typed input included.
+pub async fn a_command_runs_in_its_own_terminal(backend: Backend) {
+    let sandbox = start(backend).await;
+    let guest = sandbox.guest().unwrap();
+    let options = CommandOptions::default().pty(100, 30);
+    let handle = guest
+        .start_command(
+            "read word; stty size; tty; echo got $word; exit 5",
+            &options,
+        )
+        .await
+        .unwrap();
+    handle.send_stdin(b"typed\n").await.unwrap();
+    let result = handle.wait().await.unwrap();
+    let screen = &result.stdout;
+    assert_eq!(result.exit_code, 5, "{result:?}");
+    assert!(
+        screen.contains("30 100") && screen.contains("/dev/pts/"),
+        "{screen}"
+    );
+    assert!(
+        screen.contains("typed") && screen.contains("got typed"),
+        "echoed and read: {screen}"
+    );
 }
 
 /// This process's peak resident memory (`VmHWM`), in bytes.

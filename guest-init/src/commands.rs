@@ -3,10 +3,12 @@
 //! listed and killed, and started ones fed on their stdin.
 
 use std::collections::BTreeMap;
+use std::fs::File;
 use std::io::Write;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::Path;
-use std::process::{ChildStdin, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
@@ -16,7 +18,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use crate::confine::User;
 use crate::lock;
 use crate::output::{self, Budget};
-use crate::protocol::{CommandInfo, Failure, ReplyBody, Stream};
+use crate::protocol::{CommandInfo, Failure, PtySize, ReplyBody, Stream};
 
 /// The running commands of one host connection, by process id (each command
 /// leads its own process group, so the id is also the group's).
@@ -28,9 +30,12 @@ pub struct Commands {
 #[derive(Debug)]
 struct Running {
     cmd: String,
-    /// The write end of a started command's stdin; `None` once closed (and
-    /// always for foreground commands, whose stdin is `/dev/null`).
-    stdin: Mutex<Option<ChildStdin>>,
+    /// The write end of a started command's stdin (its terminal, if it has
+    /// one); `None` once closed (and always for foreground commands, whose
+    /// stdin is `/dev/null`).
+    stdin: Mutex<Option<File>>,
+    /// Its terminal's controlling side, if it runs in one (for resizing).
+    pty: Option<File>,
 }
 
 /// What to run.
@@ -45,6 +50,37 @@ pub struct Spec<'a> {
     pub background: bool,
     /// Who it runs as (and, without `cwd`, where: their home).
     pub user: &'a User,
+    /// Runs it in a new terminal of this size, as the leader of a new
+    /// session whose controlling terminal it is.
+    pub pty: Option<PtySize>,
+}
+
+/// A new terminal of `size`: its controlling side and the side the command gets.
+fn open_pty(size: PtySize) -> std::io::Result<(OwnedFd, OwnedFd)> {
+    let winsize = nix::pty::Winsize {
+        ws_row: size.rows,
+        ws_col: size.cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    let pty = nix::pty::openpty(Some(&winsize), None).map_err(std::io::Error::from)?;
+    Ok((pty.master, pty.slave))
+}
+
+/// Sets the size of the terminal whose controlling side is `master`.
+fn set_size(master: &File, size: PtySize) -> std::io::Result<()> {
+    let winsize = libc::winsize {
+        ws_row: size.rows,
+        ws_col: size.cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ reads one `winsize` from the valid pointer given; the
+    // descriptor is a terminal's controlling side we own.
+    if unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &winsize) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 fn not_running(pid: u32) -> ReplyBody {
@@ -109,18 +145,60 @@ impl Commands {
     /// background command first gets a [`ReplyBody::CommandStarted`].
     pub fn run(&self, spec: Spec<'_>, send: &mut dyn FnMut(ReplyBody)) {
         let mut command = Command::new("/bin/sh");
-        command
-            .arg("-c")
-            .arg(spec.cmd)
-            .envs(spec.env)
-            .stdin(if spec.background {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0);
+        command.arg("-c").arg(spec.cmd).envs(spec.env);
+        let mut pty_master = None;
+        match spec.pty {
+            Some(size) => {
+                let (master, slave) = match open_pty(size) {
+                    Ok(pair) => pair,
+                    Err(e) => {
+                        return send(ReplyBody::failed(
+                            Failure::Io,
+                            format!("opening a terminal: {e}"),
+                        ));
+                    }
+                };
+                let copies = (slave.try_clone(), slave.try_clone());
+                let (Ok(out), Ok(err)) = copies else {
+                    return send(ReplyBody::failed(
+                        Failure::Io,
+                        "copying the terminal's descriptor",
+                    ));
+                };
+                command
+                    .stdin(Stdio::from(slave))
+                    .stdout(Stdio::from(out))
+                    .stderr(Stdio::from(err))
+                    .env(
+                        "TERM",
+                        spec.env
+                            .get("TERM")
+                            .map_or("xterm-256color", String::as_str),
+                    );
+                // SAFETY: setsid and ioctl are async-signal-safe and touch
+                // no memory of the parent; fd 0 is the terminal's command side.
+                unsafe {
+                    command.pre_exec(|| {
+                        if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) != 0 {
+                            return Err(std::io::Error::last_os_error());
+                        }
+                        Ok(())
+                    });
+                }
+                pty_master = Some(File::from(master));
+            }
+            None => {
+                command
+                    .stdin(if spec.background {
+                        Stdio::piped()
+                    } else {
+                        Stdio::null()
+                    })
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped())
+                    .process_group(0);
+            }
+        }
         let home = Some(spec.user.home.as_str()).filter(|home| Path::new(home).is_dir());
         command.current_dir(spec.cwd.or(home).unwrap_or("/"));
         crate::confine::apply(&mut command, spec.user);
@@ -138,10 +216,36 @@ impl Commands {
                 ));
             }
         };
+        // The command's copies of its terminal close with `command`: the
+        // output ends when the command's side is closed by all.
+        drop(command);
         let pid = child.id();
+        let (stdin, pty, output) = match pty_master {
+            Some(master) => {
+                let copies = (master.try_clone(), master.try_clone());
+                let (Ok(stdin), Ok(output)) = copies else {
+                    kill_group(pid);
+                    let _ = child.wait();
+                    return send(ReplyBody::failed(
+                        Failure::Io,
+                        "copying the terminal's descriptor",
+                    ));
+                };
+                (Some(stdin), Some(master), Some(output))
+            }
+            None => (
+                child
+                    .stdin
+                    .take()
+                    .map(|pipe| File::from(OwnedFd::from(pipe))),
+                None,
+                None,
+            ),
+        };
         let running = Running {
             cmd: spec.cmd.to_string(),
-            stdin: Mutex::new(child.stdin.take()),
+            stdin: Mutex::new(stdin),
+            pty,
         };
         lock(&self.table).insert(pid, Arc::new(running));
         if spec.background {
@@ -150,9 +254,14 @@ impl Commands {
 
         let (tx, rx) = mpsc::sync_channel(output::QUEUE);
         let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
-        let forwarded = stdout
-            .map_or(Ok(()), |pipe| {
-                output::forward(pipe, tx.clone(), |b| (Stream::Stdout, b.to_vec()))
+        let terminal = output.map_or(Ok(()), |master| {
+            output::forward(master, tx.clone(), |b| (Stream::Stdout, b.to_vec()))
+        });
+        let forwarded = terminal
+            .and_then(|()| {
+                stdout.map_or(Ok(()), |pipe| {
+                    output::forward(pipe, tx.clone(), |b| (Stream::Stdout, b.to_vec()))
+                })
             })
             .and_then(|()| {
                 stderr.map_or(Ok(()), |pipe| {
@@ -260,6 +369,25 @@ impl Commands {
         ReplyBody::Done
     }
 
+    /// Resizes the terminal of a command that runs in one.
+    pub fn resize(&self, pid: u32, size: PtySize) -> ReplyBody {
+        let Some(running) = lock(&self.table).get(&pid).cloned() else {
+            return not_running(pid);
+        };
+        let Some(master) = &running.pty else {
+            return ReplyBody::failed(
+                Failure::BadRequest,
+                format!("command {pid} has no terminal"),
+            );
+        };
+        match set_size(master, size) {
+            Ok(()) => ReplyBody::Done,
+            Err(e) => {
+                ReplyBody::failed(Failure::Io, format!("resizing the terminal of {pid}: {e}"))
+            }
+        }
+    }
+
     /// Kills a running command's process group.
     pub fn kill(&self, pid: u32) -> ReplyBody {
         let table = lock(&self.table);
@@ -319,6 +447,7 @@ mod tests {
             timeout,
             background,
             user: me,
+            pty: None,
         }
     }
 
@@ -442,6 +571,78 @@ mod tests {
         assert_eq!(commands.list(), ReplyBody::Commands { commands: vec![] });
         assert!(matches!(
             commands.kill(pid),
+            ReplyBody::Failed {
+                failure: Failure::NotFound,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn a_command_in_a_terminal_has_it_as_its_own_and_can_resize_it() {
+        let commands = Arc::new(Commands::new());
+        let (tx, rx) = mpsc::channel();
+        let runner = {
+            let commands = commands.clone();
+            std::thread::spawn(move || {
+                let env = BTreeMap::new();
+                let mut spec = spec(
+                    "tty; stty size; read line; echo got $line; stty size",
+                    &env,
+                    None,
+                    true,
+                );
+                spec.pty = Some(PtySize { cols: 80, rows: 24 });
+                commands.run(spec, &mut |r| {
+                    let _ = tx.send(r);
+                });
+            })
+        };
+        let Ok(ReplyBody::CommandStarted { pid }) = rx.recv() else {
+            panic!("no start")
+        };
+        let mut seen = Vec::new();
+        let read_until = |seen: &mut Vec<u8>, needle: &str| {
+            while !String::from_utf8_lossy(seen).contains(needle) {
+                let reply = rx.recv_timeout(Duration::from_secs(10)).expect(needle);
+                seen.extend(stdout(&[reply]));
+            }
+        };
+        read_until(&mut seen, "24 80");
+        assert!(
+            String::from_utf8_lossy(&seen).contains("/dev/pts/"),
+            "{seen:?}"
+        );
+        assert_eq!(
+            commands.resize(
+                pid,
+                PtySize {
+                    cols: 100,
+                    rows: 40
+                }
+            ),
+            ReplyBody::Done
+        );
+        assert_eq!(
+            commands.send_stdin(pid, &BASE64.encode("hello\n"), false),
+            ReplyBody::Done
+        );
+        read_until(&mut seen, "40 100");
+        let text = String::from_utf8_lossy(&seen).into_owned();
+        assert!(
+            text.contains("hello") && text.contains("got hello"),
+            "echoed, then read: {text}"
+        );
+        loop {
+            match rx.recv_timeout(Duration::from_secs(10)).unwrap() {
+                ReplyBody::CommandExit { code } => break assert_eq!(code, 0),
+                ReplyBody::CommandOutput { .. } => {}
+                other => panic!("{other:?}"),
+            }
+        }
+        runner.join().unwrap();
+        assert!(matches!(
+            commands.resize(pid, PtySize { cols: 1, rows: 1 }),
             ReplyBody::Failed {
                 failure: Failure::NotFound,
                 ..

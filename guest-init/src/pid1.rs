@@ -53,7 +53,8 @@ pub fn mount_vm_basics() -> Result<(), SetupError> {
     mount_fs(
         "devpts",
         "/dev/pts",
-        NODEV_NOSUID | MsFlags::MS_NOEXEC,
+        // Not nodev: its nodes are the terminals.
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
         Some("mode=620,ptmxmode=666"),
     )?;
     mount_fs(
@@ -142,6 +143,29 @@ pub fn enter_namespace_root(root: &str) -> Result<(), SetupError> {
                 None::<&str>,
             ),
         )?;
+    }
+    // The sandbox's own terminals: a private devpts instance (no host
+    // terminal is visible in it), with `/dev/ptmx` pointing into it.
+    let pts = format!("{dev}/pts");
+    let _ = std::fs::create_dir(&pts);
+    let terminals = mount_fs(
+        "devpts",
+        &pts,
+        // Not nodev: its nodes are the terminals.
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        Some("newinstance,mode=620,ptmxmode=666"),
+    )
+    .and_then(|()| {
+        step(
+            "linking /dev/ptmx",
+            io(std::os::unix::fs::symlink(
+                "pts/ptmx",
+                format!("{dev}/ptmx"),
+            )),
+        )
+    });
+    if let Err(e) = terminals {
+        eprintln!("guest-init: no terminals in this sandbox: {e}");
     }
     // A user namespace may mount proc only while a full proc is visible, so
     // before the host's file system is detached.

@@ -120,6 +120,16 @@ pub enum Op {
         /// The account to run as (`root`, say); by default the sandbox's user.
         #[serde(default)]
         user: Option<String>,
+        /// Runs it in a terminal of this size (stdin, stdout and stderr are
+        /// the terminal; its output comes as stdout).
+        #[serde(default)]
+        pty: Option<PtySize>,
+    },
+    /// Resizes the terminal of a command started with one; answered with
+    /// [`ReplyBody::Done`].
+    ResizePty {
+        pid: u32,
+        size: PtySize,
     },
     /// Writes `data` (base64) to a started command's stdin, then closes it if
     /// `eof`; answered with [`ReplyBody::Done`].
@@ -140,6 +150,13 @@ pub enum Op {
     ListCommands,
     /// Stops every kernel and powers the guest off (or exits, in a namespace).
     Shutdown,
+}
+
+/// A terminal's size in characters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PtySize {
+    pub cols: u16,
+    pub rows: u16,
 }
 
 /// One answer to a request.

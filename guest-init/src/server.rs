@@ -120,7 +120,10 @@ pub fn hello(version: u32, boot: Option<BootClock>) -> ReplyBody {
 /// Answers one request through `send`; the last reply is final.
 pub fn handle(op: Op, contexts: &Contexts, commands: &Commands, send: &mut dyn FnMut(ReplyBody)) {
     let ms = |t: Option<u64>| t.map(Duration::from_millis);
-    let background = matches!(op, Op::StartCommand { .. });
+    let (background, pty) = match &op {
+        Op::StartCommand { pty, .. } => (true, *pty),
+        _ => (false, None),
+    };
     let reply = match op {
         Op::Hello { version } => hello(version, None),
         Op::Execute {
@@ -160,6 +163,7 @@ pub fn handle(op: Op, contexts: &Contexts, commands: &Commands, send: &mut dyn F
             env,
             timeout_ms,
             user,
+            ..
         } => {
             let user = match User::lookup(user.as_deref().unwrap_or(DEFAULT_USER)) {
                 Ok(user) => user,
@@ -172,9 +176,11 @@ pub fn handle(op: Op, contexts: &Contexts, commands: &Commands, send: &mut dyn F
                 timeout: ms(timeout_ms),
                 background,
                 user: &user,
+                pty,
             };
             return commands.run(spec, send);
         }
+        Op::ResizePty { pid, size } => commands.resize(pid, size),
         Op::SendStdin { pid, data, eof } => commands.send_stdin(pid, &data, eof),
         Op::KillCommand { pid } => commands.kill(pid),
         Op::ListCommands => commands.list(),

@@ -15,7 +15,7 @@ import uuid
 os.environ.pop("E2B_DEBUG", None)
 
 import httpx  # noqa: E402  (comes with the SDK)
-from e2b import SandboxQuery, SandboxState  # noqa: E402
+from e2b import PtySize, SandboxQuery, SandboxState  # noqa: E402
 from e2b.exceptions import AuthenticationException, NotFoundException, SandboxException  # noqa: E402
 from e2b_code_interpreter import Sandbox  # noqa: E402
 
@@ -130,6 +130,19 @@ gaps = [(int(t2) - int(t1)) / 1e9 for t1, t2 in zip(lines, lines[1:])]
 check("the background process was stopped while paused, and goes on",
       max(gaps) >= 1.5 and ticker.pid in [p.pid for p in a2.commands.list()], max(gaps, default=0))
 ticker.kill()
+
+# ---- a terminal ------------------------------------------------------------------------------
+terminal = a2.pty.create(PtySize(rows=24, cols=80), timeout=60)
+a2.pty.send_stdin(terminal.pid, b"stty size; tty; echo marker-$((6 * 7))\n")
+time.sleep(1)
+a2.pty.resize(terminal.pid, PtySize(rows=40, cols=100))
+a2.pty.send_stdin(terminal.pid, b"stty size; exit 3\n")
+screen = []
+result = raises(lambda: terminal.wait(on_pty=lambda data: screen.append(bytes(data))))
+screen = b"".join(screen).decode(errors="replace")
+check("a terminal: its size, its tty, what was typed, a resize, its exit code",
+      "24 80" in screen and "/dev/pts/" in screen and "marker-42" in screen and "40 100" in screen
+      and getattr(result, "exit_code", None) == 3, (screen[-400:], result))
 
 # ---- timeouts, kill, auto-pause --------------------------------------------------------------
 short = Sandbox.create(timeout=2, metadata={"run": RUN, "who": "short"})

@@ -8,7 +8,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 pub use cellbox_guest_init::protocol::{CommandInfo, Stream};
-use cellbox_guest_init::protocol::{FILE_CHUNK, Failure, Op, ReplyBody};
+use cellbox_guest_init::protocol::{FILE_CHUNK, Failure, Op, PtySize, ReplyBody};
 use tokio::time::Instant;
 
 use super::GuestClient;
@@ -31,6 +31,9 @@ pub struct CommandOptions {
     /// After this the command's process group is killed and the call fails
     /// with [`Error::Timeout`]; `None` lets it run as long as it likes.
     pub timeout: Option<Duration>,
+    /// Runs a started command in a terminal of this size (its output then
+    /// comes as stdout; its input is typed into the terminal).
+    pub pty: Option<PtySize>,
 }
 
 impl CommandOptions {
@@ -58,6 +61,12 @@ impl CommandOptions {
         self
     }
 
+    /// These options with a terminal of `cols` × `rows` (started commands).
+    pub fn pty(mut self, cols: u16, rows: u16) -> Self {
+        self.pty = Some(PtySize { cols, rows });
+        self
+    }
+
     fn op(&self, cmd: &str, background: bool) -> Op {
         let (cmd, cwd, env) = (cmd.to_string(), self.cwd.clone(), self.env.clone());
         let user = self.user.clone();
@@ -71,6 +80,7 @@ impl CommandOptions {
                 env,
                 timeout_ms,
                 user,
+                pty: self.pty,
             }
         } else {
             Op::RunCommand {
@@ -128,6 +138,12 @@ impl CommandHandle {
     /// Closes the command's stdin, so that it reads end-of-file.
     pub async fn close_stdin(&self) -> Result<()> {
         self.client.close_stdin(self.pid).await
+    }
+
+    /// Resizes the command's terminal (one started with
+    /// [`CommandOptions::pty`]).
+    pub async fn resize(&self, cols: u16, rows: u16) -> Result<()> {
+        self.client.resize_pty(self.pid, cols, rows).await
     }
 
     /// Kills the command and everything in its process group (nothing
@@ -217,6 +233,12 @@ impl GuestClient {
     }
 
     /// Closes the stdin of the started command `pid`.
+    /// Resizes the terminal of the started command `pid`.
+    pub async fn resize_pty(&self, pid: u32, cols: u16, rows: u16) -> Result<()> {
+        let size = PtySize { cols, rows };
+        self.done(Op::ResizePty { pid, size }).await
+    }
+
     pub async fn close_stdin(&self, pid: u32) -> Result<()> {
         let data = String::new();
         self.done(Op::SendStdin {

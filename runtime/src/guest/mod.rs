@@ -16,7 +16,7 @@ pub mod kernel;
 pub mod session;
 
 pub use artifacts::GuestArtifacts;
-pub use cellbox_guest_init::protocol::FileStat;
+pub use cellbox_guest_init::protocol::{FileStat, PtySize};
 pub use client::{GuestClient, Replies};
 pub use commands::{
     CommandHandle, CommandInfo, CommandOptions, CommandResult, OutputCallback, Stream,

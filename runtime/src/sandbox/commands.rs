@@ -24,6 +24,7 @@ impl Commands<'_> {
         if options.timeout.is_some() {
             merged.timeout = options.timeout;
         }
+        merged.pty = options.pty;
         merged
     }
 
@@ -66,6 +67,16 @@ impl Commands<'_> {
             .moved_client()
             .await?
             .send_stdin(pid, data)
+            .await
+    }
+
+    /// Resizes the terminal of the started command `pid` (one started with
+    /// [`CommandOptions::pty`]).
+    pub async fn resize(&self, pid: u32, cols: u16, rows: u16) -> Result<()> {
+        self.sandbox
+            .moved_client()
+            .await?
+            .resize_pty(pid, cols, rows)
             .await
     }
 

@@ -482,6 +482,7 @@ impl Sandbox {
             env: self.options.env_vars.clone(),
             timeout: Some(self.options.timeout),
             user: None,
+            pty: None,
         }
     }
 }

@@ -42,6 +42,8 @@ pub struct Processes(Mutex<HashMap<u32, Arc<Tracked>>>);
 pub struct Tracked {
     pid: u32,
     tag: Option<String>,
+    /// Whether it runs in a terminal (its output is then `pty` data).
+    pty: bool,
     /// Its `ProcessConfig`, as `List` reports it.
     config: Value,
     watchers: Mutex<Vec<mpsc::UnboundedSender<Value>>>,
@@ -135,8 +137,7 @@ async fn unary(
         "SendInput" => {
             let pid = selected(envd, &request)?;
             let input = request.message("input")?;
-            refuse_pty(&input)?;
-            commands.send_stdin(pid, &input.bytes("stdin")?).await?;
+            commands.send_stdin(pid, &input_bytes(&input)?).await?;
             Ok(json!({}))
         }
         "SendSignal" => {
@@ -152,7 +153,12 @@ async fn unary(
             commands.close_stdin(selected(envd, &request)?).await?;
             Ok(json!({}))
         }
-        "Update" => Err(pty_unsupported()),
+        "Update" => {
+            let pid = selected(envd, &request)?;
+            let (cols, rows) = pty_size(&request.message("pty")?)?;
+            commands.resize(pid, cols, rows).await?;
+            Ok(json!({}))
+        }
         other => Err(RpcError::new(
             Code::Unimplemented,
             format!("process.Process has no method {other}"),
@@ -160,19 +166,26 @@ async fn unary(
     }
 }
 
-fn pty_unsupported() -> RpcError {
-    RpcError::new(
-        Code::Unimplemented,
-        "terminals (PTY) are not supported by cellbox yet; run the command without one",
-    )
+/// A `ProcessInput`'s bytes: for the command's stdin or its terminal.
+fn input_bytes(input: &Message) -> Result<Vec<u8>, RpcError> {
+    if input.has("pty") {
+        input.bytes("pty")
+    } else {
+        input.bytes("stdin")
+    }
 }
 
-fn refuse_pty(message: &Message) -> Result<(), RpcError> {
-    if message.has("pty") {
-        Err(pty_unsupported())
-    } else {
-        Ok(())
+/// A `PTY` message's `size` (`cols`, `rows`), each 1 to 1000.
+fn pty_size(pty: &Message) -> Result<(u16, u16), RpcError> {
+    let size = pty.message("size")?;
+    let (cols, rows) = (size.u32("cols")?, size.u32("rows")?);
+    let valid = |n: u32| (1..=1000).contains(&n);
+    if !valid(cols) || !valid(rows) {
+        return Err(RpcError::invalid(format!(
+            "a terminal of {cols} × {rows}: each side must be 1 to 1000"
+        )));
     }
+    Ok((cols as u16, rows as u16))
 }
 
 /// The pid a `ProcessSelector` (in the request's `process` field) names.
@@ -206,7 +219,10 @@ fn basic_auth_user(headers: &HeaderMap) -> Option<String> {
 
 /// `Start`: runs the command and streams its events until it ends.
 async fn start(envd: &Envd, request: &Message, headers: &HeaderMap) -> Result<Response, RpcError> {
-    refuse_pty(request)?;
+    let pty = match request.has("pty") {
+        true => Some(pty_size(&request.message("pty")?)?),
+        false => None,
+    };
     let process = request.message("process")?;
     let cmd = process.string("cmd")?;
     if cmd.is_empty() {
@@ -216,13 +232,15 @@ async fn start(envd: &Envd, request: &Message, headers: &HeaderMap) -> Result<Re
     let envs = process.string_map("envs")?;
     let cwd = process.optional_string("cwd")?;
     let tag = request.optional_string("tag")?;
-    // Absent means open (envd's old default); the SDKs say false unless asked.
-    let keep_stdin = !request.has("stdin") || request.bool("stdin")?;
+    // Absent means open (envd's old default); the SDKs say false unless
+    // asked. A terminal's input stays open.
+    let keep_stdin = pty.is_some() || !request.has("stdin") || request.bool("stdin")?;
     let options = CommandOptions {
         cwd: cwd.clone(),
         env: envs.clone(),
         timeout: None,
         user: basic_auth_user(headers),
+        pty: pty.map(|(cols, rows)| crate::guest::PtySize { cols, rows }),
     };
     let handle = envd
         .sandbox
@@ -244,6 +262,7 @@ async fn start(envd: &Envd, request: &Message, headers: &HeaderMap) -> Result<Re
     let tracked = Arc::new(Tracked {
         pid,
         tag,
+        pty: pty.is_some(),
         config: config_json(&cmd, &args, &envs, cwd.as_deref()),
         watchers: Mutex::default(),
     });
@@ -300,10 +319,9 @@ async fn stream_input(envd: &Envd, messages: &[Message]) -> Result<Response, Rpc
         } else if message.has("data") {
             let pid = pid.ok_or_else(|| RpcError::invalid("data before the start message"))?;
             let input = message.message("data")?.message("input")?;
-            refuse_pty(&input)?;
             envd.sandbox
                 .commands()
-                .send_stdin(pid, &input.bytes("stdin")?)
+                .send_stdin(pid, &input_bytes(&input)?)
                 .await?;
         }
     }
@@ -315,6 +333,7 @@ async fn stream_input(envd: &Envd, messages: &[Message]) -> Result<Response, Rpc
 async fn follow(envd: Envd, tracked: Arc<Tracked>, handle: CommandHandle) {
     let mut on_output = |stream: Stream, text: &str| {
         let key = match stream {
+            _ if tracked.pty => "pty",
             Stream::Stdout => "stdout",
             Stream::Stderr => "stderr",
         };
