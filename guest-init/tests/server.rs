@@ -175,6 +175,7 @@ fn started_commands_take_stdin_are_listed_and_killed() {
         env: Default::default(),
         timeout_ms: None,
         user: None,
+        pty: None,
     };
     let ReplyBody::CommandStarted { pid: cat } = ask(&mut stream, 1, start_op("cat")) else {
         panic!("cat did not start")
