@@ -1,5 +1,6 @@
-//! `cellbox sandbox list | kill | logs` against a `cellbox serve` (fast-path
-//! sandboxes), with the API key that server made and kept on first start.
+//! `cellbox sandbox list | kill | logs | spawn | connect` against a
+//! `cellbox serve`, with the API key that server made and kept on first
+//! start. Root is needed (the terminals' shells run in the namespace sandbox).
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Output, Stdio};
@@ -26,15 +27,7 @@ fn url() -> String {
 /// Starts the server; returns it and the key it printed (made on first start).
 fn serve(config: &std::path::Path) -> (Server, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_cellbox"))
-        .args([
-            "serve",
-            "--backend",
-            "wasm",
-            "--port",
-            "0",
-            "--api-port",
-            &PORT.to_string(),
-        ])
+        .args(["serve", "--port", "0", "--api-port", &PORT.to_string()])
         .env("XDG_CONFIG_HOME", config)
         .env_remove("CELLBOX_API_KEY")
         .stdout(Stdio::piped())
@@ -86,9 +79,12 @@ fn listed(config: &std::path::Path, args: &[&str]) -> Vec<String> {
     let output = sandbox(config, &[&["list", "--format", "json"], args].concat());
     assert!(output.status.success(), "{output:?}");
     let list: Vec<Value> = serde_json::from_str(&stdout(&output)).unwrap();
-    list.iter()
+    let mut ids: Vec<String> = list
+        .iter()
         .map(|s| s["sandboxID"].as_str().unwrap().to_string())
-        .collect()
+        .collect();
+    ids.sort();
+    ids
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -189,6 +185,51 @@ async fn list_kill_and_follow_the_logs_of_sandboxes() {
         String::from_utf8_lossy(&no_key.stderr).contains("no API key"),
         "{no_key:?}"
     );
+
+    // A terminal: typed lines run in a shell in the sandbox; its exit code is ours.
+    let typed = |args: &[&str], input: &str| {
+        let mut child = sandbox_command(config.path(), args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write as _;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let before = listed(config.path(), &[]);
+    let spawned = typed(&["spawn"], "echo in-$((6 * 7)); stty size\nexit 3\n");
+    assert_eq!(spawned.status.code(), Some(3), "{spawned:?}");
+    let screen = stdout(&spawned);
+    assert!(
+        screen.contains("in-42") && screen.contains("24 80"),
+        "{screen}"
+    );
+    assert_eq!(
+        listed(config.path(), &[]),
+        before,
+        "spawn's sandbox is killed after"
+    );
+    let connected = typed(&["connect", &b], "cd /tmp && touch from-connect && pwd\n");
+    assert_eq!(
+        connected.status.code(),
+        Some(0),
+        "Ctrl-D at the end of input ends the shell: {connected:?}"
+    );
+    assert!(stdout(&connected).contains("/tmp"), "{connected:?}");
+    let again = typed(&["connect", &b], "ls /tmp/from-connect; exit\n");
+    assert!(
+        stdout(&again).contains("/tmp/from-connect"),
+        "the same sandbox: {again:?}"
+    );
+    let gone = typed(&["connect", "nosuchsandbox"], "");
+    assert_eq!(gone.status.code(), Some(2));
 
     let all = sandbox(config.path(), &["kill", "--all"]);
     assert!(all.status.success(), "{all:?}");

@@ -5,6 +5,7 @@ mod render;
 mod run;
 mod sandbox;
 mod serve;
+mod terminal;
 
 use std::process::ExitCode;
 
@@ -24,7 +25,7 @@ enum Command {
     Run(run::RunArgs),
     /// Serve E2B's API and sandboxes to the E2B SDKs (E2B_API_URL, E2B_SANDBOX_URL, E2B_API_KEY).
     Serve(serve::ServeArgs),
-    /// List, kill and read the logs of the sandboxes of a running `cellbox serve`.
+    /// List, kill, spawn, connect to and read the logs of the sandboxes of a running `cellbox serve`.
     Sandbox(sandbox::SandboxArgs),
 }
 

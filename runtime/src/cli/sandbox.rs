@@ -1,5 +1,6 @@
-//! `cellbox sandbox list | kill | logs`: E2B's sandbox CLI commands against
-//! a running `cellbox serve` (its control plane, with its API key).
+//! `cellbox sandbox list | kill | logs | spawn | connect`: E2B's sandbox CLI
+//! commands against a running `cellbox serve` (its control plane, with its
+//! API key; `spawn` and `connect` attach a terminal, [`super::terminal`]).
 
 use std::io::Write as _;
 use std::time::Duration;
@@ -10,7 +11,7 @@ use serde_json::Value;
 use cellbox::serve::DEFAULT_API_PORT;
 use cellbox::serve::api::key;
 
-use super::{EXIT_OK, EXIT_SANDBOX_ERROR};
+use super::{EXIT_OK, EXIT_SANDBOX_ERROR, terminal};
 
 #[derive(Debug, Args)]
 pub struct SandboxArgs {
@@ -47,6 +48,20 @@ enum SandboxCommand {
         #[arg(long, conflicts_with = "ids")]
         all: bool,
     },
+    /// A new sandbox with your terminal attached to a shell in it; killed when the shell exits.
+    Spawn {
+        /// Its template (any of E2B's default names).
+        #[arg(default_value = "base")]
+        template: String,
+        /// Its timeout, in seconds.
+        #[arg(long, default_value_t = 300)]
+        timeout: u64,
+        /// Keep it running after the shell exits.
+        #[arg(long)]
+        keep: bool,
+    },
+    /// Your terminal attached to a new shell in a running sandbox.
+    Connect { id: String },
     /// A sandbox's log: what it did and what was asked of it.
     Logs {
         id: String,
@@ -97,18 +112,48 @@ struct Client {
 type Failure = String;
 
 impl Client {
+    /// Sandbox `id`'s traffic, through this server.
+    fn target(&self, id: &str, token: &str) -> terminal::Target {
+        terminal::Target {
+            url: self.url.clone(),
+            id: id.to_string(),
+            token: token.to_string(),
+        }
+    }
+
     async fn call(
         &self,
         method: reqwest::Method,
         path: &str,
         query: &[(&str, String)],
     ) -> Result<Option<Value>, Failure> {
+        self.request(method, path, query, None).await
+    }
+
+    /// A call with a JSON body.
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Option<Value>, Failure> {
+        self.request(method, path, &[], body).await
+    }
+
+    async fn request(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        query: &[(&str, String)],
+        body: Option<Value>,
+    ) -> Result<Option<Value>, Failure> {
         let url = format!("{}{path}", self.url.trim_end_matches('/'));
-        let response = self
-            .http
-            .request(method, &url)
-            .header("X-API-Key", &self.key)
-            .query(query)
+        let mut request = self.http.request(method, &url);
+        request = request.header("X-API-Key", &self.key).query(query);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request
             .send()
             .await
             .map_err(|e| format!("cannot reach {url} ({e}); is `cellbox serve` running?"))?;
@@ -157,17 +202,26 @@ pub async fn run(args: SandboxArgs) -> u8 {
             state,
             metadata,
             format,
-        } => list(&client, state, &metadata, format).await,
-        SandboxCommand::Kill { ids, all } => kill(&client, ids, all).await,
+        } => list(&client, state, &metadata, format).await.map(|()| None),
+        SandboxCommand::Kill { ids, all } => kill(&client, ids, all).await.map(|()| None),
         SandboxCommand::Logs {
             id,
             follow,
             level,
             format,
-        } => logs(&client, &id, follow, level, format).await,
+        } => logs(&client, &id, follow, level, format)
+            .await
+            .map(|()| None),
+        SandboxCommand::Spawn {
+            template,
+            timeout,
+            keep,
+        } => spawn(&client, &template, timeout, keep).await,
+        SandboxCommand::Connect { id } => connect(&client, &id).await,
     };
     match done {
-        Ok(()) => EXIT_OK,
+        Ok(Some(code)) => u8::try_from(code).unwrap_or(EXIT_SANDBOX_ERROR),
+        Ok(None) => EXIT_OK,
         Err(failure) => {
             eprintln!("cellbox: error: {failure}");
             EXIT_SANDBOX_ERROR
@@ -215,6 +269,50 @@ fn percent_encode(text: &str) -> String {
             _ => format!("%{b:02X}"),
         })
         .collect()
+}
+
+/// What a command ends with: nothing, or the exit code of a shell it ran.
+type Done = Result<Option<i32>, Failure>;
+
+async fn spawn(client: &Client, template: &str, timeout: u64, keep: bool) -> Done {
+    let body = serde_json::json!({"templateID": template, "timeout": timeout,
+        "metadata": {"spawned-by": "cellbox sandbox spawn"}});
+    let created = client
+        .send(reqwest::Method::POST, "/sandboxes", Some(body))
+        .await?
+        .unwrap_or_default();
+    let (Some(id), Some(token)) = (
+        created["sandboxID"].as_str(),
+        created["envdAccessToken"].as_str(),
+    ) else {
+        return Err(format!("the server created no sandbox: {created}"));
+    };
+    let after = if keep { "leave it running" } else { "kill it" };
+    eprintln!("cellbox: sandbox {id} (exit the shell to {after})");
+    let code = terminal::attach(&client.target(id, token)).await;
+    if !keep {
+        let _ = client
+            .call(reqwest::Method::DELETE, &format!("/sandboxes/{id}"), &[])
+            .await;
+    }
+    code.map(Some)
+}
+
+async fn connect(client: &Client, id: &str) -> Done {
+    let info = client
+        .call(reqwest::Method::GET, &format!("/sandboxes/{id}"), &[])
+        .await?
+        .unwrap_or_default();
+    let Some(token) = info["envdAccessToken"].as_str() else {
+        return Err(format!("the server gave no access token for {id}"));
+    };
+    if info["state"] == "paused" {
+        let path = format!("/sandboxes/{id}/connect");
+        client
+            .send(reqwest::Method::POST, &path, Some(serde_json::json!({})))
+            .await?;
+    }
+    terminal::attach(&client.target(id, token)).await.map(Some)
 }
 
 async fn list(
@@ -297,6 +395,13 @@ async fn logs(
     let path = format!("/v2/sandboxes/{id}/logs");
     let mut cursor: Option<String> = None;
     loop {
+        // Following ends with the sandbox, after its last entries (its log
+        // stays readable).
+        let ended = follow
+            && client
+                .call(reqwest::Method::GET, &format!("/sandboxes/{id}"), &[])
+                .await
+                .is_err();
         let mut query = vec![("level", level.name().to_string())];
         if let Some(cursor) = &cursor {
             query.push(("cursor", cursor.clone()));
@@ -323,15 +428,7 @@ async fn logs(
         }
         let _ = out.flush();
         drop(out);
-        if !follow {
-            return Ok(());
-        }
-        // Following ends with the sandbox (its log stays readable).
-        if client
-            .call(reqwest::Method::GET, &format!("/sandboxes/{id}"), &[])
-            .await
-            .is_err()
-        {
+        if !follow || ended {
             return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(500)).await;

@@ -42,7 +42,7 @@ pub struct ServeArgs {
     /// Most sandboxes at once through the API.
     #[arg(long, default_value_t = 64)]
     max_sandboxes: usize,
-    /// Port of the debug sandbox's code-interpreter API (E2B's SDK uses 49999 with E2B_DEBUG=true; 0: no debug sandbox).
+    /// Port of the debug sandbox's code-interpreter API (E2B's SDK uses 49999 with E2B_DEBUG=true; 0: no debug sandbox, nor its envd).
     #[arg(long, default_value_t = 49999)]
     port: u16,
     /// Port of the debug sandbox's envd, its files and commands (E2B's SDK uses 49983; 0: none).
@@ -111,7 +111,8 @@ pub async fn run(args: ServeArgs) -> u8 {
         api_key,
         max_sandboxes: args.max_sandboxes,
         code_port: some(args.port),
-        envd_port: some(args.envd_port),
+        // No debug sandbox, no envd for it.
+        envd_port: some(args.envd_port).filter(|_| args.port != 0),
         sandbox,
     };
     if let Some(port) = config.api_port {
