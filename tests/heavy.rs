@@ -45,7 +45,8 @@ macro_rules! heavy_backend_tests {
             orphans_are_reaped_by_guest_init,
             printing_forever_costs_the_host_nothing,
             pause_stops_everything_and_resume_goes_on,
-            a_command_runs_in_its_own_terminal
+            a_command_runs_in_its_own_terminal,
+            a_watched_folder_reports_its_changes
         );
     };
     (@each $backend:expr, $attrs:tt, $($name:ident),*) => {
@@ -475,6 +476,46 @@ pub async fn a_command_runs_in_its_own_terminal(backend: Backend) {
         screen.contains("typed") && screen.contains("got typed"),
         "echoed and read: {screen}"
     );
+}
+
+/// A watched folder reports what commands do in it, below it too.
+pub async fn a_watched_folder_reports_its_changes(backend: Backend) {
+    let sandbox = start(backend).await;
+    let guest = sandbox.guest().unwrap();
+    let options = CommandOptions::default();
+    let made = guest
+        .run_command("mkdir -p /home/user/w/sub", &options, &mut |_, _| {})
+        .await
+        .unwrap();
+    assert_eq!(made.exit_code, 0, "{made:?}");
+    let mut watch = guest.watch_dir("/home/user/w", true).await.unwrap();
+    guest
+        .run_command(
+            "echo x > /home/user/w/sub/new.txt; rm /home/user/w/sub/new.txt",
+            &options,
+            &mut |_, _| {},
+        )
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    while !seen.iter().any(|e: &cellbox::guest::FsEvent| {
+        e.name == "sub/new.txt" && e.kind == cellbox::guest::FsEventKind::Remove
+    }) {
+        let next = tokio::time::timeout(Duration::from_secs(30), watch.next()).await;
+        seen.extend(
+            next.expect("events in time")
+                .expect("the watch goes on")
+                .unwrap(),
+        );
+    }
+    assert!(
+        seen.iter()
+            .any(|e| e.name == "sub/new.txt" && e.kind == cellbox::guest::FsEventKind::Create),
+        "{seen:?}"
+    );
+    watch.stop().await.unwrap();
+    let missing = guest.watch_dir("/home/user/nope", false).await;
+    assert!(matches!(missing, Err(Error::NotFound(_))), "{missing:?}");
 }
 
 /// This process's peak resident memory (`VmHWM`), in bytes.

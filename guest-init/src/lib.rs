@@ -22,6 +22,7 @@ pub mod protocol;
 pub mod seccomp;
 pub mod server;
 pub mod transport;
+pub mod watch;
 
 /// Where this crate's sources are, so that the host can build `guest-init`
 /// for the guest image on first use.

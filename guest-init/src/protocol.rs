@@ -131,6 +131,18 @@ pub enum Op {
         pid: u32,
         size: PtySize,
     },
+    /// Watches a folder (and, if `recursive`, every folder below it):
+    /// [`ReplyBody::WatchStarted`], then [`ReplyBody::FsEvents`] as things
+    /// change, then [`ReplyBody::Done`] after [`Op::Unwatch`].
+    WatchDir {
+        path: String,
+        #[serde(default)]
+        recursive: bool,
+    },
+    /// Ends a watch; answered with [`ReplyBody::Done`].
+    Unwatch {
+        watch: u32,
+    },
     /// Writes `data` (base64) to a started command's stdin, then closes it if
     /// `eof`; answered with [`ReplyBody::Done`].
     SendStdin {
@@ -150,6 +162,24 @@ pub enum Op {
     ListCommands,
     /// Stops every kernel and powers the guest off (or exits, in a namespace).
     Shutdown,
+}
+
+/// What happened to an entry of a watched folder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FsEventKind {
+    Create,
+    Write,
+    Remove,
+    Rename,
+    Chmod,
+}
+
+/// One change, `name` relative to the watched folder.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FsEvent {
+    pub name: String,
+    pub kind: FsEventKind,
 }
 
 /// A terminal's size in characters.
@@ -250,6 +280,14 @@ pub enum ReplyBody {
     CommandStarted {
         pid: u32,
     },
+    /// A watch started ([`Op::WatchDir`]); [`Op::Unwatch`] ends it.
+    WatchStarted {
+        watch: u32,
+    },
+    /// Changes in a watched folder.
+    FsEvents {
+        events: Vec<FsEvent>,
+    },
     /// The command ended with this code (128 + the signal if killed).
     CommandExit {
         code: i32,
@@ -275,6 +313,8 @@ impl ReplyBody {
                 | ReplyBody::Error { .. }
                 | ReplyBody::CommandOutput { .. }
                 | ReplyBody::CommandStarted { .. }
+                | ReplyBody::WatchStarted { .. }
+                | ReplyBody::FsEvents { .. }
                 | ReplyBody::FileChunk { eof: false, .. }
         )
     }

@@ -11,6 +11,7 @@ use crate::contexts::Contexts;
 use crate::files;
 use crate::frame::{self, FrameError};
 use crate::protocol::{BootClock, Failure, Op, Reply, ReplyBody, Request, VERSION};
+use crate::watch::Watches;
 
 /// Why the conversation ended.
 #[derive(Debug, PartialEq, Eq)]
@@ -24,16 +25,24 @@ pub enum Ended {
 /// Serves one host connection until it ends; the commands it started are
 /// killed then. `boot` (a microVM guest's milestones so far) goes into `Hello`.
 pub fn serve(stream: File, contexts: Arc<Contexts>, boot: Option<BootClock>) -> Ended {
-    let commands = Arc::new(Commands::new());
-    let ended = serve_with(stream, &contexts, &commands, boot);
-    commands.kill_all();
+    let connection = Arc::new(Connection::default());
+    let ended = serve_with(stream, &contexts, &connection, boot);
+    connection.commands.kill_all();
+    connection.watches.stop_all();
     ended
+}
+
+/// What one host connection started: commands and folder watches.
+#[derive(Debug, Default)]
+pub struct Connection {
+    pub commands: Commands,
+    pub watches: Watches,
 }
 
 fn serve_with(
     stream: File,
     contexts: &Arc<Contexts>,
-    commands: &Arc<Commands>,
+    connection: &Arc<Connection>,
     boot: Option<BootClock>,
 ) -> Ended {
     let writer = match stream.try_clone() {
@@ -65,10 +74,10 @@ fn serve_with(
             }
             Op::Hello { version } => send(&writer, request.id, hello(version, boot)),
             op => {
-                let (replies, contexts, commands) =
-                    (writer.clone(), contexts.clone(), commands.clone());
+                let (replies, contexts, connection) =
+                    (writer.clone(), contexts.clone(), connection.clone());
                 let spawned = std::thread::Builder::new().spawn(move || {
-                    handle(op, &contexts, &commands, &mut |body| {
+                    handle(op, &contexts, &connection, &mut |body| {
                         send(&replies, request.id, body)
                     });
                 });
@@ -118,7 +127,13 @@ pub fn hello(version: u32, boot: Option<BootClock>) -> ReplyBody {
 }
 
 /// Answers one request through `send`; the last reply is final.
-pub fn handle(op: Op, contexts: &Contexts, commands: &Commands, send: &mut dyn FnMut(ReplyBody)) {
+pub fn handle(
+    op: Op,
+    contexts: &Contexts,
+    connection: &Connection,
+    send: &mut dyn FnMut(ReplyBody),
+) {
+    let (commands, watches) = (&connection.commands, &connection.watches);
     let ms = |t: Option<u64>| t.map(Duration::from_millis);
     let (background, pty) = match &op {
         Op::StartCommand { pty, .. } => (true, *pty),
@@ -181,6 +196,10 @@ pub fn handle(op: Op, contexts: &Contexts, commands: &Commands, send: &mut dyn F
             return commands.run(spec, send);
         }
         Op::ResizePty { pid, size } => commands.resize(pid, size),
+        Op::WatchDir { path, recursive } => {
+            return watches.watch(&path, recursive, User::default_user(), send);
+        }
+        Op::Unwatch { watch } => watches.unwatch(watch),
         Op::SendStdin { pid, data, eof } => commands.send_stdin(pid, &data, eof),
         Op::KillCommand { pid } => commands.kill(pid),
         Op::ListCommands => commands.list(),

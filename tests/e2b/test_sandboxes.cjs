@@ -45,6 +45,18 @@ async function main() {
 
   await a.files.write('/home/user/note.txt', 'from js')
   check('files in one sandbox only', (await a.files.exists('/home/user/note.txt')) && !(await b.files.exists('/home/user/note.txt')))
+  await a.files.makeDir('/home/user/watched')
+  const events = []
+  const watcher = await a.files.watchDir('/home/user/watched', (event) => events.push([event.name, event.type]), { recursive: true })
+  await a.files.write('/home/user/watched/w.txt', 'x')
+  await a.files.remove('/home/user/watched/w.txt')
+  for (let i = 0; i < 50 && !events.some(([n, t]) => n === 'w.txt' && t === 'remove'); i++) {
+    await new Promise((resolve) => setTimeout(resolve, 100))
+  }
+  await watcher.stop()
+  check('watchDir streams creations and removals', events.some(([n, t]) => n === 'w.txt' && t === 'create')
+    && events.some(([n, t]) => n === 'w.txt' && t === 'remove'), events)
+
   const metrics = await a.getMetrics()
   check('getMetrics', metrics.length >= 1 && metrics[0].memTotal > 0 && metrics[0].cpuCount >= 1, metrics)
 

@@ -76,6 +76,22 @@ check("create's envs reach code and commands",
       b.run_code("import os; os.environ.get('WHO')").text == "'b'"
       and b.commands.run("echo $WHO").stdout == "b\n" and a.commands.run("echo -n $WHO").stdout == "")
 
+# ---- watching a folder -----------------------------------------------------------------------
+a.files.make_dir("watched")
+watcher = a.files.watch_dir("watched", recursive=True)
+a.files.write("watched/one.txt", "1")
+a.files.make_dir("watched/deeper")
+time.sleep(0.5)
+a.files.write("watched/deeper/two.txt", "2")
+a.files.remove("watched/one.txt")
+seen = []
+eventually(lambda: seen.extend((e.name, e.type.value) for e in watcher.get_new_events())
+           or ("deeper/two.txt", "write") in seen, 10)
+watcher.stop()
+check("watch_dir sees creations, writes and removals, in new folders too",
+      ("one.txt", "create") in seen and ("deeper", "create") in seen
+      and ("deeper/two.txt", "create") in seen and ("one.txt", "remove") in seen, seen)
+
 # ---- list, filters, info ---------------------------------------------------------------------
 check("list with a metadata filter", ids() == sorted([a.sandbox_id, b.sandbox_id]), ids())
 check("list with two metadata pairs", ids(metadata={"who": "a"}) == [a.sandbox_id])

@@ -14,6 +14,7 @@ pub mod control;
 pub mod files;
 pub mod kernel;
 pub mod session;
+pub mod watch;
 
 pub use artifacts::GuestArtifacts;
 pub use cellbox_guest_init::protocol::{FileStat, PtySize};
@@ -25,3 +26,4 @@ pub use contexts::ContextInfo;
 pub use control::{ControlSlot, GuestControl, Usage};
 pub use kernel::GuestKernel;
 pub use session::{GuestBackend, GuestExecutor, GuestSession};
+pub use watch::{FolderWatch, FsEvent, FsEventKind};

@@ -7,7 +7,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::Sandbox;
 use crate::error::{Error, Result};
-use crate::guest::FileStat;
+use crate::guest::{FileStat, FolderWatch};
 
 /// The files of a [`Sandbox`].
 #[derive(Debug, Clone, Copy)]
@@ -130,6 +130,16 @@ impl Files<'_> {
             .moved_client()
             .await?
             .exists(&absolute(path))
+            .await
+    }
+
+    /// Watches folder `path` (with `recursive`, everything below it, new
+    /// folders included): changes arrive from [`FolderWatch::next`].
+    pub async fn watch_dir(&self, path: &str, recursive: bool) -> Result<FolderWatch> {
+        self.sandbox
+            .moved_client()
+            .await?
+            .watch_dir(&absolute(path), recursive)
             .await
     }
 

@@ -1,6 +1,6 @@
 //! envd's `filesystem.Filesystem` service: stat, list, make, move and remove
-//! paths in the sandbox (relative paths are under `/home/user`). Watching
-//! folders is not implemented and says so.
+//! paths in the sandbox (relative paths are under `/home/user`); watching
+//! folders is in [`super::watch`].
 
 use std::collections::VecDeque;
 
@@ -26,7 +26,14 @@ pub async fn call(
     body: Bytes,
 ) -> Response {
     if method == "WatchDir" {
-        return connect::stream_error(watching_unsupported());
+        let started = async {
+            let messages = connect::stream_request(&headers, &body)?;
+            let [request] = <[_; 1]>::try_from(messages).map_err(|m| {
+                RpcError::invalid(format!("WatchDir takes one message, not {}", m.len()))
+            })?;
+            super::watch::stream(&envd, &request).await
+        };
+        return started.await.unwrap_or_else(connect::stream_error);
     }
     let result = async {
         let request = connect::unary_request(&headers, &body)?;
@@ -61,7 +68,9 @@ pub async fn call(
                 files.remove(&request.string("path")?).await?;
                 Ok(json!({}))
             }
-            "CreateWatcher" | "GetWatcherEvents" | "RemoveWatcher" => Err(watching_unsupported()),
+            "CreateWatcher" => super::watch::create(&envd, &request).await,
+            "GetWatcherEvents" => super::watch::events(&envd, &request),
+            "RemoveWatcher" => super::watch::remove(&envd, &request),
             other => Err(RpcError::new(
                 Code::Unimplemented,
                 format!("filesystem.Filesystem has no method {other}"),
@@ -70,13 +79,6 @@ pub async fn call(
     }
     .await;
     connect::unary(result)
-}
-
-fn watching_unsupported() -> RpcError {
-    RpcError::new(
-        Code::Unimplemented,
-        "watching folders is not supported by cellbox yet",
-    )
 }
 
 /// The entries under `path`, `depth` levels deep, breadth first.

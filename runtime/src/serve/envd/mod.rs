@@ -4,6 +4,7 @@
 //!
 //! - [`connect`]: the Connect protocol (JSON, HTTP/1.1)
 //! - [`filesystem`]: `POST /filesystem.Filesystem/{Stat,MakeDir,Move,ListDir,Remove}`
+//! - [`watch`]: `POST /filesystem.Filesystem/{WatchDir,CreateWatcher,GetWatcherEvents,RemoveWatcher}`
 //! - [`process`]: `POST /process.Process/{Start,Connect,List,SendInput,StreamInput,SendSignal,CloseStdin}`
 //! - [`files`]: `GET /files` and `POST /files` (streamed transfers)
 //! - `GET /health`: 204
@@ -12,6 +13,7 @@ pub mod connect;
 pub mod files;
 pub mod filesystem;
 pub mod process;
+pub mod watch;
 
 use std::sync::Arc;
 
@@ -32,6 +34,7 @@ const RPC_BODY_LIMIT: usize = 16 << 20;
 pub struct Envd {
     sandbox: Sandbox,
     processes: Arc<process::Processes>,
+    watchers: Arc<watch::Watchers>,
 }
 
 /// The routes, serving `sandbox`.
@@ -39,6 +42,7 @@ pub fn router(sandbox: Sandbox) -> Router {
     let envd = Envd {
         sandbox,
         processes: Arc::default(),
+        watchers: Arc::default(),
     };
     Router::new()
         .route("/health", get(|| async { StatusCode::NO_CONTENT }))
