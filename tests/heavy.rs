@@ -46,7 +46,8 @@ macro_rules! heavy_backend_tests {
             printing_forever_costs_the_host_nothing,
             pause_stops_everything_and_resume_goes_on,
             a_command_runs_in_its_own_terminal,
-            a_watched_folder_reports_its_changes
+            a_watched_folder_reports_its_changes,
+            files_keep_their_metadata
         );
     };
     (@each $backend:expr, $attrs:tt, $($name:ident),*) => {
@@ -516,6 +517,30 @@ pub async fn a_watched_folder_reports_its_changes(backend: Backend) {
     watch.stop().await.unwrap();
     let missing = guest.watch_dir("/home/user/nope", false).await;
     assert!(matches!(missing, Err(Error::NotFound(_))), "{missing:?}");
+}
+
+/// String pairs kept on a file stay with it (lowercased keys); bad ones are refused.
+pub async fn files_keep_their_metadata(backend: Backend) {
+    let sandbox = start(backend).await;
+    let guest = sandbox.guest().unwrap();
+    guest.write_file("/home/user/m.txt", b"x").await.unwrap();
+    let pairs = std::collections::BTreeMap::from([("Team".to_string(), "blue".to_string())]);
+    guest
+        .set_metadata("/home/user/m.txt", &pairs)
+        .await
+        .unwrap();
+    let stat = guest.stat("/home/user/m.txt").await.unwrap();
+    assert_eq!(
+        stat.metadata.get("team").map(String::as_str),
+        Some("blue"),
+        "{stat:?}"
+    );
+    let bad = std::collections::BTreeMap::from([("no spaces".to_string(), "v".to_string())]);
+    let refused = guest.set_metadata("/home/user/m.txt", &bad).await;
+    assert!(
+        matches!(refused, Err(Error::InvalidArgument(_))),
+        "{refused:?}"
+    );
 }
 
 /// This process's peak resident memory (`VmHWM`), in bytes.

@@ -117,6 +117,7 @@ pub fn stat(path: &str) -> Result<FileStat, ReplyBody> {
         size: meta.len(),
         mode: meta.permissions().mode(),
         modified: meta.mtime(),
+        metadata: as_user(|| crate::metadata::get(path)),
     })
 }
 
@@ -133,6 +134,23 @@ pub fn list(path: &str) -> ReplyBody {
     }
     stats.sort_by(|a, b| a.name.cmp(&b.name));
     ReplyBody::Entries { entries: stats }
+}
+
+/// Keeps `metadata` on `path`, as the sandbox's user.
+pub fn set_metadata(
+    path: &str,
+    metadata: &std::collections::BTreeMap<String, String>,
+) -> ReplyBody {
+    if let Some(why) = crate::metadata::invalid(metadata) {
+        return ReplyBody::failed(Failure::BadRequest, why);
+    }
+    match as_user(|| crate::metadata::set(path, metadata)) {
+        Err(e) if e.raw_os_error() == Some(libc::ENOTSUP) => ReplyBody::failed(
+            Failure::BadRequest,
+            format!("{path}: its file system keeps no metadata (extended attributes)"),
+        ),
+        result => done(path, result),
+    }
 }
 
 pub fn make_dir(path: &str) -> ReplyBody {

@@ -16,6 +16,7 @@ pub mod files;
 pub mod frame;
 pub mod kernel;
 pub mod launch;
+pub mod metadata;
 pub mod output;
 pub mod pid1;
 pub mod protocol;

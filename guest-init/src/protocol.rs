@@ -96,6 +96,12 @@ pub enum Op {
     Stat {
         path: String,
     },
+    /// Keeps string pairs on a file (extended attributes `user.e2b.*`, keys
+    /// lowercased); answered with [`ReplyBody::Done`].
+    SetMetadata {
+        path: String,
+        metadata: BTreeMap<String, String>,
+    },
     /// Runs `cmd` with `/bin/sh -c` (in the user's home unless `cwd`);
     /// streams [`ReplyBody::CommandOutput`], then [`ReplyBody::CommandExit`].
     RunCommand {
@@ -373,6 +379,9 @@ pub struct FileStat {
     pub mode: u32,
     /// Seconds since the Unix epoch.
     pub modified: i64,
+    /// What was kept on it with [`Op::SetMetadata`].
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub metadata: BTreeMap<String, String>,
 }
 
 #[cfg(test)]

@@ -164,6 +164,7 @@ pub fn handle(
         Op::MakeDir { path } => files::make_dir(&path),
         Op::Remove { path } => files::remove(&path),
         Op::Rename { from, to } => files::rename(&from, &to),
+        Op::SetMetadata { path, metadata } => files::set_metadata(&path, &metadata),
         Op::Stat { path } => files::stat(&path).map_or_else(|failed| failed, ReplyBody::Stat),
         Op::RunCommand {
             cmd,

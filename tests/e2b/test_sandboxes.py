@@ -76,6 +76,17 @@ check("create's envs reach code and commands",
       b.run_code("import os; os.environ.get('WHO')").text == "'b'"
       and b.commands.run("echo $WHO").stdout == "b\n" and a.commands.run("echo -n $WHO").stdout == "")
 
+# ---- file metadata ---------------------------------------------------------------------------
+written = a.files.write("tagged.txt", "data", metadata={"Owner": "ada", "version": "2"})
+info = a.files.get_info("tagged.txt")
+listed = {e.name: e.metadata for e in a.files.list("/home/user")}
+check("file metadata is kept (keys lowercased) and returned by write, get_info and list",
+      written.metadata == {"owner": "ada", "version": "2"} and info.metadata == {"owner": "ada", "version": "2"}
+      and listed.get("tagged.txt") == {"owner": "ada", "version": "2"} and not listed.get("only-a.txt"),
+      (written, info.metadata, listed))
+a.files.rename("tagged.txt", "renamed.txt")
+check("metadata follows a rename", a.files.get_info("renamed.txt").metadata == {"owner": "ada", "version": "2"})
+
 # ---- watching a folder -----------------------------------------------------------------------
 a.files.make_dir("watched")
 watcher = a.files.watch_dir("watched", recursive=True)

@@ -207,6 +207,16 @@ impl GuestClient {
         }
     }
 
+    /// Keeps string pairs on the file at `path` (its `metadata` from then on).
+    pub async fn set_metadata(
+        &self,
+        path: &str,
+        metadata: &std::collections::BTreeMap<String, String>,
+    ) -> Result<()> {
+        let (path, metadata) = (path.to_string(), metadata.clone());
+        self.done(Op::SetMetadata { path, metadata }).await
+    }
+
     /// Whether anything is at `path`.
     pub async fn exists(&self, path: &str) -> Result<bool> {
         match self.stat(path).await {

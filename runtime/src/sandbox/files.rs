@@ -143,6 +143,20 @@ impl Files<'_> {
             .await
     }
 
+    /// Keeps string pairs on the file at `path` (extended attributes
+    /// `user.e2b.*`; keys are lowercased): [`FileStat::metadata`] from then on.
+    pub async fn set_metadata(
+        &self,
+        path: &str,
+        metadata: &std::collections::BTreeMap<String, String>,
+    ) -> Result<()> {
+        self.sandbox
+            .moved_client()
+            .await?
+            .set_metadata(&absolute(path), metadata)
+            .await
+    }
+
     /// A path's type, size and times.
     pub async fn stat(&self, path: &str) -> Result<FileStat> {
         self.sandbox

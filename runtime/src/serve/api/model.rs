@@ -11,9 +11,9 @@ use super::super::fleet::{Entry, State};
 use super::super::sandbox_log::LogEntry;
 use crate::sandbox::SandboxMetrics;
 
-/// envd's version as the SDKs see it: what cellbox's envd implements
-/// (octet-stream uploads yes; file metadata, 0.6.2, not yet).
-pub const ENVD_VERSION: &str = "0.6.1";
+/// envd's version as the SDKs see it: what cellbox's envd implements (file
+/// metadata, 0.6.2, yes; entry info in watch events, 0.6.3, not yet).
+pub const ENVD_VERSION: &str = "0.6.2";
 /// Who created the sandboxes (E2B's `clientID`).
 pub const CLIENT_ID: &str = "cellbox";
 

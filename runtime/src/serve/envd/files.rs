@@ -3,6 +3,7 @@
 //! their path, or a raw `application/octet-stream` body with `?path=`), both
 //! ways optionally gzip-compressed. Nothing is held whole in memory.
 
+use std::collections::BTreeMap;
 use std::io;
 
 use async_compression::tokio::bufread::{GzipDecoder, GzipEncoder};
@@ -149,9 +150,17 @@ pub async fn upload(
         Ok(gzip) => gzip,
         Err(refused) => return refused.into_response(),
     };
+    let metadata = match upload_metadata(&headers) {
+        Ok(metadata) => metadata,
+        Err(refused) => return refused.into_response(),
+    };
+    let target = Target {
+        sandbox: &envd.sandbox,
+        metadata: &metadata,
+    };
     let written = if kind.starts_with("multipart/form-data") {
         match Multipart::from_request(request, &()).await {
-            Ok(multipart) => upload_parts(&envd.sandbox, query.path.as_deref(), multipart).await,
+            Ok(multipart) => upload_parts(&target, query.path.as_deref(), multipart).await,
             Err(rejection) => Err(failure(rejection.status(), rejection.body_text())),
         }
     } else if kind.starts_with("application/octet-stream") {
@@ -164,7 +173,7 @@ pub async fn upload(
                 } else {
                     Box::pin(reader)
                 };
-                write(&envd.sandbox, path, &mut reader)
+                write(&target, path, &mut reader)
                     .await
                     .map(|info| vec![info])
             }
@@ -182,19 +191,31 @@ pub async fn upload(
     }
 }
 
-/// Whether the upload is gzip-compressed; what cellbox's envd does not take
-/// (file metadata, other encodings, compressed multipart) is refused before
-/// anything is written.
-fn upload_encoding(headers: &HeaderMap, kind: &str) -> Result<bool, Failure> {
-    if headers
-        .keys()
-        .any(|name| name.as_str().starts_with("x-metadata-"))
-    {
-        return Err(failure(
-            StatusCode::BAD_REQUEST,
-            "file metadata (X-Metadata-* headers) is not supported by cellbox",
-        ));
+/// The metadata an upload asks to keep on its files (`X-Metadata-<key>:
+/// <value>` headers).
+fn upload_metadata(headers: &HeaderMap) -> Result<BTreeMap<String, String>, Failure> {
+    let mut metadata = BTreeMap::new();
+    for (name, value) in headers {
+        if let Some(key) = name.as_str().strip_prefix("x-metadata-") {
+            let value = value.to_str().map_err(|_| {
+                failure(
+                    StatusCode::BAD_REQUEST,
+                    format!("metadata {key}: not printable ASCII"),
+                )
+            })?;
+            metadata.insert(key.to_string(), value.to_string());
+        }
     }
+    if let Some(why) = cellbox_guest_init::metadata::invalid(&metadata) {
+        return Err(failure(StatusCode::BAD_REQUEST, why));
+    }
+    Ok(metadata)
+}
+
+/// Whether the upload is gzip-compressed; what cellbox's envd does not take
+/// (other encodings, compressed multipart) is refused before anything is
+/// written.
+fn upload_encoding(headers: &HeaderMap, kind: &str) -> Result<bool, Failure> {
     let encoding = headers
         .get(header::CONTENT_ENCODING)
         .and_then(|value| value.to_str().ok())
@@ -217,7 +238,7 @@ fn upload_encoding(headers: &HeaderMap, kind: &str) -> Result<bool, Failure> {
 /// Each file part goes to the path in its file name (or to `?path=`, which
 /// allows a single part).
 async fn upload_parts(
-    sandbox: &Sandbox,
+    target: &Target<'_>,
     query_path: Option<&str>,
     mut multipart: Multipart,
 ) -> Result<Vec<Value>, Failure> {
@@ -237,7 +258,7 @@ async fn upload_parts(
             _ => return Err(bad("a part without a file name (its path)".into())),
         };
         let mut reader = StreamReader::new(field.map_err(io::Error::other));
-        infos.push(write(sandbox, &path, &mut reader).await?);
+        infos.push(write(target, &path, &mut reader).await?);
     }
     if infos.is_empty() {
         return Err(bad("the upload has no files".into()));
@@ -245,11 +266,18 @@ async fn upload_parts(
     Ok(infos)
 }
 
+/// Where uploaded files go, and what is kept on each.
+struct Target<'a> {
+    sandbox: &'a Sandbox,
+    metadata: &'a BTreeMap<String, String>,
+}
+
 async fn write(
-    sandbox: &Sandbox,
+    target: &Target<'_>,
     path: &str,
     reader: &mut (impl tokio::io::AsyncRead + Unpin),
 ) -> Result<Value, Failure> {
+    let sandbox = target.sandbox;
     // Written aside and renamed into place: a broken upload (even one whose
     // request is dropped half way) leaves the old file as it was.
     let files = sandbox.files();
@@ -262,10 +290,20 @@ async fn write(
         .write_from(&aside, reader)
         .await
         .map_err(sandbox_failure)?;
+    if !target.metadata.is_empty() {
+        files
+            .set_metadata(&aside, target.metadata)
+            .await
+            .map_err(sandbox_failure)?;
+    }
     files.rename(&aside, path).await.map_err(sandbox_failure)?;
     partial.path = None;
     let stat = files.stat(path).await.map_err(sandbox_failure)?;
-    Ok(json!({"name": stat.name, "type": "file", "path": stat.path}))
+    let mut info = json!({"name": stat.name, "type": "file", "path": stat.path});
+    if !stat.metadata.is_empty() {
+        info["metadata"] = json!(stat.metadata);
+    }
+    Ok(info)
 }
 
 /// A file being uploaded, removed unless it was renamed into place.

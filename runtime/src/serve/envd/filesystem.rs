@@ -117,7 +117,7 @@ pub fn entry(stat: &FileStat) -> Value {
     } else {
         "FILE_TYPE_FILE"
     };
-    json!({
+    let mut entry = json!({
         "name": stat.name,
         "type": kind,
         "path": stat.path,
@@ -125,7 +125,11 @@ pub fn entry(stat: &FileStat) -> Value {
         "mode": stat.mode & 0o777,
         "permissions": permissions(stat.mode),
         "modifiedTime": rfc3339(stat.modified, None),
-    })
+    });
+    if !stat.metadata.is_empty() {
+        entry["metadata"] = json!(stat.metadata);
+    }
+    entry
 }
 
 /// `ls -l`'s mode column, e.g. `drwxr-xr-x`.
@@ -158,8 +162,10 @@ mod tests {
             size: 12,
             mode,
             modified: 0,
+            metadata: Default::default(),
         };
         let file = entry(&stat(0o100_644, false));
+        assert!(file.get("metadata").is_none(), "only where there is some");
         assert_eq!(file["type"], "FILE_TYPE_FILE");
         assert_eq!(file["permissions"], "-rw-r--r--");
         assert_eq!(file["mode"], 0o644);
