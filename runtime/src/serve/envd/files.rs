@@ -360,9 +360,34 @@ mod tests {
         assert_eq!(refused.status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
         let brotli = headers(&[("content-encoding", "br")]);
         assert!(upload_encoding(&brotli, octet).is_err());
-        let metadata = headers(&[("x-metadata-owner", "me")]);
+    }
+
+    #[test]
+    fn metadata_comes_from_x_metadata_headers_and_is_checked() {
+        let given = headers(&[("x-metadata-owner", "me"), ("x-other", "no")]);
+        let metadata = upload_metadata(&given).unwrap();
+        assert_eq!(metadata, BTreeMap::from([("owner".into(), "me".into())]));
+        assert!(upload_metadata(&HeaderMap::new()).unwrap().is_empty());
+        let mut bad = HeaderMap::new();
+        bad.insert(
+            "x-metadata-k",
+            axum::http::HeaderValue::from_bytes(b"caf\xc3\xa9").unwrap(),
+        );
         assert_eq!(
-            upload_encoding(&metadata, octet).unwrap_err().status,
+            upload_metadata(&bad).unwrap_err().status,
+            StatusCode::BAD_REQUEST
+        );
+        let too_many: Vec<(String, &str)> =
+            (0..65).map(|i| (format!("x-metadata-k{i}"), "v")).collect();
+        let mut many = HeaderMap::new();
+        for (name, value) in &too_many {
+            many.insert(
+                axum::http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                axum::http::HeaderValue::from_static(value),
+            );
+        }
+        assert_eq!(
+            upload_metadata(&many).unwrap_err().status,
             StatusCode::BAD_REQUEST
         );
     }
