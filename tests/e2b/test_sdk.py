@@ -238,8 +238,13 @@ with httpx.Client(base_url="http://localhost:49983", timeout=30) as envd:
     check("envd: malformed JSON is invalid_argument",
           r.status_code == 400 and r.json()["code"] == "invalid_argument", r.text)
     r = envd.post("/filesystem.Filesystem/CreateWatcher", json={"path": "/tmp"})
-    check("envd: watching folders is clearly unimplemented",
-          r.status_code == 501 and r.json()["code"] == "unimplemented", r.text)
+    watcher = r.json().get("watcherId")
+    check("envd: a polled watcher starts", r.status_code == 200 and watcher, r.text)
+    r = envd.post("/filesystem.Filesystem/RemoveWatcher", json={"watcherId": watcher})
+    check("envd: ... and is removed", r.status_code == 200, r.text)
+    r = envd.post("/filesystem.Filesystem/GetWatcherEvents", json={"watcherId": watcher})
+    check("envd: a removed watcher is not_found",
+          r.status_code == 404 and r.json()["code"] == "not_found", r.text)
     r = envd.post("/process.Process/Nope", json={})
     check("envd: an unknown method is unimplemented", r.status_code == 501, r.text)
     r = envd.post("/files?path=x.txt", content=b"data", headers={"content-type": "text/plain"})
