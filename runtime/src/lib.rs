@@ -56,6 +56,7 @@ pub use progress::Progress;
 pub use router::{HeavyChoice, HybridConfig, HybridExecutor};
 pub use sandbox::{
     BackendPolicy, Files, RunCodeOptions, RunStream, Sandbox, SandboxMetrics, SandboxOptions,
+    Snapshot,
 };
 pub use wasm::{WasmConfig, WasmEngine, WasmExecutor, WasmSessionOptions};
 

@@ -1,6 +1,6 @@
 //! `HybridExecutor`: one session over the fast path and a heavy backend.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, VecDeque};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -92,7 +92,10 @@ impl Default for HybridConfig {
     }
 }
 
-type Heavy = Box<dyn GuestExecutor>;
+pub(super) type Heavy = Box<dyn GuestExecutor>;
+
+/// Most bytes of cells the history keeps.
+const HISTORY_BYTES: usize = 4 << 20;
 
 enum HeavyState {
     Idle,
@@ -117,9 +120,11 @@ enum HeavyState {
 /// # Ok(()) }
 /// ```
 pub struct HybridExecutor {
-    wasm: Option<WasmExecutor>,
+    pub(super) wasm: Option<WasmExecutor>,
     wasm_modules: Arc<BTreeSet<String>>,
-    history: Vec<String>,
+    /// The default context's cells since its last restart (the oldest go
+    /// past [`HISTORY_BYTES`]): their definitions go with its state.
+    pub(super) history: VecDeque<String>,
     heavy: HeavyState,
     heavy_backend: Backend,
     config: HybridConfig,
@@ -148,7 +153,7 @@ impl HybridExecutor {
         let mut session = HybridExecutor {
             wasm: Some(wasm),
             wasm_modules,
-            history: Vec::new(),
+            history: VecDeque::new(),
             heavy: HeavyState::Idle,
             heavy_backend,
             config,
@@ -209,8 +214,20 @@ impl HybridExecutor {
         }
     }
 
+    /// Keeps `code` in the history.
+    fn remember(&mut self, code: &str) {
+        self.history.push_back(code.to_string());
+        let mut total: usize = self.history.iter().map(String::len).sum();
+        while total > HISTORY_BYTES {
+            match self.history.pop_front() {
+                Some(oldest) => total -= oldest.len(),
+                None => break,
+            }
+        }
+    }
+
     /// The heavy backend, started if need be (waits for a background start).
-    async fn heavy(&mut self) -> Result<&mut Heavy> {
+    pub(super) async fn heavy(&mut self) -> Result<&mut Heavy> {
         loop {
             match std::mem::replace(&mut self.heavy, HeavyState::Idle) {
                 HeavyState::Ready(heavy) => {
@@ -272,13 +289,12 @@ impl HybridExecutor {
         let (Some(wasm), HeavyState::Ready(heavy)) = (wasm.as_mut(), heavy) else {
             unreachable!("checked above");
         };
-        // The history stays until the move succeeded: a failed move can be retried.
+        // A failed move can be retried: the fast path is closed only after.
         let dropped = if history.is_empty() {
             Vec::new()
         } else {
             carry_over(wasm, history, heavy.as_mut()).await?
         };
-        self.history.clear();
         if let Some(mut wasm) = self.wasm.take() {
             let _ = wasm.close().await;
         }
@@ -341,6 +357,18 @@ impl HybridExecutor {
         self.last_backend = backend;
         Ok(execution)
     }
+}
+
+/// Whether the run's failure restarted the kernel (its state, and so its
+/// history, is gone).
+fn restarted(error: &Error) -> bool {
+    matches!(
+        error,
+        Error::Timeout {
+            restarted: true,
+            ..
+        } | Error::Interrupted { restarted: true }
+    )
 }
 
 /// Whether `backend` can start here at all (so that prestarting it is sensible).
@@ -463,7 +491,7 @@ impl Executor for HybridExecutor {
                             self.run_heavy(code, options, on_event, dropped).await?
                         }
                         None => {
-                            self.history.push(code.to_string());
+                            self.remember(code);
                             self.last_backend = Backend::Wasm;
                             if std::mem::take(&mut self.prestart_pending) {
                                 self.start_heavy_in_background();
@@ -472,14 +500,7 @@ impl Executor for HybridExecutor {
                         }
                     },
                     Err(error) => {
-                        if matches!(
-                            error,
-                            Error::Timeout {
-                                restarted: true,
-                                ..
-                            } | Error::Interrupted { restarted: true }
-                        ) {
-                            // The fast path restarted: its state, and so its history, is gone.
+                        if restarted(&error) {
                             self.history.clear();
                         }
                         self.last_backend = Backend::Wasm;
@@ -489,9 +510,20 @@ impl Executor for HybridExecutor {
             }
         } else {
             let heavy = self.heavy().await?;
-            let execution = heavy.execute(code, options, on_event).await?;
+            let outcome = heavy.execute(code, options, on_event).await;
             self.last_backend = self.heavy_backend;
-            execution
+            match outcome {
+                Ok(execution) => {
+                    self.remember(code);
+                    execution
+                }
+                Err(error) => {
+                    if restarted(&error) {
+                        self.history.clear();
+                    }
+                    return Err(error);
+                }
+            }
         };
         execution.execution_count = Some(count);
         Ok(execution)

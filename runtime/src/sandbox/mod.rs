@@ -3,6 +3,8 @@
 //!
 //! - [`Sandbox`]: create, `run_code`, contexts, pause and resume, metrics,
 //!   close, inactivity timeout
+//! - [`Snapshot`]: `sandbox.snapshot(dir)`, `Sandbox::from_snapshot`,
+//!   `sandbox.fork()`
 //! - [`Files`] (`sandbox.files()`), [`Commands`] (`sandbox.commands()`)
 //! - [`SandboxOptions`], [`RunCodeOptions`], [`BackendPolicy`]
 
@@ -11,9 +13,11 @@ mod files;
 mod metrics;
 mod options;
 mod session;
+mod snapshot;
 
 pub use commands::Commands;
 pub use files::Files;
 pub use metrics::SandboxMetrics;
 pub use options::{BackendPolicy, RunCodeOptions, SandboxOptions};
 pub use session::{DEFAULT_CONTEXT, RunStream, Sandbox};
+pub use snapshot::Snapshot;

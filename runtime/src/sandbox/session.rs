@@ -94,7 +94,7 @@ impl Drop for Running<'_> {
 pub struct Sandbox {
     pub(super) inner: Arc<Mutex<Inner>>,
     side: Arc<Side>,
-    options: Arc<SandboxOptions>,
+    pub(super) options: Arc<SandboxOptions>,
     id: Arc<str>,
 }
 
@@ -537,7 +537,7 @@ fn spawn_watchdog(inner: Weak<Mutex<Inner>>, side: Weak<Side>) {
     });
 }
 
-fn rand_id() -> u64 {
+pub(super) fn rand_id() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
     hasher.write_u128(
