@@ -2,15 +2,17 @@
 //! misuse: requests go straight into the API port's router (no sockets) with
 //! WebAssembly-only sandboxes. Wrong or missing keys and tokens, garbage
 //! bodies, unknown templates and sandboxes, closed ports, too many
-//! sandboxes, paused sandboxes that may not resume: each gets a clear
-//! answer, and the server keeps serving.
+//! sandboxes, paused sandboxes that may not resume, forks and snapshots
+//! asked for wrongly: each gets a clear answer, and the server keeps serving.
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use cellbox::serve::api_app;
 use cellbox::serve::fleet::Fleet;
+use cellbox::serve::snapshots::Snapshots;
 use cellbox::{BackendPolicy, SandboxOptions};
 use serde_json::{Value, json};
 use tower::ServiceExt as _;
@@ -21,12 +23,24 @@ struct Api {
     app: axum::Router,
 }
 
+/// A snapshot folder of its own for `test`.
+fn snapshot_dir(test: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("cellbox-serve-api-{}-{test}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
 impl Api {
     fn new(max_sandboxes: usize) -> Api {
+        Api::with_snapshots(max_sandboxes, &snapshot_dir("none"))
+    }
+
+    fn with_snapshots(max_sandboxes: usize, dir: &Path) -> Api {
         let base = SandboxOptions::default().with_backend(BackendPolicy::Wasm);
         let fleet: Arc<Fleet> = Fleet::new(base, max_sandboxes);
+        let snapshots = Arc::new(Snapshots::open(dir).unwrap());
         Api {
-            app: api_app(fleet, KEY),
+            app: api_app(fleet, snapshots, KEY),
         }
     }
 
@@ -124,7 +138,7 @@ async fn keys_bodies_and_templates_are_checked() {
     let (status, _) = api.control("DELETE", "/sandboxes/nosuchsandbox", "").await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     let (status, _) = api.control("POST", "/sandboxes/x/fork", "{}").await;
-    assert_eq!(status, StatusCode::NOT_IMPLEMENTED);
+    assert_eq!(status, StatusCode::NOT_FOUND);
 }
 
 #[tokio::test]
@@ -235,4 +249,134 @@ async fn the_number_of_sandboxes_is_capped() {
         .control("POST", "/sandboxes", r#"{"templateID": "base"}"#)
         .await;
     assert_eq!(status, StatusCode::CREATED, "room again: {text}");
+}
+
+#[tokio::test]
+async fn forks_and_snapshots_are_checked_and_kept() {
+    let dir = snapshot_dir("kept");
+    let api = Api::with_snapshots(3, &dir);
+    let (parent, token) = api.create(json!({"templateID": "base"})).await;
+    let fork = format!("/sandboxes/{parent}/fork");
+    for body in [
+        r#"{"count": 0}"#,
+        r#"{"count": 21}"#,
+        r#"{"timeout": 99999999}"#,
+    ] {
+        let (status, text) = api.control("POST", &fork, body).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}: {text}");
+    }
+
+    // Two forks fit beside the parent, the third does not: each says so.
+    let (status, text) = api.control("POST", &fork, r#"{"count": 3}"#).await;
+    assert_eq!(status, StatusCode::CREATED, "{text}");
+    let forks: Vec<Value> = serde_json::from_str(&text).unwrap();
+    let started: Vec<_> = forks.iter().filter(|f| f["sandbox"].is_object()).collect();
+    let refused: Vec<_> = forks.iter().filter(|f| f["error"].is_object()).collect();
+    assert_eq!((started.len(), refused.len()), (2, 1), "{text}");
+    assert_eq!(refused[0]["error"]["code"], 429, "{text}");
+    for started in started {
+        let id = started["sandbox"]["sandboxID"].as_str().unwrap();
+        assert_ne!(started["sandbox"]["envdAccessToken"], token.as_str());
+        api.control("DELETE", &format!("/sandboxes/{id}"), "").await;
+    }
+
+    let take = format!("/sandboxes/{parent}/snapshots");
+    let (status, text) = api.control("POST", &take, r#"{"name": "../up"}"#).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{text}");
+    let (status, text) = api.control("POST", &take, "{}").await;
+    assert_eq!(status, StatusCode::CREATED, "{text}");
+    let unnamed: Value = serde_json::from_str(&text).unwrap();
+    assert!(
+        unnamed["snapshotID"]
+            .as_str()
+            .unwrap()
+            .ends_with(":default"),
+        "{text}"
+    );
+    assert_eq!(unnamed["names"], json!([]));
+    let (status, text) = api.control("POST", &take, r#"{"name": "mine"}"#).await;
+    assert_eq!(status, StatusCode::CREATED, "{text}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&text).unwrap(),
+        json!({"snapshotID": "mine:default", "names": ["mine:default"]})
+    );
+    let (_, text) = api.control("POST", &take, r#"{"name": "mine"}"#).await;
+    assert!(
+        text.contains("mine:default"),
+        "the name moves to the new one: {text}"
+    );
+
+    let (status, text) = api
+        .control("GET", &format!("/snapshots?sandboxID={parent}&limit=1"), "")
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(serde_json::from_str::<Vec<Value>>(&text).unwrap().len(), 1);
+    let (_, text) = api.control("GET", "/snapshots", "").await;
+    assert_eq!(
+        serde_json::from_str::<Vec<Value>>(&text).unwrap().len(),
+        2,
+        "{text}"
+    );
+    let (_, text) = api.control("GET", "/snapshots?sandboxID=other", "").await;
+    assert_eq!(text, "[]");
+
+    for template in ["mine", "mine:default", "team/mine:default"] {
+        let (status, text) = api
+            .control(
+                "POST",
+                "/sandboxes",
+                &json!({"templateID": template}).to_string(),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{template}: {text}");
+        let id = serde_json::from_str::<Value>(&text).unwrap()["sandboxID"].clone();
+        api.control(
+            "DELETE",
+            &format!("/sandboxes/{}", id.as_str().unwrap()),
+            "",
+        )
+        .await;
+    }
+    let (status, _) = api
+        .control("POST", "/sandboxes", r#"{"templateID": "mine:v2"}"#)
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    // Paused sandboxes are not snapshotted behind their back.
+    api.control("POST", &format!("/sandboxes/{parent}/pause"), "")
+        .await;
+    assert_eq!(
+        api.control("POST", &take, "{}").await.0,
+        StatusCode::CONFLICT
+    );
+    assert_eq!(
+        api.control("POST", &fork, "{}").await.0,
+        StatusCode::CONFLICT
+    );
+
+    // Snapshots outlive the server.
+    drop(api);
+    let again = Api::with_snapshots(3, &dir);
+    let (_, text) = again.control("GET", "/snapshots", "").await;
+    assert_eq!(
+        serde_json::from_str::<Vec<Value>>(&text).unwrap().len(),
+        2,
+        "{text}"
+    );
+    assert_eq!(
+        again.control("DELETE", "/templates/base", "").await.0,
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(
+        again
+            .control("DELETE", "/templates/mine:default", "")
+            .await
+            .0,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        again.control("DELETE", "/templates/mine", "").await.0,
+        StatusCode::NOT_FOUND
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -42,6 +42,9 @@ pub struct ServeArgs {
     /// Most sandboxes at once through the API.
     #[arg(long, default_value_t = 64)]
     max_sandboxes: usize,
+    /// Where snapshots are kept (default: ~/.local/share/cellbox/snapshots).
+    #[arg(long, env = "CELLBOX_SNAPSHOT_DIR")]
+    snapshot_dir: Option<std::path::PathBuf>,
     /// Port of the debug sandbox's code-interpreter API (E2B's SDK uses 49999 with E2B_DEBUG=true; 0: no debug sandbox, nor its envd).
     #[arg(long, default_value_t = 49999)]
     port: u16,
@@ -110,6 +113,9 @@ pub async fn run(args: ServeArgs) -> u8 {
         api_port: some(args.api_port),
         api_key,
         max_sandboxes: args.max_sandboxes,
+        snapshot_dir: args
+            .snapshot_dir
+            .unwrap_or_else(cellbox::serve::snapshots::default_snapshot_dir),
         code_port: some(args.port),
         // No debug sandbox, no envd for it.
         envd_port: some(args.envd_port).filter(|_| args.port != 0),

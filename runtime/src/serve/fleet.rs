@@ -12,7 +12,7 @@ use axum::Router;
 use super::sandbox_log::{Level, SandboxLog};
 use crate::error::{Error, Result};
 use crate::lock;
-use crate::sandbox::{Sandbox, SandboxMetrics, SandboxOptions};
+use crate::sandbox::{Sandbox, SandboxMetrics, SandboxOptions, Snapshot};
 
 /// How often the reaper looks at timeouts and samples metrics.
 const REAP_EVERY: Duration = Duration::from_millis(250);
@@ -47,6 +47,8 @@ pub struct Spec {
     pub metadata: BTreeMap<String, String>,
     /// Environment variables of its code and commands.
     pub env_vars: BTreeMap<String, String>,
+    /// What it starts from, if not the template itself.
+    pub snapshot: Option<Snapshot>,
 }
 
 /// Running or paused.
@@ -179,13 +181,17 @@ impl Fleet {
             memory_mib: options.memory_mib,
             disk_mib: options.disk_mib,
         };
-        let sandbox = Sandbox::create(options).await?;
+        let sandbox = match &spec.snapshot {
+            Some(snapshot) => Sandbox::from_snapshot(snapshot, options).await?,
+            None => Sandbox::create(options).await?,
+        };
         let id = new_id()?;
         let log = SandboxLog::default();
-        log.push(
-            Level::Info,
-            format!("sandbox {id} started from template {}", spec.template),
-        );
+        let origin = match &spec.snapshot {
+            Some(snapshot) => format!("a snapshot of sandbox {}", snapshot.source()),
+            None => format!("template {}", spec.template),
+        };
+        log.push(Level::Info, format!("sandbox {id} started from {origin}"));
         let now = SystemTime::now();
         let entry = Arc::new(Entry {
             token: super::guard::Access::generate_token()?,

@@ -4,7 +4,8 @@
 //!
 //! - [`api`]: the control plane (`/sandboxes`, …) on the API port, with
 //!   the server's API key; [`fleet`] holds the sandboxes and their
-//!   timeouts; [`sandbox_log`] what each did.
+//!   timeouts; [`sandbox_log`] what each did; [`snapshots`] the snapshots
+//!   kept in the server's folder.
 //! - [`gateway`]: sandbox traffic on the same port, routed by E2B's
 //!   `E2b-Sandbox-Id`/`E2b-Sandbox-Port` headers, with each sandbox's token.
 //! - [`code_interpreter`]: `GET /health`, `POST /execute` (a stream of JSON
@@ -26,6 +27,7 @@ pub mod fleet;
 pub mod gateway;
 pub mod guard;
 pub mod sandbox_log;
+pub mod snapshots;
 pub mod status;
 
 use std::net::{IpAddr, SocketAddr};
@@ -65,6 +67,8 @@ pub struct ServeConfig {
     pub api_key: String,
     /// Most sandboxes at once through the API.
     pub max_sandboxes: usize,
+    /// Where snapshots are kept (they outlive the server).
+    pub snapshot_dir: std::path::PathBuf,
     /// The debug sandbox's code-interpreter port (E2B's SDK expects 49999
     /// in debug mode); `None`: no debug sandbox.
     pub code_port: Option<u16>,
@@ -83,6 +87,7 @@ impl ServeConfig {
             api_port: Some(DEFAULT_API_PORT),
             api_key: api_key.into(),
             max_sandboxes: 64,
+            snapshot_dir: snapshots::default_snapshot_dir(),
             code_port: Some(49999),
             envd_port: Some(49983),
             sandbox: SandboxOptions::default().with_inactivity_timeout(None),
@@ -113,14 +118,8 @@ pub async fn serve(
     };
     let mut servers: Vec<BoxFuture<'static, Result<()>>> = Vec::new();
     if let Some(port) = config.api_port {
-        let api = api::router(api::Api {
-            fleet: fleet.clone(),
-            api_key: Arc::from(config.api_key.as_str()),
-        })
-        .layer(middleware::from_fn_with_state(
-            fleet.clone(),
-            gateway::route,
-        ));
+        let snapshots = Arc::new(snapshots::Snapshots::open(&config.snapshot_dir)?);
+        let api = api_app(fleet.clone(), snapshots, &config.api_key);
         // Sandbox traffic carries each sandbox's own token, the control
         // plane the API key: the server's access token is not asked for.
         let access = Access {
@@ -170,9 +169,14 @@ pub async fn serve(
 
 /// The API port's routes: sandbox traffic (by its headers) to `fleet`'s
 /// sandboxes, everything else to the control plane.
-pub fn api_app(fleet: Arc<fleet::Fleet>, api_key: &str) -> axum::Router {
+pub fn api_app(
+    fleet: Arc<fleet::Fleet>,
+    snapshots: Arc<snapshots::Snapshots>,
+    api_key: &str,
+) -> axum::Router {
     api::router(api::Api {
         fleet: fleet.clone(),
+        snapshots,
         api_key: Arc::from(api_key),
     })
     .layer(middleware::from_fn_with_state(fleet, gateway::route))

@@ -1,32 +1,36 @@
 //! E2B's control-plane API (`api.e2b.app`) for the sandboxes of one
 //! `cellbox serve`: what the SDKs' `Sandbox.create`, `list`, `connect`,
-//! `kill`, `set_timeout`, `pause`, `get_info` and `get_metrics` call, and
+//! `kill`, `set_timeout`, `pause`, `get_info`, `get_metrics`, `fork` and
+//! `create_snapshot` call, and
 //! the sandbox logs the CLI reads. Every route needs the server's API key
 //! in `X-API-Key`.
 //!
-//! - [`sandboxes`]: the routes
+//! - [`sandboxes`]: the sandboxes' routes; [`snapshots`]: forks and snapshots
 //! - [`model`]: their JSON
 
 pub mod key;
 pub mod model;
 pub mod sandboxes;
+pub mod snapshots;
 
 use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::{Request, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 
 use super::fleet::Fleet;
 use super::guard::same_token;
+use super::snapshots::Snapshots;
 
 /// The state behind the routes.
 #[derive(Debug, Clone)]
 pub struct Api {
     pub fleet: Arc<Fleet>,
+    pub snapshots: Arc<Snapshots>,
     pub api_key: Arc<str>,
 }
 
@@ -46,9 +50,10 @@ pub fn router(api: Api) -> Router {
         .route("/sandboxes/{id}/metrics", get(metrics))
         .route("/sandboxes/{id}/logs", get(logs_v1))
         .route("/v2/sandboxes/{id}/logs", get(logs_v2))
-        .route("/sandboxes/{id}/fork", post(not_yet))
-        .route("/sandboxes/{id}/snapshots", post(not_yet))
-        .route("/snapshots", get(not_yet))
+        .route("/sandboxes/{id}/fork", post(snapshots::fork))
+        .route("/sandboxes/{id}/snapshots", post(snapshots::take))
+        .route("/snapshots", get(snapshots::list))
+        .route("/templates/{id}", delete(snapshots::delete))
         .layer(middleware::from_fn_with_state(api.clone(), check_api_key))
         .with_state(api)
 }
@@ -64,6 +69,36 @@ async fn check_api_key(State(api): State<Api>, request: Request, next: Next) -> 
 }
 
 /// E2B's error body: `{"code": status, "message": ...}`.
+/// Most entries in one page of a list.
+const PAGE_LIMIT: usize = 100;
+
+/// The page of `items` that follows the item whose id is `token` (the
+/// previous page's last), with an `x-next-token` header if more follow.
+pub fn page<'a, T>(
+    items: &'a [T],
+    token: Option<&str>,
+    limit: Option<usize>,
+    id: impl Fn(&T) -> &str,
+) -> (HeaderMap, &'a [T]) {
+    let limit = limit.unwrap_or(PAGE_LIMIT).clamp(1, PAGE_LIMIT);
+    let start = match token {
+        Some(token) => items
+            .iter()
+            .position(|item| id(item) == token)
+            .map_or(items.len(), |i| i + 1),
+        None => 0,
+    };
+    let page = &items[start..items.len().min(start + limit)];
+    let mut headers = HeaderMap::new();
+    if start + page.len() < items.len()
+        && let Some(last) = page.last()
+        && let Ok(token) = HeaderValue::from_str(id(last))
+    {
+        headers.insert("x-next-token", token);
+    }
+    (headers, page)
+}
+
 pub fn error(status: StatusCode, message: impl Into<String>) -> Response {
     ApiError::new(status, message).into_response()
 }

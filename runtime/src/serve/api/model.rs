@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use super::super::clock::rfc3339;
 use super::super::fleet::{Entry, State};
 use super::super::sandbox_log::LogEntry;
+use super::super::snapshots::Label;
 use crate::sandbox::SandboxMetrics;
 
 /// envd's version as the SDKs see it: what cellbox's envd implements (file
@@ -67,6 +68,56 @@ pub struct RefreshRequest {
 #[derive(Debug, Default, Deserialize)]
 pub struct ConnectRequest {
     pub timeout: Option<u64>,
+}
+
+/// `POST /sandboxes/{id}/fork`.
+#[derive(Debug, Default, Deserialize)]
+pub struct ForkRequest {
+    /// Seconds until the forks' timeout.
+    pub timeout: Option<u64>,
+    pub count: Option<u32>,
+}
+
+/// One fork's outcome: exactly one of the two.
+#[derive(Debug, Serialize)]
+pub struct ForkResult {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sandbox: Option<SandboxCreated>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorBody>,
+}
+
+/// E2B's `Error`.
+#[derive(Debug, Serialize)]
+pub struct ErrorBody {
+    pub code: u16,
+    pub message: String,
+}
+
+/// `POST /sandboxes/{id}/snapshots`.
+#[derive(Debug, Default, Deserialize)]
+pub struct SnapshotRequest {
+    pub name: Option<String>,
+    /// Memory too (E2B's default); cellbox keeps files and Python state
+    /// either way.
+    pub memory: Option<bool>,
+}
+
+/// A snapshot (E2B's `SnapshotInfo`).
+#[derive(Debug, Serialize)]
+pub struct SnapshotInfo {
+    #[serde(rename = "snapshotID")]
+    pub snapshot_id: String,
+    pub names: Vec<String>,
+}
+
+impl SnapshotInfo {
+    pub fn of(label: &Label) -> SnapshotInfo {
+        SnapshotInfo {
+            snapshot_id: label.reference(),
+            names: label.name.iter().map(|_| label.reference()).collect(),
+        }
+    }
 }
 
 /// A created or connected sandbox (E2B's `Sandbox`).

@@ -6,7 +6,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
@@ -15,7 +15,7 @@ use super::model::{
     ConnectRequest, LogLine, Metric, NewSandbox, RefreshRequest, SandboxCreated, SandboxInfo,
     TimeoutRequest, state_name,
 };
-use super::{Api, ApiError, error};
+use super::{Api, ApiError, error, page};
 use crate::serve::fleet::{Entry, Fleet, Missing, OnTimeout, Spec};
 use crate::serve::sandbox_log::Level;
 use crate::serve::status::status_of;
@@ -33,10 +33,8 @@ pub const TEMPLATES: &[&str] = &[
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
 /// The longest timeout (E2B: 24 hours).
 const MAX_TIMEOUT: Duration = Duration::from_secs(86_400);
-/// Most sandboxes in one page of a list.
-const PAGE_LIMIT: usize = 100;
 
-fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
+pub(super) fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
     let body: &[u8] = if body.is_empty() { b"{}" } else { body };
     serde_json::from_slice(body).map_err(|e| {
         ApiError::new(
@@ -46,7 +44,7 @@ fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
     })
 }
 
-fn timeout(seconds: Option<u64>) -> Result<Duration, ApiError> {
+pub(super) fn timeout(seconds: Option<u64>) -> Result<Duration, ApiError> {
     let timeout = seconds.map_or(DEFAULT_TIMEOUT, Duration::from_secs);
     if timeout > MAX_TIMEOUT {
         return Err(ApiError::new(
@@ -61,7 +59,7 @@ fn timeout(seconds: Option<u64>) -> Result<Duration, ApiError> {
     Ok(timeout)
 }
 
-fn find(api: &Api, id: &str) -> Result<std::sync::Arc<Entry>, ApiError> {
+pub(super) fn find(api: &Api, id: &str) -> Result<std::sync::Arc<Entry>, ApiError> {
     api.fleet.get(id).map_err(|missing| {
         let why = match missing {
             Missing::Ended => "it was killed or reached its timeout",
@@ -74,7 +72,7 @@ fn find(api: &Api, id: &str) -> Result<std::sync::Arc<Entry>, ApiError> {
     })
 }
 
-fn failed(error_: &crate::Error) -> Response {
+pub(super) fn failed(error_: &crate::Error) -> Response {
     error(status_of(error_), error_.to_string())
 }
 
@@ -83,16 +81,23 @@ pub async fn create(State(api): State<Api>, body: Bytes) -> Response {
         Ok(request) => request,
         Err(response) => return response.into_response(),
     };
-    if !TEMPLATES.contains(&request.template_id.as_str()) {
-        return error(
-            StatusCode::NOT_FOUND,
-            format!(
-                "template {:?} not found; this server has one template, named any of {}",
-                request.template_id,
-                TEMPLATES.join(", ")
-            ),
-        );
-    }
+    let snapshot = if TEMPLATES.contains(&request.template_id.as_str()) {
+        None
+    } else {
+        match api.snapshots.find(&request.template_id) {
+            Some(kept) => Some(kept.snapshot.clone()),
+            None => {
+                return error(
+                    StatusCode::NOT_FOUND,
+                    format!(
+                        "template {:?} not found; this server has one template, named any of {}, and its snapshots",
+                        request.template_id,
+                        TEMPLATES.join(", ")
+                    ),
+                );
+            }
+        }
+    };
     let timeout = match timeout(request.timeout) {
         Ok(timeout) => timeout,
         Err(response) => return response.into_response(),
@@ -116,6 +121,7 @@ pub async fn create(State(api): State<Api>, body: Bytes) -> Response {
         auto_resume,
         metadata: request.metadata,
         env_vars: request.env_vars,
+        snapshot,
     };
     match api.fleet.create(spec).await {
         Ok(entry) => {
@@ -165,7 +171,6 @@ pub async fn list(State(api): State<Api>, Query(query): Query<ListQuery>) -> Res
                 .collect()
         })
         .unwrap_or_default();
-    let limit = query.limit.unwrap_or(PAGE_LIMIT).clamp(1, PAGE_LIMIT);
     let matching: Vec<_> = api
         .fleet
         .list()
@@ -177,27 +182,10 @@ pub async fn list(State(api): State<Api>, Query(query): Query<ListQuery>) -> Res
                 .all(|(k, v)| e.spec.metadata.get(k) == Some(v))
         })
         .collect();
-    // The token is the id of the last sandbox of the previous page.
-    let start = match &query.next_token {
-        Some(token) => matching
-            .iter()
-            .position(|e| &e.id == token)
-            .map_or(matching.len(), |i| i + 1),
-        None => 0,
-    };
-    let page: Vec<SandboxInfo> = matching
-        .iter()
-        .skip(start)
-        .take(limit)
-        .map(|e| SandboxInfo::of(e, false))
-        .collect();
-    let mut headers = HeaderMap::new();
-    if start + page.len() < matching.len()
-        && let Some(last) = matching.get(start + page.len() - 1)
-        && let Ok(token) = HeaderValue::from_str(&last.id)
-    {
-        headers.insert("x-next-token", token);
-    }
+    let (headers, page) = page(&matching, query.next_token.as_deref(), query.limit, |e| {
+        &e.id
+    });
+    let page: Vec<SandboxInfo> = page.iter().map(|e| SandboxInfo::of(e, false)).collect();
     (headers, Json(page)).into_response()
 }
 
@@ -417,14 +405,6 @@ pub async fn logs_v2(
         Ok(lines) => Json(serde_json::json!({ "logs": lines })).into_response(),
         Err(response) => response.into_response(),
     }
-}
-
-/// Forks and snapshots: next on cellbox's list.
-pub async fn not_yet() -> Response {
-    error(
-        StatusCode::NOT_IMPLEMENTED,
-        "forks and snapshots are not supported by cellbox serve yet",
-    )
 }
 
 #[cfg(test)]
