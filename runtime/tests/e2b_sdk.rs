@@ -146,9 +146,11 @@ fn healthy() -> bool {
 #[test]
 fn the_official_e2b_sdks_run_against_cellbox_serve() {
     let python = installed("python");
+    let snapshots = std::env::temp_dir().join(format!("cellbox-e2b-sdk-{}", std::process::id()));
     let mut server = Server(
         Command::new(env!("CARGO_BIN_EXE_cellbox"))
-            .args(["serve", "--api-key", API_KEY])
+            .args(["serve", "--api-key", API_KEY, "--snapshot-dir"])
+            .arg(&snapshots)
             .stdout(Stdio::null())
             .spawn()
             .expect("starting cellbox serve"),
@@ -183,4 +185,5 @@ fn the_official_e2b_sdks_run_against_cellbox_serve() {
     let _open = open_command_stream();
     let took = server.stop();
     assert!(took < Duration::from_secs(15), "shutdown took {took:?}");
+    let _ = std::fs::remove_dir_all(&snapshots);
 }

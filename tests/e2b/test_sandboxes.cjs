@@ -1,6 +1,7 @@
 // E2B's official JavaScript SDK (@e2b/code-interpreter from npm, unmodified)
 // against `cellbox serve` as E2B's cloud (not debug mode): several sandboxes
-// through the control plane and the sandbox traffic on one port.
+// through the control plane and the sandbox traffic on one port; a fork and a
+// snapshot.
 //
 // Usage: E2B_API_URL=http://localhost:49980 E2B_SANDBOX_URL=http://localhost:49980 \
 //        E2B_API_KEY=... NODE_PATH=<its node_modules> node test_sandboxes.cjs
@@ -69,6 +70,18 @@ async function main() {
   await short.setTimeout(60000)
   await new Promise((resolve) => setTimeout(resolve, 3000))
   check('setTimeout keeps it past its first timeout', (await short.runCode('1 + 1')).text === '2')
+
+  const [fork] = await a.fork({ timeoutMs: 60000 })
+  check('fork', fork instanceof Sandbox && (await fork.runCode('x')).text === "'a'"
+    && (await fork.files.read('/home/user/note.txt')) === 'from js', fork)
+  await fork.runCode("x = 'fork'")
+  check('a fork goes its own way', (await a.runCode('x')).text === "'a'")
+  const snapshot = await a.createSnapshot({ name: `js-${run}` })
+  const fromSnapshot = await Sandbox.create(snapshot.snapshotId, { metadata: { run, who: 'from-snapshot' } })
+  check('createSnapshot, then a sandbox from it', snapshot.snapshotId === `js-${run}:default`
+    && (await fromSnapshot.runCode('x')).text === "'a'", snapshot)
+  check('deleteSnapshot', (await Sandbox.deleteSnapshot(snapshot.snapshotId)) === true)
+  await Promise.all([fork.kill(), fromSnapshot.kill()])
 
   await b.kill()
   check('kill', !(await ids()).includes(b.sandboxId) && !(await b.isRunning()))

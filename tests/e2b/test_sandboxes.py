@@ -1,7 +1,7 @@
 """E2B's official Python SDK (e2b-code-interpreter from PyPI, unmodified) against
 `cellbox serve` as E2B's cloud: many sandboxes through the control plane and the
 sandbox traffic on one port (E2B_API_URL and E2B_SANDBOX_URL pointing at it,
-E2B_API_KEY its key), not debug mode.
+E2B_API_KEY its key), not debug mode; forks and snapshots included.
 
 Usage: E2B_API_URL=http://localhost:49980 E2B_SANDBOX_URL=http://localhost:49980 \
        E2B_API_KEY=... python test_sandboxes.py   (with `cellbox serve` running)
@@ -192,7 +192,48 @@ check("auto-pause: paused at its timeout",
 check("auto-resume: traffic resumes it with its state", sleepy.run_code("y * 6").text == "42"
       and sleepy.get_info().state == SandboxState.RUNNING)
 
-for sandbox in [a, kept, sleepy]:
+# ---- fork and snapshots ----------------------------------------------------------------------
+parent = Sandbox.create(metadata={"run": RUN, "who": "parent"})
+parent.run_code("import numpy as np\n"
+                "def area(r):\n    return 3 * r * r\n"
+                "class Box:\n    def __init__(self, v):\n        self.v = v\n"
+                "box = Box(np.arange(3))\nn = 10")
+parent.files.write("keep.txt", "kept")
+STATE = "area(n), int(box.v.sum()), np.__name__, open('keep.txt').read()"
+forks = parent.fork(count=2, timeout=120)
+check("fork(count=2) gives two new sandboxes",
+      len(forks) == 2 and all(isinstance(f, Sandbox) for f in forks)
+      and len({f.sandbox_id for f in forks} | {parent.sandbox_id}) == 3, forks)
+fork1, fork2 = forks
+check("a fork has the parent's variables, functions, classes, imports and files",
+      fork1.run_code(STATE).text == "(300, 3, 'numpy', 'kept')", fork1.run_code(STATE))
+fork1.run_code("n = 1")
+fork1.files.write("keep.txt", "changed")
+check("forks are independent of their parent and of each other",
+      parent.run_code("n").text == "10" and fork2.run_code("n").text == "10"
+      and parent.files.read("keep.txt") == "kept" and fork1.run_code(STATE).text == "(3, 3, 'numpy', 'changed')")
+check("forks are listed, with the parent's metadata",
+      {fork1.sandbox_id, fork2.sandbox_id} <= set(ids(metadata={"who": "parent"})))
+snapshot = parent.create_snapshot()
+parent.kill()
+one = Sandbox.create(snapshot.snapshot_id, metadata={"run": RUN, "who": "one"})
+two = Sandbox.create(snapshot.snapshot_id, metadata={"run": RUN, "who": "two"})
+check("two sandboxes from one snapshot, after its sandbox was killed",
+      one.run_code(STATE).text == "(300, 3, 'numpy', 'kept')"
+      and two.run_code(STATE).text == "(300, 3, 'numpy', 'kept')")
+one.run_code("n = 0")
+check("... and they are independent", two.run_code("n").text == "10")
+listed = Sandbox.list_snapshots(sandbox_id=parent.sandbox_id).next_items()
+check("list_snapshots finds it by its sandbox", [s.snapshot_id for s in listed] == [snapshot.snapshot_id], listed)
+named = fork2.create_snapshot(name=f"snap-{RUN}")
+check("a named snapshot", named.snapshot_id == f"snap-{RUN}:default" and named.names == [named.snapshot_id], named)
+check("delete_snapshot deletes once",
+      Sandbox.delete_snapshot(snapshot.snapshot_id) and not Sandbox.delete_snapshot(snapshot.snapshot_id))
+Sandbox.delete_snapshot(named.snapshot_id)
+check("a deleted snapshot starts nothing",
+      raises(lambda: Sandbox.create(snapshot.snapshot_id)) is not None)
+
+for sandbox in [a, kept, sleepy, fork1, fork2, one, two]:
     sandbox.kill()
 check("all gone", ids() == [], ids())
 print(f"{passed} passed, {failed} failed")

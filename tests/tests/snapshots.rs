@@ -71,7 +71,12 @@ async fn a_fast_path_fork_has_its_parents_state_and_goes_its_own_way() {
 async fn a_heavy_fork_has_its_parents_state_and_goes_its_own_way() {
     let parent = Sandbox::create(SandboxOptions::default()).await.unwrap();
     text(&parent, SETUP).await;
-    text(&parent, "import numpy as np; a = np.arange(4)").await;
+    // Defined in the cell that moves the session: its history is kept there too.
+    text(
+        &parent,
+        "import numpy as np\na = np.arange(4)\ndef total():\n    return int(a.sum())",
+    )
+    .await;
     parent
         .files()
         .write("/home/user/data/deep/table.csv", b"a,b\n1,2\n")

@@ -350,11 +350,21 @@ impl HybridExecutor {
         if let Some(note) = &note {
             on_event(&Event::Stderr(note.clone()));
         }
-        let mut execution = heavy.execute(code, options, on_event).await?;
+        let outcome = heavy.execute(code, options, on_event).await;
+        self.last_backend = backend;
+        let mut execution = match outcome {
+            Ok(execution) => execution,
+            Err(error) => {
+                if restarted(&error) {
+                    self.history.clear();
+                }
+                return Err(error);
+            }
+        };
+        self.remember(code);
         if let Some(note) = note {
             execution.logs.stderr.insert(0, note);
         }
-        self.last_backend = backend;
         Ok(execution)
     }
 }
@@ -509,21 +519,7 @@ impl Executor for HybridExecutor {
                 }
             }
         } else {
-            let heavy = self.heavy().await?;
-            let outcome = heavy.execute(code, options, on_event).await;
-            self.last_backend = self.heavy_backend;
-            match outcome {
-                Ok(execution) => {
-                    self.remember(code);
-                    execution
-                }
-                Err(error) => {
-                    if restarted(&error) {
-                        self.history.clear();
-                    }
-                    return Err(error);
-                }
-            }
+            self.run_heavy(code, options, on_event, Vec::new()).await?
         };
         execution.execution_count = Some(count);
         Ok(execution)
