@@ -47,7 +47,8 @@ macro_rules! heavy_backend_tests {
             pause_stops_everything_and_resume_goes_on,
             a_command_runs_in_its_own_terminal,
             a_watched_folder_reports_its_changes,
-            files_keep_their_metadata
+            files_keep_their_metadata,
+            state_and_files_carry_into_another_session
         );
     };
     (@each $backend:expr, $attrs:tt, $($name:ident),*) => {
@@ -541,6 +542,64 @@ pub async fn files_keep_their_metadata(backend: Backend) {
         matches!(refused, Err(Error::InvalidArgument(_))),
         "{refused:?}"
     );
+}
+
+/// What forks and snapshots do: the default context's picklable state and
+/// the home folder (regular files and folders only, within a budget) are
+/// copied out to the host and into a new session.
+pub async fn state_and_files_carry_into_another_session(backend: Backend) {
+    use cellbox::router::home::{Budget, from_guest, to_guest};
+    use cellbox::router::state::{export_heavy, import_heavy};
+
+    let definitions =
+        "import numpy as np\nclass Box:\n    def __init__(self, v):\n        self.v = v";
+    let mut one = start(backend).await;
+    let setup = one
+        .run(&format!(
+            "{definitions}\nbox = Box(np.arange(3))\nn = 5\nimport os, threading\n\
+             os.makedirs('/home/user/sub', exist_ok=True)\n\
+             open('/home/user/sub/f.txt', 'w').write('data')\n\
+             os.symlink('/dev/zero', '/home/user/zero')\nlock = threading.Lock()"
+        ))
+        .await
+        .unwrap();
+    assert!(setup.error.is_none(), "{setup:?}");
+    let host = std::env::temp_dir().join(format!("cellbox-carry-{backend}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&host);
+    std::fs::create_dir_all(host.join("home")).unwrap();
+    std::fs::create_dir_all(host.join("tight")).unwrap();
+    let mut pickle = Vec::new();
+    let dropped = export_heavy(&mut *one, &mut pickle).await.unwrap();
+    assert_eq!(dropped, ["lock"]);
+    let guest = one.guest().unwrap();
+    let tight = from_guest(guest, &host.join("tight"), &mut Budget::new(3, 100)).await;
+    assert!(matches!(tight, Err(Error::LimitReached(_))), "{tight:?}");
+    from_guest(guest, &host.join("home"), &mut Budget::new(1 << 30, 10_000))
+        .await
+        .unwrap();
+    assert!(
+        std::fs::symlink_metadata(host.join("home/zero")).is_err(),
+        "links are not followed"
+    );
+    one.close().await.unwrap();
+
+    let mut two = start(backend).await;
+    to_guest(&host.join("home"), two.guest().unwrap())
+        .await
+        .unwrap();
+    std::fs::write(host.join("state.pickle"), &pickle).unwrap();
+    let history = [definitions.to_string()].into();
+    let lost = import_heavy(&mut *two, &host.join("state.pickle"), &history)
+        .await
+        .unwrap();
+    assert_eq!(lost, ["lock"]);
+    let carried = two
+        .run("int(box.v.sum()), n, open('/home/user/sub/f.txt').read()")
+        .await
+        .unwrap();
+    assert_eq!(carried.text(), Some("(3, 5, 'data')"), "{carried:?}");
+    two.close().await.unwrap();
+    std::fs::remove_dir_all(&host).unwrap();
 }
 
 /// This process's peak resident memory (`VmHWM`), in bytes.
