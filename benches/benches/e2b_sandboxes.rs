@@ -3,7 +3,9 @@
 //! create → first result (fast path) with the Rust API's
 //! `Sandbox::create` + `run_code` measured in the same run as the peer;
 //! create → first command (heavy guest); pause → resume; eight sandboxes
-//! at once against eight in turn.
+//! at once against eight in turn; fork → first result (fast path and heavy
+//! guest) and snapshot → new sandbox → first result, with the Rust API's
+//! `fork` + `run_code` as their peer.
 //!
 //!     cargo bench -p cellbox-benches --bench e2b_sandboxes
 //!
@@ -38,13 +40,29 @@ async fn main() {
         },
     )
     .await;
+    let parent = Sandbox::create(SandboxOptions::default()).await.unwrap();
+    parent.run_code("kept = 42").await.unwrap();
+    let direct_fork = measure(
+        "Rust API: `fork()` → `run_code` (fast path)",
+        1,
+        RUNS,
+        async || {
+            let fork = parent.fork().await.unwrap();
+            assert_eq!(fork.run_code("kept").await.unwrap().text(), Some("42"));
+            made.push(fork);
+        },
+    )
+    .await;
+    made.push(parent);
     for sandbox in made {
         sandbox.close().await.unwrap();
     }
 
+    let snapshots = std::env::temp_dir().join(format!("cellbox-bench-{}", std::process::id()));
     let config = ServeConfig {
         code_port: None,
         envd_port: None,
+        snapshot_dir: snapshots.clone(),
         ..ServeConfig::new(API_KEY)
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -72,6 +90,7 @@ async fn main() {
         serde_json::from_slice(&output.stdout).expect("timings");
     let _ = stop.send(());
     server.await.unwrap().unwrap();
+    let _ = std::fs::remove_dir_all(&snapshots);
 
     let sample = |key: &str, name: &str| Sample::from_secs(name, &timings[key]);
     let first_result = sample(
@@ -96,4 +115,20 @@ async fn main() {
         "8 × create → run_code → kill, at once (8 threads)",
     );
     println!("{}", table(&[&parallel], &sequential));
+    let fork_fast = sample(
+        "fork_fast",
+        "E2B SDK: `fork()` → `run_code` on the fork (fast path)",
+    );
+    let fork_heavy = sample(
+        "fork_heavy",
+        "E2B SDK: `fork()` → `run_code` on the fork (heavy guest)",
+    );
+    let snapshot_start = sample(
+        "snapshot_start",
+        "E2B SDK: `create_snapshot()` → `Sandbox.create(it)` → `run_code` (heavy guest)",
+    );
+    println!(
+        "{}",
+        table(&[&fork_fast, &fork_heavy, &snapshot_start], &direct_fork)
+    );
 }

@@ -430,16 +430,7 @@ mod tests {
     ) -> Spec<'a> {
         // The test runner's own account: no change of identity.
         static ME: std::sync::OnceLock<User> = std::sync::OnceLock::new();
-        let me = ME.get_or_init(|| {
-            // SAFETY: geteuid has no preconditions.
-            let uid = unsafe { libc::geteuid() };
-            User {
-                name: "me".into(),
-                uid,
-                gid: uid,
-                home: "/".into(),
-            }
-        });
+        let me = ME.get_or_init(User::current);
         Spec {
             cmd,
             cwd: Some("/"),

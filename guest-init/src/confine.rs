@@ -48,6 +48,19 @@ pub struct User {
 }
 
 impl User {
+    /// The account running the tests (so that no identity changes).
+    #[cfg(test)]
+    pub fn current() -> User {
+        // SAFETY: geteuid has no preconditions.
+        let uid = unsafe { libc::geteuid() };
+        User {
+            name: "me".into(),
+            uid,
+            gid: uid,
+            home: "/".into(),
+        }
+    }
+
     /// Looks `name` up in the guest's `/etc/passwd`; `root` and `user`
     /// (uid 1000, home `/home/user`) exist even where that file lacks them.
     pub fn lookup(name: &str) -> Result<User, String> {

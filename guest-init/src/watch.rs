@@ -204,17 +204,6 @@ mod tests {
     use std::sync::mpsc;
     use std::time::Duration;
 
-    fn me() -> User {
-        // SAFETY: geteuid has no preconditions.
-        let uid = unsafe { libc::geteuid() };
-        User {
-            name: "me".into(),
-            uid,
-            gid: uid,
-            home: "/".into(),
-        }
-    }
-
     /// Events until `wanted` is among them (or 5 s passed).
     fn until(rx: &mpsc::Receiver<ReplyBody>, wanted: &FsEvent) -> Vec<FsEvent> {
         let mut seen = Vec::new();
@@ -236,7 +225,7 @@ mod tests {
         let runner = {
             let (watches, root) = (watches.clone(), root.clone());
             std::thread::spawn(move || {
-                watches.watch(&root, true, &me(), &mut |r| {
+                watches.watch(&root, true, &User::current(), &mut |r| {
                     let _ = tx.send(r);
                 })
             })
@@ -281,7 +270,9 @@ mod tests {
             }
         ));
         let mut replies = Vec::new();
-        watches.watch("/no/such/folder", false, &me(), &mut |r| replies.push(r));
+        watches.watch("/no/such/folder", false, &User::current(), &mut |r| {
+            replies.push(r)
+        });
         assert!(matches!(
             replies[..],
             [ReplyBody::Failed {
