@@ -103,6 +103,23 @@ pub fn e2b_sdk_python() -> std::path::PathBuf {
     std::path::PathBuf::from(String::from_utf8(output.stdout).unwrap().trim())
 }
 
+/// Runs a peer script of `benches/peers/` with E2B's SDK Python (its
+/// arguments and environment already on `command`) and reads the JSON it
+/// prints.
+pub async fn run_sdk_peer(command: &mut tokio::process::Command) -> serde_json::Value {
+    let output = command
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .output()
+        .await
+        .expect("running the SDK");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).expect("timings")
+}
+
 /// A Markdown table of samples, each with its ratio to `peer`'s median.
 pub fn table(samples: &[&Sample], peer: &Sample) -> String {
     let mut out =

@@ -71,23 +71,16 @@ async fn main() {
     }));
     let url = format!("http://localhost:{DEFAULT_API_PORT}");
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("peers/e2b_sdk_sandboxes.py");
-    let output = tokio::process::Command::new(&python)
-        .arg(script)
-        .arg(RUNS.to_string())
-        .env("E2B_API_URL", &url)
-        .env("E2B_SANDBOX_URL", &url)
-        .env("E2B_API_KEY", API_KEY)
-        .env("PYTHONDONTWRITEBYTECODE", "1")
-        .output()
-        .await
-        .expect("running the SDK");
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let timings: BTreeMap<String, Vec<f64>> =
-        serde_json::from_slice(&output.stdout).expect("timings");
+    let printed = cellbox_benches::run_sdk_peer(
+        tokio::process::Command::new(&python)
+            .arg(script)
+            .arg(RUNS.to_string())
+            .env("E2B_API_URL", &url)
+            .env("E2B_SANDBOX_URL", &url)
+            .env("E2B_API_KEY", API_KEY),
+    )
+    .await;
+    let timings: BTreeMap<String, Vec<f64>> = serde_json::from_value(printed).expect("timings");
     let _ = stop.send(());
     server.await.unwrap().unwrap();
     let _ = std::fs::remove_dir_all(&snapshots);

@@ -44,19 +44,13 @@ async fn main() {
         },
     ));
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("peers/e2b_sdk_run_code.py");
-    let output = tokio::process::Command::new(&python)
-        .arg(script)
-        .args([WARMUP.to_string(), RUNS.to_string()])
-        .env("PYTHONDONTWRITEBYTECODE", "1")
-        .output()
-        .await
-        .expect("running the SDK");
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let secs: Vec<f64> = serde_json::from_slice(&output.stdout).expect("timings");
+    let printed = cellbox_benches::run_sdk_peer(
+        tokio::process::Command::new(&python)
+            .arg(script)
+            .args([WARMUP.to_string(), RUNS.to_string()]),
+    )
+    .await;
+    let secs: Vec<f64> = serde_json::from_value(printed).expect("timings");
     let _ = stop.send(());
     server.await.unwrap().unwrap();
 
