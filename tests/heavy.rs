@@ -588,7 +588,7 @@ pub async fn state_and_files_carry_into_another_session(backend: Backend) {
         .await
         .unwrap();
     std::fs::write(host.join("state.pickle"), &pickle).unwrap();
-    let history = [definitions.to_string()].into();
+    let history = cellbox::router::history::History::of([definitions.to_string()]);
     let lost = import_heavy(&mut *two, &host.join("state.pickle"), &history)
         .await
         .unwrap();

@@ -1,12 +1,13 @@
 //! `HybridExecutor`: one session over the fast path and a heavy backend.
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use tokio::task::JoinHandle;
 
 use super::analysis::{CellNeeds, analyze, heavy_reason};
+use super::history::History;
 use super::state::carry_over;
 use crate::error::{Error, Result};
 use crate::event::Event;
@@ -94,9 +95,6 @@ impl Default for HybridConfig {
 
 pub(super) type Heavy = Box<dyn GuestExecutor>;
 
-/// Most bytes of cells the history keeps.
-const HISTORY_BYTES: usize = 4 << 20;
-
 enum HeavyState {
     Idle,
     Starting(JoinHandle<Result<Heavy>>),
@@ -122,9 +120,8 @@ enum HeavyState {
 pub struct HybridExecutor {
     pub(super) wasm: Option<WasmExecutor>,
     wasm_modules: Arc<BTreeSet<String>>,
-    /// The default context's cells since its last restart (the oldest go
-    /// past [`HISTORY_BYTES`]): their definitions go with its state.
-    pub(super) history: VecDeque<String>,
+    /// The default context's cells: their definitions go with its state.
+    pub(super) history: History,
     heavy: HeavyState,
     heavy_backend: Backend,
     config: HybridConfig,
@@ -153,7 +150,7 @@ impl HybridExecutor {
         let mut session = HybridExecutor {
             wasm: Some(wasm),
             wasm_modules,
-            history: VecDeque::new(),
+            history: History::default(),
             heavy: HeavyState::Idle,
             heavy_backend,
             config,
@@ -211,18 +208,6 @@ impl HybridExecutor {
             tracing::debug!(backend = %self.heavy_backend, "starting the heavy backend in the background");
             let task = start_heavy(self.heavy_backend, &self.config, &self.control);
             self.heavy = HeavyState::Starting(tokio::spawn(task));
-        }
-    }
-
-    /// Keeps `code` in the history.
-    fn remember(&mut self, code: &str) {
-        self.history.push_back(code.to_string());
-        let mut total: usize = self.history.iter().map(String::len).sum();
-        while total > HISTORY_BYTES {
-            match self.history.pop_front() {
-                Some(oldest) => total -= oldest.len(),
-                None => break,
-            }
         }
     }
 
@@ -361,7 +346,7 @@ impl HybridExecutor {
                 return Err(error);
             }
         };
-        self.remember(code);
+        self.history.push(code.to_string());
         if let Some(note) = note {
             execution.logs.stderr.insert(0, note);
         }
@@ -501,7 +486,7 @@ impl Executor for HybridExecutor {
                             self.run_heavy(code, options, on_event, dropped).await?
                         }
                         None => {
-                            self.remember(code);
+                            self.history.push(code.to_string());
                             self.last_backend = Backend::Wasm;
                             if std::mem::take(&mut self.prestart_pending) {
                                 self.start_heavy_in_background();

@@ -4,10 +4,10 @@
 //! folder). Saved from wherever the session runs; loaded into the same kind
 //! of backend (the fast path, or the heavy one).
 
-use std::collections::VecDeque;
 use std::path::Path;
 
 use super::HybridExecutor;
+use super::history::History;
 use super::home::{self, Bounded, Budget};
 use super::state;
 use crate::error::{Error, Result};
@@ -69,9 +69,7 @@ impl HybridExecutor {
             }
         };
         let history_file = dir.join(HISTORY);
-        let history = serde_json::to_vec(&self.history)
-            .map_err(|e| io(&history_file, std::io::Error::other(e)))?;
-        std::fs::write(&history_file, history).map_err(|e| io(&history_file, e))?;
+        std::fs::write(&history_file, self.history.to_json()).map_err(|e| io(&history_file, e))?;
         Ok(saved)
     }
 
@@ -82,8 +80,9 @@ impl HybridExecutor {
         let history_file = dir.join(HISTORY);
         let history = std::fs::read(&history_file)
             .map_err(|e| Error::io(format!("reading {}", history_file.display()), e))?;
-        let history: VecDeque<String> = serde_json::from_slice(&history)
+        let cells: Vec<String> = serde_json::from_slice(&history)
             .map_err(|e| Error::InvalidArgument(format!("{}: {e}", history_file.display())))?;
+        let history = History::of(cells);
         let (state, home) = (dir.join(STATE), dir.join(HOME));
         if heavy {
             self.move_to_heavy("the snapshot was taken on the heavy backend")

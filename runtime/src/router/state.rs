@@ -18,9 +18,9 @@
 //! stderr naming them — and objects whose class was defined in a cell that
 //! failed are lost.
 
-use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 
+use super::history::History;
 use crate::error::{Error, Result};
 use crate::execution::Execution;
 use crate::executor::{Executor, RunOptions};
@@ -196,12 +196,11 @@ pub async fn export_heavy(
 pub async fn import_heavy(
     heavy: &mut dyn GuestExecutor,
     state: &Path,
-    history: &VecDeque<String>,
+    history: &History,
 ) -> Result<Vec<String>> {
     let guest = heavy.guest()?;
     guest.upload(state, GUEST_STATE).await?;
-    let history = serde_json::to_vec(history).map_err(|e| failed("history", e))?;
-    guest.write_file(GUEST_HISTORY, &history).await?;
+    guest.write_file(GUEST_HISTORY, &history.to_json()).await?;
     let imported = run_quiet(heavy, &import_code(GUEST_STATE, GUEST_HISTORY), "import").await?;
     dropped_names(&imported)
 }
@@ -210,13 +209,12 @@ pub async fn import_heavy(
 pub async fn import_wasm(
     wasm: &mut WasmExecutor,
     state: &Path,
-    history: &VecDeque<String>,
+    history: &History,
 ) -> Result<Vec<String>> {
     let home = wasm.home_dir().to_path_buf();
     let io = |e| Error::io("writing the state into the fast path's home", e);
     std::fs::copy(state, home.join(STATE_FILE)).map_err(io)?;
-    let history = serde_json::to_vec(history).map_err(|e| failed("history", e))?;
-    std::fs::write(home.join(HISTORY_FILE), history).map_err(io)?;
+    std::fs::write(home.join(HISTORY_FILE), history.to_json()).map_err(io)?;
     let imported = run_quiet(wasm, &import_code(WASM_STATE, WASM_HISTORY), "import").await?;
     dropped_names(&imported)
 }
@@ -225,7 +223,7 @@ pub async fn import_wasm(
 /// Returns the names that could not be carried over.
 pub async fn carry_over(
     wasm: &mut WasmExecutor,
-    history: &VecDeque<String>,
+    history: &History,
     heavy: &mut dyn GuestExecutor,
 ) -> Result<Vec<String>> {
     let (local, _) = export_wasm(wasm).await?;
