@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 /// Set (to 1) inside the emulated machine by `tests/emulated-kvm/run.sh`.
 pub const IN_EMULATED_KVM: &str = "CELLBOX_EMULATED_KVM";
@@ -79,6 +80,29 @@ pub fn run(program: &Path, args: &[&str]) -> Run {
     let output = Arc::new(Mutex::new(String::new()));
     let locked_up = Arc::new(AtomicBool::new(false));
     let group = child.id() as i32;
+    let last_line = Arc::new(Mutex::new(Instant::now()));
+    let finished = Arc::new(AtomicBool::new(false));
+    let watchdog = {
+        let (last_line, finished, locked_up) =
+            (last_line.clone(), finished.clone(), locked_up.clone());
+        std::thread::spawn(move || {
+            while !finished.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_secs(1));
+                let silent = last_line
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .elapsed();
+                if silent >= STALLED_AFTER && !locked_up.swap(true, Ordering::SeqCst) {
+                    let _ = writeln!(
+                        std::io::stderr(),
+                        "| (nothing from the emulated machine for {silent:?}: stopping it)"
+                    );
+                    // SAFETY: as below, the process group made for this run.
+                    unsafe { libc::kill(-group, libc::SIGKILL) };
+                }
+            }
+        })
+    };
     let readers: Vec<_> = [
         child
             .stdout
@@ -94,8 +118,10 @@ pub fn run(program: &Path, args: &[&str]) -> Run {
     .map(|stream| {
         let output = output.clone();
         let locked_up = locked_up.clone();
+        let last_line = last_line.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stream).lines().map_while(|l| l.ok()) {
+                *last_line.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
                 if stuck_for(&line).is_some_and(|stuck| stuck >= LOCKED_UP_AFTER)
                     && !locked_up.swap(true, Ordering::SeqCst)
                 {
@@ -121,6 +147,8 @@ pub fn run(program: &Path, args: &[&str]) -> Run {
     for reader in readers {
         let _ = reader.join();
     }
+    finished.store(true, Ordering::SeqCst);
+    let _ = watchdog.join();
     let output = std::mem::take(&mut *output.lock().unwrap_or_else(|p| p.into_inner()));
     let locked_up = locked_up.load(Ordering::SeqCst);
     Run {
@@ -129,6 +157,12 @@ pub fn run(program: &Path, args: &[&str]) -> Run {
         output,
     }
 }
+
+/// This long without a line from the emulated machine (its console or the
+/// tests) means it hangs: the slowest test prints its result within a few
+/// minutes there. Stopped, the suite resumes in a new machine instead of
+/// waiting for the whole run's timeout.
+pub const STALLED_AFTER: Duration = Duration::from_secs(480);
 
 /// A kernel soft lockup this long means the emulated machine will not
 /// recover (seen under QEMU's emulated SVM: both CPUs stuck for good).
