@@ -8,8 +8,9 @@
 //! the E2B SDK). On such a machine the suite also runs alone:
 //! `cargo test -p cellbox-tests --test vm -- --ignored`.
 
+use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use cellbox::{
@@ -266,6 +267,7 @@ async fn the_official_e2b_sdk_drives_cellbox_serve_on_the_microvm() {
         sandbox: SandboxOptions::default()
             .with_backend(BackendPolicy::Vm)
             .with_inactivity_timeout(None),
+        snapshot_dir: std::env::temp_dir().join(format!("cellbox-vm-{}", std::process::id())),
         ..cellbox::serve::ServeConfig::new("an-api-key-for-the-vm-test")
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -285,15 +287,29 @@ async fn the_official_e2b_sdk_drives_cellbox_serve_on_the_microvm() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("e2b/test_sdk.py");
-    let report = tokio::task::spawn_blocking(move || Command::new(python).arg(script).output())
-        .await
-        .unwrap()
-        .unwrap();
-    let text = String::from_utf8_lossy(&report.stdout);
+    // Each check's line goes straight to stderr as it comes (the harness
+    // captures only print!-style output): the run takes minutes under
+    // emulation, and a machine that prints nothing for long is stopped.
+    let (status, text) = tokio::task::spawn_blocking(move || {
+        let mut child = Command::new(python)
+            .arg(script)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("running the SDK");
+        let mut text = String::new();
+        let stdout = child.stdout.take().expect("piped");
+        for line in BufReader::new(stdout).lines().map_while(|l| l.ok()) {
+            let _ = writeln!(std::io::stderr(), "{line}");
+            text.push_str(&line);
+            text.push('\n');
+        }
+        (child.wait().expect("waiting for the SDK"), text)
+    })
+    .await
+    .unwrap();
     assert!(
-        report.status.success() && text.contains(" passed, 0 failed"),
-        "{text}\n{}",
-        String::from_utf8_lossy(&report.stderr)
+        status.success() && text.contains(" passed, 0 failed"),
+        "{text}"
     );
     let _ = stop.send(());
     server.await.unwrap().unwrap();
