@@ -5,6 +5,7 @@
 //! sandboxes, paused sandboxes that may not resume, forks and snapshots
 //! asked for wrongly: each gets a clear answer, and the server keeps serving.
 
+use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -255,6 +256,7 @@ async fn the_number_of_sandboxes_is_capped() {
 async fn forks_and_snapshots_are_checked_and_kept() {
     let dir = snapshot_dir("kept");
     let api = Api::with_snapshots(3, &dir);
+    assert!(!dir.exists(), "made with the first snapshot, not before");
     let (parent, token) = api.create(json!({"templateID": "base"})).await;
     let fork = format!("/sandboxes/{parent}/fork");
     for body in [
@@ -286,6 +288,8 @@ async fn forks_and_snapshots_are_checked_and_kept() {
     let (status, text) = api.control("POST", &take, "{}").await;
     assert_eq!(status, StatusCode::CREATED, "{text}");
     let unnamed: Value = serde_json::from_str(&text).unwrap();
+    let mode = std::fs::metadata(&dir).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o700, "the snapshot folder is private");
     assert!(
         unnamed["snapshotID"]
             .as_str()

@@ -90,21 +90,19 @@ fn read_label(dir: &Path) -> Result<Label> {
 }
 
 impl Snapshots {
-    /// The snapshots kept in `dir` (created if missing, private); folders
-    /// that are not snapshots are left alone, with a warning.
+    /// The snapshots kept in `dir` (none if it does not exist yet: it is
+    /// made, private, with the first snapshot); folders that are not
+    /// snapshots are left alone, with a warning.
     pub fn open(dir: &Path) -> Result<Snapshots> {
-        use std::os::unix::fs::DirBuilderExt;
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
         // What forks left behind when a server stopped mid-fork.
         let _ = std::fs::remove_dir_all(dir.join(SCRATCH));
         let mut kept = BTreeMap::new();
-        let entries = std::fs::read_dir(dir)
-            .map_err(|e| Error::io(format!("reading {}", dir.display()), e))?;
-        for entry in entries.flatten() {
+        let entries = match std::fs::read_dir(dir) {
+            Ok(entries) => entries.flatten().collect(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(Error::io(format!("reading {}", dir.display()), e)),
+        };
+        for entry in entries {
             let path = entry.path();
             if entry.file_name().to_string_lossy().starts_with('.') {
                 continue;
@@ -136,6 +134,7 @@ impl Snapshots {
         }
         self.check_room()?;
         let id = new_id()?;
+        self.make_dir()?;
         let dir = self.dir.join(&id);
         let snapshot = entry.sandbox.snapshot(&dir).await?;
         let label = Label {
@@ -181,7 +180,18 @@ impl Snapshots {
 
     /// A new, empty-to-be folder for a fork's passing snapshot.
     pub fn scratch_dir(&self) -> Result<PathBuf> {
+        self.make_dir()?;
         Ok(self.dir.join(SCRATCH).join(new_id()?))
+    }
+
+    /// Makes the snapshot folder (readable by this user only) if need be.
+    fn make_dir(&self) -> Result<()> {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&self.dir)
+            .map_err(|e| Error::io(format!("creating {}", self.dir.display()), e))
     }
 
     /// The snapshot `reference` names: `ID`, `NAME`, with `:default` and a
