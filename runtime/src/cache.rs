@@ -104,6 +104,17 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
         .map_err(|e| Error::io(format!("writing {}", path.display()), e))
 }
 
+/// Writes `value` as JSON to `path` the same way.
+pub fn write_json_atomically(path: &Path, value: &impl serde::Serialize) -> Result<()> {
+    let json = serde_json::to_vec_pretty(value).map_err(|e| {
+        Error::io(
+            format!("writing {}", path.display()),
+            std::io::Error::other(e),
+        )
+    })?;
+    write_atomically(path, &json)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -117,10 +117,14 @@ impl Snapshot {
     }
 }
 
-/// Creates the new folder `dir` (its parents too), readable by this user only.
+/// Creates the new folder `dir` (and missing parents), readable by this
+/// user only.
 fn new_private_dir(dir: &Path) -> Result<()> {
     if let Some(parent) = dir.parent() {
-        std::fs::create_dir_all(parent)
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(parent)
             .map_err(|e| Error::io(format!("creating {}", parent.display()), e))?;
     }
     std::fs::DirBuilder::new()
@@ -169,15 +173,7 @@ impl Sandbox {
             heavy: saved.heavy,
             dropped: saved.dropped,
         };
-        let file = dir.join(MANIFEST);
-        let json = serde_json::to_vec_pretty(&manifest).map_err(|e| {
-            Error::io(
-                format!("writing {}", file.display()),
-                std::io::Error::other(e),
-            )
-        })?;
-        std::fs::write(&file, json)
-            .map_err(|e| Error::io(format!("writing {}", file.display()), e))?;
+        crate::cache::write_json_atomically(&dir.join(MANIFEST), &manifest)?;
         Ok(Snapshot {
             dir: dir.to_path_buf(),
             manifest,

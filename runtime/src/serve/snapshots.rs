@@ -91,7 +91,7 @@ fn read_label(dir: &Path) -> Result<Label> {
 
 impl Snapshots {
     /// The snapshots kept in `dir` (none if it does not exist yet: it is
-    /// made, private, with the first snapshot); folders that are not
+    /// made, private, by the first snapshot or fork); folders that are not
     /// snapshots are left alone, with a warning.
     pub fn open(dir: &Path) -> Result<Snapshots> {
         // What forks left behind when a server stopped mid-fork.
@@ -134,7 +134,6 @@ impl Snapshots {
         }
         self.check_room()?;
         let id = new_id()?;
-        self.make_dir()?;
         let dir = self.dir.join(&id);
         let snapshot = entry.sandbox.snapshot(&dir).await?;
         let label = Label {
@@ -143,13 +142,9 @@ impl Snapshots {
             sandbox_id: entry.id.clone(),
             template: entry.spec.template.clone(),
         };
-        let file = dir.join(LABEL);
-        let written = serde_json::to_vec_pretty(&label)
-            .map_err(std::io::Error::other)
-            .and_then(|json| std::fs::write(&file, json));
-        if let Err(e) = written {
+        if let Err(e) = crate::cache::write_json_atomically(&dir.join(LABEL), &label) {
             let _ = snapshot.delete();
-            return Err(Error::io(format!("writing {}", file.display()), e));
+            return Err(e);
         }
         let kept = Arc::new(Kept { label, snapshot });
         let replaced = {
@@ -180,18 +175,7 @@ impl Snapshots {
 
     /// A new, empty-to-be folder for a fork's passing snapshot.
     pub fn scratch_dir(&self) -> Result<PathBuf> {
-        self.make_dir()?;
         Ok(self.dir.join(SCRATCH).join(new_id()?))
-    }
-
-    /// Makes the snapshot folder (readable by this user only) if need be.
-    fn make_dir(&self) -> Result<()> {
-        use std::os::unix::fs::DirBuilderExt;
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&self.dir)
-            .map_err(|e| Error::io(format!("creating {}", self.dir.display()), e))
     }
 
     /// The snapshot `reference` names: `ID`, `NAME`, with `:default` and a

@@ -115,7 +115,11 @@ impl SnapshotInfo {
     pub fn of(label: &Label) -> SnapshotInfo {
         SnapshotInfo {
             snapshot_id: label.reference(),
-            names: label.name.iter().map(|_| label.reference()).collect(),
+            // Only a named snapshot has a name.
+            names: match label.name {
+                Some(_) => vec![label.reference()],
+                None => Vec::new(),
+            },
         }
     }
 }
