@@ -188,13 +188,30 @@ pub fn ignored_tests(program: &Path) -> Vec<String> {
         .collect()
 }
 
-/// The tests a libtest run reported as passed (`test NAME ... ok`).
+/// The tests a libtest run reported as passed: `test NAME ... ok`, or, when
+/// a test wrote to the real stderr while it ran (its lines then follow
+/// `test NAME ... ` on the console), a later line that is just `ok`.
 pub fn passed_tests(output: &str) -> Vec<String> {
-    output
-        .lines()
-        .filter_map(|line| line.strip_prefix("test ")?.strip_suffix(" ... ok"))
-        .map(str::to_string)
-        .collect()
+    let mut passed = Vec::new();
+    let mut running = None;
+    for line in output.lines().map(str::trim_end) {
+        if let Some((name, result)) = line
+            .strip_prefix("test ")
+            .and_then(|rest| rest.split_once(" ..."))
+        {
+            running = None;
+            match result.trim() {
+                "ok" => passed.push(name.to_string()),
+                "FAILED" | "ignored" => {}
+                _ => running = Some(name),
+            }
+        } else if line == "ok" {
+            passed.extend(running.take().map(str::to_string));
+        } else if line == "FAILED" {
+            running = None;
+        }
+    }
+    passed
 }
 
 /// Most emulated machines one suite runs in.
@@ -257,5 +274,8 @@ mod tests {
     fn passed_tests_are_read_from_libtest_output() {
         let output = "running 3 tests\ntest a ... ok\ntest b::c ... FAILED\ntest d ... ok\n[ 1.0] test e ... ok then\n";
         assert_eq!(passed_tests(output), ["a", "d"]);
+        // A test that streams its own lines to stderr splits libtest's line.
+        let streamed = "test f ... first check\nsecond check\nok\ntest g ... \nok\ntest h ... line\nFAILED\nok\ntest result: ok. 2 passed\n";
+        assert_eq!(passed_tests(streamed), ["f", "g"]);
     }
 }

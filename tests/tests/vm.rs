@@ -293,6 +293,7 @@ async fn the_official_e2b_sdk_drives_cellbox_serve_on_the_microvm() {
     let (status, text) = tokio::task::spawn_blocking(move || {
         let mut child = Command::new(python)
             .arg(script)
+            .env("PYTHONUNBUFFERED", "1")
             .stdout(Stdio::piped())
             .spawn()
             .expect("running the SDK");
