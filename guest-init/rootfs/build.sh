@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the base tree of the cellbox guest root filesystem: a minimal Debian 12
 # "bookworm" with Python 3.11, IPython, numpy, pandas, matplotlib and Pillow,
-# no init system, no kernel, no documentation.
+# Node.js 18 with TypeScript (the JavaScript and TypeScript kernels), no init
+# system, no kernel, no documentation.
 #
 #   build.sh OUT_DIR
 #
@@ -39,6 +40,8 @@ PACKAGES=(
     # g++, boost and the Python headers (about 700 MB). Naming the 40 kB
     # alternative keeps all of that out.
     python3-munkres
+    nodejs                    # 18: the JavaScript kernel (cellbox_kernel.js)
+    node-typescript           # the TypeScript kernel strips types with it
 )
 # What must work in the finished tree: the imports, Agg as the default backend,
 # a plot rendered to PNG and a table rendered to HTML.
@@ -52,6 +55,12 @@ assert png.getvalue().startswith(b"\x89PNG"), "matplotlib did not write a PNG"
 assert "<table" in pandas.DataFrame({"a": [1, 2]})._repr_html_(), "pandas did not render HTML"
 print("python", sys.version.split()[0], "| IPython", IPython.__version__, "| numpy", numpy.__version__,
       "| pandas", pandas.__version__, "| matplotlib", matplotlib.__version__, "| Pillow", PIL.__version__)'
+# And the JavaScript side: Node.js runs, and TypeScript (Debian's, found by
+# name) turns typed code into JavaScript.
+NODE_CHECK='const ts = require("typescript");
+const js = ts.transpileModule("const x: number = 1", {}).outputText;
+if (!js.includes("var x = 1") && !js.includes("const x = 1")) throw new Error("TypeScript gave " + js);
+console.log("node", process.version, "| TypeScript", ts.version)'
 
 STEPS=6
 step() { echo "[rootfs $1/$STEPS] $2"; }
@@ -193,7 +202,7 @@ if [[ -n "$(find "$T/var/lib/apt/lists" "$T/var/cache/apt/archives" -type f ! -n
     die "apt's package lists or downloaded packages are still in the tree"
 fi
 
-step 5 "checking that Python and its libraries import in the tree"
+step 5 "checking that Python, Node.js and their libraries work in the tree"
 # Runs in a plain chroot without /proc, /sys or /dev mounted; -B and a
 # throwaway HOME under /tmp keep the tree unchanged, except for matplotlib's
 # font cache, kept in MPLCONFIGDIR: the guest's kernels point there, which
@@ -202,10 +211,14 @@ mkdir -p "$T/tmp/cellbox-check" "$T/var/cache/cellbox/matplotlib"
 versions="$(chroot "$T" /usr/bin/env -i PATH=/usr/bin:/bin HOME=/tmp/cellbox-check \
     MPLCONFIGDIR=/var/cache/cellbox/matplotlib /usr/bin/python3 -B -c "$IMPORT_CHECK" 2>&1)" \
     || die "python3 in the new tree cannot do what cellbox needs: $versions"
+node_versions="$(chroot "$T" /usr/bin/env -i PATH=/usr/bin:/bin HOME=/tmp/cellbox-check \
+    /usr/bin/node -e "$NODE_CHECK" 2>&1)" \
+    || die "node in the new tree cannot do what cellbox needs: $node_versions"
 rm -rf "$T/tmp/cellbox-check"
 # The kernels run as "user" and matplotlib wants its folder writable.
 chown -R 1000:1000 "$T/var/cache/cellbox/matplotlib"
 echo "$versions"
+echo "$node_versions"
 for p in systemd systemd-sysv sysvinit-core runit openrc usrmerge; do
     # shellcheck disable=SC2016 # dpkg-query expands these itself
     if chroot "$T" dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then

@@ -1,5 +1,7 @@
-//! Contexts: named kernels, each with its own state and working folder. Cells
-//! in one context run in order; different contexts run side by side.
+//! Contexts: named kernels, each with its own language, state and working
+//! folder. Cells in one context run in order; different contexts run side by
+//! side. Each language's default context exists from the start (its kernel
+//! starts with its first cell).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
@@ -8,7 +10,7 @@ use std::time::Duration;
 
 use crate::kernel::{self, CellEnd, Kernel};
 use crate::lock;
-use crate::protocol::{ContextInfo, DEFAULT_CONTEXT, Failure, ReplyBody};
+use crate::protocol::{ContextInfo, Failure, Language, ReplyBody};
 
 /// All contexts of the guest.
 #[derive(Debug)]
@@ -22,6 +24,7 @@ pub struct Contexts {
 #[derive(Debug)]
 struct Context {
     cwd: String,
+    language: Language,
     /// The kernel, started on the first cell; `None` after it died.
     kernel: Mutex<Option<Kernel>>,
     /// The running kernel's pid, for interrupts while `kernel` is locked.
@@ -36,17 +39,25 @@ impl Contexts {
             next_id: AtomicU64::new(1),
             table: Mutex::new(BTreeMap::new()),
         };
-        contexts.insert(DEFAULT_CONTEXT.into(), default_cwd.into());
+        for language in Language::ALL {
+            contexts.insert(
+                language.default_context().into(),
+                default_cwd.into(),
+                language,
+            );
+        }
         contexts
     }
 
-    fn insert(&self, id: String, cwd: String) -> ContextInfo {
+    fn insert(&self, id: String, cwd: String, language: Language) -> ContextInfo {
         let info = ContextInfo {
             id: id.clone(),
             cwd: cwd.clone(),
+            language,
         };
         let context = Context {
             cwd,
+            language,
             kernel: Mutex::new(None),
             pid: AtomicI32::new(0),
         };
@@ -61,13 +72,13 @@ impl Contexts {
             .ok_or_else(|| ReplyBody::failed(Failure::NotFound, format!("no context `{id}`")))
     }
 
-    pub fn create(&self, cwd: Option<String>) -> ReplyBody {
+    pub fn create(&self, cwd: Option<String>, language: Language) -> ReplyBody {
         let cwd = cwd.unwrap_or_else(|| self.default_cwd.clone());
         if !std::path::Path::new(&cwd).is_dir() {
             return ReplyBody::failed(Failure::NotFound, format!("no folder {cwd}"));
         }
         let id = format!("ctx-{}", self.next_id.fetch_add(1, Ordering::Relaxed));
-        ReplyBody::Context(self.insert(id, cwd))
+        ReplyBody::Context(self.insert(id, cwd, language))
     }
 
     pub fn list(&self) -> ReplyBody {
@@ -76,6 +87,7 @@ impl Contexts {
             .map(|(id, c)| ContextInfo {
                 id: id.clone(),
                 cwd: c.cwd.clone(),
+                language: c.language,
             })
             .collect();
         ReplyBody::Contexts { contexts }
@@ -92,6 +104,12 @@ impl Contexts {
     }
 
     pub fn remove(&self, id: &str) -> ReplyBody {
+        if Language::is_default_context(id) {
+            return ReplyBody::failed(
+                Failure::BadRequest,
+                format!("the default context `{id}` cannot be removed"),
+            );
+        }
         match lock(&self.table).remove(id) {
             Some(context) => {
                 context.stop();
@@ -129,7 +147,7 @@ impl Contexts {
         };
         let mut slot = lock(&context.kernel);
         if slot.is_none() {
-            match Kernel::start(&self.python, &context.cwd) {
+            match Kernel::start(context.language, &self.python, &context.cwd) {
                 Ok(kernel) => {
                     context.pid.store(kernel.pid(), Ordering::Relaxed);
                     *slot = Some(kernel);

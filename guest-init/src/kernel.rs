@@ -1,6 +1,7 @@
-//! One Python kernel process (`cellbox_kernel.py` on IPython): requests go in
-//! on its fd 3 as JSON lines, events come back on its fd 4; whatever it or its
-//! children write to fds 1 and 2 is forwarded as raw output.
+//! One kernel process (`cellbox_kernel.py` on IPython for Python,
+//! `cellbox_kernel.js` on Node.js for JavaScript and TypeScript): requests go
+//! in on its fd 3 as JSON lines, events come back on its fd 4; whatever it or
+//! its children write to fds 1 and 2 is forwarded as raw output.
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -12,10 +13,14 @@ use std::time::{Duration, Instant};
 
 use crate::frame::MAX_FRAME_LEN;
 use crate::output::{self, Budget};
-use crate::protocol::{Failure, ReplyBody, Stream};
+use crate::protocol::{Failure, Language, ReplyBody, Stream};
 
-/// Where the kernel driver lives in the guest.
+/// Where the Python kernel driver lives in the guest.
 pub const DRIVER: &str = "/usr/lib/cellbox/cellbox_kernel.py";
+/// Where the JavaScript and TypeScript kernel driver lives in the guest.
+pub const JS_DRIVER: &str = "/usr/lib/cellbox/cellbox_kernel.js";
+/// The Node.js that runs it.
+pub const NODE: &str = "/usr/bin/node";
 /// How long an interrupted cell may take to stop before the kernel is killed.
 pub const INTERRUPT_GRACE: Duration = Duration::from_secs(3);
 /// How long an interrupted cell that has stopped (the kernel said it is
@@ -58,14 +63,19 @@ pub enum CellEnd {
 }
 
 impl Kernel {
-    /// Starts a kernel in `cwd` and waits until it is ready.
-    pub fn start(python: &str, cwd: &str) -> Result<Kernel, String> {
+    /// Starts a kernel for `language` in `cwd` (Python's with the
+    /// interpreter `python`) and waits until it is ready.
+    pub fn start(language: Language, python: &str, cwd: &str) -> Result<Kernel, String> {
         let (request_read, request_write) = pipe()?;
         let (event_read, event_write) = pipe()?;
         let (request_fd, event_fd) = (request_read.as_raw_fd(), event_write.as_raw_fd());
-        let mut command = Command::new(python);
+        let (program, args) = match language {
+            Language::Python => (python, vec![DRIVER]),
+            other => (NODE, vec![JS_DRIVER, other.name()]),
+        };
+        let mut command = Command::new(program);
         command
-            .arg(DRIVER)
+            .args(&args)
             .current_dir(cwd)
             .env("MPLBACKEND", "Agg")
             // Built into the root file system, so sessions skip the font scan.
@@ -98,7 +108,7 @@ impl Kernel {
         }
         let child = command
             .spawn()
-            .map_err(|e| format!("starting {python} {DRIVER}: {e}"))?;
+            .map_err(|e| format!("starting {program} {}: {e}", args.join(" ")))?;
         drop((request_read, event_write));
 
         let (tx, said) = mpsc::sync_channel(output::QUEUE);

@@ -53,6 +53,9 @@ pub enum Op {
     },
     CreateContext {
         cwd: Option<String>,
+        /// Older hosts send none: Python.
+        #[serde(default)]
+        language: Language,
     },
     ListContexts,
     /// Clears a context's state (a fresh kernel).
@@ -358,6 +361,88 @@ pub enum Failure {
 pub struct ContextInfo {
     pub id: String,
     pub cwd: String,
+    #[serde(default)]
+    pub language: Language,
+}
+
+/// The language a context's kernel runs.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Language {
+    /// IPython (`cellbox_kernel.py`).
+    #[default]
+    Python,
+    /// Node.js (`cellbox_kernel.js`).
+    Javascript,
+    /// Node.js, the types stripped by TypeScript's compiler first.
+    Typescript,
+}
+
+impl Language {
+    /// Every language, in the order contexts are listed.
+    pub const ALL: [Language; 3] = [Language::Python, Language::Javascript, Language::Typescript];
+
+    /// Its name as E2B spells it (`python`, `javascript`, `typescript`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Language::Python => "python",
+            Language::Javascript => "javascript",
+            Language::Typescript => "typescript",
+        }
+    }
+
+    /// Reads a language as E2B's SDKs name it: any case, `js` and `ts` too.
+    pub fn parse(name: &str) -> Option<Language> {
+        match name.trim().to_ascii_lowercase().as_str() {
+            "python" | "python3" | "py" => Some(Language::Python),
+            "javascript" | "js" | "node" | "nodejs" => Some(Language::Javascript),
+            "typescript" | "ts" => Some(Language::Typescript),
+            _ => None,
+        }
+    }
+
+    /// The context a cell in this language runs in when none is named; it
+    /// exists from the start, like [`DEFAULT_CONTEXT`] (Python's).
+    pub fn default_context(self) -> &'static str {
+        match self {
+            Language::Python => DEFAULT_CONTEXT,
+            other => other.name(),
+        }
+    }
+
+    /// The language whose default context `id` is, if it is one.
+    pub fn of_default_context(id: &str) -> Option<Language> {
+        Language::ALL
+            .into_iter()
+            .find(|l| l.default_context() == id)
+    }
+
+    /// Whether `id` is one of the contexts that exist from the start.
+    pub fn is_default_context(id: &str) -> bool {
+        Language::of_default_context(id).is_some()
+    }
+}
+
+impl std::fmt::Display for Language {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Language {
+    type Err = String;
+
+    fn from_str(name: &str) -> Result<Language, String> {
+        Language::parse(name).ok_or_else(|| {
+            let names: Vec<_> = Language::ALL.iter().map(|l| l.name()).collect();
+            format!(
+                "the language \"{name}\" is not available (cellbox runs {})",
+                names.join(", ")
+            )
+        })
+    }
 }
 
 /// A running command.
@@ -389,15 +474,40 @@ mod tests {
     use super::*;
 
     #[test]
+    fn languages_are_read_as_e2b_spells_them() {
+        for (name, language) in [
+            ("python", Language::Python),
+            ("js", Language::Javascript),
+            (" JavaScript ", Language::Javascript),
+            ("ts", Language::Typescript),
+        ] {
+            assert_eq!(name.parse::<Language>(), Ok(language), "{name}");
+        }
+        let refused = "cobol".parse::<Language>().unwrap_err();
+        assert!(
+            refused.contains("\"cobol\"") && refused.contains("javascript"),
+            "{refused}"
+        );
+        assert_eq!(Language::Javascript.default_context(), "javascript");
+        assert!(Language::is_default_context(DEFAULT_CONTEXT));
+        assert!(!Language::is_default_context("ctx-1"));
+        // A context from an older guest (no language) is Python's.
+        let old: ContextInfo = serde_json::from_str(r#"{"id":"a","cwd":"/"}"#).unwrap();
+        assert_eq!(old.language, Language::Python);
+    }
+
+    #[test]
     fn wire_names_are_snake_case_tags() {
         let request = Request {
             id: 1,
             op: Op::CreateContext {
                 cwd: Some("/home/user".into()),
+                language: Language::Typescript,
             },
         };
         let json = serde_json::to_value(&request).unwrap();
         assert_eq!(json["op"]["type"], "create_context");
+        assert_eq!(json["op"]["language"], "typescript");
         let reply = ReplyBody::failed(Failure::KernelDied, "gone");
         let json = serde_json::to_value(&reply).unwrap();
         assert_eq!(json["type"], "failed");

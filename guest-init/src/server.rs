@@ -150,7 +150,7 @@ pub fn handle(
             return contexts.execute(&context, &code, &env, ms(timeout_ms), send);
         }
         Op::Interrupt { context } => contexts.interrupt(&context),
-        Op::CreateContext { cwd } => contexts.create(cwd),
+        Op::CreateContext { cwd, language } => contexts.create(cwd, language),
         Op::ListContexts => contexts.list(),
         Op::RestartContext { context } => contexts.restart(&context),
         Op::RemoveContext { context } => contexts.remove(&context),

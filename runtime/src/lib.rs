@@ -49,7 +49,9 @@ pub use error::{Error, Result};
 pub use event::Event;
 pub use execution::{CellResult, Execution, ExecutionError, Logs};
 pub use executor::{Backend, EventCallback, Executor, Interrupt, RunOptions};
-pub use guest::{CommandHandle, CommandInfo, CommandOptions, CommandResult, ContextInfo, FileStat};
+pub use guest::{
+    CommandHandle, CommandInfo, CommandOptions, CommandResult, ContextInfo, FileStat, Language,
+};
 pub use microvm::{BootTimeline, MicroVmConfig, MicroVmExecutor};
 pub use namespace::{NamespaceConfig, NamespaceExecutor};
 pub use progress::Progress;

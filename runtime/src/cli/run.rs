@@ -5,9 +5,9 @@ use std::time::Duration;
 use clap::{Args, ValueEnum};
 
 use cellbox::{
-    Backend, Error, Execution, Executor, HybridConfig, HybridExecutor, MicroVmConfig,
-    MicroVmExecutor, NamespaceConfig, NamespaceExecutor, Progress, RunOptions, WasmConfig,
-    WasmEngine, WasmExecutor,
+    Backend, BackendPolicy, Error, Execution, Executor, HybridConfig, HybridExecutor, Language,
+    MicroVmConfig, MicroVmExecutor, NamespaceConfig, NamespaceExecutor, Progress, RunCodeOptions,
+    RunOptions, Sandbox, SandboxOptions, WasmConfig, WasmEngine, WasmExecutor,
 };
 
 use super::render::Output;
@@ -24,10 +24,13 @@ pub struct RunArgs {
     /// Wall-clock limit per cell, in seconds.
     #[arg(long, value_name = "SECS", value_parser = parse_timeout)]
     timeout: Option<Duration>,
+    /// The cells' language: python, javascript (js) or typescript (ts).
+    #[arg(long, short = 'l', value_name = "LANGUAGE", default_value = "python")]
+    language: Language,
     /// Start the interpreter from scratch instead of from the snapshot.
     #[arg(long, hide = true)]
     no_preinit: bool,
-    /// A cell of Python code; repeat for more cells.
+    /// A cell of code; repeat for more cells.
     #[arg(
         short = 'c',
         long = "code",
@@ -80,6 +83,9 @@ pub async fn run(mut args: RunArgs) -> u8 {
                 return EXIT_SANDBOX_ERROR;
             }
         }
+    }
+    if args.language != Language::Python {
+        return run_in_sandbox(&args, &out).await;
     }
     let backend = match args.backend {
         BackendChoice::Auto | BackendChoice::Wasm => Backend::Wasm,
@@ -142,6 +148,70 @@ pub async fn run(mut args: RunArgs) -> u8 {
             }
         }
     }
+    status
+}
+
+/// Cells in a language other than Python: they run in its default context of
+/// a sandbox on the heavy backend (the fast path runs Python only).
+async fn run_in_sandbox(args: &RunArgs, out: &Output) -> u8 {
+    let language = args.language;
+    let (backend, policy) = match args.backend {
+        BackendChoice::Wasm => {
+            eprintln!(
+                "cellbox: error: the WebAssembly fast path runs Python only; run {language} with --backend auto, vm or namespace"
+            );
+            return EXIT_SANDBOX_ERROR;
+        }
+        BackendChoice::Namespace => (Backend::Namespace, BackendPolicy::Namespace),
+        BackendChoice::Vm => (Backend::Vm, BackendPolicy::Vm),
+        BackendChoice::Auto => match cellbox_vmm::kvm_support::linux_guest_blocker() {
+            None => (Backend::Vm, BackendPolicy::Vm),
+            Some(_) => (Backend::Namespace, BackendPolicy::Namespace),
+        },
+    };
+    let options = SandboxOptions {
+        backend: policy,
+        progress: Progress::new(|line| eprintln!("cellbox: {line}")),
+        ..Default::default()
+    };
+    let sandbox = match Sandbox::create(options).await {
+        Ok(sandbox) => sandbox,
+        Err(error) => {
+            out.sandbox_error(backend, &Execution::default(), &error);
+            return EXIT_SANDBOX_ERROR;
+        }
+    };
+    let options = RunCodeOptions {
+        language: Some(language),
+        timeout: args.timeout,
+        ..Default::default()
+    };
+    let mut status = EXIT_OK;
+    for cell in &args.cells {
+        let mut seen = Execution::default();
+        let result = sandbox
+            .run_code_with(cell, &options, &mut |event| {
+                seen.apply(event);
+                out.stream(event);
+            })
+            .await;
+        match result {
+            Ok(execution) => {
+                out.execution(backend, &execution);
+                if execution.error.is_some() {
+                    status = status.max(EXIT_CELL_ERROR);
+                }
+            }
+            Err(error) => {
+                out.sandbox_error(backend, &seen, &error);
+                status = EXIT_SANDBOX_ERROR;
+                if !matches!(error, Error::Timeout { .. } | Error::SandboxDied { .. }) {
+                    break;
+                }
+            }
+        }
+    }
+    let _ = sandbox.close().await;
     status
 }
 

@@ -79,14 +79,22 @@ impl GuestArtifacts {
     }
 }
 
-/// The files `guest-init` and its kernel driver are built from.
+/// The kernel drivers (`guest-init/kernel/`), installed in `/usr/lib/cellbox`.
+const KERNEL_DRIVERS: [&str; 3] = [
+    "cellbox_kernel.py",
+    "cellbox_charts.py",
+    "cellbox_kernel.js",
+];
+
+/// The files `guest-init` and its kernel drivers are built from.
 fn guest_init_sources() -> Result<Vec<(String, Vec<u8>)>> {
     let root = Path::new(cellbox_guest_init::SOURCE_DIR);
-    let mut files = vec![
-        root.join("Cargo.toml"),
-        root.join("kernel/cellbox_kernel.py"),
-        root.join("kernel/cellbox_charts.py"),
-    ];
+    let mut files = vec![root.join("Cargo.toml")];
+    files.extend(
+        KERNEL_DRIVERS
+            .iter()
+            .map(|name| root.join("kernel").join(name)),
+    );
     let src = root.join("src");
     let entries =
         std::fs::read_dir(&src).map_err(|e| Error::io(format!("reading {}", src.display()), e))?;
@@ -140,7 +148,7 @@ fn build_layer(dir: &Path, target_dir: &Path, progress: &Progress) -> Result<()>
             target_dir.join(&target).join("release/guest-init"),
             staging.join("sbin/init"),
         )?;
-        for script in ["cellbox_kernel.py", "cellbox_charts.py"] {
+        for script in KERNEL_DRIVERS {
             std::fs::copy(
                 source.join("kernel").join(script),
                 staging.join("usr/lib/cellbox").join(script),

@@ -1,7 +1,7 @@
-//! Contexts: separate Python kernels in one guest, each with its own state
-//! and working folder. Cells run in one with [`GuestClient::execute`].
+//! Contexts: separate kernels in one guest, each with its own language,
+//! state and working folder. Cells run in one with [`GuestClient::execute`].
 
-pub use cellbox_guest_init::protocol::ContextInfo;
+pub use cellbox_guest_init::protocol::{ContextInfo, Language};
 use cellbox_guest_init::protocol::{Op, ReplyBody};
 
 use super::GuestClient;
@@ -9,12 +9,17 @@ use super::client::failure;
 use crate::error::Result;
 
 impl GuestClient {
-    /// Creates a context working in `cwd` (default: the guest's home
-    /// folder, which must exist); its kernel starts with its first cell.
-    pub async fn create_context(&self, cwd: Option<&str>) -> Result<ContextInfo> {
+    /// Creates a `language` context working in `cwd` (default: the guest's
+    /// home folder, which must exist); its kernel starts with its first cell.
+    pub async fn create_context(
+        &self,
+        cwd: Option<&str>,
+        language: Language,
+    ) -> Result<ContextInfo> {
         match self
             .call(Op::CreateContext {
                 cwd: cwd.map(str::to_string),
+                language,
             })
             .await?
         {

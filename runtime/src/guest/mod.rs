@@ -22,7 +22,7 @@ pub use client::{GuestClient, Replies};
 pub use commands::{
     CommandHandle, CommandInfo, CommandOptions, CommandResult, OutputCallback, Stream,
 };
-pub use contexts::ContextInfo;
+pub use contexts::{ContextInfo, Language};
 pub use control::{ControlSlot, GuestControl, Usage};
 pub use kernel::GuestKernel;
 pub use session::{GuestBackend, GuestExecutor, GuestSession};

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use crate::guest::ContextInfo;
+use crate::guest::{ContextInfo, Language};
 use crate::progress::Progress;
 use crate::router::{HeavyChoice, Policy};
 
@@ -138,6 +138,9 @@ impl SandboxOptions {
 pub struct RunCodeOptions {
     /// Run in this context instead of the default one.
     pub context: Option<ContextInfo>,
+    /// Run in this language's default context (without `context`), or
+    /// check that `context` runs it. Default: Python.
+    pub language: Option<Language>,
     /// Environment variables for this run only (over the sandbox's).
     pub env: BTreeMap<String, String>,
     /// Timeout of this run (the kernel is interrupted and keeps its state).
@@ -161,5 +164,24 @@ impl RunCodeOptions {
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = Some(timeout);
         self
+    }
+    /// Runs in `language` (its default context unless one is given).
+    pub fn language(mut self, language: Language) -> Self {
+        self.language = Some(language);
+        self
+    }
+
+    /// The id of the context this run goes to.
+    pub(crate) fn context_id(&self) -> crate::Result<&str> {
+        match (&self.context, self.language) {
+            (Some(context), Some(language)) if context.language != language => {
+                Err(crate::Error::InvalidArgument(format!(
+                    "the context `{}` runs {}, not {language}",
+                    context.id, context.language
+                )))
+            }
+            (Some(context), _) => Ok(&context.id),
+            (None, language) => Ok(language.unwrap_or_default().default_context()),
+        }
     }
 }

@@ -14,7 +14,7 @@ use crate::error::{Error, Result};
 use crate::event::Event;
 use crate::execution::Execution;
 use crate::executor::{Backend, EventCallback, Executor, Interrupt, RunOptions};
-use crate::guest::{ContextInfo, ControlSlot, GuestClient, Usage};
+use crate::guest::{ContextInfo, ControlSlot, GuestClient, Language, Usage};
 use crate::microvm::MicroVmConfig;
 use crate::namespace::NamespaceConfig;
 use crate::router::{HybridConfig, HybridExecutor};
@@ -259,18 +259,18 @@ impl Sandbox {
         run: &RunOptions,
         on_event: &mut EventCallback<'_>,
     ) -> Result<Execution> {
-        match &options.context {
-            Some(context) if context.id != DEFAULT_CONTEXT => {
-                let guest = self.heavy_client().await?;
-                guest
-                    .execute(&context.id, code, run, self.options.timeout, on_event)
-                    .await
-            }
-            _ => {
+        match options.context_id()? {
+            DEFAULT_CONTEXT => {
                 let mut inner = self.active().await?;
                 let result = inner.session.execute(code, run, on_event).await;
                 inner.last_used = Instant::now();
                 result
+            }
+            context => {
+                let guest = self.heavy_client().await?;
+                guest
+                    .execute(context, code, run, self.options.timeout, on_event)
+                    .await
             }
         }
     }
@@ -302,10 +302,18 @@ impl Sandbox {
         Commands { sandbox: self }
     }
 
-    /// Creates a context (its own Python state) with working folder `cwd`.
-    pub async fn create_context(&self, cwd: Option<&str>) -> Result<ContextInfo> {
+    /// Creates a context (its own kernel and state) for `language`, with
+    /// working folder `cwd`.
+    pub async fn create_context(
+        &self,
+        cwd: Option<&str>,
+        language: Language,
+    ) -> Result<ContextInfo> {
         let cwd = cwd.or(self.options.cwd.as_deref());
-        self.heavy_client().await?.create_context(cwd).await
+        self.heavy_client()
+            .await?
+            .create_context(cwd, language)
+            .await
     }
 
     /// The contexts, the default one included once the heavy backend runs.
@@ -324,12 +332,13 @@ impl Sandbox {
             .await
     }
 
-    /// Removes a context (not the default one).
+    /// Removes a context (not a default one).
     pub async fn remove_context(&self, context: &ContextInfo) -> Result<()> {
-        if context.id == DEFAULT_CONTEXT {
-            return Err(Error::InvalidArgument(
-                "the default context cannot be removed".into(),
-            ));
+        if Language::is_default_context(&context.id) {
+            return Err(Error::InvalidArgument(format!(
+                "the default context `{}` cannot be removed",
+                context.id
+            )));
         }
         self.heavy_client().await?.remove_context(&context.id).await
     }

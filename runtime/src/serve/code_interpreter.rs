@@ -22,8 +22,9 @@ use crate::error::Error;
 use crate::event::Event;
 use crate::executor::Interrupt;
 use crate::guest::ContextInfo;
+use crate::guest::Language;
 use crate::lock;
-use crate::sandbox::{DEFAULT_CONTEXT, RunCodeOptions, Sandbox};
+use crate::sandbox::{RunCodeOptions, Sandbox};
 
 /// Largest request body (a cell's code and its variables).
 const BODY_LIMIT: usize = 16 << 20;
@@ -128,25 +129,30 @@ fn bad_json(rejection: JsonRejection) -> Response {
     )
 }
 
-/// Only Python runs here: the 400 for any other language.
-fn unsupported_language(language: Option<&str>) -> Option<Response> {
-    match language.map(str::to_ascii_lowercase).as_deref() {
-        None | Some("python") | Some("python3") => None,
-        Some(other) => Some(text(
-            StatusCode::BAD_REQUEST,
-            format!("cellbox runs Python only; the language \"{other}\" is not available"),
-        )),
-    }
+/// The language a request names (none: Python), or the 400 for one cellbox
+/// does not run.
+fn language_of(name: Option<&str>) -> Result<Option<Language>, Response> {
+    name.map(|name| name.parse::<Language>())
+        .transpose()
+        .map_err(|refused| text(StatusCode::BAD_REQUEST, refused))
 }
 
 fn context_json(context: &ContextInfo) -> Value {
-    json!({"id": context.id, "language": "python", "cwd": context.cwd})
+    json!({"id": context.id, "language": context.language.name(), "cwd": context.cwd})
 }
 
-fn default_context() -> ContextInfo {
+/// The context `id` names: a language's default one, or one made here.
+fn known_context(app: &App, id: &str) -> Option<ContextInfo> {
+    Language::of_default_context(id)
+        .map(default_context)
+        .or_else(|| app.context(id))
+}
+
+fn default_context(language: Language) -> ContextInfo {
     ContextInfo {
-        id: DEFAULT_CONTEXT.into(),
+        id: language.default_context().into(),
         cwd: "/home/user".into(),
+        language,
     }
 }
 
@@ -164,19 +170,18 @@ async fn execute(
             "Only one of context_id or language can be provided",
         );
     }
-    if let Some(response) = unsupported_language(request.language.as_deref()) {
-        return response;
-    }
+    let language = match language_of(request.language.as_deref()) {
+        Ok(language) => language.unwrap_or_default(),
+        Err(response) => return response,
+    };
     let context = match request.context_id.as_deref() {
-        None | Some(DEFAULT_CONTEXT) => None,
-        Some(id) => match app.context(id) {
-            Some(context) => Some(context),
+        None => default_context(language),
+        Some(id) => match known_context(&app, id) {
+            Some(context) => context,
             None => return text(StatusCode::NOT_FOUND, format!("Context {id} not found")),
         },
     };
-    let queue_id = context
-        .as_ref()
-        .map_or(DEFAULT_CONTEXT.to_string(), |c| c.id.clone());
+    let queue_id = context.id.clone();
     tracing::info!(context = %queue_id, bytes = request.code.len(), "POST /execute");
 
     let (lines, received) = mpsc::unbounded_channel::<String>();
@@ -212,7 +217,7 @@ async fn execute(
 async fn run_cell(
     app: App,
     request: ExecuteRequest,
-    context: Option<ContextInfo>,
+    context: ContextInfo,
     lines: mpsc::UnboundedSender<String>,
 ) {
     let interrupt = Interrupt::new();
@@ -227,7 +232,8 @@ async fn run_cell(
     };
     let run = async {
         let options = RunCodeOptions {
-            context,
+            context: Some(context),
+            language: None,
             env: request.env_vars.clone().unwrap_or_default(),
             timeout: None,
             interrupt: Some(interrupt.clone()),
@@ -307,15 +313,13 @@ async fn create_context(
         Ok(axum::Json(request)) => request,
         Err(rejection) => return bad_json(rejection),
     };
-    if let Some(response) = unsupported_language(request.language.as_deref()) {
-        return response;
-    }
-    tracing::info!(cwd = ?request.cwd, "POST /contexts");
-    match app
-        .sandbox
-        .create_context(Some(request.cwd.as_deref().unwrap_or("/home/user")))
-        .await
-    {
+    let language = match language_of(request.language.as_deref()) {
+        Ok(language) => language.unwrap_or_default(),
+        Err(response) => return response,
+    };
+    tracing::info!(cwd = ?request.cwd, %language, "POST /contexts");
+    let cwd = request.cwd.as_deref().unwrap_or("/home/user");
+    match app.sandbox.create_context(Some(cwd), language).await {
         Ok(context) => {
             let body = context_json(&context);
             lock(&app.contexts).insert(context.id.clone(), context);
@@ -327,7 +331,9 @@ async fn create_context(
 
 async fn list_contexts(State(app): State<App>) -> Response {
     let contexts = lock(&app.contexts).clone();
-    let list: Vec<Value> = std::iter::once(default_context())
+    let list: Vec<Value> = Language::ALL
+        .into_iter()
+        .map(default_context)
         .chain(contexts.into_values())
         .map(|c| context_json(&c))
         .collect();
@@ -336,12 +342,7 @@ async fn list_contexts(State(app): State<App>) -> Response {
 
 async fn restart_context(State(app): State<App>, Path(id): Path<String>) -> Response {
     tracing::info!(context = %id, "POST /contexts/{{id}}/restart");
-    let context = if id == DEFAULT_CONTEXT {
-        Some(default_context())
-    } else {
-        app.context(&id)
-    };
-    let Some(context) = context else {
+    let Some(context) = known_context(&app, &id) else {
         return text(StatusCode::NOT_FOUND, format!("Context {id} not found"));
     };
     let queue = app.queue(&id);
@@ -357,7 +358,7 @@ async fn restart_context(State(app): State<App>, Path(id): Path<String>) -> Resp
 
 async fn remove_context(State(app): State<App>, Path(id): Path<String>) -> Response {
     tracing::info!(context = %id, "DELETE /contexts/{{id}}");
-    let Some(context) = app.context(&id) else {
+    let Some(context) = known_context(&app, &id) else {
         return text(StatusCode::NOT_FOUND, format!("Context {id} not found"));
     };
     match app.sandbox.remove_context(&context).await {
@@ -412,9 +413,17 @@ mod tests {
     }
 
     #[test]
-    fn only_python_is_accepted() {
-        assert!(unsupported_language(None).is_none());
-        assert!(unsupported_language(Some("Python")).is_none());
-        assert!(unsupported_language(Some("javascript")).is_some());
+    fn languages_are_read_or_refused() {
+        assert!(matches!(language_of(None), Ok(None)));
+        assert!(matches!(
+            language_of(Some("Python")),
+            Ok(Some(Language::Python))
+        ));
+        assert!(matches!(
+            language_of(Some("js")),
+            Ok(Some(Language::Javascript))
+        ));
+        let refused = language_of(Some("cobol")).unwrap_err();
+        assert_eq!(refused.status(), StatusCode::BAD_REQUEST);
     }
 }
