@@ -48,7 +48,8 @@ macro_rules! heavy_backend_tests {
             a_command_runs_in_its_own_terminal,
             a_watched_folder_reports_its_changes,
             files_keep_their_metadata,
-            state_and_files_carry_into_another_session
+            state_and_files_carry_into_another_session,
+            javascript_and_typescript_cells_keep_their_state
         );
     };
     (@each $backend:expr, $attrs:tt, $($name:ident),*) => {
@@ -706,3 +707,139 @@ fn assert_stopped_with_state_kept(outcome: &cellbox::Result<cellbox::Execution>)
         "{outcome:?}"
     );
 }
+
+/// JavaScript and TypeScript contexts (Node.js): state between cells, ESM
+/// imports, top-level `await`, results as E2B shows them, errors with their
+/// stack, per-run env vars, and a timeout that interrupts a busy loop while
+/// the context keeps its state.
+pub async fn javascript_and_typescript_cells_keep_their_state(backend: Backend) {
+    use cellbox::Language;
+
+    let sandbox = start(backend).await;
+    let guest = sandbox.guest().unwrap();
+    let contexts = guest.list_contexts().await.unwrap();
+    let languages: Vec<_> = contexts.iter().map(|c| c.language).collect();
+    assert!(
+        languages.contains(&Language::Python) && languages.contains(&Language::Javascript),
+        "{contexts:?}"
+    );
+    let js = Language::Javascript.default_context();
+    let run = |context: &'static str, code: &'static str, options: RunOptions| async move {
+        guest
+            .execute(
+                context,
+                code,
+                &options,
+                Duration::from_secs(60),
+                &mut |_| {},
+            )
+            .await
+    };
+    let hello = run(js, "console.log('Hello, World!')", RunOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(hello.logs.stdout, ["Hello, World!\n"]);
+    assert!(hello.results.is_empty(), "{hello:?}");
+    run(js, "const x = 1", RunOptions::default()).await.unwrap();
+    let cells = [
+        ("x + 1", "2"),
+        (
+            "import { readFileSync } from 'fs'\ntypeof readFileSync",
+            "function",
+        ),
+        (
+            "async function main() { return 'Hello' }\nawait main()",
+            "Hello",
+        ),
+        ("process.cwd()", "/home/user"),
+        ("({ a: [1, 2] })", "{ a: [ 1, 2 ] }"),
+    ];
+    for (code, text) in cells {
+        let execution = run(js, code, RunOptions::default()).await.unwrap();
+        assert_eq!(execution.text(), Some(text), "{code}: {execution:?}");
+    }
+    let env = run(
+        js,
+        "process.env.FOO",
+        RunOptions::default().env("FOO", "bar"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(env.text(), Some("bar"));
+    let unset = run(js, "process.env.FOO || 'default'", RunOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        unset.text(),
+        Some("default"),
+        "per-run env vars do not leak"
+    );
+    let failed = run(
+        js,
+        "function f() { throw new TypeError('bad') }\nf()",
+        RunOptions::default(),
+    )
+    .await
+    .unwrap();
+    let error = failed.error.expect("a TypeError");
+    assert_eq!(
+        (error.name.as_str(), error.value.as_str()),
+        ("TypeError", "bad")
+    );
+    assert!(
+        error.traceback.contains("at f (cell:1"),
+        "{}",
+        error.traceback
+    );
+    let syntax = run(js, "let (", RunOptions::default()).await.unwrap();
+    assert_eq!(syntax.error.expect("a SyntaxError").name, "SyntaxError");
+
+    let started = std::time::Instant::now();
+    let spun = run(
+        js,
+        "while (true) {}",
+        RunOptions::with_timeout(Duration::from_secs(2)),
+    )
+    .await;
+    assert!(matches!(spun, Err(Error::Timeout { .. })), "{spun:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(8) * crate::time_scale(),
+        "{:?}",
+        started.elapsed()
+    );
+    let after = run(js, "x + 41", RunOptions::default()).await.unwrap();
+    assert_eq!(after.text(), Some("42"), "the context kept its state");
+
+    let ts = Language::Typescript.default_context();
+    let typed = run(
+        ts,
+        "function subtract(x: number, y: number): number {\n  return x - y;\n}\nsubtract(1, 2);",
+        RunOptions::default(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(typed.text(), Some("-1"), "{typed:?}");
+    let own = guest
+        .create_context(Some("/tmp"), Language::Typescript)
+        .await
+        .unwrap();
+    assert_eq!(own.language, Language::Typescript);
+    let interface = guest
+        .execute(
+            &own.id,
+            "interface P { name: string }\nconst p: P = { name: process.cwd() }\np.name",
+            &RunOptions::default(),
+            Duration::from_secs(60),
+            &mut |_| {},
+        )
+        .await
+        .unwrap();
+    assert_eq!(interface.text(), Some("/tmp"), "{interface:?}");
+    // Python's default context is another kernel: no `x` there.
+    let python = run(DEFAULT_PYTHON, "'x' in globals()", RunOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(python.text(), Some("False"));
+}
+
+const DEFAULT_PYTHON: &str = cellbox::sandbox::DEFAULT_CONTEXT;

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use cellbox_guest_init::contexts::Contexts;
 use cellbox_guest_init::frame;
-use cellbox_guest_init::protocol::{Failure, Op, Reply, ReplyBody, Request, VERSION};
+use cellbox_guest_init::protocol::{Failure, Language, Op, Reply, ReplyBody, Request, VERSION};
 use cellbox_guest_init::server::{self, Ended};
 
 fn start() -> (File, std::thread::JoinHandle<Ended>) {
@@ -104,11 +104,34 @@ fn versions_contexts_and_files() {
     let ReplyBody::Contexts { contexts } = ask(&mut stream, 2, Op::ListContexts) else {
         panic!()
     };
-    assert_eq!(contexts.len(), 1);
-    let ReplyBody::Context(created) = ask(&mut stream, 3, Op::CreateContext { cwd: None }) else {
+    // One default context per language.
+    let languages: Vec<_> = contexts.iter().map(|c| c.language).collect();
+    assert_eq!(languages.len(), Language::ALL.len());
+    assert!(
+        Language::ALL.iter().all(|l| languages.contains(l)),
+        "{contexts:?}"
+    );
+    let create = Op::CreateContext {
+        cwd: None,
+        language: Language::Javascript,
+    };
+    let ReplyBody::Context(created) = ask(&mut stream, 3, create) else {
         panic!()
     };
-    assert_eq!(created.cwd, "/tmp");
+    assert_eq!(
+        (created.cwd.as_str(), created.language),
+        ("/tmp", Language::Javascript)
+    );
+    let remove_default = Op::RemoveContext {
+        context: Language::Javascript.default_context().into(),
+    };
+    assert!(matches!(
+        ask(&mut stream, 30, remove_default),
+        ReplyBody::Failed {
+            failure: Failure::BadRequest,
+            ..
+        }
+    ));
     assert_eq!(
         ask(
             &mut stream,

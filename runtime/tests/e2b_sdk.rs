@@ -72,6 +72,7 @@ fn passes(command: &mut Command) {
         String::from_utf8_lossy(&output.stderr)
     );
     assert!(report.contains(" passed, 0 failed"), "{report}");
+    eprintln!("{}", report.lines().last().unwrap_or_default());
 }
 
 /// `cellbox serve` on the SDK's debug ports, stopped (SIGTERM) on drop.

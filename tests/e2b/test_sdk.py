@@ -99,6 +99,33 @@ e = sbx.run_code("import os; os.environ.get('FOO')", envs={"FOO": "bar"})
 check("per-run envs", e.text == "'bar'", e)
 check("per-run envs do not leak", sbx.run_code("os.environ.get('FOO')").text is None)
 
+# ---- other languages (E2B's tests/languages and default-kernel tests) ----------------------
+e = sbx.run_code("console.log('Hello, World!')", language="js")
+check("js: console.log", e.logs.stdout == ["Hello, World!\n"] and not e.results, e)
+sbx.run_code("const y = 1", language="js")
+e = sbx.run_code("import { readFileSync } from 'fs'\nawait Promise.resolve(typeof readFileSync + y)",
+                 language="javascript")
+check("js: state, ESM import, top-level await", e.text == "function1", e)
+e = sbx.run_code("process.env.FOO", envs={"FOO": "bar"}, language="js")
+check("js: per-run envs, the string shown as itself", e.text == "bar", e)
+e = sbx.run_code("function subtract(x: number, y: number): number {\n  return x - y;\n}\nsubtract(1, 2);",
+                 language="ts")
+check("ts: types are stripped", e.text == "-1", e)
+e = sbx.run_code("null.x", language="js")
+check("js: an error with name, value and stack", e.error is not None and e.error.name == "TypeError"
+      and "null" in e.error.value and "cell:1" in e.error.traceback, e.error)
+languages = {c.language for c in sbx.list_code_contexts()}
+check("python and javascript contexts are listed", {"python", "javascript"} <= languages, languages)
+js_ctx = sbx.create_code_context(cwd="/tmp", language="js")
+e = sbx.run_code("process.cwd()", context=js_ctx)
+check("a js context of its own", js_ctx.language == "javascript" and e.text == "/tmp", e)
+sbx.remove_code_context(js_ctx)
+try:
+    refused = str(sbx.run_code("1", language="cobol"))
+except Exception as ex:     # the SDK raises on the 400
+    refused = str(ex)
+check("an unknown language is refused, naming it", "cobol" in refused, refused)
+
 # ---- files and commands (envd, port 49983) ---------------------------------------------------
 info = sbx.files.write("notes/hello.txt", "hello from the SDK")
 check("files.write answers with the absolute path", info.path == "/home/user/notes/hello.txt", info)

@@ -5,7 +5,7 @@ use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
 use cellbox::guest::{CommandOptions, GuestClient, GuestExecutor, Stream};
-use cellbox::{Error, Executor, RunOptions};
+use cellbox::{Error, Executor, Language, RunOptions};
 use cellbox_tests::namespace_session;
 
 /// The guest connection of a sandbox, cloned so that cells can run too.
@@ -300,8 +300,11 @@ async fn contexts_keep_separate_state() {
         }
     };
 
-    let first = guest.create_context(None).await.unwrap();
-    let second = guest.create_context(Some("/tmp")).await.unwrap();
+    let first = guest.create_context(None, Language::Python).await.unwrap();
+    let second = guest
+        .create_context(Some("/tmp"), Language::Python)
+        .await
+        .unwrap();
     assert_eq!(
         (first.cwd.as_str(), second.cwd.as_str()),
         ("/home/user", "/tmp")
@@ -343,7 +346,9 @@ async fn contexts_keep_separate_state() {
         Err(Error::NotFound(_))
     ));
     assert!(matches!(
-        guest.create_context(Some("/no/such/folder")).await,
+        guest
+            .create_context(Some("/no/such/folder"), Language::Python)
+            .await,
         Err(Error::NotFound(_))
     ));
 }

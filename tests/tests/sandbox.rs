@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use cellbox::{CommandOptions, Error, Event, RunCodeOptions, Sandbox, SandboxOptions};
+use cellbox::{CommandOptions, Error, Event, Language, RunCodeOptions, Sandbox, SandboxOptions};
 
 async fn sandbox() -> Sandbox {
     Sandbox::create(SandboxOptions::default())
@@ -84,8 +84,11 @@ async fn per_run_env_vars_apply_to_that_run_only() {
 async fn contexts_keep_their_names_apart() {
     let s = sandbox().await;
     s.run_code("shared = 'default'").await.unwrap();
-    let a = s.create_context(None).await.unwrap();
-    let b = s.create_context(Some("/tmp")).await.unwrap();
+    let a = s.create_context(None, Language::Python).await.unwrap();
+    let b = s
+        .create_context(Some("/tmp"), Language::Python)
+        .await
+        .unwrap();
     let in_a = RunCodeOptions::default().in_context(&a);
     let in_b = RunCodeOptions::default().in_context(&b);
     s.run_code_with("who = 'a'", &in_a, &mut |_| {})
@@ -117,6 +120,25 @@ async fn contexts_keep_their_names_apart() {
         .map(|c| c.id)
         .collect();
     assert!(ids.contains(&a.id) && ids.contains(&b.id), "{ids:?}");
+    // Another language runs in its own default context; a context of one
+    // language is not run as another.
+    let js = RunCodeOptions::default().language(Language::Javascript);
+    let node = s
+        .run_code_with("typeof shared + ' ' + (1 + 1)", &js, &mut |_| {})
+        .await
+        .unwrap();
+    assert_eq!(node.text(), Some("undefined 2"));
+    let mismatch = s
+        .run_code_with(
+            "1",
+            &in_a.clone().language(Language::Javascript),
+            &mut |_| {},
+        )
+        .await;
+    assert!(
+        matches!(mismatch, Err(Error::InvalidArgument(_))),
+        "{mismatch:?}"
+    );
     s.restart_context(&a).await.unwrap();
     let after = s
         .run_code_with("globals().get('who')", &in_a, &mut |_| {})

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use cellbox::{
     Backend, BackendPolicy, CommandOptions, Error, Executor, HybridConfig, HybridExecutor,
-    MicroVmConfig, MicroVmExecutor, RunCodeOptions, Sandbox, SandboxOptions,
+    Language, MicroVmConfig, MicroVmExecutor, RunCodeOptions, Sandbox, SandboxOptions,
 };
 use cellbox_tests::kvm_host::{self, IN_EMULATED_KVM, KvmHost};
 use cellbox_tests::wasm_engine;
@@ -197,7 +197,10 @@ async fn the_sandbox_api_on_the_microvm() {
     cat.close_stdin().await.unwrap();
     assert_eq!(cat.wait().await.unwrap().stdout, "through stdin");
     // Contexts keep their names apart; per-run env vars stay in their run.
-    let other = s.create_context(Some("/tmp")).await.unwrap();
+    let other = s
+        .create_context(Some("/tmp"), Language::Python)
+        .await
+        .unwrap();
     let in_other = RunCodeOptions::default().in_context(&other);
     s.run_code_with("x = 'other'", &in_other, &mut |_| {})
         .await
