@@ -49,7 +49,7 @@ macro_rules! heavy_backend_tests {
             a_watched_folder_reports_its_changes,
             files_keep_their_metadata,
             state_and_files_carry_into_another_session,
-            javascript_and_typescript_cells_keep_their_state
+            other_languages_keep_their_state
         );
     };
     (@each $backend:expr, $attrs:tt, $($name:ident),*) => {
@@ -711,8 +711,9 @@ fn assert_stopped_with_state_kept(outcome: &cellbox::Result<cellbox::Execution>)
 /// JavaScript and TypeScript contexts (Node.js): state between cells, ESM
 /// imports, top-level `await`, results as E2B shows them, errors with their
 /// stack, per-run env vars, and a timeout that interrupts a busy loop while
-/// the context keeps its state.
-pub async fn javascript_and_typescript_cells_keep_their_state(backend: Backend) {
+/// the context keeps its state. Bash: one shell's variables and folder from
+/// cell to cell, a failing command as the error, interrupts that keep it.
+pub async fn other_languages_keep_their_state(backend: Backend) {
     use cellbox::Language;
 
     let sandbox = start(backend).await;
@@ -835,6 +836,36 @@ pub async fn javascript_and_typescript_cells_keep_their_state(backend: Backend) 
         .await
         .unwrap();
     assert_eq!(interface.text(), Some("/tmp"), "{interface:?}");
+    let sh = Language::Bash.default_context();
+    run(sh, "X=5; cd /tmp", RunOptions::default())
+        .await
+        .unwrap();
+    let shell = run(sh, "echo $X $(pwd) ${FOO:-unset}", RunOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(shell.logs.stdout.concat(), "5 /tmp unset\n", "{shell:?}");
+    let env = run(sh, "echo $FOO", RunOptions::default().env("FOO", "bar"))
+        .await
+        .unwrap();
+    assert_eq!(env.logs.stdout.concat(), "bar\n");
+    let failed = run(sh, "ls /no/such/folder", RunOptions::default())
+        .await
+        .unwrap();
+    assert!(
+        failed.logs.stderr.concat().contains("No such file"),
+        "{failed:?}"
+    );
+    assert_eq!(failed.error.expect("its status").name, "ExitCode");
+    for busy in ["sleep 60", "while true; do :; done"] {
+        let stopped = run(sh, busy, RunOptions::with_timeout(Duration::from_secs(2))).await;
+        assert!(
+            matches!(stopped, Err(Error::Timeout { .. })),
+            "{busy}: {stopped:?}"
+        );
+    }
+    let kept = run(sh, "echo $X", RunOptions::default()).await.unwrap();
+    assert_eq!(kept.logs.stdout.concat(), "5\n", "the shell kept its state");
+
     // Python's default context is another kernel: no `x` there.
     let python = run(DEFAULT_PYTHON, "'x' in globals()", RunOptions::default())
         .await

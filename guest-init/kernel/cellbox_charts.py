@@ -66,9 +66,9 @@ def _scale(axis, name):
 def _axis_info(ax, which):
     axis = ax.xaxis if which == "x" else ax.yaxis
     label, unit = _label_and_unit(axis.get_label().get_text())
-    ticks = [_number(t) for t in axis.get_ticklocs()]
-    tick_labels = [t.get_text() for t in axis.get_ticklabels()]
     scale = _scale(axis, ax.get_xscale() if which == "x" else ax.get_yscale())
+    ticks = [_date(t) if scale == "datetime" else _number(t) for t in axis.get_ticklocs()]
+    tick_labels = [t.get_text() for t in axis.get_ticklabels()]
     return {f"{which}_label": label, f"{which}_unit": unit, f"{which}_ticks": ticks,
             f"{which}_tick_labels": tick_labels, f"{which}_scale": scale}
 
@@ -103,7 +103,8 @@ def _bars(ax):
 
 
 def _pie(wedges):
-    return [{"label": w.get_label(), "angle": _number(abs(w.theta2 - w.theta1)),
+    # Rounded as E2B does: 360 * 0.9 is 324, not matplotlib's 323.99999141693115.
+    return [{"label": w.get_label(), "angle": _number(round(abs(w.theta2 - w.theta1), 4)),
              "radius": _number(w.r)} for w in wedges]
 
 
@@ -114,17 +115,20 @@ def _boxes(stats):
             for label, s in stats]
 
 
-def _points(ax, lines, scatters):
+def _date(value):
+    """A date axis position as ISO 8601 text (as E2B gives it)."""
     import matplotlib.dates as mdates
+    try:
+        return mdates.num2date(float(value)).isoformat()
+    except Exception:
+        return _number(value)
+
+
+def _points(ax, lines, scatters):
     date_x = _scale(ax.xaxis, "") == "datetime"
 
     def x_value(x):
-        if date_x:
-            try:
-                return mdates.num2date(float(x)).isoformat()
-            except Exception:
-                pass
-        return _number(x)
+        return _date(x) if date_x else _number(x)
 
     elements = []
     for i, line in enumerate(lines):

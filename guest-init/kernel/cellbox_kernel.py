@@ -222,13 +222,45 @@ def _flush_figures(*args, **kwargs):
         pyplot.close("all")
 
 
-class _PyplotHook:
-    """Meta-path finder: when matplotlib.pyplot is first imported, make its show()
-    publish the figures (under Agg it would otherwise do nothing)."""
+def _patch_pyplot(module):
+    """pyplot's show() publishes the figures (under Agg it would do nothing)."""
+    module.show = _flush_figures
+    import matplotlib.axes
+    import cellbox_charts
+    cellbox_charts.wrap_bxp(matplotlib.axes.Axes)
+
+
+def _patch_pil_image(module):
+    """As in E2B: an image shown, or saved to a named file, is also a PNG result;
+    show() opens no viewer (there is no display)."""
+    image_class, save, show = module.Image, module.Image.save, module.Image.show
+
+    def save_and_display(self, fp, format=None, **params):
+        if isinstance(fp, (str, os.PathLike)):
+            _display_image(self)
+        return save(self, fp, format, **params)
+
+    def show_as_result(self, title=None):
+        _display_image(self)
+
+    save_and_display.__wrapped__, show_as_result.__wrapped__ = save, show
+    image_class.save, image_class.show = save_and_display, show_as_result
+
+
+def _display_image(image):
+    from IPython.display import display
+    display(image)
+
+
+class _ImportHook:
+    """Meta-path finder: patches a few modules as they are first imported
+    (matplotlib.pyplot, PIL.Image), so a cell that never imports them pays nothing."""
+    PATCHES = {"matplotlib.pyplot": _patch_pyplot, "PIL.Image": _patch_pil_image}
 
     @staticmethod
     def find_spec(name, path, target=None):
-        if name != "matplotlib.pyplot":
+        patch = _ImportHook.PATCHES.get(name)
+        if patch is None:
             return None
         spec = importlib.machinery.PathFinder.find_spec(name, path)
         if spec is not None and spec.loader is not None:
@@ -236,10 +268,7 @@ class _PyplotHook:
 
             def exec_module(module):
                 load(module)
-                module.show = _flush_figures
-                import matplotlib.axes
-                import cellbox_charts
-                cellbox_charts.wrap_bxp(matplotlib.axes.Axes)
+                patch(module)
             spec.loader.exec_module = exec_module
         return spec
 
@@ -436,7 +465,7 @@ def serve(shell, line):
 
 def main():
     shell = _make_shell()                             # startup noise still goes to the raw fds
-    sys.meta_path.insert(0, _PyplotHook)
+    sys.meta_path.insert(0, _ImportHook)
     sys.stdout, sys.stderr = _streams
     sys.stdin = open(os.devnull)                      # input() gets EOF instead of hanging
     requests = open(REQUEST_FD, "rb", closefd=False)

@@ -1,5 +1,6 @@
 //! One kernel process (`cellbox_kernel.py` on IPython for Python,
-//! `cellbox_kernel.js` on Node.js for JavaScript and TypeScript): requests go
+//! `cellbox_kernel.js` on Node.js for JavaScript and TypeScript,
+//! `cellbox_kernel_bash.py` around one bash for bash): requests go
 //! in on its fd 3 as JSON lines, events come back on its fd 4; whatever it or
 //! its children write to fds 1 and 2 is forwarded as raw output.
 
@@ -19,7 +20,9 @@ use crate::protocol::{Failure, Language, ReplyBody, Stream};
 pub const DRIVER: &str = "/usr/lib/cellbox/cellbox_kernel.py";
 /// Where the JavaScript and TypeScript kernel driver lives in the guest.
 pub const JS_DRIVER: &str = "/usr/lib/cellbox/cellbox_kernel.js";
-/// The Node.js that runs it.
+/// Where the bash kernel driver lives in the guest (Python runs it).
+pub const BASH_DRIVER: &str = "/usr/lib/cellbox/cellbox_kernel_bash.py";
+/// The Node.js that runs the JavaScript driver.
 pub const NODE: &str = "/usr/bin/node";
 /// How long an interrupted cell may take to stop before the kernel is killed.
 pub const INTERRUPT_GRACE: Duration = Duration::from_secs(3);
@@ -71,7 +74,8 @@ impl Kernel {
         let (request_fd, event_fd) = (request_read.as_raw_fd(), event_write.as_raw_fd());
         let (program, args) = match language {
             Language::Python => (python, vec![DRIVER]),
-            other => (NODE, vec![JS_DRIVER, other.name()]),
+            Language::Bash => (python, vec![BASH_DRIVER]),
+            Language::Javascript | Language::Typescript => (NODE, vec![JS_DRIVER, language.name()]),
         };
         let mut command = Command::new(program);
         command

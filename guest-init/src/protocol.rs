@@ -378,18 +378,26 @@ pub enum Language {
     Javascript,
     /// Node.js, the types stripped by TypeScript's compiler first.
     Typescript,
+    /// One bash process (`cellbox_kernel_bash.py`).
+    Bash,
 }
 
 impl Language {
     /// Every language, in the order contexts are listed.
-    pub const ALL: [Language; 3] = [Language::Python, Language::Javascript, Language::Typescript];
+    pub const ALL: [Language; 4] = [
+        Language::Python,
+        Language::Javascript,
+        Language::Typescript,
+        Language::Bash,
+    ];
 
-    /// Its name as E2B spells it (`python`, `javascript`, `typescript`).
+    /// Its name as E2B spells it (`python`, `javascript`, `typescript`, `bash`).
     pub fn name(self) -> &'static str {
         match self {
             Language::Python => "python",
             Language::Javascript => "javascript",
             Language::Typescript => "typescript",
+            Language::Bash => "bash",
         }
     }
 
@@ -399,6 +407,7 @@ impl Language {
             "python" | "python3" | "py" => Some(Language::Python),
             "javascript" | "js" | "node" | "nodejs" => Some(Language::Javascript),
             "typescript" | "ts" => Some(Language::Typescript),
+            "bash" | "sh" | "shell" => Some(Language::Bash),
             _ => None,
         }
     }

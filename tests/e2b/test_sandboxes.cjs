@@ -38,7 +38,7 @@ async function main() {
   ])
   await Promise.all([a.runCode("x = 'a'"), b.runCode("x = 'b'")])
   const [xa, xb] = await Promise.all([a.runCode('x'), b.runCode('x')])
-  check('two sandboxes at once, each with its own state', xa.text === "'a'" && xb.text === "'b'", [xa.text, xb.text])
+  check('two sandboxes at once, each with its own state', xa.text === 'a' && xb.text === 'b', [xa.text, xb.text])
   check('list with a metadata filter', JSON.stringify(await ids()) === JSON.stringify([a.sandboxId, b.sandboxId].sort()))
   check('list by two pairs', JSON.stringify(await ids({ metadata: { who: 'b' } })) === JSON.stringify([b.sandboxId]))
   const info = await a.getInfo()
@@ -64,7 +64,7 @@ async function main() {
   check('pause', (await a.pause()) === true && (await a.getInfo()).state === 'paused')
   check('list by state', (await ids({ state: ['paused'] })).includes(a.sandboxId))
   const again = await Sandbox.connect(a.sandboxId)
-  check('connect resumes it with its variables', (await again.runCode('x')).text === "'a'" && (await again.getInfo()).state === 'running')
+  check('connect resumes it with its variables', (await again.runCode('x')).text === 'a' && (await again.getInfo()).state === 'running')
 
   const short = await Sandbox.create({ timeoutMs: 2000, metadata: { run, who: 'short' } })
   await short.setTimeout(60000)
@@ -72,14 +72,14 @@ async function main() {
   check('setTimeout keeps it past its first timeout', (await short.runCode('1 + 1')).text === '2')
 
   const [fork] = await a.fork({ timeoutMs: 60000 })
-  check('fork', fork instanceof Sandbox && (await fork.runCode('x')).text === "'a'"
+  check('fork', fork instanceof Sandbox && (await fork.runCode('x')).text === 'a'
     && (await fork.files.read('/home/user/note.txt')) === 'from js', fork)
   await fork.runCode("x = 'fork'")
-  check('a fork goes its own way', (await a.runCode('x')).text === "'a'")
+  check('a fork goes its own way', (await a.runCode('x')).text === 'a')
   const snapshot = await a.createSnapshot({ name: `js-${run}` })
   const fromSnapshot = await Sandbox.create(snapshot.snapshotId, { metadata: { run, who: 'from-snapshot' } })
   check('createSnapshot, then a sandbox from it', snapshot.snapshotId === `js-${run}:default`
-    && (await fromSnapshot.runCode('x')).text === "'a'", snapshot)
+    && (await fromSnapshot.runCode('x')).text === 'a', snapshot)
   check('deleteSnapshot', (await Sandbox.deleteSnapshot(snapshot.snapshotId)) === true)
   await Promise.all([fork.kill(), fromSnapshot.kill()])
 

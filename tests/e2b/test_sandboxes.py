@@ -69,11 +69,11 @@ check("two sandboxes, two ids", a.sandbox_id != b.sandbox_id, (a.sandbox_id, b.s
 a.run_code("x = 'a'")
 b.run_code("x = 'b'")
 check("each keeps its own variables",
-      a.run_code("x").text == "'a'" and b.run_code("x").text == "'b'")
+      a.run_code("x").text == "a" and b.run_code("x").text == "b")
 a.files.write("only-a.txt", "A")
 check("each has its own files", a.files.exists("only-a.txt") and not b.files.exists("only-a.txt"))
 check("create's envs reach code and commands",
-      b.run_code("import os; os.environ.get('WHO')").text == "'b'"
+      b.run_code("import os; os.environ.get('WHO')").text == "b"
       and b.commands.run("echo $WHO").stdout == "b\n" and a.commands.run("echo -n $WHO").stdout == "")
 
 # ---- file metadata ---------------------------------------------------------------------------
@@ -151,7 +151,7 @@ check("pausing it again says it was paused already", a.pause() is False)
 time.sleep(2)
 a2 = Sandbox.connect(a.sandbox_id)
 check("connect resumes it", a2.get_info().state == SandboxState.RUNNING)
-check("variables survive a pause", a2.run_code("x").text == "'a'")
+check("variables survive a pause", a2.run_code("x").text == "a")
 lines = a2.files.read("/tmp/ticks").split()
 gaps = [(int(t2) - int(t1)) / 1e9 for t1, t2 in zip(lines, lines[1:])]
 check("the background process was stopped while paused, and goes on",

@@ -75,6 +75,30 @@ async fn figures_come_with_their_chart() {
     assert_eq!(pie["type"], "pie");
     assert_eq!(pie["elements"][0]["label"], "a");
     assert_eq!(pie["elements"][1]["angle"], 270.0);
+    // Rounded as E2B gives it (matplotlib says 323.99999141693115).
+    let tenth = chart(&mut s, "plt.pie([1, 9]); plt.show()").await;
+    assert_eq!(tenth["elements"][1]["angle"], 324.0);
+
+    // A date axis: ticks and points as ISO 8601 text.
+    let dated = chart(
+        &mut s,
+        "import datetime as dt; days = [dt.datetime(2024, 1, d) for d in (1, 2, 3)]\n\
+         plt.plot(days, [1, 4, 9]); plt.show()",
+    )
+    .await;
+    assert_eq!(dated["x_scale"], "datetime");
+    let ticks = dated["x_ticks"].as_array().unwrap();
+    assert!(
+        !ticks.is_empty()
+            && ticks
+                .iter()
+                .all(|t| t.as_str().is_some_and(|t| t.starts_with("2024-01-"))),
+        "{ticks:?}"
+    );
+    assert_eq!(
+        dated["elements"][0]["points"][0][0],
+        "2024-01-01T00:00:00+00:00"
+    );
 
     let boxes = chart(
         &mut s,
@@ -106,6 +130,40 @@ async fn figures_come_with_their_chart() {
         .map(|e| e["type"].as_str().unwrap())
         .collect();
     assert_eq!(kinds, ["line", "bar"]);
+    s.close().await.unwrap();
+}
+
+/// As in E2B: a PIL image shown, saved to a file or left as a cell's value
+/// comes back as a PNG.
+#[tokio::test]
+async fn pil_images_come_back_as_png() {
+    let mut s = namespace_session().await;
+    s.run("from PIL import Image; image = Image.new('RGB', (8, 8), 'red')")
+        .await
+        .unwrap();
+    for code in [
+        "image.save('/tmp/red.png'); print('saved')",
+        "image.show()",
+        "image",
+    ] {
+        let execution = s.run(code).await.unwrap();
+        assert!(execution.error.is_none(), "{code}: {execution:?}");
+        let png = execution.results.iter().find_map(|r| r.png.as_deref());
+        assert!(
+            png.is_some_and(|p| p.starts_with("iVBOR")),
+            "{code}: {execution:?}"
+        );
+    }
+    let saved = s.run("Image.open('/tmp/red.png').size").await.unwrap();
+    assert_eq!(saved.text(), Some("(8, 8)"), "the file is written too");
+    let to_buffer = s
+        .run("import io; buffer = io.BytesIO(); image.save(buffer, 'PNG'); len(buffer.getvalue()) > 0")
+        .await
+        .unwrap();
+    assert!(
+        to_buffer.results.iter().all(|r| r.png.is_none()) && to_buffer.text() == Some("True"),
+        "saving to a buffer shows nothing: {to_buffer:?}"
+    );
     s.close().await.unwrap();
 }
 

@@ -80,10 +80,11 @@ impl GuestArtifacts {
 }
 
 /// The kernel drivers (`guest-init/kernel/`), installed in `/usr/lib/cellbox`.
-const KERNEL_DRIVERS: [&str; 3] = [
+const KERNEL_DRIVERS: [&str; 4] = [
     "cellbox_kernel.py",
     "cellbox_charts.py",
     "cellbox_kernel.js",
+    "cellbox_kernel_bash.py",
 ];
 
 /// The files `guest-init` and its kernel drivers are built from.
