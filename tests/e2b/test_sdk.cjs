@@ -32,6 +32,14 @@ async function main() {
   check('a NameError with its traceback',
     e.error?.name === 'NameError' && e.error.traceback.includes('undefined_name'), e.error)
 
+  e = await sbx.runCode("const who = 'node'\nawait Promise.resolve(who)", { language: 'js' })
+  check("runCode in JavaScript, a string result as itself", e.text === 'node', e.text)
+  e = await sbx.runCode('const n: number = 2; n * 21', { language: 'ts' })
+  check('runCode in TypeScript', e.text === '42', e.text)
+  const ctx = await sbx.createCodeContext({ language: 'js', cwd: '/tmp' })
+  e = await sbx.runCode('process.cwd()', { context: ctx })
+  check('a JavaScript context of its own', ctx.language === 'javascript' && e.text === '/tmp', [ctx, e.text])
+
   await sbx.files.write('js/hello.txt', 'hi from js')
   check('files.write then read', (await sbx.files.read('js/hello.txt')) === 'hi from js')
   const entries = (await sbx.files.list('js')).map((x) => [x.name, x.type, x.size])
