@@ -129,12 +129,9 @@ fn bad_json(rejection: JsonRejection) -> Response {
     )
 }
 
-/// The language a request names (none: Python), or the 400 for one cellbox
-/// does not run.
-fn language_of(name: Option<&str>) -> Result<Option<Language>, Response> {
-    name.map(|name| name.parse::<Language>())
-        .transpose()
-        .map_err(|refused| text(StatusCode::BAD_REQUEST, refused))
+/// The language a request names (none: Python), or why cellbox does not run it.
+fn language_of(name: Option<&str>) -> Result<Language, String> {
+    name.map_or(Ok(Language::Python), str::parse)
 }
 
 fn context_json(context: &ContextInfo) -> Value {
@@ -171,8 +168,8 @@ async fn execute(
         );
     }
     let language = match language_of(request.language.as_deref()) {
-        Ok(language) => language.unwrap_or_default(),
-        Err(response) => return response,
+        Ok(language) => language,
+        Err(refused) => return text(StatusCode::BAD_REQUEST, refused),
     };
     let context = match request.context_id.as_deref() {
         None => default_context(language),
@@ -326,8 +323,8 @@ async fn create_context(
         Err(rejection) => return bad_json(rejection),
     };
     let language = match language_of(request.language.as_deref()) {
-        Ok(language) => language.unwrap_or_default(),
-        Err(response) => return response,
+        Ok(language) => language,
+        Err(refused) => return text(StatusCode::BAD_REQUEST, refused),
     };
     tracing::info!(cwd = ?request.cwd, %language, "POST /contexts");
     let cwd = request.cwd.as_deref().unwrap_or("/home/user");
@@ -435,16 +432,11 @@ mod tests {
 
     #[test]
     fn languages_are_read_or_refused() {
-        assert!(matches!(language_of(None), Ok(None)));
-        assert!(matches!(
-            language_of(Some("Python")),
-            Ok(Some(Language::Python))
-        ));
-        assert!(matches!(
-            language_of(Some("js")),
-            Ok(Some(Language::Javascript))
-        ));
+        assert_eq!(language_of(None), Ok(Language::Python));
+        assert_eq!(language_of(Some("Python")), Ok(Language::Python));
+        assert_eq!(language_of(Some("js")), Ok(Language::Javascript));
+        assert_eq!(language_of(Some("bash")), Ok(Language::Bash));
         let refused = language_of(Some("cobol")).unwrap_err();
-        assert_eq!(refused.status(), StatusCode::BAD_REQUEST);
+        assert!(refused.contains("\"cobol\""), "{refused}");
     }
 }
