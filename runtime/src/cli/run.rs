@@ -113,25 +113,12 @@ pub async fn run(mut args: RunArgs) -> u8 {
                 out.stream(event);
             })
             .await;
+        if let (Ok(execution), Some(notebook)) = (&result, notebook.as_mut()) {
+            notebook.record(n, execution);
+        }
         // The router reports where each cell ran.
-        let backend = session.backend();
-        match result {
-            Ok(execution) => {
-                if let Some(notebook) = notebook.as_mut() {
-                    notebook.record(n, &execution);
-                }
-                out.execution(backend, &execution);
-                if execution.error.is_some() {
-                    status = status.max(EXIT_CELL_ERROR);
-                }
-            }
-            Err(error) => {
-                out.sandbox_error(backend, &seen, &error);
-                status = EXIT_SANDBOX_ERROR;
-                if !matches!(error, Error::Timeout { .. } | Error::SandboxDied { .. }) {
-                    break;
-                }
-            }
+        if !show(&out, session.backend(), &result, &seen, &mut status) {
+            break;
         }
     }
     let _ = session.close().await;
@@ -195,24 +182,38 @@ async fn run_in_sandbox(args: &RunArgs, out: &Output) -> u8 {
                 out.stream(event);
             })
             .await;
-        match result {
-            Ok(execution) => {
-                out.execution(backend, &execution);
-                if execution.error.is_some() {
-                    status = status.max(EXIT_CELL_ERROR);
-                }
-            }
-            Err(error) => {
-                out.sandbox_error(backend, &seen, &error);
-                status = EXIT_SANDBOX_ERROR;
-                if !matches!(error, Error::Timeout { .. } | Error::SandboxDied { .. }) {
-                    break;
-                }
-            }
+        if !show(out, backend, &result, &seen, &mut status) {
+            break;
         }
     }
     let _ = sandbox.close().await;
     status
+}
+
+/// Shows how a cell ended (`seen`: what it printed before a failure) and
+/// folds that into the exit status; false when the next cell cannot run.
+fn show(
+    out: &Output,
+    backend: Backend,
+    result: &cellbox::Result<Execution>,
+    seen: &Execution,
+    status: &mut u8,
+) -> bool {
+    match result {
+        Ok(execution) => {
+            out.execution(backend, execution);
+            if execution.error.is_some() {
+                *status = (*status).max(EXIT_CELL_ERROR);
+            }
+            true
+        }
+        Err(error) => {
+            out.sandbox_error(backend, seen, error);
+            *status = EXIT_SANDBOX_ERROR;
+            // After these the session restarts and the next cell runs.
+            matches!(error, Error::Timeout { .. } | Error::SandboxDied { .. })
+        }
+    }
 }
 
 async fn start(
