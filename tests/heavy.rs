@@ -874,3 +874,175 @@ pub async fn other_languages_keep_their_state(backend: Backend) {
 }
 
 const DEFAULT_PYTHON: &str = cellbox::sandbox::DEFAULT_CONTEXT;
+
+/// R (IRkernel, through the Jupyter bridge) and Java (JShell) contexts: state,
+/// output, rich results, errors, per-run env vars, a timeout that keeps the state.
+pub async fn r_and_java_keep_their_state(backend: Backend) {
+    use cellbox::Language;
+
+    let sandbox = start(backend).await;
+    let guest = sandbox.guest().unwrap();
+    let run = |language: Language, code: &'static str, options: RunOptions| async move {
+        guest
+            .execute(
+                language.default_context(),
+                code,
+                &options,
+                Duration::from_secs(120),
+                &mut |_| {},
+            )
+            .await
+    };
+    // IRkernel shows values as displays (E2B passes them on as results that
+    // are not the main one): the first result's text.
+    let shown =
+        |execution: &cellbox::Execution| execution.results.first().and_then(|r| r.text.clone());
+    let r = Language::R;
+    let first = run(r, "x <- 1; x", RunOptions::default()).await.unwrap();
+    assert_eq!(shown(&first).as_deref(), Some("[1] 1"), "{first:?}");
+    let cells = [
+        ("x + 1", "[1] 2"),
+        ("getwd()", "[1] \"/home/user\""),
+        ("Sys.getenv(\"FOO\", \"unset\")", "[1] \"unset\""),
+    ];
+    for (code, text) in cells {
+        let execution = run(r, code, RunOptions::default()).await.unwrap();
+        assert_eq!(
+            shown(&execution).as_deref(),
+            Some(text),
+            "{code}: {execution:?}"
+        );
+    }
+    let env = run(
+        r,
+        "Sys.getenv(\"FOO\")",
+        RunOptions::default().env("FOO", "bar"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(shown(&env).as_deref(), Some("[1] \"bar\""), "{env:?}");
+    let unset = run(r, "Sys.getenv(\"FOO\", \"unset\")", RunOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        shown(&unset).as_deref(),
+        Some("[1] \"unset\""),
+        "per-run env vars do not leak"
+    );
+    let printed = run(
+        r,
+        "cat(\"hi\\n\"); message(\"note\")",
+        RunOptions::default(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(printed.logs.stdout.concat(), "hi\n", "{printed:?}");
+    assert!(
+        printed.logs.stderr.concat().starts_with("note\n"),
+        "{printed:?}"
+    );
+    let table = run(
+        r,
+        "data.frame(a = 1:2, b = c(\"u\", \"v\"))",
+        RunOptions::default(),
+    )
+    .await
+    .unwrap();
+    let html = table.results[0].html.as_deref().unwrap_or_default();
+    assert!(html.contains("<table"), "{table:?}");
+    let plot = run(r, "plot(1:10)", RunOptions::default()).await.unwrap();
+    assert!(
+        plot.results.iter().any(|r| r.png.is_some()),
+        "a plot is a PNG: {plot:?}"
+    );
+    let failed = run(
+        r,
+        "f <- function() stop(\"bad\"); f()",
+        RunOptions::default(),
+    )
+    .await
+    .unwrap();
+    let error = failed.error.expect("an R error");
+    assert!(error.value.contains("bad"), "{error:?}");
+    let stopped = run(
+        r,
+        "Sys.sleep(60)",
+        RunOptions::with_timeout(Duration::from_secs(2)),
+    )
+    .await;
+    assert!(matches!(stopped, Err(Error::Timeout { .. })), "{stopped:?}");
+    let kept = run(r, "x", RunOptions::default()).await.unwrap();
+    assert_eq!(
+        shown(&kept).as_deref(),
+        Some("[1] 1"),
+        "the R session kept its state"
+    );
+
+    let java = Language::Java;
+    let declared = run(java, "int x = 41;", RunOptions::default())
+        .await
+        .unwrap();
+    assert!(
+        declared.results.is_empty() && declared.error.is_none(),
+        "{declared:?}"
+    );
+    let cells = [
+        ("x + 1", "42"),
+        (
+            "String greet(String n) { return \"Hello, \" + n; }\ngreet(\"Java\")",
+            "Hello, Java",
+        ),
+        (
+            "import java.util.*;\nnew ArrayList<>(List.of(1, 2))",
+            "[1, 2]",
+        ),
+        ("System.getProperty(\"user.dir\")", "/home/user"),
+    ];
+    for (code, text) in cells {
+        let execution = run(java, code, RunOptions::default()).await.unwrap();
+        assert_eq!(execution.text(), Some(text), "{code}: {execution:?}");
+    }
+    let printed = run(java, "System.out.println(\"hi\");", RunOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(printed.logs.stdout.concat(), "hi\n", "{printed:?}");
+    let env = run(
+        java,
+        "System.getenv(\"FOO\")",
+        RunOptions::default().env("FOO", "bar"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(env.text(), Some("bar"), "{env:?}");
+    let unset = run(
+        java,
+        "System.getenv(\"FOO\") == null",
+        RunOptions::default(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(unset.text(), Some("true"), "per-run env vars do not leak");
+    let thrown = run(java, "int y = 1 / 0;", RunOptions::default())
+        .await
+        .unwrap();
+    let error = thrown.error.expect("an ArithmeticException");
+    assert_eq!(
+        (error.name.as_str(), error.value.as_str()),
+        ("java.lang.ArithmeticException", "/ by zero")
+    );
+    let rejected = run(java, "int z = \"text\";", RunOptions::default())
+        .await
+        .unwrap();
+    let error = rejected.error.expect("a compile error");
+    assert_eq!(error.name, "CompilationError");
+    assert!(error.value.contains("incompatible types"), "{error:?}");
+    let spun = run(
+        java,
+        "while (true) {}",
+        RunOptions::with_timeout(Duration::from_secs(2)),
+    )
+    .await;
+    assert!(matches!(spun, Err(Error::Timeout { .. })), "{spun:?}");
+    let kept = run(java, "x", RunOptions::default()).await.unwrap();
+    assert_eq!(kept.text(), Some("41"), "the JShell kept its state");
+}

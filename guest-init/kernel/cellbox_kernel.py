@@ -10,8 +10,9 @@ SIGINT (sent by the parent on timeout) raises KeyboardInterrupt in the running c
 and is ignored while idle. EOF on fd 3 ends the process with status 0.
 Only the standard library and IPython are needed (matplotlib/pandas when the user imports them).
 """
-import base64, codecs, importlib.machinery, io, json, os, selectors, signal
+import codecs, importlib.machinery, io, json, os, selectors, signal
 import subprocess, sys, threading, traceback, weakref
+import cellbox_results          # beside this script
 
 REQUEST_FD, EVENT_FD = 3, 4
 LINE_LIMIT = 8192      # a stream emits once it buffers more than this (or on newline/flush)
@@ -153,37 +154,9 @@ class _BytesToText:
 _streams = (_Stream("stdout", 1), _Stream("stderr", 2))
 
 # ---- rich results --------------------------------------------------------------------
-_MIME = {"text/plain": "text", "text/html": "html", "text/markdown": "markdown",
-         "text/latex": "latex", "image/png": "png", "image/jpeg": "jpeg",
-         "image/svg+xml": "svg", "application/pdf": "pdf", "application/json": "json",
-         "application/javascript": "javascript",
-         # cellbox's own: structured data E2B's SDK reads (see cellbox_charts.py)
-         "application/vnd.cellbox.chart+json": "chart",
-         "application/vnd.cellbox.data+json": "data"}
-_OBJECTS = {"json", "chart", "data"}     # kept as JSON values, not text
-_BINARY = {"png", "jpeg", "pdf"}
-
-
 def emit_result(bundle, main):
     """Turn an IPython mime bundle into a result event."""
-    event, extra = {"type": "result", "is_main_result": main}, {}
-    for mime, value in bundle.items():
-        key = _MIME.get(mime)
-        if isinstance(value, (bytes, bytearray, memoryview)):
-            value = bytes(value)
-            value = (value.decode("utf-8", "replace") if key and key not in _BINARY
-                     else base64.b64encode(value).decode("ascii"))
-        elif key in _BINARY and isinstance(value, str):
-            value = "".join(value.split())          # IPython's base64 ends in a newline
-        elif key and key not in _OBJECTS and not isinstance(value, str):
-            value = "".join(value) if isinstance(value, list) else str(value)
-        if key:
-            event[key] = value
-        else:
-            extra[mime] = value
-    if extra:
-        event["extra"] = extra
-    emit(event)
+    emit(cellbox_results.result_event(bundle, main))
 
 
 def emit_error(etype, value, tb_text):

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the base tree of the cellbox guest root filesystem: a minimal Debian 12
 # "bookworm" with Python 3.11, IPython, numpy, pandas, matplotlib and Pillow,
-# Node.js 18 with TypeScript (the JavaScript and TypeScript kernels), no init
+# Node.js 18 with TypeScript (the JavaScript and TypeScript kernels), R 4.2 with
+# IRkernel (the R kernel) and OpenJDK 17 (the Java kernel, on JShell), no init
 # system, no kernel, no documentation.
 #
 #   build.sh OUT_DIR
@@ -42,6 +43,10 @@ PACKAGES=(
     python3-munkres
     nodejs                    # 18: the JavaScript kernel (cellbox_kernel.js)
     node-typescript           # the TypeScript kernel strips types with it
+    r-cran-irkernel           # R 4.2's Jupyter kernel: the R kernel
+    python3-jupyter-client    # ... which cellbox_kernel_jupyter.py drives
+    openjdk-17-jdk-headless   # JShell: the Java kernel (CellboxKernel.java)
+    libgoogle-gson-java       # ... which reads and writes JSON with Gson
 )
 # What must work in the finished tree: the imports, Agg as the default backend,
 # a plot rendered to PNG and a table rendered to HTML.
@@ -61,6 +66,9 @@ NODE_CHECK='const ts = require("typescript");
 const js = ts.transpileModule("const x: number = 1", {}).outputText;
 if (!js.includes("var x = 1") && !js.includes("const x = 1")) throw new Error("TypeScript gave " + js);
 console.log("node", process.version, "| TypeScript", ts.version)'
+# R with IRkernel and what it renders with, and the bridge's jupyter_client.
+R_CHECK='library(IRkernel); library(repr); stopifnot(capabilities("cairo"))
+cat(R.version.string, "| IRkernel", format(packageVersion("IRkernel")), "\n")'
 
 STEPS=6
 step() { echo "[rootfs $1/$STEPS] $2"; }
@@ -159,6 +167,9 @@ mmopts=(
     # (about 55 MB). This hook of mmdebstrap's creates the /bin, /sbin, /lib*
     # -> usr/... symlinks up front and installs usr-is-merged instead.
     --hook-dir="$MERGED_USR_HOOK"
+    # OpenJDK's postinst links its man pages with update-alternatives, which
+    # fails when their folder is missing (man pages are excluded above).
+    --setup-hook='mkdir -p "$1/usr/share/man/man1"'
 )
 if [[ -n "${ROOTFS_VERBOSE:-}" ]]; then mmopts+=(--verbose); fi
 mmdebstrap "${mmopts[@]}" "$SUITE" "$TMP/tree" \
@@ -202,7 +213,7 @@ if [[ -n "$(find "$T/var/lib/apt/lists" "$T/var/cache/apt/archives" -type f ! -n
     die "apt's package lists or downloaded packages are still in the tree"
 fi
 
-step 5 "checking that Python, Node.js and their libraries work in the tree"
+step 5 "checking that Python, Node.js, R, Java and their libraries work in the tree"
 # Runs in a plain chroot without /proc, /sys or /dev mounted; -B and a
 # throwaway HOME under /tmp keep the tree unchanged, except for matplotlib's
 # font cache, kept in MPLCONFIGDIR: the guest's kernels point there, which
@@ -214,11 +225,25 @@ versions="$(chroot "$T" /usr/bin/env -i PATH=/usr/bin:/bin HOME=/tmp/cellbox-che
 node_versions="$(chroot "$T" /usr/bin/env -i PATH=/usr/bin:/bin HOME=/tmp/cellbox-check \
     /usr/bin/node -e "$NODE_CHECK" 2>&1)" \
     || die "node in the new tree cannot do what cellbox needs: $node_versions"
+r_versions="$(chroot "$T" /usr/bin/env -i PATH=/usr/bin:/bin HOME=/tmp/cellbox-check \
+    /usr/bin/Rscript -e "$R_CHECK" 2>&1)" \
+    && chroot "$T" /usr/bin/python3 -B -c 'import jupyter_client' \
+    && [[ -f "$T/usr/share/jupyter/kernels/ir/kernel.json" ]] \
+    || die "R in the new tree cannot do what cellbox needs: $r_versions"
+# (Without /proc the loader cannot resolve java's $ORIGIN to find libjli.so;
+# the guest has /proc.)
+JDK=/usr/lib/jvm/java-17-openjdk-amd64
+java_versions="$(chroot "$T" /usr/bin/env -i PATH=/usr/bin:/bin LD_LIBRARY_PATH=$JDK/lib \
+    /usr/bin/java -XX:+UseSerialGC -version 2>&1)" \
+    && [[ -f "$T/usr/share/java/gson.jar" ]] \
+    || die "Java in the new tree cannot do what cellbox needs: $java_versions"
 rm -rf "$T/tmp/cellbox-check"
 # The kernels run as "user" and matplotlib wants its folder writable.
 chown -R 1000:1000 "$T/var/cache/cellbox/matplotlib"
 echo "$versions"
 echo "$node_versions"
+echo "$r_versions"
+echo "$java_versions" | head -n 1
 for p in systemd systemd-sysv sysvinit-core runit openrc usrmerge; do
     # shellcheck disable=SC2016 # dpkg-query expands these itself
     if chroot "$T" dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then

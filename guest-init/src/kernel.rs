@@ -1,6 +1,8 @@
 //! One kernel process (`cellbox_kernel.py` on IPython for Python,
 //! `cellbox_kernel.js` on Node.js for JavaScript and TypeScript,
-//! `cellbox_kernel_bash.py` around one bash for bash): requests go
+//! `cellbox_kernel_bash.py` around one bash for bash,
+//! `cellbox_kernel_jupyter.py` around IRkernel for R, `CellboxKernel.java`
+//! on JShell for Java): requests go
 //! in on its fd 3 as JSON lines, events come back on its fd 4; whatever it or
 //! its children write to fds 1 and 2 is forwarded as raw output.
 
@@ -22,8 +24,23 @@ pub const DRIVER: &str = "/usr/lib/cellbox/cellbox_kernel.py";
 pub const JS_DRIVER: &str = "/usr/lib/cellbox/cellbox_kernel.js";
 /// Where the bash kernel driver lives in the guest (Python runs it).
 pub const BASH_DRIVER: &str = "/usr/lib/cellbox/cellbox_kernel_bash.py";
+/// Where the bridge to Jupyter kernels (R's) lives in the guest (Python runs it).
+pub const JUPYTER_DRIVER: &str = "/usr/lib/cellbox/cellbox_kernel_jupyter.py";
+/// Where the Java kernel driver lives in the guest (run from source).
+pub const JAVA_DRIVER: &str = "/usr/lib/cellbox/CellboxKernel.java";
 /// The Node.js that runs the JavaScript driver.
 pub const NODE: &str = "/usr/bin/node";
+/// The Java that runs the Java driver, with Debian's Gson for JSON; the
+/// driver wraps its protocol fds (`java.io`) and sets per-run env vars
+/// inside `java.util`'s map of them.
+const JAVA: [&str; 6] = [
+    "/usr/bin/java",
+    "-XX:+UseSerialGC",
+    "--add-opens=java.base/java.io=ALL-UNNAMED",
+    "--add-opens=java.base/java.util=ALL-UNNAMED",
+    "-cp",
+    "/usr/share/java/gson.jar",
+];
 /// How long an interrupted cell may take to stop before the kernel is killed.
 pub const INTERRUPT_GRACE: Duration = Duration::from_secs(3);
 /// How long an interrupted cell that has stopped (the kernel said it is
@@ -76,6 +93,8 @@ impl Kernel {
             Language::Python => (python, vec![DRIVER]),
             Language::Bash => (python, vec![BASH_DRIVER]),
             Language::Javascript | Language::Typescript => (NODE, vec![JS_DRIVER, language.name()]),
+            Language::R => (python, vec![JUPYTER_DRIVER, "ir"]),
+            Language::Java => (JAVA[0], [&JAVA[1..], &[JAVA_DRIVER]].concat()),
         };
         let mut command = Command::new(program);
         command

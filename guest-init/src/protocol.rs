@@ -380,24 +380,33 @@ pub enum Language {
     Typescript,
     /// One bash process (`cellbox_kernel_bash.py`).
     Bash,
+    /// IRkernel, through the Jupyter bridge (`cellbox_kernel_jupyter.py`).
+    R,
+    /// JShell (`CellboxKernel.java`).
+    Java,
 }
 
 impl Language {
     /// Every language, in the order contexts are listed.
-    pub const ALL: [Language; 4] = [
+    pub const ALL: [Language; 6] = [
         Language::Python,
         Language::Javascript,
         Language::Typescript,
         Language::Bash,
+        Language::R,
+        Language::Java,
     ];
 
-    /// Its name as E2B spells it (`python`, `javascript`, `typescript`, `bash`).
+    /// Its name as E2B spells it (`python`, `javascript`, `typescript`,
+    /// `bash`, `r`, `java`).
     pub fn name(self) -> &'static str {
         match self {
             Language::Python => "python",
             Language::Javascript => "javascript",
             Language::Typescript => "typescript",
             Language::Bash => "bash",
+            Language::R => "r",
+            Language::Java => "java",
         }
     }
 
@@ -408,6 +417,8 @@ impl Language {
             "javascript" | "js" | "node" | "nodejs" => Some(Language::Javascript),
             "typescript" | "ts" => Some(Language::Typescript),
             "bash" | "sh" | "shell" => Some(Language::Bash),
+            "r" => Some(Language::R),
+            "java" => Some(Language::Java),
             _ => None,
         }
     }
@@ -489,6 +500,8 @@ mod tests {
             ("js", Language::Javascript),
             (" JavaScript ", Language::Javascript),
             ("ts", Language::Typescript),
+            ("R", Language::R),
+            ("java", Language::Java),
         ] {
             assert_eq!(name.parse::<Language>(), Ok(language), "{name}");
         }

@@ -117,6 +117,16 @@ check("js: an error with name, value and stack", e.error is not None and e.error
 sbx.run_code("cd /tmp; N=7", language="bash")
 e = sbx.run_code("echo $N $(pwd) $FOO", envs={"FOO": "bar"}, language="bash")
 check("bash: one shell from cell to cell, per-run envs", e.logs.stdout == ["7 /tmp bar\n"], e.logs)
+if not os.environ.get("SKIP_R_AND_JAVA"):    # the microVM suite skips them for time
+    # IRkernel shows values as displays, which E2B passes on as results that are not the main one.
+    e = sbx.run_code("x <- c(1, 2, 3)\nmean(x)", language="r")
+    check("r: IRkernel's value", [r.text for r in e.results] == ["[1] 2"], e)
+    e = sbx.run_code('Sys.getenv("FOO")', envs={"FOO": "bar"}, language="r")
+    check("r: per-run envs", [r.text for r in e.results] == ['[1] "bar"'], e)
+    e = sbx.run_code("int square(int n) { return n * n; }\nsquare(7)", language="java")
+    check("java: a method and its value", e.text == "49", e)
+    e = sbx.run_code('"Hello, " + System.getenv("FOO")', envs={"FOO": "Java"}, language="java")
+    check("java: a String shown as itself, per-run envs", e.text == "Hello, Java", e)
 languages = {c.language for c in sbx.list_code_contexts()}
 check("python and javascript contexts are listed", {"python", "javascript"} <= languages, languages)
 js_ctx = sbx.create_code_context(cwd="/tmp", language="js")

@@ -135,3 +135,10 @@ async fn the_sandbox_root_is_not_the_host_root() {
     let (code, out) = run("touch /usr/local/bin/probe && ls /usr/local/bin", "root").await;
     assert_eq!((code, out.as_str()), (0, "probe\n"));
 }
+
+/// R and Java on the namespace backend (the microVM runs the same guest-init
+/// and drivers; its suite keeps to Python, JavaScript and bash for time).
+#[tokio::test]
+async fn r_and_java_keep_their_state() {
+    cellbox_tests::heavy::r_and_java_keep_their_state(Backend::Namespace).await;
+}

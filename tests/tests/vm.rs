@@ -297,6 +297,7 @@ async fn the_official_e2b_sdk_drives_cellbox_serve_on_the_microvm() {
         let mut child = Command::new(python)
             .arg(script)
             .env("PYTHONUNBUFFERED", "1")
+            .env("SKIP_R_AND_JAVA", "1")
             .stdout(Stdio::piped())
             .spawn()
             .expect("running the SDK");

@@ -24,7 +24,7 @@ pub struct RunArgs {
     /// Wall-clock limit per cell, in seconds.
     #[arg(long, value_name = "SECS", value_parser = parse_timeout)]
     timeout: Option<Duration>,
-    /// The cells' language: python, javascript (js), typescript (ts) or bash.
+    /// The cells' language: python, javascript (js), typescript (ts), bash, r or java.
     #[arg(long, short = 'l', value_name = "LANGUAGE", default_value = "python")]
     language: Language,
     /// Start the interpreter from scratch instead of from the snapshot.

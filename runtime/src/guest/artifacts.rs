@@ -80,11 +80,14 @@ impl GuestArtifacts {
 }
 
 /// The kernel drivers (`guest-init/kernel/`), installed in `/usr/lib/cellbox`.
-const KERNEL_DRIVERS: [&str; 4] = [
+const KERNEL_DRIVERS: [&str; 7] = [
     "cellbox_kernel.py",
+    "cellbox_results.py",
     "cellbox_charts.py",
     "cellbox_kernel.js",
     "cellbox_kernel_bash.py",
+    "cellbox_kernel_jupyter.py",
+    "CellboxKernel.java",
 ];
 
 /// The files `guest-init` and its kernel drivers are built from.

@@ -267,7 +267,7 @@ impl GuestClient {
                     message,
                 } => {
                     return Err(died(format!(
-                        "the Python kernel died: {message}; the next cell starts a fresh kernel"
+                        "the kernel died: {message}; the next cell starts a fresh kernel"
                     )));
                 }
                 other => return Err(failure(other)),

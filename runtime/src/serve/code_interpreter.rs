@@ -436,6 +436,8 @@ mod tests {
         assert_eq!(language_of(Some("Python")), Ok(Language::Python));
         assert_eq!(language_of(Some("js")), Ok(Language::Javascript));
         assert_eq!(language_of(Some("bash")), Ok(Language::Bash));
+        assert_eq!(language_of(Some("r")), Ok(Language::R));
+        assert_eq!(language_of(Some("java")), Ok(Language::Java));
         let refused = language_of(Some("cobol")).unwrap_err();
         assert!(refused.contains("\"cobol\""), "{refused}");
     }
