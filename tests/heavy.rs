@@ -725,17 +725,7 @@ pub async fn other_languages_keep_their_state(backend: Backend) {
         "{contexts:?}"
     );
     let js = Language::Javascript.default_context();
-    let run = |context: &'static str, code: &'static str, options: RunOptions| async move {
-        guest
-            .execute(
-                context,
-                code,
-                &options,
-                Duration::from_secs(60),
-                &mut |_| {},
-            )
-            .await
-    };
+    let run = |context, code, options| run_in(guest, context, code, options);
     let hello = run(js, "console.log('Hello, World!')", RunOptions::default())
         .await
         .unwrap();
@@ -875,6 +865,25 @@ pub async fn other_languages_keep_their_state(backend: Backend) {
 
 const DEFAULT_PYTHON: &str = cellbox::sandbox::DEFAULT_CONTEXT;
 
+/// Runs `code` in the guest's `context` (two minutes at most: a JVM or R
+/// starts with the first cell), without watching its events.
+async fn run_in(
+    guest: &cellbox::guest::GuestClient,
+    context: &str,
+    code: &str,
+    options: RunOptions,
+) -> cellbox::Result<cellbox::Execution> {
+    guest
+        .execute(
+            context,
+            code,
+            &options,
+            Duration::from_secs(120),
+            &mut |_| {},
+        )
+        .await
+}
+
 /// R (IRkernel, through the Jupyter bridge) and Java (JShell) contexts: state,
 /// output, rich results, errors, per-run env vars, a timeout that keeps the state.
 pub async fn r_and_java_keep_their_state(backend: Backend) {
@@ -882,16 +891,8 @@ pub async fn r_and_java_keep_their_state(backend: Backend) {
 
     let sandbox = start(backend).await;
     let guest = sandbox.guest().unwrap();
-    let run = |language: Language, code: &'static str, options: RunOptions| async move {
-        guest
-            .execute(
-                language.default_context(),
-                code,
-                &options,
-                Duration::from_secs(120),
-                &mut |_| {},
-            )
-            .await
+    let run = |language: Language, code, options| {
+        run_in(guest, language.default_context(), code, options)
     };
     // IRkernel shows values as displays (E2B passes them on as results that
     // are not the main one): the first result's text.

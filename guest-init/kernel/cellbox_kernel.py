@@ -12,7 +12,7 @@ Only the standard library and IPython are needed (matplotlib/pandas when the use
 """
 import codecs, importlib.machinery, io, json, os, selectors, signal
 import subprocess, sys, threading, traceback, weakref
-import cellbox_results          # beside this script
+import cellbox_driver, cellbox_results             # beside this script
 
 REQUEST_FD, EVENT_FD = 3, 4
 LINE_LIMIT = 8192      # a stream emits once it buffers more than this (or on newline/flush)
@@ -409,11 +409,7 @@ def serve(shell, line):
     saved, ran = {}, False
     try:
         try:
-            request = json.loads(line)
-            code = request.get("code") if isinstance(request, dict) else None
-            if not isinstance(code, str):
-                raise ValueError('a request needs a "code" string')
-            env = {str(k): str(v) for k, v in (request.get("env") or {}).items()}
+            code, env = cellbox_driver.read_request(line)
             saved = {k: os.environ.get(k) for k in env}
             os.environ.update(env)
             _shown.clear()

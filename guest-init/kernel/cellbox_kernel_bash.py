@@ -12,19 +12,11 @@ the running command stops and the rest of the cell is skipped, the shell survive
 A cell that ends the shell (`exit`) ends the kernel; the next cell gets a fresh one.
 Only the standard library is needed.
 """
-import codecs, json, os, selectors, shlex, signal, subprocess, sys, tempfile
+import codecs, os, selectors, shlex, signal, subprocess, tempfile
 
-REQUEST_FD, EVENT_FD = 3, 4
+from cellbox_driver import emit, error, serve     # beside this script
+
 CHUNK = 1 << 16
-
-
-def emit(event):
-    data = (json.dumps(event, ensure_ascii=False) + "\n").encode("utf-8", "replace")
-    try:
-        while data:
-            data = data[os.write(EVENT_FD, data):]
-    except OSError:
-        os._exit(3)                 # the parent is gone
 
 
 def start_shell():
@@ -71,6 +63,7 @@ class Kernel:
     def run(self, code, env):
         """Runs one cell: its output as events, then its status (None: the shell ended)."""
         path = os.path.join(self.cells, f"cell-{self.count}.sh")
+        self.count += 1
         with open(path, "w") as cell:
             cell.write(code if code.endswith("\n") else code + "\n")
         set_lines, undo_lines = export_lines(env)
@@ -127,42 +120,23 @@ class Kernel:
                 os.set_blocking(pipe.fileno(), True)
 
 
-def serve(kernel, line):
-    count = kernel.count
-    kernel.count += 1
-    try:
-        request = json.loads(line)
-        code = request.get("code") if isinstance(request, dict) else None
-        if not isinstance(code, str):
-            raise ValueError('a request needs a "code" string')
-        env = {str(k): str(v) for k, v in (request.get("env") or {}).items()}
-        status = kernel.run(code, env)
-        if status is None:
-            emit({"type": "error", "name": "ShellExited",
-                  "value": "the shell ended; the next cell starts a fresh one", "traceback": ""})
-            emit({"type": "end", "execution_count": count})
-            os._exit(0)
-        if status == 130:
-            emit({"type": "error", "name": "Interrupted", "value": "the cell was interrupted",
-                  "traceback": ""})
-        elif status:
-            emit({"type": "error", "name": "ExitCode",
-                  "value": f"the cell's last command exited with status {status}", "traceback": ""})
-    except Exception as exc:        # a bad request
-        emit({"type": "error", "name": type(exc).__name__, "value": str(exc), "traceback": ""})
-    emit({"type": "end", "execution_count": count})
+def run(kernel, code, env):
+    """One cell; True when it ended the shell (and with it this kernel)."""
+    status = kernel.run(code, env)
+    if status is None:
+        error("ShellExited", "the shell ended; the next cell starts a fresh one")
+        return True
+    if status == 130:
+        error("Interrupted", "the cell was interrupted")
+    elif status:
+        error("ExitCode", f"the cell's last command exited with status {status}")
+    return False
 
 
 def main():
-    for fd in (REQUEST_FD, EVENT_FD):
-        os.set_inheritable(fd, False)   # the shell and its commands must not see them
     kernel = Kernel()
     signal.signal(signal.SIGINT, kernel.interrupt)
-    requests = open(REQUEST_FD, "rb", closefd=False)
-    emit({"type": "ready"})
-    for line in requests:
-        if line.strip():
-            serve(kernel, line)
+    serve(lambda code, env: run(kernel, code, env))
     kernel.shell.kill()
     os._exit(0)
 

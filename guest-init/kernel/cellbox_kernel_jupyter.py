@@ -20,21 +20,12 @@ signal.signal(signal.SIGINT, lambda signum, frame: None)
 from jupyter_client import BlockingKernelClient
 from jupyter_client.connect import write_connection_file
 
-import cellbox_results          # beside this script
+import cellbox_results                             # beside this script
+from cellbox_driver import emit, error, serve
 
-REQUEST_FD, EVENT_FD = 3, 4
 KERNELS = "/usr/share/jupyter/kernels"
 START_TIMEOUT = 120             # seconds for the kernel's first reply (guest-init has its own limit)
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
-
-
-def emit(event):
-    data = (json.dumps(event, ensure_ascii=False) + "\n").encode("utf-8", "replace")
-    try:
-        while data:
-            data = data[os.write(EVENT_FD, data):]
-    except OSError:
-        os._exit(3)             # the parent is gone
 
 
 # Per-run environment variables, set before a cell and restored after it, in the
@@ -68,7 +59,6 @@ class Kernel:
         # tells a dead kernel (see wait_ready).
         self.client.start_channels(hb=False)
         self.wait_ready()
-        self.count = 1
 
     def wait_ready(self):
         """Until the kernel answers kernel_info on its shell channel and IOPub works."""
@@ -123,9 +113,8 @@ class Kernel:
                 emit(cellbox_results.result_event(content.get("data", {}),
                                                   main=kind == "execute_result"))
             elif kind == "error":
-                emit({"type": "error", "name": content.get("ename", "Error"),
-                      "value": content.get("evalue", ""),
-                      "traceback": ANSI.sub("", "\n".join(content.get("traceback", [])))})
+                error(content.get("ename", "Error"), content.get("evalue", ""),
+                      ANSI.sub("", "\n".join(content.get("traceback", []))))
 
     def run(self, code, env):
         set_code, restore_code = ENV_CODE.get(self.name, (None, None))
@@ -139,30 +128,10 @@ class Kernel:
                 self.execute(restore_code(env), silent=True)
 
 
-def serve(kernel, line):
-    count = kernel.count
-    kernel.count += 1
-    try:
-        request = json.loads(line)
-        code = request.get("code") if isinstance(request, dict) else None
-        if not isinstance(code, str):
-            raise ValueError('a request needs a "code" string')
-        kernel.run(code, {str(k): str(v) for k, v in (request.get("env") or {}).items()})
-    except Exception as exc:        # a bad request
-        emit({"type": "error", "name": type(exc).__name__, "value": str(exc), "traceback": ""})
-    emit({"type": "end", "execution_count": count})
-
-
 def main():
-    for fd in (REQUEST_FD, EVENT_FD):
-        os.set_inheritable(fd, False)   # the kernel and its children must not see them
     kernel = Kernel(sys.argv[1])
     signal.signal(signal.SIGINT, kernel.interrupt)
-    requests = open(REQUEST_FD, "rb", closefd=False)
-    emit({"type": "ready"})
-    for line in requests:
-        if line.strip():
-            serve(kernel, line)
+    serve(kernel.run)
     kernel.process.kill()
     os._exit(0)
 

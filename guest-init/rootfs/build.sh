@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds the base tree of the cellbox guest root filesystem: a minimal Debian 12
 # "bookworm" with Python 3.11, IPython, numpy, pandas, matplotlib and Pillow,
+# E2B's other preinstalled Python packages from PyPI (python-packages.txt),
 # Node.js 18 with TypeScript (the JavaScript and TypeScript kernels), R 4.2 with
 # IRkernel (the R kernel) and OpenJDK 17 (the Java kernel, on JShell), no init
 # system, no kernel, no documentation.
@@ -8,12 +9,13 @@
 #   build.sh OUT_DIR
 #
 # Output: OUT_DIR/tree/ (the unpacked root filesystem), OUT_DIR/packages.txt
-# (name, version and architecture of every installed package) and
+# (name, version and architecture of every Debian package, then "pypi:NAME
+# VERSION" for each package from PyPI) and
 # OUT_DIR/.cellbox-rootfs (a marker that lets a later run replace OUT_DIR).
 # guest-init's files are added later, when the ext4 image is made (make-ext4.sh).
 #
 # Needs: root (dpkg must create files owned by other users and run maintainer
-# scripts in a chroot), apt-get, network access to deb.debian.org, about 3 GiB
+# scripts in a chroot), apt-get, network access to deb.debian.org and PyPI, about 4 GiB
 # free beside OUT_DIR (the finished tree is much smaller). mmdebstrap is
 # installed with apt-get when missing. Takes a few minutes, mostly downloading.
 #
@@ -24,7 +26,7 @@ set -Eeuo pipefail
 SUITE=bookworm
 MIRROR=http://deb.debian.org/debian
 SECURITY_MIRROR=http://deb.debian.org/debian-security
-MIN_FREE_BYTES=$((3 * 1024 * 1024 * 1024))
+MIN_FREE_BYTES=$((4 * 1024 * 1024 * 1024))
 MARKER=.cellbox-rootfs
 # Installed on top of the minbase variant (Essential:yes, Priority:required and
 # apt), with their hard dependencies but without Recommends.
@@ -41,6 +43,7 @@ PACKAGES=(
     # g++, boost and the Python headers (about 700 MB). Naming the 40 kB
     # alternative keeps all of that out.
     python3-munkres
+    python3-pip               # installs python-packages.txt (step 4)
     nodejs                    # 18: the JavaScript kernel (cellbox_kernel.js)
     node-typescript           # the TypeScript kernel strips types with it
     r-cran-irkernel           # R 4.2's Jupyter kernel: the R kernel
@@ -48,8 +51,8 @@ PACKAGES=(
     openjdk-17-jdk-headless   # JShell: the Java kernel (CellboxKernel.java)
     libgoogle-gson-java       # ... which reads and writes JSON with Gson
 )
-# What must work in the finished tree: the imports, Agg as the default backend,
-# a plot rendered to PNG and a table rendered to HTML.
+# What must work in the finished tree: the imports (python-packages.txt's too),
+# Agg as the default backend, a plot rendered to PNG and a table rendered to HTML.
 IMPORT_CHECK='import io, sys, IPython, numpy, pandas, matplotlib, PIL, matplotlib_inline
 import matplotlib.pyplot as plt
 assert matplotlib.get_backend().lower() == "agg", "default backend is " + matplotlib.get_backend()
@@ -58,6 +61,8 @@ plt.plot(numpy.arange(10) ** 2)
 plt.savefig(png, format="png")
 assert png.getvalue().startswith(b"\x89PNG"), "matplotlib did not write a PNG"
 assert "<table" in pandas.DataFrame({"a": [1, 2]})._repr_html_(), "pandas did not render HTML"
+import scipy, sklearn, seaborn, plotly, bokeh, openpyxl, xlrd, docx, bs4, requests, nltk, cv2
+import skimage, xarray, numba, joblib, imageio, aiohttp, textblob, pytest
 print("python", sys.version.split()[0], "| IPython", IPython.__version__, "| numpy", numpy.__version__,
       "| pandas", pandas.__version__, "| matplotlib", matplotlib.__version__, "| Pillow", PIL.__version__)'
 # And the JavaScript side: Node.js runs, and TypeScript (Debian's, found by
@@ -70,7 +75,8 @@ console.log("node", process.version, "| TypeScript", ts.version)'
 R_CHECK='library(IRkernel); library(repr); stopifnot(capabilities("cairo"))
 cat(R.version.string, "| IRkernel", format(packageVersion("IRkernel")), "\n")'
 
-STEPS=6
+STEPS=7
+HERE="$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)"
 step() { echo "[rootfs $1/$STEPS] $2"; }
 die() { echo "rootfs: error: $*" >&2; exit 1; }
 
@@ -179,8 +185,39 @@ mmdebstrap "${mmopts[@]}" "$SUITE" "$TMP/tree" \
     || die "mmdebstrap failed (see its messages above; run with ROOTFS_VERBOSE=1 for apt and dpkg output); the partial build is in $TMP"
 echo "mmdebstrap finished after $((SECONDS - START)) s"
 
-step 4 "configuring the tree"
 T="$TMP/tree"
+step 4 "installing E2B's Python packages from PyPI (python-packages.txt; downloads about 250 MB)"
+# With the tree's own Python and pip, in a chroot that still has the build
+# host's resolver (step 5 removes it), into /usr/local; wheels only, nothing
+# compiled. Debian's numpy, pandas and matplotlib must stay what they are: the
+# other Debian packages were built against them.
+core_versions() {
+    chroot "$T" /usr/bin/python3 -B -c 'import numpy, pandas, matplotlib
+print(numpy.__version__, pandas.__version__, matplotlib.__version__)'
+}
+debian_core="$(core_versions)"
+cp -- "$HERE/python-packages.txt" "$T/tmp/python-packages.txt"
+# pip trusts what the build host trusts (a proxy's CA, say) and goes through its proxy.
+pip_env=(PATH=/usr/bin:/bin HOME=/tmp/pip-home PIP_NO_CACHE_DIR=1)
+host_ca="${PIP_CERT:-${SSL_CERT_FILE:-/etc/ssl/certs/ca-certificates.crt}}"
+if [[ -f "$host_ca" ]]; then
+    cp -- "$host_ca" "$T/tmp/build-host-ca.crt"
+    pip_env+=(PIP_CERT=/tmp/build-host-ca.crt)
+fi
+for var in HTTPS_PROXY https_proxy HTTP_PROXY http_proxy NO_PROXY no_proxy; do
+    if [[ -n "${!var:-}" ]]; then pip_env+=("$var=${!var}"); fi
+done
+chroot "$T" /usr/bin/env -i "${pip_env[@]}" \
+    /usr/bin/python3 -m pip install --quiet --only-binary=:all: --break-system-packages \
+    --no-warn-script-location --root-user-action=ignore --progress-bar=off \
+    --requirement /tmp/python-packages.txt \
+    || die "pip could not install python-packages.txt into the tree (see its messages above)"
+rm -rf -- "$T/tmp/python-packages.txt" "$T/tmp/pip-home" "$T/tmp/build-host-ca.crt"
+[[ "$(core_versions)" == "$debian_core" ]] \
+    || die "pip replaced Debian's numpy, pandas or matplotlib ($debian_core became $(core_versions)); pin older versions in python-packages.txt"
+echo "installed $(chroot "$T" /usr/bin/python3 -m pip list --path /usr/local/lib/python3.11/dist-packages 2>/dev/null | tail -n +3 | wc -l) packages into /usr/local ($(du -sh "$T/usr/local" | cut -f1))"
+
+step 5 "configuring the tree"
 # mmdebstrap unmounts what it mounted in the chroot; make sure before deleting anything.
 if findmnt -rn -o TARGET | grep -qF -- "$T/"; then
     die "mmdebstrap left filesystems mounted below $T; unmount them (findmnt | grep '$T') and run again"
@@ -208,12 +245,13 @@ rm -rf "$T"/var/lib/apt/lists/* "$T"/var/cache/apt/*.bin "$T"/var/cache/apt/arch
 # about 90 MB with their .pyc files) are never imported by user code; pd.test()
 # and np.test() are the only things that lose them. dpkg still lists the files,
 # which does not matter for an image that is rebuilt rather than upgraded.
-find "$T/usr/lib/python3/dist-packages" -xdev -type d -name tests -prune -exec rm -rf {} +
+find "$T/usr/lib/python3/dist-packages" "$T/usr/local/lib/python3.11/dist-packages" \
+    -xdev -type d -name tests -prune -exec rm -rf {} +
 if [[ -n "$(find "$T/var/lib/apt/lists" "$T/var/cache/apt/archives" -type f ! -name lock -print -quit)" ]]; then
     die "apt's package lists or downloaded packages are still in the tree"
 fi
 
-step 5 "checking that Python, Node.js, R, Java and their libraries work in the tree"
+step 6 "checking that Python, Node.js, R, Java and their libraries work in the tree"
 # Runs in a plain chroot without /proc, /sys or /dev mounted; -B and a
 # throwaway HOME under /tmp keep the tree unchanged, except for matplotlib's
 # font cache, kept in MPLCONFIGDIR: the guest's kernels point there, which
@@ -254,9 +292,12 @@ if compgen -G "$T/boot/vmlinu*" >/dev/null || ls "$T"/lib/modules/* >/dev/null 2
     die "a kernel was installed into the tree; it must not be"
 fi
 
-step 6 "moving the tree into $OUT"
+step 7 "moving the tree into $OUT"
 # shellcheck disable=SC2016 # dpkg-query expands these itself
 chroot "$T" dpkg-query -W -f='${Package} ${Version} ${Architecture}\n' | sort >"$TMP/packages.txt"
+# ... and the ones from PyPI, as "pypi:NAME VERSION".
+chroot "$T" /usr/bin/python3 -m pip list --path /usr/local/lib/python3.11/dist-packages --format=freeze 2>/dev/null \
+    | sed 's/^/pypi:/; s/==/ /' | sort >>"$TMP/packages.txt"
 # Empty mount points, made last because programs run in the chroot above create
 # files in them (Python's imports leave a plain file at /dev/null when /dev is
 # empty). The guest mounts proc, sysfs, devtmpfs and tmpfs over them, or the

@@ -132,8 +132,12 @@ async fn the_sandbox_root_is_not_the_host_root() {
     assert_eq!((code, owner.as_str()), (0, "root:root\nroot:root\n"));
     let (code, out) = run("touch /usr/local/bin/probe", "user").await;
     assert!(code != 0 && out.contains("Permission denied"), "{out}");
-    let (code, out) = run("touch /usr/local/bin/probe && ls /usr/local/bin", "root").await;
-    assert_eq!((code, out.as_str()), (0, "probe\n"));
+    let (code, out) = run(
+        "touch /usr/local/bin/probe && ls /usr/local/bin/probe",
+        "root",
+    )
+    .await;
+    assert_eq!((code, out.as_str()), (0, "/usr/local/bin/probe\n"));
 }
 
 /// R and Java on the namespace backend (the microVM runs the same guest-init
@@ -141,4 +145,58 @@ async fn the_sandbox_root_is_not_the_host_root() {
 #[tokio::test]
 async fn r_and_java_keep_their_state() {
     cellbox_tests::heavy::r_and_java_keep_their_state(Backend::Namespace).await;
+}
+
+/// E2B's preinstalled Python packages (guest-init/rootfs/python-packages.txt)
+/// import and work beside Debian's numpy, pandas and matplotlib.
+#[tokio::test]
+async fn e2b_preinstalled_packages_work() {
+    let mut sandbox = cellbox::NamespaceExecutor::start(Default::default())
+        .await
+        .expect("starting a namespace sandbox (needs root)");
+    let cells = [
+        (
+            "from sklearn.linear_model import LinearRegression\n\
+             round(float(LinearRegression().fit([[0], [1], [2]], [1, 3, 5]).coef_[0]), 6)",
+            "2.0",
+        ),
+        (
+            "import scipy.stats; round(float(scipy.stats.norm.cdf(0)), 3)",
+            "0.5",
+        ),
+        (
+            "from bs4 import BeautifulSoup; BeautifulSoup('<p>hi</p>', 'html.parser').p.text",
+            "'hi'",
+        ),
+        (
+            "import openpyxl, pandas as pd\n\
+             pd.DataFrame({'a': [1, 2]}).to_excel('/tmp/t.xlsx', index=False)\n\
+             int(pd.read_excel('/tmp/t.xlsx')['a'].sum())",
+            "3",
+        ),
+        (
+            "import cv2, numpy as np; int(cv2.cvtColor(np.zeros((2, 2, 3), np.uint8), cv2.COLOR_BGR2GRAY).sum())",
+            "0",
+        ),
+        (
+            "import numba\n@numba.njit\ndef add(a, b): return a + b\nadd(40, 2)",
+            "42",
+        ),
+        (
+            "import numpy, pandas, matplotlib; numpy.__version__[:4], pandas.__version__[:3]",
+            "('1.24', '1.5')",
+        ),
+    ];
+    for (code, text) in cells {
+        let execution = sandbox.run(code).await.unwrap();
+        assert_eq!(execution.text(), Some(text), "{code}: {execution:?}");
+    }
+    let plot = sandbox
+        .run("import seaborn as sns, matplotlib.pyplot as plt\nsns.histplot([1, 2, 2, 3]); plt.show()")
+        .await
+        .unwrap();
+    assert!(
+        plot.results.iter().any(|r| r.png.is_some()),
+        "a seaborn plot is a PNG: {plot:?}"
+    );
 }

@@ -11,6 +11,7 @@ use crate::error::{Error, Result};
 use crate::progress::Progress;
 
 const ROOTFS_SCRIPT: &str = include_str!("../../../guest-init/rootfs/build.sh");
+const ROOTFS_PYTHON_PACKAGES: &str = include_str!("../../../guest-init/rootfs/python-packages.txt");
 const EXT4_SCRIPT: &str = include_str!("../../../guest-init/rootfs/make-ext4.sh");
 
 /// Built guest artefacts.
@@ -32,7 +33,10 @@ impl GuestArtifacts {
             cache_root,
             "rootfs",
             "tree/usr/bin/python3",
-            &[("build.sh", ROOTFS_SCRIPT)],
+            &[
+                ("build.sh", ROOTFS_SCRIPT),
+                ("python-packages.txt", ROOTFS_PYTHON_PACKAGES),
+            ],
             "building the guest root file system (guest-init/rootfs/build.sh)",
             progress,
         )?;
@@ -80,8 +84,9 @@ impl GuestArtifacts {
 }
 
 /// The kernel drivers (`guest-init/kernel/`), installed in `/usr/lib/cellbox`.
-const KERNEL_DRIVERS: [&str; 7] = [
+const KERNEL_DRIVERS: [&str; 8] = [
     "cellbox_kernel.py",
+    "cellbox_driver.py",
     "cellbox_results.py",
     "cellbox_charts.py",
     "cellbox_kernel.js",
