@@ -78,7 +78,8 @@ public class CellboxKernel {
         @Override
         public synchronized void write(int b) {
             buffer.write(b);
-            if (b == '\n' || buffer.size() >= CHUNK) flush();
+            if (b == '\n') flush();
+            else if (buffer.size() >= CHUNK) sendWhole();
         }
 
         @Override
@@ -86,36 +87,45 @@ public class CellboxKernel {
             buffer.write(bytes, offset, length);
             for (int i = offset + length - 1; i >= offset; i--) {
                 if (bytes[i] == '\n') {
-                    sendLines();
+                    sendUpTo(lastLineEnd(buffer.toByteArray()));
                     break;
                 }
             }
-            if (buffer.size() >= CHUNK) flush();
+            if (buffer.size() >= CHUNK) sendWhole();
         }
 
-        /** Sends the buffered text up to its last newline; keeps the rest. */
-        private void sendLines() {
+        /** A full buffer: everything but a character cut at its end. */
+        private void sendWhole() {
             byte[] held = buffer.toByteArray();
             int end = held.length;
-            while (end > 0 && held[end - 1] != '\n') end--;
-            buffer.reset();
-            buffer.write(held, end, held.length - end);
-            send(new String(held, 0, end, StandardCharsets.UTF_8));
+            int start = end - 1;
+            while (start > 0 && end - start < 4 && (held[start] & 0xC0) == 0x80) start--;
+            int lead = held[start] & 0xFF;
+            int size = lead >= 0xF0 ? 4 : lead >= 0xE0 ? 3 : lead >= 0xC0 ? 2 : 1;
+            sendUpTo(end - start < size ? start : end);
         }
 
-        private void send(String text) {
+        static int lastLineEnd(byte[] held) {
+            int end = held.length;
+            while (end > 0 && held[end - 1] != '\n') end--;
+            return end;
+        }
+
+        /** Sends the first `end` buffered bytes as text; keeps the rest. */
+        private void sendUpTo(int end) {
+            byte[] held = buffer.toByteArray();
+            buffer.reset();
+            buffer.write(held, end, held.length - end);
+            if (end == 0) return;
             JsonObject event = event(kind);
-            event.addProperty("text", text);
+            event.addProperty("text", new String(held, 0, end, StandardCharsets.UTF_8));
             emit(event);
         }
 
-        /** Sends everything buffered (at a cell's end, or when the buffer is full). */
+        /** Sends everything buffered (at a newline or at the cell's end). */
         @Override
         public synchronized void flush() {
-            if (buffer.size() == 0) return;
-            String text = buffer.toString(StandardCharsets.UTF_8);
-            buffer.reset();
-            send(text);
+            sendUpTo(buffer.size());
         }
     }
 
