@@ -432,7 +432,21 @@ def serve(shell, line):
         emit({"type": "end", "execution_count": count})
 
 
+def _use_user_site():
+    """Puts the user's site-packages on the path even before it exists, so that
+    a package `pip install`ed (as the user, into ~/.local) while this kernel
+    runs imports in the next cell, as in E2B's sandboxes."""
+    import site
+    if site.ENABLE_USER_SITE and site.USER_SITE not in sys.path:
+        try:
+            os.makedirs(site.USER_SITE, exist_ok=True)
+        except OSError:
+            return                                    # a read-only home: nothing to add
+        site.addsitedir(site.USER_SITE)
+
+
 def main():
+    _use_user_site()
     shell = _make_shell()                             # startup noise still goes to the raw fds
     sys.meta_path.insert(0, _ImportHook)
     sys.stdout, sys.stderr = _streams

@@ -227,6 +227,10 @@ fi
 echo cellbox >"$T/etc/hostname"
 printf '127.0.0.1\tlocalhost\n127.0.1.1\tcellbox\n::1\t\tlocalhost ip6-localhost ip6-loopback\n' >"$T/etc/hosts"
 : >"$T/etc/resolv.conf"
+# pip installs where cells and commands ask, as in E2B's sandboxes: into
+# /usr/local as root, ~/.local as user (Debian marks its Python as managed by
+# apt only, PEP 668; Debian's own packages stay under /usr/lib).
+rm -f -- "$T"/usr/lib/python3*/EXTERNALLY-MANAGED
 # No display in the guest: plots render with Agg and come back as PNG.
 # Debian's matplotlib reads /etc/matplotlibrc as its system-wide rc file.
 printf '# cellbox: no display in the guest; render with Agg\nbackend: Agg\n' >"$T/etc/matplotlibrc"

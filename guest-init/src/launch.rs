@@ -10,10 +10,17 @@
 //! as host root, outside the sandbox's user namespace, so the sandbox finds
 //! it mounted and locked.
 //!
+//! The network namespace is the launcher's, made before the user namespace,
+//! so it belongs to the host's: the sandbox's root cannot change its
+//! interfaces, routes or firewall rules, which is where the host puts the
+//! sandbox's network and its egress rules (`runtime/src/namespace/network.rs`)
+//! when the caller asks for them. Without them it has loopback only.
+//!
 //! ```text
-//! launcher (host root, own mount namespace: idmapped layers, the overlay)
+//! launcher (host root, own mount and network namespaces: idmapped layers,
+//!  │        the overlay, loopback up)
 //!  └ keeper (new user namespace; maps written by the launcher; then new
-//!    │       mount, PID, network, IPC, UTS and cgroup namespaces)
+//!    │       mount, PID, IPC, UTS and cgroup namespaces)
 //!    └ PID 1 (guest-init, which pivots into the overlay and runs the server)
 //! ```
 //! Each waits for the one below and exits with its status; each below dies
@@ -51,10 +58,11 @@ pub struct Layers {
 /// return (they exit with PID 1's status).
 pub fn enter_sandbox(layers: &Layers, id_base: u32) -> Result<(), SetupError> {
     step(
-        "entering a mount namespace",
-        unshare(CloneFlags::CLONE_NEWNS),
+        "entering mount and network namespaces",
+        unshare(CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWNET),
     )?;
     make_mounts_private()?;
+    crate::pid1::loopback_up();
     let (ready_read, ready_write) = step("making a pipe", nix::unistd::pipe())?;
     let (go_read, go_write) = step("making a pipe", nix::unistd::pipe())?;
     // SAFETY: guest-init is single-threaded here.
@@ -230,7 +238,6 @@ fn become_keeper(ready: OwnedFd, go: OwnedFd) -> Result<(), SetupError> {
         unshare(
             CloneFlags::CLONE_NEWNS
                 | CloneFlags::CLONE_NEWPID
-                | CloneFlags::CLONE_NEWNET
                 | CloneFlags::CLONE_NEWIPC
                 | CloneFlags::CLONE_NEWUTS
                 | CloneFlags::CLONE_NEWCGROUP,

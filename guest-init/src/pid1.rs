@@ -186,7 +186,6 @@ pub fn enter_namespace_root(root: &str) -> Result<(), SetupError> {
     let _ = std::fs::remove_dir("/.host");
     mount_common()?;
     let _ = sethostname("cellbox");
-    loopback_up();
     Ok(())
 }
 
@@ -242,7 +241,7 @@ pub fn make_user_cgroup(max_processes: u32) -> Result<std::os::fd::OwnedFd, Setu
 }
 
 /// Brings up `lo` (a new network namespace starts with it down).
-fn loopback_up() {
+pub fn loopback_up() {
     // SAFETY: plain ioctls on a socket we own, with a zeroed `ifreq` whose
     // name is a NUL-terminated "lo"; failure only leaves loopback down.
     unsafe {

@@ -233,7 +233,31 @@ Sandbox.delete_snapshot(named.snapshot_id)
 check("a deleted snapshot starts nothing",
       raises(lambda: Sandbox.create(snapshot.snapshot_id)) is not None)
 
-for sandbox in [a, kept, sleepy, fork1, fork2, one, two]:
+# Network: none unless asked for; E2B's allow_internet_access, allowOut and
+# denyOut. The registry (which this machine and CI's reach) is the outside.
+probe = ("import socket\ntry:\n    socket.create_connection(('pypi.org', 443), 5).close(); r = 'connected'\n"
+         "except OSError as e:\n    r = type(e).__name__\nr")
+e = a.run_code(probe)
+check("network: none by default", e.text not in (None, "connected"), e)
+online = Sandbox.create(allow_internet_access=True, metadata={"run": RUN, "who": "online"})
+e = online.run_code(probe)
+check("network: allow_internet_access reaches the registry", e.text == "connected", e)
+check("network: get_info tells", online.get_info().allow_internet_access is True)
+address = online.run_code("socket.gethostbyname('pypi.org')").text
+denied = Sandbox.create(allow_internet_access=True, network={"deny_out": [f"{address}/32"]},
+                        metadata={"run": RUN, "who": "denied"})
+e = denied.run_code(probe)
+check("network: deny_out refuses an address", e.text == "ConnectionRefusedError", (address, e))
+only = Sandbox.create(allow_internet_access=False, network={"allow_out": ["pypi.org"]},
+                      metadata={"run": RUN, "who": "only"})
+e = only.run_code(probe)
+check("network: allow_out alone reaches what it names", e.text == "connected", e)
+e = only.run_code("socket.create_connection(('1.1.1.1', 443), 5)")
+check("network: ... and nothing else", e.error is not None and e.error.name == "ConnectionRefusedError", e.error)
+bad = raises(lambda: Sandbox.create(network={"deny_out": ["example.com"]}), SandboxException)
+check("network: a domain in deny_out is a clear error", bad is not None and "example.com" in str(bad) and "denied" in str(bad), bad)
+
+for sandbox in [a, kept, sleepy, fork1, fork2, one, two, online, denied, only]:
     sandbox.kill()
 check("all gone", ids() == [], ids())
 print(f"{passed} passed, {failed} failed")

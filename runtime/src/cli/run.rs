@@ -6,8 +6,8 @@ use clap::{Args, ValueEnum};
 
 use cellbox::{
     Backend, BackendPolicy, Error, Execution, Executor, HybridConfig, HybridExecutor, Language,
-    MicroVmConfig, MicroVmExecutor, NamespaceConfig, NamespaceExecutor, Progress, RunCodeOptions,
-    RunOptions, Sandbox, SandboxOptions, WasmConfig, WasmEngine, WasmExecutor,
+    MicroVmConfig, MicroVmExecutor, NamespaceConfig, NamespaceExecutor, NetworkPolicy, Progress,
+    RunCodeOptions, RunOptions, Sandbox, SandboxOptions, WasmConfig, WasmEngine, WasmExecutor,
 };
 
 use super::render::Output;
@@ -27,6 +27,16 @@ pub struct RunArgs {
     /// The cells' language: python, javascript (js), typescript (ts), bash, r or java.
     #[arg(long, short = 'l', value_name = "LANGUAGE", default_value = "python")]
     language: Language,
+    /// Let the cells reach the internet (namespace backend; off by default).
+    #[arg(long)]
+    allow_internet_access: bool,
+    /// An address, CIDR block or domain name the cells may reach even when
+    /// otherwise refused; repeat for more. Alone, it is all they may reach.
+    #[arg(long, value_name = "ADDRESS")]
+    allow_out: Vec<String>,
+    /// An address or CIDR block the cells may not reach; repeat for more.
+    #[arg(long, value_name = "ADDRESS")]
+    deny_out: Vec<String>,
     /// Start the interpreter from scratch instead of from the snapshot.
     #[arg(long, hide = true)]
     no_preinit: bool,
@@ -84,7 +94,7 @@ pub async fn run(mut args: RunArgs) -> u8 {
             }
         }
     }
-    if args.language != Language::Python {
+    if args.language != Language::Python || args.network().enabled() {
         return run_in_sandbox(&args, &out).await;
     }
     let backend = match args.backend {
@@ -138,9 +148,21 @@ pub async fn run(mut args: RunArgs) -> u8 {
     status
 }
 
-/// Cells in a language other than Python: they run in its default context of
-/// a sandbox on the heavy backend (the fast path runs Python only).
+impl RunArgs {
+    fn network(&self) -> NetworkPolicy {
+        NetworkPolicy {
+            allow_internet_access: self.allow_internet_access,
+            allow_out: self.allow_out.clone(),
+            deny_out: self.deny_out.clone(),
+        }
+    }
+}
+
+/// Cells in a language other than Python, or with network access: they run
+/// in the language's default context of a sandbox on the heavy backend (the
+/// fast path runs Python only, and has no network).
 async fn run_in_sandbox(args: &RunArgs, out: &Output) -> u8 {
+    let network = args.network();
     let language = args.language;
     let (backend, policy) = match args.backend {
         BackendChoice::Wasm => {
@@ -152,12 +174,13 @@ async fn run_in_sandbox(args: &RunArgs, out: &Output) -> u8 {
         BackendChoice::Namespace => (Backend::Namespace, BackendPolicy::Namespace),
         BackendChoice::Vm => (Backend::Vm, BackendPolicy::Vm),
         BackendChoice::Auto => match cellbox_vmm::kvm_support::linux_guest_blocker() {
-            None => (Backend::Vm, BackendPolicy::Vm),
-            Some(_) => (Backend::Namespace, BackendPolicy::Namespace),
+            None if !network.enabled() => (Backend::Vm, BackendPolicy::Vm),
+            _ => (Backend::Namespace, BackendPolicy::Namespace),
         },
     };
     let options = SandboxOptions {
         backend: policy,
+        network,
         progress: Progress::new(|line| eprintln!("cellbox: {line}")),
         ..Default::default()
     };

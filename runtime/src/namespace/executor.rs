@@ -11,6 +11,7 @@ use async_trait::async_trait;
 
 use super::cgroup::{Cgroup, CgroupFiles};
 use super::disk::Disk;
+use super::network::{DNS_FORWARDER, Network, NetworkPolicy};
 use crate::error::{Error, Result};
 use crate::executor::Backend;
 use crate::guest::control::{GuestControl, Usage};
@@ -39,6 +40,8 @@ pub struct NamespaceConfig {
     /// Size of the writable layer (everything the sandbox writes to its
     /// files): past it, writes fail with `ENOSPC`.
     pub disk_limit: u64,
+    /// What the sandbox may reach on the network (default: nothing).
+    pub network: NetworkPolicy,
 }
 
 impl Default for NamespaceConfig {
@@ -52,12 +55,14 @@ impl Default for NamespaceConfig {
             default_timeout: Duration::from_secs(60),
             output_limit: cellbox_guest_init::output::DEFAULT_LIMIT,
             disk_limit: 4 << 30,
+            network: NetworkPolicy::default(),
         }
     }
 }
 
 /// A stateful Python session in a namespace sandbox: new user, mount, PID,
-/// network (loopback only), IPC, UTS and cgroup namespaces; the sandbox's
+/// network (loopback only unless [`NamespaceConfig::network`] allows more),
+/// IPC, UTS and cgroup namespaces; the sandbox's
 /// ids are an unprivileged host range (its root is not the host's); the
 /// Debian root file system as a read-only lower layer under a private
 /// writable layer; memory, process-count, CPU-time and disk limits.
@@ -72,6 +77,7 @@ pub struct NamespaceExecutor {
     _cgroup: Cgroup,
     // Unmounted after the control group killed everything, before the folder goes.
     _disk: Disk,
+    _network: Option<Network>,
     _dir: tempfile::TempDir,
 }
 
@@ -98,6 +104,15 @@ impl NamespaceExecutor {
             tokio::task::spawn_blocking(move || GuestArtifacts::ensure(&cache_root, &progress))
                 .await
                 .map_err(|e| unavailable(format!("building the guest failed: {e}")))??;
+        let rules = if config.network.enabled() {
+            let policy = config.network.clone();
+            let rules = tokio::task::spawn_blocking(move || policy.resolve())
+                .await
+                .map_err(|e| unavailable(format!("resolving the network rules failed: {e}")))??;
+            Some(rules)
+        } else {
+            None
+        };
 
         let dir = tempfile::Builder::new()
             .prefix("cellbox-ns-")
@@ -111,6 +126,9 @@ impl NamespaceExecutor {
             dir.path().join("root"),
         ] {
             std::fs::create_dir(sub).map_err(|e| Error::io("creating the sandbox folder", e))?;
+        }
+        if rules.is_some() {
+            use_dns_forwarder(&layer.join("upper"))?;
         }
         let name = dir
             .path()
@@ -172,6 +190,24 @@ impl NamespaceExecutor {
                 return Err(unavailable(format!("the sandbox did not start: {e}")));
             }
         };
+        let network = match rules {
+            Some(rules) => {
+                let pid = launcher.id().unwrap_or_default();
+                let log = dir.path().join("slirp4netns.log");
+                let attached =
+                    tokio::task::spawn_blocking(move || Network::attach(pid, &rules, &log))
+                        .await
+                        .map_err(|e| unavailable(format!("connecting the network failed: {e}")))?;
+                match attached {
+                    Ok(network) => Some(network),
+                    Err(e) => {
+                        let _ = launcher.kill().await;
+                        return Err(e);
+                    }
+                }
+            }
+            None => None,
+        };
         let control = NamespaceControl {
             cgroup: cgroup.files(),
             disk: layer,
@@ -183,9 +219,27 @@ impl NamespaceExecutor {
             launcher,
             _cgroup: cgroup,
             _disk: disk,
+            _network: network,
             _dir: dir,
         })
     }
+}
+
+/// Puts an `/etc/resolv.conf` naming slirp4netns's DNS forwarder in the
+/// writable layer `upper` (owned by the sandbox's root, as the launcher
+/// makes `upper` itself).
+fn use_dns_forwarder(upper: &std::path::Path) -> Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, chown};
+    let root = Some(cellbox_guest_init::launch::DEFAULT_ID_BASE);
+    let etc = upper.join("etc");
+    let resolv = etc.join("resolv.conf");
+    let write = || -> std::io::Result<()> {
+        std::fs::DirBuilder::new().mode(0o755).create(&etc)?;
+        chown(&etc, root, root)?;
+        std::fs::write(&resolv, format!("nameserver {DNS_FORWARDER}\n"))?;
+        chown(&resolv, root, root)
+    };
+    write().map_err(|e| Error::io("writing the sandbox's /etc/resolv.conf", e))
 }
 
 /// Most descriptors [`prepare_child`] passes on.

@@ -4,9 +4,12 @@
 //! - [`executor`]: [`NamespaceExecutor`] and its [`NamespaceConfig`]
 //! - [`cgroup`]: the per-sandbox memory and process limits
 //! - [`disk`]: the size-limited writable layer
+//! - [`network`]: opt-in network access and its egress rules
 
 pub mod cgroup;
 pub mod disk;
 pub mod executor;
+pub mod network;
 
 pub use executor::{NamespaceConfig, NamespaceExecutor};
+pub use network::NetworkPolicy;

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use crate::guest::{ContextInfo, Language};
+use crate::namespace::NetworkPolicy;
 use crate::progress::Progress;
 use crate::router::{HeavyChoice, Policy};
 
@@ -23,7 +24,30 @@ pub enum BackendPolicy {
 }
 
 impl BackendPolicy {
-    pub(crate) fn split(self) -> (Policy, HeavyChoice) {
+    /// Where cells of a sandbox with `network` may run: everywhere without
+    /// it; with it, only on the namespace backend (the fast path and, so far,
+    /// the microVM have no network).
+    pub(crate) fn split_for(self, network: &NetworkPolicy) -> crate::Result<(Policy, HeavyChoice)> {
+        network.check()?;
+        if !network.enabled() {
+            return Ok(self.split());
+        }
+        match self {
+            BackendPolicy::Auto | BackendPolicy::Namespace => {
+                Ok((Policy::HeavyOnly, HeavyChoice::Namespace))
+            }
+            BackendPolicy::Wasm | BackendPolicy::Vm => Err(crate::Error::InvalidArgument(format!(
+                "network access needs the namespace backend; the {} backend has no network yet",
+                if self == BackendPolicy::Wasm {
+                    "WebAssembly"
+                } else {
+                    "microVM"
+                }
+            ))),
+        }
+    }
+
+    fn split(self) -> (Policy, HeavyChoice) {
         match self {
             BackendPolicy::Auto => (Policy::Auto, HeavyChoice::Auto),
             BackendPolicy::Wasm => (Policy::FastOnly, HeavyChoice::Auto),
@@ -58,6 +82,9 @@ pub struct SandboxOptions {
     pub inactivity_timeout: Option<Duration>,
     /// Start the heavy backend in the background at once (auto policy).
     pub prestart: bool,
+    /// What the sandbox may reach on the network (default: nothing). A
+    /// sandbox with network runs every cell on the namespace backend.
+    pub network: NetworkPolicy,
     /// Progress of first-use artefact builds.
     pub progress: Progress,
 }
@@ -75,6 +102,7 @@ impl Default for SandboxOptions {
             cwd: None,
             inactivity_timeout: Some(Duration::from_secs(300)),
             prestart: true,
+            network: NetworkPolicy::default(),
             progress: Progress::default(),
         }
     }
@@ -124,6 +152,11 @@ impl SandboxOptions {
     /// Sets (or with `None` removes) the inactivity timeout.
     pub fn with_inactivity_timeout(mut self, timeout: Option<Duration>) -> Self {
         self.inactivity_timeout = timeout;
+        self
+    }
+    /// Sets what the sandbox may reach on the network.
+    pub fn with_network(mut self, network: NetworkPolicy) -> Self {
+        self.network = network;
         self
     }
     /// Whether to start the heavy backend at once.

@@ -118,7 +118,7 @@ impl Sandbox {
                 })
             })
             .await?;
-        let (policy, heavy) = options.backend.split();
+        let (policy, heavy) = options.backend.split_for(&options.network)?;
         let config = HybridConfig {
             policy,
             heavy,
@@ -132,6 +132,7 @@ impl Sandbox {
                 memory_limit: u64::from(options.memory_mib) << 20,
                 disk_limit: u64::from(options.disk_mib) << 20,
                 default_timeout: options.timeout,
+                network: options.network.clone(),
                 ..Default::default()
             },
             microvm: MicroVmConfig {

@@ -47,6 +47,8 @@ pub struct Spec {
     pub metadata: BTreeMap<String, String>,
     /// Environment variables of its code and commands.
     pub env_vars: BTreeMap<String, String>,
+    /// What it may reach on the network.
+    pub network: crate::NetworkPolicy,
     /// What it starts from, if not the template itself.
     pub snapshot: Option<Snapshot>,
 }
@@ -176,6 +178,7 @@ impl Fleet {
         let mut options = self.base.clone().with_inactivity_timeout(None);
         options.metadata = spec.metadata.clone();
         options.env_vars.extend(spec.env_vars.clone());
+        options.network = spec.network.clone();
         let limits = Limits {
             cpus: u32::from(options.vcpus),
             memory_mib: options.memory_mib,

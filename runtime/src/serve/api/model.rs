@@ -34,6 +34,32 @@ pub struct NewSandbox {
     pub env_vars: BTreeMap<String, String>,
     #[serde(rename = "allow_internet_access")]
     pub allow_internet_access: Option<bool>,
+    pub network: Option<NetworkConfig>,
+}
+
+/// `network`: E2B's egress lists (the other fields are not supported and
+/// are ignored).
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NetworkConfig {
+    #[serde(default)]
+    pub allow_out: Vec<String>,
+    #[serde(default)]
+    pub deny_out: Vec<String>,
+}
+
+impl NewSandbox {
+    /// What the sandbox may reach: nothing unless internet access is asked
+    /// for or `allowOut` names something (E2B's default is open; cellbox's
+    /// is closed).
+    pub fn network_policy(&self) -> crate::NetworkPolicy {
+        let lists = self.network.as_ref();
+        crate::NetworkPolicy {
+            allow_internet_access: self.allow_internet_access == Some(true),
+            allow_out: lists.map(|n| n.allow_out.clone()).unwrap_or_default(),
+            deny_out: lists.map(|n| n.deny_out.clone()).unwrap_or_default(),
+        }
+    }
 }
 
 /// `autoResume`: a flag (v1) or `{"enabled": flag}` (v2).
@@ -202,7 +228,7 @@ impl SandboxInfo {
             state: state_name(entry.state()),
             envd_version: ENVD_VERSION,
             metadata: entry.spec.metadata.clone(),
-            allow_internet_access: false,
+            allow_internet_access: entry.spec.network.allow_internet_access,
             lifecycle: Lifecycle {
                 on_timeout: match entry.spec.on_timeout {
                     super::super::fleet::OnTimeout::Kill => "kill",

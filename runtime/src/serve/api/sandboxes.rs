@@ -110,6 +110,7 @@ pub async fn create(State(api): State<Api>, body: Bytes) -> Response {
             "autoResume needs autoPause (a sandbox that is killed at its timeout cannot resume)",
         );
     }
+    let network = request.network_policy();
     let spec = Spec {
         template: request.template_id,
         timeout,
@@ -120,19 +121,12 @@ pub async fn create(State(api): State<Api>, body: Bytes) -> Response {
         },
         auto_resume,
         metadata: request.metadata,
+        network,
         env_vars: request.env_vars,
         snapshot,
     };
     match api.fleet.create(spec).await {
-        Ok(entry) => {
-            if request.allow_internet_access == Some(true) {
-                entry.log.push(
-                    Level::Warn,
-                    "internet access was asked for; cellbox sandboxes have no network yet",
-                );
-            }
-            (StatusCode::CREATED, Json(SandboxCreated::of(&entry))).into_response()
-        }
+        Ok(entry) => (StatusCode::CREATED, Json(SandboxCreated::of(&entry))).into_response(),
         Err(e) => failed(&e),
     }
 }

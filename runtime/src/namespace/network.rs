@@ -1,0 +1,385 @@
+//! A namespace sandbox's network. Without [`NetworkPolicy`] options it has
+//! loopback only. With them, slirp4netns (user-mode networking, Debian's
+//! `slirp4netns`) gives it a `tap0` whose traffic leaves through the host's
+//! sockets, and nftables rules in its network namespace decide what it may
+//! reach. That namespace belongs to the host's user namespace (the launcher
+//! made it, `guest-init/src/launch.rs`), so the sandbox's root cannot change
+//! the rules.
+//!
+//! Rules, first match wins: loopback and the DNS forwarder (10.0.2.3) are
+//! allowed; then `allow_out`; then `deny_out`, the host's own addresses and
+//! link-local addresses (cloud metadata services live there) are refused;
+//! then everything else is allowed with `allow_internet_access`, refused
+//! without. Domain names in `allow_out` are resolved when the sandbox starts.
+
+use std::net::{IpAddr, ToSocketAddrs};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use ipnet::IpNet;
+
+use crate::error::{Error, Result};
+
+/// What a sandbox may reach on the network; the default is nothing.
+/// `allow_internet_access` and `allow_out`/`deny_out` are E2B's options.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NetworkPolicy {
+    /// Reach everything but `deny_out` (and the host itself).
+    pub allow_internet_access: bool,
+    /// Addresses, CIDR blocks or domain names always reachable, even those
+    /// `deny_out` covers; without `allow_internet_access`, the only ones.
+    pub allow_out: Vec<String>,
+    /// Addresses or CIDR blocks never reachable (unless in `allow_out`).
+    pub deny_out: Vec<String>,
+}
+
+impl NetworkPolicy {
+    /// Internet access, less `deny_out`.
+    pub fn internet() -> Self {
+        NetworkPolicy {
+            allow_internet_access: true,
+            ..Default::default()
+        }
+    }
+
+    /// Whether the sandbox gets a network at all.
+    pub fn enabled(&self) -> bool {
+        self.allow_internet_access || !self.allow_out.is_empty()
+    }
+
+    /// Checks every entry's form (without looking names up).
+    pub fn check(&self) -> Result<()> {
+        for entry in &self.allow_out {
+            parse_entry(entry, true)?;
+        }
+        for entry in &self.deny_out {
+            parse_entry(entry, false)?;
+        }
+        Ok(())
+    }
+
+    /// The rules as addresses: entries checked, domain names resolved.
+    /// Blocking (name lookups).
+    pub fn resolve(&self) -> Result<EgressRules> {
+        let mut allow = Vec::new();
+        for entry in &self.allow_out {
+            allow.extend(match parse_entry(entry, true)? {
+                Entry::Net(net) => vec![net],
+                Entry::Name(name) => resolve_name(name)?,
+            });
+        }
+        let mut deny = Vec::new();
+        for entry in &self.deny_out {
+            if let Entry::Net(net) = parse_entry(entry, false)? {
+                deny.push(net);
+            }
+        }
+        deny.extend(host_addresses());
+        deny.extend(["169.254.0.0/16", "fe80::/10"].map(|n| n.parse::<IpNet>().expect("a CIDR")));
+        Ok(EgressRules {
+            allow,
+            deny,
+            allow_rest: self.allow_internet_access,
+        })
+    }
+}
+
+/// One `allow_out`/`deny_out` entry.
+#[derive(Debug, PartialEq, Eq)]
+enum Entry<'a> {
+    Net(IpNet),
+    Name(&'a str),
+}
+
+fn invalid(entry: &str, why: &str) -> Error {
+    Error::InvalidArgument(format!("network rule `{entry}`: {why}"))
+}
+
+/// An address, a CIDR block or (when `names` is true) a domain name.
+fn parse_entry(entry: &str, names: bool) -> Result<Entry<'_>> {
+    let entry = entry.trim();
+    if let Ok(net) = entry.parse::<IpNet>() {
+        return Ok(Entry::Net(net.trunc()));
+    }
+    if let Ok(ip) = entry.parse::<IpAddr>() {
+        return Ok(Entry::Net(IpNet::from(ip)));
+    }
+    if entry.contains('/') || entry.parse::<std::net::Ipv6Addr>().is_ok() {
+        return Err(invalid(entry, "not an address or CIDR block"));
+    }
+    if !names {
+        return Err(invalid(
+            entry,
+            "only addresses and CIDR blocks can be denied",
+        ));
+    }
+    if entry.starts_with("*.") {
+        return Err(invalid(
+            entry,
+            "wildcard domains are not supported (name each host)",
+        ));
+    }
+    let valid = !entry.is_empty()
+        && entry.len() <= 253
+        && entry.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        });
+    if !valid {
+        return Err(invalid(entry, "not an address, CIDR block or domain name"));
+    }
+    Ok(Entry::Name(entry))
+}
+
+/// A domain name's addresses, as the host resolves them now.
+fn resolve_name(entry: &str) -> Result<Vec<IpNet>> {
+    let addresses = (entry, 0u16)
+        .to_socket_addrs()
+        .map_err(|e| invalid(entry, &format!("cannot resolve it: {e}")))?;
+    Ok(addresses.map(|a| IpNet::from(a.ip())).collect())
+}
+
+/// Every address of the host's interfaces but loopback's (the sandbox
+/// cannot reach the host's loopback: slirp4netns runs with it disabled).
+fn host_addresses() -> Vec<IpNet> {
+    let Ok(addresses) = nix::ifaddrs::getifaddrs() else {
+        return Vec::new();
+    };
+    addresses
+        .filter_map(|a| {
+            let address = a.address?;
+            let ip = match (address.as_sockaddr_in(), address.as_sockaddr_in6()) {
+                (Some(v4), _) => IpAddr::V4(v4.ip()),
+                (_, Some(v6)) => IpAddr::V6(v6.ip()),
+                _ => return None,
+            };
+            (!ip.is_loopback()).then(|| IpNet::from(ip))
+        })
+        .collect()
+}
+
+/// A [`NetworkPolicy`] as address sets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EgressRules {
+    pub allow: Vec<IpNet>,
+    pub deny: Vec<IpNet>,
+    /// What happens to the rest.
+    pub allow_rest: bool,
+}
+
+impl EgressRules {
+    /// The rules as an `nft -f` script (one table, `inet cellbox`).
+    pub fn nft_script(&self) -> String {
+        let set = |name: &str, kind: &str, nets: &[IpNet], v6: bool| {
+            let elements: Vec<String> = nets
+                .iter()
+                .filter(|n| matches!(n, IpNet::V6(_)) == v6)
+                .map(|n| n.to_string())
+                .collect();
+            let elements = if elements.is_empty() {
+                String::new()
+            } else {
+                format!(" elements = {{ {} }};", elements.join(", "))
+            };
+            format!("  set {name} {{ type {kind}; flags interval; auto-merge;{elements} }}\n")
+        };
+        let mut script = String::from("table inet cellbox {\n");
+        script += &set("allow4", "ipv4_addr", &self.allow, false);
+        script += &set("allow6", "ipv6_addr", &self.allow, true);
+        script += &set("deny4", "ipv4_addr", &self.deny, false);
+        script += &set("deny6", "ipv6_addr", &self.deny, true);
+        script += "  chain egress {\n    type filter hook output priority 0; policy accept;\n";
+        script += "    oifname \"lo\" accept\n";
+        script += &format!(
+            "    ip daddr {DNS_FORWARDER} meta l4proto {{ tcp, udp }} th dport 53 accept\n"
+        );
+        script += "    ip daddr @allow4 accept\n    ip6 daddr @allow6 accept\n";
+        script += "    ip daddr @deny4 reject\n    ip6 daddr @deny6 reject\n";
+        if !self.allow_rest {
+            script += "    reject\n";
+        }
+        script += "  }\n}\n";
+        script
+    }
+}
+
+/// slirp4netns's DNS forwarder inside the sandbox (its `/etc/resolv.conf`).
+pub const DNS_FORWARDER: &str = "10.0.2.3";
+
+/// The running network: slirp4netns, stopped with the sandbox (and by
+/// itself if this process dies: it watches a pipe of ours).
+#[derive(Debug)]
+pub struct Network {
+    slirp: std::process::Child,
+    _exit_pipe: OwnedFd,
+}
+
+fn unavailable(reason: String) -> Error {
+    Error::Unavailable {
+        backend: crate::Backend::Namespace,
+        reason,
+    }
+}
+
+impl Network {
+    /// Applies `rules` in the network namespace of process `pid` (the
+    /// launcher), then connects it with slirp4netns and waits until it is
+    /// up. `log` receives slirp4netns's messages. Blocking.
+    pub fn attach(pid: u32, rules: &EgressRules, log: &Path) -> Result<Network> {
+        let netns = std::fs::File::open(format!("/proc/{pid}/ns/net"))
+            .map_err(|e| Error::io("opening the sandbox's network namespace", e))?;
+        apply_rules(&netns, rules)?;
+        let (ready_read, ready_write) =
+            nix::unistd::pipe().map_err(|e| Error::io("making a pipe", e.into()))?;
+        let (exit_read, exit_write) =
+            nix::unistd::pipe().map_err(|e| Error::io("making a pipe", e.into()))?;
+        let log_file = std::fs::File::create(log)
+            .map_err(|e| Error::io(format!("creating {}", log.display()), e))?;
+        let mut command = Command::new("slirp4netns");
+        command
+            .args(["--configure", "--mtu=65520", "--disable-host-loopback"])
+            .args(["--enable-sandbox", "--enable-seccomp"])
+            .args(["--ready-fd=3", "--exit-fd=4"])
+            .arg(pid.to_string())
+            .arg("tap0")
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone().map_err(|e| Error::io("logging", e))?)
+            .stderr(log_file);
+        let (ready_fd, exit_fd) = (ready_write.as_raw_fd(), exit_read.as_raw_fd());
+        // SAFETY: dup2 is async-signal-safe; both descriptors stay open in
+        // the parent until spawn returns, and dup2 clears close-on-exec.
+        unsafe {
+            command.pre_exec(move || {
+                for (from, to) in [(ready_fd, 3), (exit_fd, 4)] {
+                    if libc::dup2(from, to) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                Ok(())
+            });
+        }
+        let mut slirp = command.spawn().map_err(|e| {
+            unavailable(format!(
+                "network access needs slirp4netns (Debian: apt-get install slirp4netns): {e}"
+            ))
+        })?;
+        drop((ready_write, exit_read));
+        let mut byte = [0u8];
+        let ready = std::io::Read::read(&mut std::fs::File::from(ready_read), &mut byte);
+        if !matches!(ready, Ok(1)) {
+            let _ = slirp.kill();
+            let _ = slirp.wait();
+            let said = std::fs::read_to_string(log).unwrap_or_default();
+            return Err(unavailable(format!(
+                "slirp4netns did not start: {}",
+                said.trim()
+            )));
+        }
+        Ok(Network {
+            slirp,
+            _exit_pipe: exit_write,
+        })
+    }
+}
+
+impl Drop for Network {
+    fn drop(&mut self) {
+        let _ = self.slirp.kill();
+        let _ = self.slirp.wait();
+    }
+}
+
+/// Runs `nft -f -` with `rules` in the network namespace `netns`.
+fn apply_rules(netns: &std::fs::File, rules: &EgressRules) -> Result<()> {
+    let mut command = Command::new("nft");
+    command
+        .args(["-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let fd = netns.as_raw_fd();
+    // SAFETY: setns is async-signal-safe; `netns` outlives the spawn.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut nft = command.spawn().map_err(|e| {
+        unavailable(format!(
+            "network rules need nft (Debian: apt-get install nftables): {e}"
+        ))
+    })?;
+    let script = rules.nft_script();
+    if let Some(mut stdin) = nft.stdin.take() {
+        std::io::Write::write_all(&mut stdin, script.as_bytes())
+            .map_err(|e| Error::io("writing the network rules to nft", e))?;
+    }
+    let output = nft
+        .wait_with_output()
+        .map_err(|e| Error::io("running nft", e))?;
+    if !output.status.success() {
+        return Err(unavailable(format!(
+            "nft refused the network rules: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_parse_as_addresses_blocks_and_names() {
+        let net = |text: &str| Entry::Net(text.parse::<IpNet>().unwrap());
+        assert_eq!(parse_entry("8.8.8.8", false).unwrap(), net("8.8.8.8/32"));
+        assert_eq!(parse_entry("10.1.2.3/8", false).unwrap(), net("10.0.0.0/8"));
+        assert_eq!(parse_entry("::1", false).unwrap(), net("::1/128"));
+        assert_eq!(
+            parse_entry(" example.com", true).unwrap(),
+            Entry::Name("example.com")
+        );
+        let local = resolve_name("localhost").unwrap();
+        assert!(local.iter().any(|n| n.addr().is_loopback()), "{local:?}");
+        for (bad, names) in [
+            ("10.0.0.0/33", true),
+            ("example.com", false),
+            ("*.example.com", true),
+            ("a b", true),
+            ("", true),
+        ] {
+            let error = parse_entry(bad, names).unwrap_err().to_string();
+            assert!(error.contains("network rule"), "{bad}: {error}");
+        }
+    }
+
+    #[test]
+    fn the_script_allows_before_it_denies_and_ends_as_asked() {
+        let rules = NetworkPolicy {
+            allow_internet_access: false,
+            allow_out: vec!["198.51.100.1".into(), "2001:db8::/32".into()],
+            deny_out: vec!["0.0.0.0/0".into()],
+        }
+        .resolve()
+        .unwrap();
+        let script = rules.nft_script();
+        assert!(script.contains("set allow4 { type ipv4_addr; flags interval; auto-merge; elements = { 198.51.100.1/32 }; }"), "{script}");
+        assert!(script.contains("elements = { 2001:db8::/32 }"), "{script}");
+        assert!(script.contains("169.254.0.0/16"), "{script}");
+        let allow = script.find("@allow4 accept").unwrap();
+        let deny = script.find("@deny4 reject").unwrap();
+        assert!(allow < deny);
+        assert!(script.contains("    reject\n  }"), "{script}");
+        let open = NetworkPolicy::internet().resolve().unwrap().nft_script();
+        assert!(!open.contains("    reject\n"), "{open}");
+        assert!(!NetworkPolicy::default().enabled());
+        assert!(NetworkPolicy::internet().enabled());
+    }
+}
