@@ -42,6 +42,7 @@ pub mod router;
 pub mod sandbox;
 #[cfg(feature = "serve")]
 pub mod serve;
+pub mod template;
 pub mod wasm;
 
 pub use cache::default_cache_dir;

@@ -147,6 +147,14 @@ fn healthy() -> bool {
 #[test]
 fn the_official_e2b_sdks_run_against_cellbox_serve() {
     let python = installed("python");
+    // The custom template test_sandboxes.py uses.
+    let built = Command::new(env!("CARGO_BIN_EXE_cellbox"))
+        .args(["template", "build", "--name", "sdk-test", "--path"])
+        .arg(e2b_dir().join("template"))
+        .env("CELLBOX_CACHE_DIR", cellbox::default_cache_dir())
+        .status()
+        .expect("running cellbox template build");
+    assert!(built.success(), "cellbox template build failed");
     let snapshots = std::env::temp_dir().join(format!("cellbox-e2b-sdk-{}", std::process::id()));
     let mut server = Server(
         Command::new(env!("CARGO_BIN_EXE_cellbox"))

@@ -257,7 +257,19 @@ check("network: ... and nothing else", e.error is not None and e.error.name == "
 bad = raises(lambda: Sandbox.create(network={"deny_out": ["example.com"]}), SandboxException)
 check("network: a domain in deny_out is a clear error", bad is not None and "example.com" in str(bad) and "denied" in str(bad), bad)
 
-for sandbox in [a, kept, sleepy, fork1, fork2, one, two, online, denied, only]:
+# A custom template (tests/e2b/template/e2b.Dockerfile, built before the server started).
+listed = httpx.get(f"{API}/templates", headers={"X-API-Key": KEY}).json()
+check("GET /templates lists the default and the built template",
+      [t["templateID"] for t in listed][:1] == ["code-interpreter-v1"]
+      and "sdk-test" in [t["templateID"] for t in listed], listed)
+custom = Sandbox.create("sdk-test", metadata={"run": RUN, "who": "custom"})
+e = custom.run_code("import os; (os.getcwd(), os.environ.get('FROM_TEMPLATE'), open('hello.txt').read(), open('/opt/built.txt').read())")
+check("a sandbox from a built template has its files, ENV and WORKDIR",
+      e.text == "('/home/user/project', 'yes', 'hello from the template\\n', 'built\\n')", e)
+r = custom.commands.run("cat hello.txt; echo $FROM_TEMPLATE")
+check("... and so do its commands", r.stdout == "hello from the template\nyes\n", r)
+
+for sandbox in [a, kept, sleepy, fork1, fork2, one, two, online, denied, only, custom]:
     sandbox.kill()
 check("all gone", ids() == [], ids())
 print(f"{passed} passed, {failed} failed")

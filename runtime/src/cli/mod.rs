@@ -5,6 +5,7 @@ mod render;
 mod run;
 mod sandbox;
 mod serve;
+mod template;
 mod terminal;
 
 use std::process::ExitCode;
@@ -27,6 +28,8 @@ enum Command {
     Serve(serve::ServeArgs),
     /// List, kill, spawn, connect to and read the logs of the sandboxes of a running `cellbox serve`.
     Sandbox(sandbox::SandboxArgs),
+    /// Make, build, list and delete custom templates (from an e2b.Dockerfile).
+    Template(template::TemplateArgs),
 }
 
 /// Exit status: every cell ran without error.
@@ -56,6 +59,7 @@ pub fn main() -> ExitCode {
         Command::Run(args) => runtime.block_on(run::run(args)),
         Command::Serve(args) => runtime.block_on(serve::run(args)),
         Command::Sandbox(args) => runtime.block_on(sandbox::run(args)),
+        Command::Template(args) => runtime.block_on(template::run(args)),
     };
     ExitCode::from(status)
 }

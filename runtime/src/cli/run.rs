@@ -37,6 +37,9 @@ pub struct RunArgs {
     /// An address or CIDR block the cells may not reach; repeat for more.
     #[arg(long, value_name = "ADDRESS")]
     deny_out: Vec<String>,
+    /// Make the sandbox from this template (`cellbox template build`).
+    #[arg(long, value_name = "NAME")]
+    template: Option<String>,
     /// Start the interpreter from scratch instead of from the snapshot.
     #[arg(long, hide = true)]
     no_preinit: bool,
@@ -94,7 +97,7 @@ pub async fn run(mut args: RunArgs) -> u8 {
             }
         }
     }
-    if args.language != Language::Python || args.network().enabled() {
+    if args.language != Language::Python || args.network().enabled() || args.template.is_some() {
         return run_in_sandbox(&args, &out).await;
     }
     let backend = match args.backend {
@@ -158,9 +161,9 @@ impl RunArgs {
     }
 }
 
-/// Cells in a language other than Python, or with network access: they run
-/// in the language's default context of a sandbox on the heavy backend (the
-/// fast path runs Python only, and has no network).
+/// Cells in a language other than Python, with network access or from a
+/// template: they run in the language's default context of a sandbox on the
+/// heavy backend (the fast path runs Python only, without either).
 async fn run_in_sandbox(args: &RunArgs, out: &Output) -> u8 {
     let network = args.network();
     let language = args.language;
@@ -174,13 +177,16 @@ async fn run_in_sandbox(args: &RunArgs, out: &Output) -> u8 {
         BackendChoice::Namespace => (Backend::Namespace, BackendPolicy::Namespace),
         BackendChoice::Vm => (Backend::Vm, BackendPolicy::Vm),
         BackendChoice::Auto => match cellbox_vmm::kvm_support::linux_guest_blocker() {
-            None if !network.enabled() => (Backend::Vm, BackendPolicy::Vm),
+            None if !network.enabled() && args.template.is_none() => {
+                (Backend::Vm, BackendPolicy::Vm)
+            }
             _ => (Backend::Namespace, BackendPolicy::Namespace),
         },
     };
     let options = SandboxOptions {
         backend: policy,
         network,
+        template: args.template.clone(),
         progress: Progress::new(|line| eprintln!("cellbox: {line}")),
         ..Default::default()
     };

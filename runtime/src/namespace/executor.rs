@@ -42,6 +42,9 @@ pub struct NamespaceConfig {
     pub disk_limit: u64,
     /// What the sandbox may reach on the network (default: nothing).
     pub network: NetworkPolicy,
+    /// A template's layers (top first), laid over the guest's root file
+    /// system (see [`crate::template`]).
+    pub template_layers: Vec<PathBuf>,
 }
 
 impl Default for NamespaceConfig {
@@ -56,6 +59,7 @@ impl Default for NamespaceConfig {
             output_limit: cellbox_guest_init::output::DEFAULT_LIMIT,
             disk_limit: 4 << 30,
             network: NetworkPolicy::default(),
+            template_layers: Vec::new(),
         }
     }
 }
@@ -146,7 +150,11 @@ impl NamespaceExecutor {
             .args(["--fd", "3", "--namespace-root"])
             .arg(dir.path().join("root"))
             .arg("--lower")
-            .arg(&artifacts.layer)
+            .arg(&artifacts.layer);
+        for template in &config.template_layers {
+            command.arg("--lower").arg(template);
+        }
+        command
             .arg("--lower")
             .arg(&artifacts.tree)
             .arg("--upper")
@@ -222,6 +230,14 @@ impl NamespaceExecutor {
             _network: network,
             _dir: dir,
         })
+    }
+}
+
+impl NamespaceExecutor {
+    /// The folder of everything the sandbox wrote to its files (overlayfs's
+    /// upper layer), on the host; a template build keeps it once closed.
+    pub fn writable_layer(&self) -> PathBuf {
+        self.control.disk.join("upper")
     }
 }
 

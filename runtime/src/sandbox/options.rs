@@ -24,12 +24,17 @@ pub enum BackendPolicy {
 }
 
 impl BackendPolicy {
-    /// Where cells of a sandbox with `network` may run: everywhere without
-    /// it; with it, only on the namespace backend (the fast path and, so far,
-    /// the microVM have no network).
-    pub(crate) fn split_for(self, network: &NetworkPolicy) -> crate::Result<(Policy, HeavyChoice)> {
+    /// Where cells of a sandbox with `network` (and a template, if
+    /// `template`) may run: everywhere without them; with them, only on the
+    /// namespace backend (the fast path and, so far, the microVM have neither
+    /// network nor templates).
+    pub(crate) fn split_for(
+        self,
+        network: &NetworkPolicy,
+        template: bool,
+    ) -> crate::Result<(Policy, HeavyChoice)> {
         network.check()?;
-        if !network.enabled() {
+        if !network.enabled() && !template {
             return Ok(self.split());
         }
         match self {
@@ -85,6 +90,11 @@ pub struct SandboxOptions {
     /// What the sandbox may reach on the network (default: nothing). A
     /// sandbox with network runs every cell on the namespace backend.
     pub network: NetworkPolicy,
+    /// The template it is made from (`cellbox template build`; default:
+    /// cellbox's own). A template's sandbox runs every cell on the
+    /// namespace backend; its `ENV` and `WORKDIR` are the sandbox's
+    /// defaults.
+    pub template: Option<String>,
     /// Progress of first-use artefact builds.
     pub progress: Progress,
 }
@@ -103,6 +113,7 @@ impl Default for SandboxOptions {
             inactivity_timeout: Some(Duration::from_secs(300)),
             prestart: true,
             network: NetworkPolicy::default(),
+            template: None,
             progress: Progress::default(),
         }
     }
@@ -157,6 +168,11 @@ impl SandboxOptions {
     /// Sets what the sandbox may reach on the network.
     pub fn with_network(mut self, network: NetworkPolicy) -> Self {
         self.network = network;
+        self
+    }
+    /// Makes the sandbox from the template `name`.
+    pub fn with_template(mut self, name: impl Into<String>) -> Self {
+        self.template = Some(name.into());
         self
     }
     /// Whether to start the heavy backend at once.

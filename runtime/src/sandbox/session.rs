@@ -108,7 +108,24 @@ impl std::fmt::Debug for Sandbox {
 
 impl Sandbox {
     /// Creates a sandbox (the WebAssembly engine is loaded once per process).
-    pub async fn create(options: SandboxOptions) -> Result<Sandbox> {
+    pub async fn create(mut options: SandboxOptions) -> Result<Sandbox> {
+        let template = match &options.template {
+            Some(name) => {
+                let template =
+                    crate::template::TemplateStore::open(&crate::default_cache_dir()).get(name)?;
+                for (key, value) in &template.info.env {
+                    options
+                        .env_vars
+                        .entry(key.clone())
+                        .or_insert_with(|| value.clone());
+                }
+                if options.cwd.is_none() {
+                    options.cwd.clone_from(&template.info.workdir);
+                }
+                template.layers
+            }
+            None => Vec::new(),
+        };
         static ENGINE: tokio::sync::OnceCell<WasmEngine> = tokio::sync::OnceCell::const_new();
         let engine = ENGINE
             .get_or_try_init(|| {
@@ -118,7 +135,9 @@ impl Sandbox {
                 })
             })
             .await?;
-        let (policy, heavy) = options.backend.split_for(&options.network)?;
+        let (policy, heavy) = options
+            .backend
+            .split_for(&options.network, options.template.is_some())?;
         let config = HybridConfig {
             policy,
             heavy,
@@ -133,6 +152,7 @@ impl Sandbox {
                 disk_limit: u64::from(options.disk_mib) << 20,
                 default_timeout: options.timeout,
                 network: options.network.clone(),
+                template_layers: template,
                 ..Default::default()
             },
             microvm: MicroVmConfig {

@@ -49,6 +49,9 @@ pub struct Spec {
     pub env_vars: BTreeMap<String, String>,
     /// What it may reach on the network.
     pub network: crate::NetworkPolicy,
+    /// The template built with `cellbox template build` it is made from
+    /// (`None`: the default template).
+    pub custom_template: Option<String>,
     /// What it starts from, if not the template itself.
     pub snapshot: Option<Snapshot>,
 }
@@ -172,6 +175,11 @@ impl Fleet {
         fleet
     }
 
+    /// The options every sandbox starts from.
+    pub fn base_options(&self) -> &SandboxOptions {
+        &self.base
+    }
+
     /// Creates and starts a sandbox.
     pub async fn create(&self, spec: Spec) -> Result<Arc<Entry>> {
         self.check_room()?;
@@ -179,6 +187,7 @@ impl Fleet {
         options.metadata = spec.metadata.clone();
         options.env_vars.extend(spec.env_vars.clone());
         options.network = spec.network.clone();
+        options.template = spec.custom_template.clone();
         let limits = Limits {
             cpus: u32::from(options.vcpus),
             memory_mib: options.memory_mib,

@@ -12,6 +12,7 @@ pub mod key;
 pub mod model;
 pub mod sandboxes;
 pub mod snapshots;
+pub mod templates;
 
 use std::sync::Arc;
 
@@ -53,7 +54,8 @@ pub fn router(api: Api) -> Router {
         .route("/sandboxes/{id}/fork", post(snapshots::fork))
         .route("/sandboxes/{id}/snapshots", post(snapshots::take))
         .route("/snapshots", get(snapshots::list))
-        .route("/templates/{id}", delete(snapshots::delete))
+        .route("/templates", get(templates::list))
+        .route("/templates/{id}", delete(templates::delete))
         .layer(middleware::from_fn_with_state(api.clone(), check_api_key))
         .with_state(api)
 }

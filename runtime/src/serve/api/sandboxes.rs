@@ -19,6 +19,7 @@ use super::{Api, ApiError, error, page};
 use crate::serve::fleet::{Entry, Fleet, Missing, OnTimeout, Spec};
 use crate::serve::sandbox_log::Level;
 use crate::serve::status::status_of;
+use crate::template::TemplateStore;
 
 /// The template names the SDKs use by default; each means cellbox's one
 /// template (Python with numpy, pandas, matplotlib; the E2B API's shape).
@@ -81,22 +82,24 @@ pub async fn create(State(api): State<Api>, body: Bytes) -> Response {
         Ok(request) => request,
         Err(response) => return response.into_response(),
     };
-    let snapshot = if TEMPLATES.contains(&request.template_id.as_str()) {
-        None
+    let (snapshot, custom_template) = if TEMPLATES.contains(&request.template_id.as_str()) {
+        (None, None)
+    } else if let Some(kept) = api.snapshots.find(&request.template_id) {
+        (Some(kept.snapshot.clone()), None)
+    } else if TemplateStore::open(&crate::default_cache_dir())
+        .get(&request.template_id)
+        .is_ok()
+    {
+        (None, Some(request.template_id.clone()))
     } else {
-        match api.snapshots.find(&request.template_id) {
-            Some(kept) => Some(kept.snapshot.clone()),
-            None => {
-                return error(
-                    StatusCode::NOT_FOUND,
-                    format!(
-                        "template {:?} not found; this server has one template, named any of {}, and its snapshots",
-                        request.template_id,
-                        TEMPLATES.join(", ")
-                    ),
-                );
-            }
-        }
+        return error(
+            StatusCode::NOT_FOUND,
+            format!(
+                "template {:?} not found; this server has its default template (named any of {}), the templates built with `cellbox template build`, and its snapshots",
+                request.template_id,
+                TEMPLATES.join(", ")
+            ),
+        );
     };
     let timeout = match timeout(request.timeout) {
         Ok(timeout) => timeout,
@@ -123,6 +126,7 @@ pub async fn create(State(api): State<Api>, body: Bytes) -> Response {
         metadata: request.metadata,
         network,
         env_vars: request.env_vars,
+        custom_template,
         snapshot,
     };
     match api.fleet.create(spec).await {

@@ -11,7 +11,7 @@ use serde::Deserialize;
 use super::model::{
     ErrorBody, ForkRequest, ForkResult, SandboxCreated, SnapshotInfo, SnapshotRequest,
 };
-use super::sandboxes::{TEMPLATES, failed, find, parse, timeout};
+use super::sandboxes::{failed, find, parse, timeout};
 use super::{Api, ApiError, error, page};
 use crate::serve::fleet::{Entry, Spec, State as SandboxState};
 use crate::serve::sandbox_log::Level;
@@ -146,19 +146,4 @@ pub async fn list(State(api): State<Api>, Query(query): Query<ListQuery>) -> Res
     });
     let page: Vec<SnapshotInfo> = page.iter().map(|k| SnapshotInfo::of(&k.label)).collect();
     (headers, Json(page)).into_response()
-}
-
-/// `DELETE /templates/{id}`: deletes a snapshot (the one template stays).
-pub async fn delete(State(api): State<Api>, Path(id): Path<String>) -> Response {
-    if TEMPLATES.contains(&id.as_str()) {
-        return error(
-            StatusCode::BAD_REQUEST,
-            format!("{id} is the server's own template; only snapshots can be deleted"),
-        );
-    }
-    match api.snapshots.delete(&id) {
-        Ok(true) => StatusCode::NO_CONTENT.into_response(),
-        Ok(false) => error(StatusCode::NOT_FOUND, format!("snapshot {id} not found")),
-        Err(e) => failed(&e),
-    }
 }
