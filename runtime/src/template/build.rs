@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use super::dockerfile::{Dockerfile, Instruction};
-use super::store::{TemplateInfo, TemplateStore, valid_name};
+use super::store::{TemplateInfo, TemplateStore, check_name};
 use crate::error::{Error, Result};
 use crate::guest::{CommandOptions, GuestArtifacts, GuestClient, GuestExecutor};
 use crate::namespace::{NamespaceConfig, NamespaceExecutor, NetworkPolicy};
@@ -60,12 +60,7 @@ const BUILD_DIR: &str = "/tmp/cellbox-build";
 /// name. Needs root, as namespace sandboxes do.
 pub async fn build(options: BuildOptions) -> Result<TemplateInfo> {
     let started = Instant::now();
-    if !valid_name(&options.name) {
-        return Err(Error::InvalidArgument(format!(
-            "`{}` is not a template name (1-63 lowercase letters, digits, '-', '_' or '.')",
-            options.name
-        )));
-    }
+    check_name(&options.name)?;
     let text = std::fs::read_to_string(&options.dockerfile).map_err(|e| {
         Error::InvalidArgument(format!(
             "cannot read {}: {e} (make one with `cellbox template init`)",

@@ -51,7 +51,8 @@ pub fn valid_name(name: &str) -> bool {
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "-_.".contains(c))
 }
 
-fn check_name(name: &str) -> Result<()> {
+/// [`valid_name`], as an error naming the rule.
+pub(crate) fn check_name(name: &str) -> Result<()> {
     if valid_name(name) {
         Ok(())
     } else {
