@@ -533,7 +533,7 @@ fn save_layer(upper: &Path, layer_dir: &Path) -> Result<()> {
 }
 
 /// Host ids `id_base + n` (the sandbox's id `n`) back to `n`, keeping modes
-/// (a change of owner clears set-id bits).
+/// but for files' set-id bits.
 fn unshift_owners(root: &Path) -> std::io::Result<()> {
     let base = cellbox_guest_init::launch::DEFAULT_ID_BASE;
     let count = cellbox_guest_init::launch::ID_COUNT;
@@ -549,7 +549,10 @@ fn unshift_owners(root: &Path) -> std::io::Result<()> {
         let meta = std::fs::symlink_metadata(&path)?;
         std::os::unix::fs::lchown(&path, Some(back(meta.uid())), Some(back(meta.gid())))?;
         if !meta.file_type().is_symlink() {
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(meta.mode() & 0o7777))?;
+            // A build's set-id file would be a host root's set-id file in the
+            // cache: its bits go (inside, no_new_privs makes them useless anyway).
+            let keep = if meta.is_dir() { 0o7777 } else { 0o1777 };
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(meta.mode() & keep))?;
         }
         if meta.is_dir() {
             stack.extend(std::fs::read_dir(&path)?.flatten().map(|e| e.path()));
