@@ -2,6 +2,7 @@
 
 pub mod heavy;
 pub mod kvm_host;
+pub mod network_rig;
 
 use std::time::{Duration, Instant};
 

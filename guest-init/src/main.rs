@@ -3,7 +3,7 @@
 //! ```text
 //! guest-init (--fd N | --vsock PORT) [--python PATH] [--home DIR] [--max-processes N]
 //!            [--namespace-root DIR --lower DIR... --upper DIR --work DIR [--id-base N]]
-//!            [--user-cgroup-fd N]... [--output-limit BYTES]
+//!            [--user-cgroup-fd N]... [--output-limit BYTES] [--nameserver ADDR]
 //! ```
 //!
 //! `--fd N` is the host connection (a Unix socket the launcher passed in);
@@ -15,6 +15,7 @@
 //! reaps orphans until the server exits. In a microVM the server and all
 //! it starts run in a control group with a memory limit below the VM's memory
 //! and `--max-processes` (default 256); PID 1 stays outside it.
+//! `--nameserver` (a microVM with a network card) writes `/etc/resolv.conf`.
 
 use std::fs::File;
 use std::os::fd::FromRawFd;
@@ -38,6 +39,7 @@ struct Args {
     max_processes: Option<u32>,
     user_cgroup_fds: Vec<i32>,
     output_limit: Option<usize>,
+    nameserver: Option<std::net::IpAddr>,
 }
 
 /// Processes (and threads) user code may have at once in a microVM, as in
@@ -85,6 +87,13 @@ fn parse_args() -> Result<Args, String> {
                     value()?
                         .parse()
                         .map_err(|_| "--output-limit takes a number of bytes")?,
+                )
+            }
+            "--nameserver" => {
+                args.nameserver = Some(
+                    value()?
+                        .parse()
+                        .map_err(|_| "--nameserver takes an IP address")?,
                 )
             }
             other => return Err(format!("unknown argument {other}")),
@@ -148,6 +157,12 @@ fn main() -> ExitCode {
             return ExitCode::from(3);
         }
     };
+    if let Some(address) = args.nameserver
+        && let Err(e) = pid1::set_nameserver(address)
+    {
+        eprintln!("guest-init: writing /etc/resolv.conf: {e}");
+        return ExitCode::from(3);
+    }
     if let Err(e) = confine::set_user_cgroup(user_cgroup) {
         eprintln!("guest-init: the user control group: {e}");
         return ExitCode::from(3);

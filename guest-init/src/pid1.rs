@@ -240,6 +240,17 @@ pub fn make_user_cgroup(max_processes: u32) -> Result<std::os::fd::OwnedFd, Setu
     step("opening the user cgroup", io(procs)).map(Into::into)
 }
 
+/// Points the resolver at `address` (replacing whatever `/etc/resolv.conf`
+/// was, a symbolic link included).
+pub fn set_nameserver(address: std::net::IpAddr) -> std::io::Result<()> {
+    let path = std::path::Path::new("/etc/resolv.conf");
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    std::fs::write(path, format!("nameserver {address}\n"))
+}
+
 /// Brings up `lo` (a new network namespace starts with it down).
 pub fn loopback_up() {
     // SAFETY: plain ioctls on a socket we own, with a zeroed `ifreq` whose

@@ -18,6 +18,8 @@ fn the_guest_kernel_builds_with_the_options_the_microvm_needs() {
         "CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES=y",
         "CONFIG_VIRTIO_BLK=y",
         "CONFIG_VIRTIO_VSOCKETS=y",
+        "CONFIG_VIRTIO_NET=y",
+        "CONFIG_IP_PNP=y",
         "CONFIG_EXT4_FS=y",
         "CONFIG_OVERLAY_FS=y",
         "CONFIG_SERIAL_8250_CONSOLE=y",

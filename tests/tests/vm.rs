@@ -218,6 +218,17 @@ async fn the_sandbox_api_on_the_microvm() {
     assert!(matches!(s.run_code("1").await, Err(Error::Closed)));
 }
 
+/// The microVM's network card (`vmm/src/devices/virtio/net/`, passt behind
+/// it): absent without options; with them the VMM's filter lets allowed
+/// addresses through and refuses denied ones and the host's own.
+#[tokio::test]
+#[ignore = "needs KVM that runs Linux guests; run by vm_suite"]
+async fn network_on_the_microvm() {
+    use cellbox_tests::network_rig;
+    network_rig::check_nothing_leaves_without_network(BackendPolicy::Vm).await;
+    network_rig::check_allowed_reached_denied_refused(BackendPolicy::Vm).await;
+}
+
 #[tokio::test]
 #[ignore = "needs KVM that runs Linux guests; run by vm_suite"]
 async fn the_router_moves_a_session_to_the_microvm() {

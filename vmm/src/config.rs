@@ -1,6 +1,11 @@
-//! What a VM is made of: a kernel, vCPUs, memory, disks, an optional vsock.
+//! What a VM is made of: a kernel, vCPUs, memory, disks, an optional vsock
+//! and an optional network card.
 
+use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::devices::virtio::net::FrameFilter;
 
 /// Most vCPUs a VM may have.
 pub const MAX_VCPUS: u8 = crate::arch::mptable::MAX_CPUS;
@@ -27,6 +32,18 @@ pub struct VsockConfig {
     pub guest_cid: u64,
     /// Also serve `CONNECT <port>` clients on this Unix socket path.
     pub unix_socket: Option<PathBuf>,
+}
+
+/// The virtio-net card.
+#[derive(Debug, Clone)]
+pub struct NetConfig {
+    /// The card's MAC address.
+    pub mac: [u8; 6],
+    /// A connected stream socket to the user-mode network (QEMU's stream
+    /// framing, e.g. `passt --fd`); the VM uses a duplicate of it.
+    pub backend: Arc<UnixStream>,
+    /// What the guest's frames must pass to leave.
+    pub filter: FrameFilter,
 }
 
 /// A VM's configuration; build it with the `with_*` methods.
@@ -56,6 +73,8 @@ pub struct VmConfig {
     pub disks: Vec<DiskConfig>,
     /// The vsock device, if any.
     pub vsock: Option<VsockConfig>,
+    /// The network card, if any.
+    pub net: Option<NetConfig>,
     /// Use KVM's in-kernel interrupt controllers and PIT (needed by Linux).
     /// Without them a `hlt` exits to the VMM and stops the VM; freestanding
     /// test guests use that to signal the end.
@@ -72,6 +91,7 @@ impl VmConfig {
             memory_mib: 256,
             disks: Vec::new(),
             vsock: None,
+            net: None,
             irqchip: true,
         }
     }
@@ -114,6 +134,16 @@ impl VmConfig {
         self
     }
 
+    /// Adds a network card on `backend` that sends only what `filter` admits.
+    pub fn with_net(mut self, mac: [u8; 6], backend: UnixStream, filter: FrameFilter) -> VmConfig {
+        self.net = Some(NetConfig {
+            mac,
+            backend: Arc::new(backend),
+            filter,
+        });
+        self
+    }
+
     /// Also serves the vsock Unix-socket convention at `path`.
     pub fn with_vsock_unix_socket(mut self, path: impl Into<PathBuf>) -> VmConfig {
         if let Some(vsock) = &mut self.vsock {
@@ -147,7 +177,7 @@ impl VmConfig {
                 vsock.guest_cid
             ));
         }
-        if self.disks.len() + usize::from(self.vsock.is_some())
+        if self.disks.len() + usize::from(self.vsock.is_some()) + usize::from(self.net.is_some())
             > crate::layout::MMIO_DEVICES_MAX as usize
         {
             return Err("too many devices".into());

@@ -1,11 +1,12 @@
 //! `cellbox-vmm`: a minimal KVM virtual machine monitor on the rust-vmm
 //! crates. It boots a Linux kernel (ELF `vmlinux` or `bzImage`, 64-bit boot
-//! protocol) with a serial console, virtio-blk disks (shared read-only image
-//! + private copy-on-write layer) and virtio-vsock, and stops it cleanly.
+//! protocol) with a serial console, virtio-blk disks (a shared read-only
+//! image plus a private copy-on-write layer), virtio-vsock and virtio-net
+//! (frames filtered on the way out), and stops it cleanly.
 //!
 //! - [`VmConfig`] → [`Vm::start`] → [`Vm`] (console, vsock, wait, stop)
 //! - [`vcpu`]: the run loop and [`vcpu::handle_exit`]
-//! - [`devices`]: `legacy/serial`, `virtio/mmio`, `virtio/block`, `virtio/vsock`
+//! - [`devices`]: `legacy/serial`, `virtio/mmio`, `virtio/block`, `virtio/net`, `virtio/vsock`
 //! - [`arch`]: kernel loading, registers, CPUID, MP table; [`layout`]: the memory map
 //! - [`seccomp`]: the filters every VMM thread runs under
 //! - [`kvm_support`]: whether KVM here can run a Linux guest at all
@@ -24,8 +25,9 @@ pub mod seccomp;
 pub mod test_guest;
 pub mod vcpu;
 
-pub use config::{DiskConfig, VmConfig, VsockConfig};
+pub use config::{DiskConfig, NetConfig, VmConfig, VsockConfig};
 pub use devices::legacy::ConsoleLog;
+pub use devices::virtio::net::{EgressRules, FrameFilter};
 pub use devices::virtio::vsock::VsockConnector;
 pub use error::VmError;
 pub use machine::{Vm, VmControl};

@@ -22,6 +22,7 @@ use crate::devices::bus::{Bus, lock};
 use crate::devices::legacy::{ConsoleLog, SerialDevice};
 use crate::devices::virtio::block::{BlockDevice, CowDisk};
 use crate::devices::virtio::mmio::QUEUE_NOTIFY_OFFSET;
+use crate::devices::virtio::net::NetDevice;
 use crate::devices::virtio::vsock::{VsockConnector, VsockDevice, unix};
 use crate::devices::virtio::{IrqTrigger, MmioTransport, VirtioDevice};
 use crate::error::VmError;
@@ -250,6 +251,17 @@ impl Vm {
                 unix_listener = Some((thread, stop));
             }
             vsock = Some(connector);
+        }
+        if let Some(net) = &config.net {
+            let backend = net
+                .backend
+                .try_clone()
+                .map_err(VmError::io("duplicate the network socket"))?;
+            let device = NetDevice::new(net.mac, backend, net.filter.clone())
+                .map_err(VmError::io("create the network card's events"))?;
+            let device = Arc::new(Mutex::new(device));
+            devices.attach(&vm, &mem, &config, &mut mmio, &mut cmdline, device.clone())?;
+            subscribers.push(device);
         }
         boot::write_boot_data(&mem, &kernel, &cmdline, mem_size)?;
         let event_loop = spawn_event_loop(subscribers)?;

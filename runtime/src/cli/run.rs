@@ -177,9 +177,7 @@ async fn run_in_sandbox(args: &RunArgs, out: &Output) -> u8 {
         BackendChoice::Namespace => (Backend::Namespace, BackendPolicy::Namespace),
         BackendChoice::Vm => (Backend::Vm, BackendPolicy::Vm),
         BackendChoice::Auto => match cellbox_vmm::kvm_support::linux_guest_blocker() {
-            None if !network.enabled() && args.template.is_none() => {
-                (Backend::Vm, BackendPolicy::Vm)
-            }
+            None if args.template.is_none() => (Backend::Vm, BackendPolicy::Vm),
             _ => (Backend::Namespace, BackendPolicy::Namespace),
         },
     };

@@ -14,9 +14,11 @@ use crate::executor::Backend;
 use crate::guest::{
     GuestArtifacts, GuestBackend, GuestClient, GuestControl, GuestKernel, GuestSession, Usage,
 };
+use crate::namespace::NetworkPolicy;
 use crate::progress::Progress;
 
 use super::BootTimeline;
+use super::network::VmNetwork;
 
 /// The guest's context id on vsock.
 const GUEST_CID: u64 = 3;
@@ -41,6 +43,9 @@ pub struct MicroVmConfig {
     pub kernel_args: Vec<String>,
     /// What one cell or command may print; past it, output is cut with a marker.
     pub output_limit: usize,
+    /// What the VM may reach on the network; by default it has no network
+    /// card at all.
+    pub network: NetworkPolicy,
 }
 
 impl Default for MicroVmConfig {
@@ -54,18 +59,21 @@ impl Default for MicroVmConfig {
             boot_timeout: Duration::from_secs(30),
             kernel_args: Vec::new(),
             output_limit: cellbox_guest_init::output::DEFAULT_LIMIT,
+            network: NetworkPolicy::default(),
         }
     }
 }
 
 /// The kernel command line: serial console, the ext4 root on `vda` (written
 /// only to the VM's copy-on-write layer), guest-init as init on vsock with
-/// its output limit; `extra` parameters go before guest-init's (later ones win).
-pub fn kernel_cmdline(extra: &[String], output_limit: usize) -> String {
-    let extra: String = extra.iter().map(|arg| format!(" {arg}")).collect();
+/// its output limit; `extra` parameters go before guest-init's (later ones
+/// win), `init_extra` after guest-init's own.
+pub fn kernel_cmdline(extra: &[String], init_extra: &[String], output_limit: usize) -> String {
+    let words = |words: &[String]| -> String { words.iter().map(|w| format!(" {w}")).collect() };
+    let (extra, init_extra) = (words(extra), words(init_extra));
     format!(
         "console=ttyS0 reboot=k panic=-1 quiet root=/dev/vda rw rootfstype=ext4 \
-         init=/usr/sbin/init{extra} -- --vsock {VSOCK_PORT} --output-limit {output_limit}"
+         init=/usr/sbin/init{extra} -- --vsock {VSOCK_PORT} --output-limit {output_limit}{init_extra}"
     )
 }
 
@@ -77,15 +85,17 @@ pub fn guest_files(cache_root: &Path, progress: &Progress) -> Result<(GuestKerne
     Ok((kernel, image))
 }
 
-/// A stateful Python session in a KVM microVM: its own kernel, no network
-/// device, no host files but the read-only root image, memory and vCPUs as
-/// configured.
+/// A stateful Python session in a KVM microVM: its own kernel, no host
+/// files but the read-only root image, memory and vCPUs as configured, and
+/// a network card only when [`MicroVmConfig::network`] asks for one.
 #[derive(Debug)]
 pub struct MicroVmExecutor {
     session: GuestSession,
     control: Arc<MicroVmControl>,
     vm: Option<Vm>,
     boot: Option<BootTimeline>,
+    /// Dropped after the VM (field order): passt outlives its card.
+    _network: Option<VmNetwork>,
 }
 
 fn unavailable(reason: impl Into<String>) -> Error {
@@ -114,12 +124,34 @@ impl MicroVmExecutor {
                 .await
                 .map_err(|e| unavailable(format!("building the guest failed: {e}")))??;
 
-        let vm_config = VmConfig::new(kernel.vmlinux())
-            .with_cmdline(kernel_cmdline(&config.kernel_args, config.output_limit))
+        let (mut network, card) = if config.network.enabled() {
+            let policy = config.network.clone();
+            let (network, card) = tokio::task::spawn_blocking(move || VmNetwork::start(&policy))
+                .await
+                .map_err(|e| unavailable(format!("starting the network failed: {e}")))??;
+            (Some(network), Some(card))
+        } else {
+            (None, None)
+        };
+        let mut kernel_args = config.kernel_args.clone();
+        let mut init_args = Vec::new();
+        if let Some(card) = &card {
+            kernel_args.extend(card.kernel_args.iter().cloned());
+            init_args.extend(card.init_args.iter().cloned());
+        }
+        let mut vm_config = VmConfig::new(kernel.vmlinux())
+            .with_cmdline(kernel_cmdline(
+                &kernel_args,
+                &init_args,
+                config.output_limit,
+            ))
             .with_vcpus(config.vcpus)
             .with_memory_mib(config.memory_mib)
             .with_disk(image, true)
             .with_vsock(GUEST_CID);
+        if let Some(card) = card {
+            vm_config = vm_config.with_net(card.mac, card.socket, card.filter);
+        }
         let started = Instant::now();
         let vm = tokio::task::spawn_blocking(move || Vm::start(vm_config))
             .await
@@ -127,6 +159,9 @@ impl MicroVmExecutor {
             .map_err(|e| unavailable(e.to_string()))?;
         let vm_started = started.elapsed();
         let client = connect(&vm, config.boot_timeout).await?;
+        if let Some(network) = &mut network {
+            network.check()?;
+        }
         let boot = client
             .boot_clock()
             .map(|guest| BootTimeline::new(vm_started, started.elapsed(), guest));
@@ -144,6 +179,7 @@ impl MicroVmExecutor {
             control,
             vm: Some(vm),
             boot,
+            _network: network,
         })
     }
 
@@ -251,6 +287,7 @@ impl GuestBackend for MicroVmExecutor {
                 reason: e.to_string(),
             })?;
         }
+        self._network = None;
         Ok(())
     }
 }

@@ -13,7 +13,7 @@
 //! without. Domain names in `allow_out` are resolved when the sandbox starts.
 
 use std::net::{IpAddr, ToSocketAddrs};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -161,49 +161,41 @@ fn host_addresses() -> Vec<IpNet> {
         .collect()
 }
 
-/// A [`NetworkPolicy`] as address sets.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EgressRules {
-    pub allow: Vec<IpNet>,
-    pub deny: Vec<IpNet>,
-    /// What happens to the rest.
-    pub allow_rest: bool,
-}
+/// A [`NetworkPolicy`] as address sets (one definition for both
+/// enforcers: nftables here, the VMM's frame filter for microVMs).
+pub use cellbox_vmm::EgressRules;
 
-impl EgressRules {
-    /// The rules as an `nft -f` script (one table, `inet cellbox`).
-    pub fn nft_script(&self) -> String {
-        let set = |name: &str, kind: &str, nets: &[IpNet], v6: bool| {
-            let elements: Vec<String> = nets
-                .iter()
-                .filter(|n| matches!(n, IpNet::V6(_)) == v6)
-                .map(|n| n.to_string())
-                .collect();
-            let elements = if elements.is_empty() {
-                String::new()
-            } else {
-                format!(" elements = {{ {} }};", elements.join(", "))
-            };
-            format!("  set {name} {{ type {kind}; flags interval; auto-merge;{elements} }}\n")
+/// `rules` as an `nft -f` script (one table, `inet cellbox`).
+pub fn nft_script(rules: &EgressRules) -> String {
+    let set = |name: &str, kind: &str, nets: &[IpNet], v6: bool| {
+        let elements: Vec<String> = nets
+            .iter()
+            .filter(|n| matches!(n, IpNet::V6(_)) == v6)
+            .map(|n| n.to_string())
+            .collect();
+        let elements = if elements.is_empty() {
+            String::new()
+        } else {
+            format!(" elements = {{ {} }};", elements.join(", "))
         };
-        let mut script = String::from("table inet cellbox {\n");
-        script += &set("allow4", "ipv4_addr", &self.allow, false);
-        script += &set("allow6", "ipv6_addr", &self.allow, true);
-        script += &set("deny4", "ipv4_addr", &self.deny, false);
-        script += &set("deny6", "ipv6_addr", &self.deny, true);
-        script += "  chain egress {\n    type filter hook output priority 0; policy accept;\n";
-        script += "    oifname \"lo\" accept\n";
-        script += &format!(
-            "    ip daddr {DNS_FORWARDER} meta l4proto {{ tcp, udp }} th dport 53 accept\n"
-        );
-        script += "    ip daddr @allow4 accept\n    ip6 daddr @allow6 accept\n";
-        script += "    ip daddr @deny4 reject\n    ip6 daddr @deny6 reject\n";
-        if !self.allow_rest {
-            script += "    reject\n";
-        }
-        script += "  }\n}\n";
-        script
+        format!("  set {name} {{ type {kind}; flags interval; auto-merge;{elements} }}\n")
+    };
+    let mut script = String::from("table inet cellbox {\n");
+    script += &set("allow4", "ipv4_addr", &rules.allow, false);
+    script += &set("allow6", "ipv6_addr", &rules.allow, true);
+    script += &set("deny4", "ipv4_addr", &rules.deny, false);
+    script += &set("deny6", "ipv6_addr", &rules.deny, true);
+    script += "  chain egress {\n    type filter hook output priority 0; policy accept;\n";
+    script += "    oifname \"lo\" accept\n";
+    script +=
+        &format!("    ip daddr {DNS_FORWARDER} meta l4proto {{ tcp, udp }} th dport 53 accept\n");
+    script += "    ip daddr @allow4 accept\n    ip6 daddr @allow6 accept\n";
+    script += "    ip daddr @deny4 reject\n    ip6 daddr @deny6 reject\n";
+    if !rules.allow_rest {
+        script += "    reject\n";
     }
+    script += "  }\n}\n";
+    script
 }
 
 /// slirp4netns's DNS forwarder inside the sandbox (its `/etc/resolv.conf`).
@@ -248,19 +240,10 @@ impl Network {
             .stdin(Stdio::null())
             .stdout(log_file.try_clone().map_err(|e| Error::io("logging", e))?)
             .stderr(log_file);
-        let (ready_fd, exit_fd) = (ready_write.as_raw_fd(), exit_read.as_raw_fd());
-        // SAFETY: dup2 is async-signal-safe; both descriptors stay open in
-        // the parent until spawn returns, and dup2 clears close-on-exec.
-        unsafe {
-            command.pre_exec(move || {
-                for (from, to) in [(ready_fd, 3), (exit_fd, 4)] {
-                    if libc::dup2(from, to) < 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                }
-                Ok(())
-            });
-        }
+        pass_fds(
+            &mut command,
+            [(ready_write.as_raw_fd(), 3), (exit_read.as_raw_fd(), 4)],
+        );
         let mut slirp = command.spawn().map_err(|e| {
             unavailable(format!(
                 "network access needs slirp4netns (Debian: apt-get install slirp4netns): {e}"
@@ -292,6 +275,30 @@ impl Drop for Network {
     }
 }
 
+/// Gives the child `command` starts descriptor `from` as number `to`, for
+/// each pair (only the child: the parent's stay close-on-exec, so other
+/// children never hold them). Each `from` must stay open until `spawn`.
+pub(crate) fn pass_fds<const N: usize>(command: &mut Command, fds: [(RawFd, RawFd); N]) {
+    // SAFETY: dup2 and fcntl are async-signal-safe; the caller keeps every
+    // `from` open until spawn returns, and dup2 clears close-on-exec on the copy.
+    unsafe {
+        command.pre_exec(move || {
+            for (from, to) in fds {
+                // dup2 onto itself would keep close-on-exec: clear it instead.
+                let done = if from == to {
+                    libc::fcntl(to, libc::F_SETFD, 0)
+                } else {
+                    libc::dup2(from, to)
+                };
+                if done < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+}
+
 /// Runs `nft -f -` with `rules` in the network namespace `netns`.
 fn apply_rules(netns: &std::fs::File, rules: &EgressRules) -> Result<()> {
     let mut command = Command::new("nft");
@@ -315,7 +322,7 @@ fn apply_rules(netns: &std::fs::File, rules: &EgressRules) -> Result<()> {
             "network rules need nft (Debian: apt-get install nftables): {e}"
         ))
     })?;
-    let script = rules.nft_script();
+    let script = nft_script(rules);
     if let Some(mut stdin) = nft.stdin.take() {
         std::io::Write::write_all(&mut stdin, script.as_bytes())
             .map_err(|e| Error::io("writing the network rules to nft", e))?;
@@ -369,7 +376,7 @@ mod tests {
         }
         .resolve()
         .unwrap();
-        let script = rules.nft_script();
+        let script = nft_script(&rules);
         assert!(script.contains("set allow4 { type ipv4_addr; flags interval; auto-merge; elements = { 198.51.100.1/32 }; }"), "{script}");
         assert!(script.contains("elements = { 2001:db8::/32 }"), "{script}");
         assert!(script.contains("169.254.0.0/16"), "{script}");
@@ -377,7 +384,7 @@ mod tests {
         let deny = script.find("@deny4 reject").unwrap();
         assert!(allow < deny);
         assert!(script.contains("    reject\n  }"), "{script}");
-        let open = NetworkPolicy::internet().resolve().unwrap().nft_script();
+        let open = nft_script(&NetworkPolicy::internet().resolve().unwrap());
         assert!(!open.contains("    reject\n"), "{open}");
         assert!(!NetworkPolicy::default().enabled());
         assert!(NetworkPolicy::internet().enabled());

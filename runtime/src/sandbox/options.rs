@@ -25,30 +25,31 @@ pub enum BackendPolicy {
 
 impl BackendPolicy {
     /// Where cells of a sandbox with `network` (and a template, if
-    /// `template`) may run: everywhere without them; with them, only on the
-    /// namespace backend (the fast path and, so far, the microVM have neither
-    /// network nor templates).
+    /// `template`) may run: everywhere without them; with network, on a
+    /// heavy backend only (the fast path has none); with a template, on the
+    /// namespace backend only (the microVM does not stack template layers yet).
     pub(crate) fn split_for(
         self,
         network: &NetworkPolicy,
         template: bool,
     ) -> crate::Result<(Policy, HeavyChoice)> {
         network.check()?;
-        if !network.enabled() && !template {
-            return Ok(self.split());
-        }
-        match self {
-            BackendPolicy::Auto | BackendPolicy::Namespace => {
+        let refuse = |what: &str| Err(crate::Error::InvalidArgument(what.into()));
+        match (self, template) {
+            _ if !network.enabled() && !template => Ok(self.split()),
+            (BackendPolicy::Wasm, false) => refuse(
+                "network access needs a heavy backend (microVM or namespace); \
+                 the WebAssembly fast path has no network",
+            ),
+            (BackendPolicy::Wasm | BackendPolicy::Vm, true) => refuse(
+                "custom templates need the namespace backend; \
+                 the microVM and the fast path run the default template only",
+            ),
+            (BackendPolicy::Auto, false) => Ok((Policy::HeavyOnly, HeavyChoice::Auto)),
+            (BackendPolicy::Vm, false) => Ok((Policy::HeavyOnly, HeavyChoice::Vm)),
+            (BackendPolicy::Auto | BackendPolicy::Namespace, _) => {
                 Ok((Policy::HeavyOnly, HeavyChoice::Namespace))
             }
-            BackendPolicy::Wasm | BackendPolicy::Vm => Err(crate::Error::InvalidArgument(format!(
-                "network access needs the namespace backend; the {} backend has no network yet",
-                if self == BackendPolicy::Wasm {
-                    "WebAssembly"
-                } else {
-                    "microVM"
-                }
-            ))),
         }
     }
 

@@ -159,6 +159,7 @@ impl Sandbox {
                 vcpus: options.vcpus,
                 memory_mib: options.memory_mib,
                 default_timeout: options.timeout,
+                network: options.network.clone(),
                 ..Default::default()
             },
             progress: options.progress.clone(),

@@ -1,8 +1,9 @@
 //! Virtio: the device trait, the interrupt a device raises, the virtio-mmio
-//! transport, and the devices (block, vsock).
+//! transport, and the devices (block, net, vsock).
 
 pub mod block;
 pub mod mmio;
+pub mod net;
 pub mod vsock;
 
 use std::sync::Arc;
@@ -18,6 +19,8 @@ pub use mmio::MmioTransport;
 pub const VIRTIO_F_VERSION_1: u64 = 1 << virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 /// Device id of virtio-blk.
 pub const TYPE_BLOCK: u32 = virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
+/// Device id of virtio-net.
+pub const TYPE_NET: u32 = virtio_bindings::virtio_ids::VIRTIO_ID_NET;
 /// Device id of virtio-vsock.
 pub const TYPE_VSOCK: u32 = virtio_bindings::virtio_ids::VIRTIO_ID_VSOCK;
 

@@ -1,0 +1,124 @@
+//! Network test rig shared by the namespace and microVM suites: two HTTP
+//! servers on TEST-NET-2 addresses added to the host's loopback interface
+//! (not every kernel has dummy interfaces), so that nothing outside is
+//! needed; they are host addresses but not loopback's 127.0.0.0/8, which
+//! neither backend ever reaches.
+
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::sync::OnceLock;
+
+use cellbox::{BackendPolicy, NetworkPolicy, Sandbox, SandboxOptions};
+
+/// The address the tests allow.
+pub const ALLOWED: &str = "198.51.100.1";
+/// The address the tests deny.
+pub const DENIED: &str = "198.51.100.2";
+/// Both servers' port.
+pub const PORT: u16 = 18_080;
+
+/// Adds both addresses to `lo` (once per test binary) and serves
+/// `hello from ADDRESS` on each.
+pub fn servers() {
+    static STARTED: OnceLock<()> = OnceLock::new();
+    STARTED.get_or_init(|| {
+        let ip = |args: &[&str]| {
+            std::process::Command::new("ip")
+                .args(args)
+                .output()
+                .expect("ip (iproute2)")
+        };
+        for address in [ALLOWED, DENIED] {
+            let added = ip(&["addr", "add", &format!("{address}/32"), "dev", "lo"]);
+            let said = String::from_utf8_lossy(&added.stderr);
+            assert!(
+                added.status.success()
+                    || said.contains("File exists")
+                    || said.contains("already assigned"),
+                "adding {address} to lo: {said}"
+            );
+            let listener = TcpListener::bind((address, PORT)).expect("binding a test server");
+            std::thread::spawn(move || {
+                for mut stream in listener.incoming().flatten() {
+                    let mut request = [0u8; 1024];
+                    let _ = stream.read(&mut request);
+                    let body = format!("hello from {address}");
+                    let _ = write!(
+                        stream,
+                        "HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+                        body.len()
+                    );
+                }
+            });
+        }
+    });
+}
+
+/// A sandbox on `backend` with `network` (the servers started first).
+pub async fn sandbox(backend: BackendPolicy, network: NetworkPolicy) -> Sandbox {
+    servers();
+    Sandbox::create(
+        SandboxOptions::default()
+            .with_backend(backend)
+            .with_network(network),
+    )
+    .await
+    .expect("starting a sandbox with network (the namespace backend needs root, slirp4netns and nft; the microVM passt)")
+}
+
+/// What `GET http://ADDRESS:PORT/` gives inside the sandbox: the body, or
+/// the error's class name.
+pub async fn fetch(sandbox: &Sandbox, address: &str) -> String {
+    let code = format!(
+        "import urllib.request\ntry:\n    r = urllib.request.urlopen('http://{address}:{PORT}/', timeout=5).read().decode()\nexcept Exception as e:\n    r = type(getattr(e, 'reason', e)).__name__\nr"
+    );
+    let execution = sandbox.run_code(&code).await.unwrap();
+    assert!(execution.error.is_none(), "{execution:?}");
+    execution
+        .text()
+        .unwrap_or_default()
+        .trim_matches('\'')
+        .to_string()
+}
+
+/// Without network options nothing leaves.
+pub async fn check_nothing_leaves_without_network(backend: BackendPolicy) {
+    let s = sandbox(backend, NetworkPolicy::default()).await;
+    assert_eq!(fetch(&s, ALLOWED).await, "OSError", "no route out");
+}
+
+/// Allowed addresses are reached; denied ones and the host's own addresses
+/// are refused at once; with `allow_out` alone, the rest is refused.
+pub async fn check_allowed_reached_denied_refused(backend: BackendPolicy) {
+    let s = sandbox(
+        backend,
+        NetworkPolicy {
+            allow_internet_access: true,
+            allow_out: vec![ALLOWED.into()],
+            deny_out: vec![format!("{DENIED}/32")],
+        },
+    )
+    .await;
+    assert_eq!(fetch(&s, ALLOWED).await, format!("hello from {ALLOWED}"));
+    assert_eq!(fetch(&s, DENIED).await, "ConnectionRefusedError");
+    let host = nix::ifaddrs::getifaddrs()
+        .unwrap()
+        .filter_map(|a| a.address?.as_sockaddr_in().map(|v4| v4.ip()))
+        .find(|ip| !ip.is_loopback() && ![ALLOWED, DENIED].contains(&ip.to_string().as_str()));
+    if let Some(host) = host {
+        assert_eq!(fetch(&s, &host.to_string()).await, "ConnectionRefusedError");
+    }
+    s.close().await.unwrap();
+
+    let only = sandbox(
+        backend,
+        NetworkPolicy {
+            allow_out: vec![ALLOWED.into()],
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(fetch(&only, ALLOWED).await, format!("hello from {ALLOWED}"));
+    assert_eq!(fetch(&only, DENIED).await, "ConnectionRefusedError");
+    only.close().await.unwrap();
+}
