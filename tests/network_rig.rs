@@ -1,12 +1,15 @@
 //! Network test rig shared by the namespace and microVM suites: two HTTP
-//! servers on TEST-NET-2 addresses added to the host's loopback interface
-//! (not every kernel has dummy interfaces), so that nothing outside is
-//! needed; they are host addresses but not loopback's 127.0.0.0/8, which
-//! neither backend ever reaches.
+//! servers on TEST-NET-2 addresses in a network namespace of their own,
+//! joined to the host's by a veth pair (a machine elsewhere, as far as the
+//! sandboxes' user-mode networks can tell), so that nothing outside is
+//! needed, and the servers are not the host's own addresses (which the
+//! sandboxes are refused by default).
 
 use std::io::{Read, Write};
 use std::net::TcpListener;
+use std::os::fd::AsFd;
 use std::sync::OnceLock;
+use std::sync::mpsc::channel;
 
 use cellbox::{BackendPolicy, NetworkPolicy, Sandbox, SandboxOptions};
 
@@ -16,29 +19,55 @@ pub const ALLOWED: &str = "198.51.100.1";
 pub const DENIED: &str = "198.51.100.2";
 /// Both servers' port.
 pub const PORT: u16 = 18_080;
+/// The servers' network namespace (`ip netns`).
+const SERVERS_NETNS: &str = "cellbox-test-servers";
 
-/// Adds both addresses to `lo` (once per test binary) and serves
-/// `hello from ADDRESS` on each.
+fn ip(args: &[&str]) -> std::process::Output {
+    std::process::Command::new("ip")
+        .args(args)
+        .output()
+        .expect("ip (iproute2)")
+}
+
+fn ip_ok(args: &[&str]) {
+    let out = ip(args);
+    assert!(out.status.success(), "ip {args:?}: {out:?}");
+}
+
+/// Makes the servers' namespace and link afresh (whatever an earlier test
+/// binary left goes first), then serves `hello from ADDRESS` on both
+/// addresses; once per test binary.
 pub fn servers() {
     static STARTED: OnceLock<()> = OnceLock::new();
     STARTED.get_or_init(|| {
-        let ip = |args: &[&str]| {
-            std::process::Command::new("ip")
-                .args(args)
-                .output()
-                .expect("ip (iproute2)")
-        };
+        let netns = format!("/run/netns/{SERVERS_NETNS}");
+        let _ = ip(&["link", "del", "cbtest0"]);
+        let _ = ip(&["netns", "del", SERVERS_NETNS]);
+        let _ = std::fs::remove_file(&netns);
+        ip_ok(&["netns", "add", SERVERS_NETNS]);
+        ip_ok(&[
+            "link", "add", "cbtest0", "type", "veth", "peer", "name", "cbtest1",
+        ]);
+        ip_ok(&["link", "set", "cbtest1", "netns", SERVERS_NETNS]);
+        ip_ok(&["addr", "add", "198.51.100.254/24", "dev", "cbtest0"]);
+        ip_ok(&["link", "set", "cbtest0", "up"]);
+        let inside = ["-n", SERVERS_NETNS];
         for address in [ALLOWED, DENIED] {
-            let added = ip(&["addr", "add", &format!("{address}/32"), "dev", "lo"]);
-            let said = String::from_utf8_lossy(&added.stderr);
-            assert!(
-                added.status.success()
-                    || said.contains("File exists")
-                    || said.contains("already assigned"),
-                "adding {address} to lo: {said}"
-            );
-            let listener = TcpListener::bind((address, PORT)).expect("binding a test server");
+            let cidr = format!("{address}/24");
+            ip_ok(&[&inside[..], &["addr", "add", &cidr, "dev", "cbtest1"]].concat());
+        }
+        ip_ok(&[&inside[..], &["link", "set", "cbtest1", "up"]].concat());
+        ip_ok(&[&inside[..], &["link", "set", "lo", "up"]].concat());
+        for address in [ALLOWED, DENIED] {
+            let (bound, listening) = channel();
+            let netns = netns.clone();
             std::thread::spawn(move || {
+                // This thread alone moves into the servers' namespace.
+                let ns = std::fs::File::open(&netns).expect("the servers' namespace");
+                nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
+                    .expect("entering the servers' namespace");
+                let listener = TcpListener::bind((address, PORT)).expect("binding a test server");
+                bound.send(()).unwrap();
                 for mut stream in listener.incoming().flatten() {
                     let mut request = [0u8; 1024];
                     let _ = stream.read(&mut request);
@@ -50,6 +79,7 @@ pub fn servers() {
                     );
                 }
             });
+            listening.recv().expect("a test server started");
         }
     });
 }

@@ -7,7 +7,7 @@
 #   build.sh OUT_DIR
 #
 # Output in OUT_DIR: vmlinuz (Debian's linux-image-amd64 kernel), initrd.gz
-# (busybox, the virtio/9p/overlay/KVM modules and the init below), version.
+# (busybox, the virtio/9p/overlay/KVM/veth modules and the init below), version.
 # Installs qemu-system-x86, busybox-static, kmod and cpio with apt-get when
 # missing (root needed only then). Takes about a minute; run.sh starts it.
 set -Eeuo pipefail
@@ -45,31 +45,31 @@ dpkg-deb -x ./*.deb root
 version="$(ls root/lib/modules | head -n 1)"
 echo "kernel $version"
 
-step 3 "collecting the modules it needs (virtio, 9p, overlay, KVM)"
+step 3 "collecting the modules it needs (virtio, 9p, overlay, KVM, veth)"
 mkdir -p initrd/{bin,dev,proc,sys,host,root,tmp,lib/modules}
 cp /bin/busybox initrd/bin/busybox
-for applet in sh mount umount mkdir modprobe cat cp echo poweroff chroot sed sleep ip; do
+for applet in sh mount umount mkdir modprobe cat cp echo poweroff switch_root sed sleep ip; do
     ln -s busybox "initrd/bin/$applet"
 done
 modules="lib/modules/$version"
 mkdir -p "initrd/$modules"
 cp root/"$modules"/modules.{order,builtin,builtin.modinfo} "initrd/$modules/"
 (cd root && find "$modules/kernel" -name '*.ko*' \
-    | grep -E '/(arch/x86/kvm|virt/lib|drivers/crypto/ccp|fs/9p|net/9p|fs/netfs|fs/fscache|fs/overlayfs|drivers/virtio)/' \
+    | grep -E '/(arch/x86/kvm|virt/lib|drivers/crypto/ccp|fs/9p|net/9p|fs/netfs|fs/fscache|fs/overlayfs|drivers/virtio)/|/drivers/net/veth\.ko' \
     | cpio -pdm --quiet ../initrd)
 depmod -b "$PWD/initrd" "$version"
 
 cat >initrd/init <<'INIT'
 #!/bin/sh
 # PID 1 of the emulated machine: loads the modules, lays a writable tmpfs
-# over the host's file system (shared read-only over 9p), runs the command
-# script named on the command line in it, reports its exit status on the
-# second serial port, powers off.
+# over the host's file system (shared read-only over 9p), makes it the root,
+# runs the command script named on the command line in it, reports its exit
+# status on the second serial port, powers off.
 mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
 ip link set lo up
-for m in virtio_pci 9pnet_virtio 9p overlay kvm kvm_amd; do
+for m in virtio_pci 9pnet_virtio 9p overlay kvm kvm_amd veth; do
     modprobe "$m" || echo "emulated-kvm: modprobe $m failed"
 done
 script=$(sed -n 's/.*cellbox.script=\([^ ]*\).*/\1/p' /proc/cmdline)
@@ -90,10 +90,17 @@ mkdir -p /root/dev/shm /root/dev/pts
 mount -t tmpfs shm /root/dev/shm
 mount -t devpts devpts /root/dev/pts
 if [ -c /root/dev/kvm ]; then echo "emulated-kvm: /dev/kvm is up (kvm_amd)"; else echo "emulated-kvm: no /dev/kvm"; fi
-chroot /root /bin/bash /.emulated-kvm-command
-echo "$?" >/root/dev/ttyS1
+# switch_root, not chroot: in a chroot the kernel refuses new user namespaces,
+# which sandboxing tools (passt) make for themselves. Once the command ends,
+# its status goes out on the second serial port and sysrq powers off.
+exec switch_root /root /bin/bash -c '
+bash /.emulated-kvm-command
+echo "$?" >/dev/ttyS1
 sleep 1 # let the UART drain
-poweroff -f
+echo o >/proc/sysrq-trigger
+# Wait with builtins only: the host share goes away as the machine stops, and
+# PID 1 exiting would panic the kernel.
+while :; do read -r -t 60 _ || :; done'
 INIT
 chmod +x initrd/init
 

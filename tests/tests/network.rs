@@ -22,7 +22,15 @@ async fn allowed_addresses_are_reached_and_denied_ones_refused() {
 /// over: it cannot take an interface down, nor change the kernel's settings.
 #[tokio::test]
 async fn the_sandbox_root_cannot_change_the_network() {
-    let s = sandbox(NAMESPACE, NetworkPolicy::internet()).await;
+    let s = sandbox(
+        NAMESPACE,
+        NetworkPolicy {
+            allow_internet_access: true,
+            deny_out: vec![format!("{DENIED}/32")],
+            ..Default::default()
+        },
+    )
+    .await;
     let root = CommandOptions::default().user("root");
     let down = s
         .commands()
@@ -42,7 +50,7 @@ async fn the_sandbox_root_cannot_change_the_network() {
     assert_eq!(
         fetch(&s, DENIED).await,
         "ConnectionRefusedError",
-        "the host stays refused"
+        "the denied address stays refused"
     );
 }
 

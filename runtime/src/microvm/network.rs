@@ -71,6 +71,8 @@ impl VmNetwork {
             .map_err(|e| Error::io("opening passt's log file", e))?;
         let mut command = Command::new("passt");
         command
+            // Not --debug: Debian 12's passt (2023-03-09) crashes printing
+            // some of its debug messages.
             .args(["--foreground", "--quiet", "--one-off", "--ipv4-only"])
             .args([
                 "--no-map-gw",

@@ -307,8 +307,13 @@ impl VirtioDevice for NetDevice {
             ));
         }
         self.active = Some(Active { mem, queues, irq });
-        self.process_tx();
-        self.fill_rx();
+        // Activation runs on a vCPU thread, whose seccomp filter has no
+        // socket calls: the device thread moves the frames already waiting.
+        for evt in &self.queue_events {
+            if let Err(e) = evt.write(1) {
+                tracing::warn!("cannot wake the virtio-net device: {e}");
+            }
+        }
         Ok(())
     }
 
