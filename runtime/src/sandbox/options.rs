@@ -235,3 +235,53 @@ impl RunCodeOptions {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn network_and_templates_choose_where_cells_run() {
+        let online = NetworkPolicy::internet();
+        let offline = NetworkPolicy::default();
+        let split = |backend: BackendPolicy, network: &NetworkPolicy, template| {
+            backend.split_for(network, template)
+        };
+        // Neither: the backend's own split.
+        assert_eq!(
+            split(BackendPolicy::Auto, &offline, false).unwrap(),
+            (Policy::Auto, HeavyChoice::Auto)
+        );
+        // Network: a heavy backend, the microVM included.
+        assert_eq!(
+            split(BackendPolicy::Auto, &online, false).unwrap(),
+            (Policy::HeavyOnly, HeavyChoice::Auto)
+        );
+        assert_eq!(
+            split(BackendPolicy::Vm, &online, false).unwrap(),
+            (Policy::HeavyOnly, HeavyChoice::Vm)
+        );
+        assert_eq!(
+            split(BackendPolicy::Namespace, &online, false).unwrap(),
+            (Policy::HeavyOnly, HeavyChoice::Namespace)
+        );
+        let wasm = split(BackendPolicy::Wasm, &online, false).unwrap_err();
+        assert!(
+            wasm.to_string().contains("fast path has no network"),
+            "{wasm}"
+        );
+        // A template: the namespace backend only.
+        assert_eq!(
+            split(BackendPolicy::Auto, &online, true).unwrap(),
+            (Policy::HeavyOnly, HeavyChoice::Namespace)
+        );
+        let vm = split(BackendPolicy::Vm, &offline, true).unwrap_err();
+        assert!(vm.to_string().contains("namespace backend"), "{vm}");
+        // Bad rules are refused before anything starts.
+        let bad = NetworkPolicy {
+            deny_out: vec!["example.com".into()],
+            ..Default::default()
+        };
+        assert!(split(BackendPolicy::Namespace, &bad, false).is_err());
+    }
+}
