@@ -9,7 +9,7 @@ pub mod vsock;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use virtio_queue::Queue;
+use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
@@ -91,6 +91,17 @@ impl IrqTrigger {
     pub fn ack(&self, bits: u32) {
         self.status.fetch_and(!bits, Ordering::SeqCst);
     }
+}
+
+/// The `N` queues a device was activated with, every one ready.
+pub fn ready_queues<const N: usize>(queues: Vec<Queue>) -> Result<[Queue; N], ActivateError> {
+    let queues: [Queue; N] = queues.try_into().map_err(|q: Vec<Queue>| {
+        ActivateError::BadQueues(format!("{} queues, wanted {N}", q.len()))
+    })?;
+    if let Some(i) = queues.iter().position(|q| !q.ready()) {
+        return Err(ActivateError::BadQueues(format!("queue {i} is not ready")));
+    }
+    Ok(queues)
 }
 
 /// Reads `data` from a little-endian config struct `config` at `offset`

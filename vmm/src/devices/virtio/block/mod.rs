@@ -112,14 +112,7 @@ impl VirtioDevice for BlockDevice {
         queues: Vec<Queue>,
         irq: Arc<IrqTrigger>,
     ) -> Result<(), ActivateError> {
-        let [queue]: [Queue; 1] = queues.try_into().map_err(|q: Vec<Queue>| {
-            ActivateError::BadQueues(format!("{} queues, wanted 1", q.len()))
-        })?;
-        if !queue.ready() {
-            return Err(ActivateError::BadQueues(
-                "the request queue is not ready".into(),
-            ));
-        }
+        let [queue] = super::ready_queues::<1>(queues)?;
         self.active = Some(Active { mem, queue, irq });
         // Requests may already be waiting.
         self.process_queue();

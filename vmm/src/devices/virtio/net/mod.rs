@@ -298,14 +298,7 @@ impl VirtioDevice for NetDevice {
         queues: Vec<Queue>,
         irq: Arc<IrqTrigger>,
     ) -> Result<(), ActivateError> {
-        let queues: [Queue; 2] = queues.try_into().map_err(|q: Vec<Queue>| {
-            ActivateError::BadQueues(format!("{} queues, wanted 2", q.len()))
-        })?;
-        if !queues.iter().all(Queue::ready) {
-            return Err(ActivateError::BadQueues(
-                "virtio-net needs ready RX and TX queues".into(),
-            ));
-        }
+        let queues = super::ready_queues::<2>(queues)?;
         self.active = Some(Active { mem, queues, irq });
         // Activation runs on a vCPU thread, whose seccomp filter has no
         // socket calls: the device thread moves the frames already waiting.
