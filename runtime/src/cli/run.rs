@@ -27,7 +27,8 @@ pub struct RunArgs {
     /// The cells' language: python, javascript (js), typescript (ts), bash, r or java.
     #[arg(long, short = 'l', value_name = "LANGUAGE", default_value = "python")]
     language: Language,
-    /// Let the cells reach the internet (namespace backend; off by default).
+    /// Let the cells reach the internet (a heavy backend: microVM or
+    /// namespace; off by default).
     #[arg(long)]
     allow_internet_access: bool,
     /// An address, CIDR block or domain name the cells may reach even when
