@@ -83,6 +83,26 @@ async function main() {
   check('deleteSnapshot', (await Sandbox.deleteSnapshot(snapshot.snapshotId)) === true)
   await Promise.all([fork.kill(), fromSnapshot.kill()])
 
+  // Network: none unless asked for (allowInternetAccess, network.denyOut).
+  const probe = "import socket\ntry:\n    socket.create_connection(('pypi.org', 443), 5).close(); r = 'connected'\n"
+    + 'except OSError as e:\n    r = type(e).__name__\nr'
+  const offline = (await a.runCode(probe)).text
+  check('network: none by default', offline !== undefined && offline !== 'connected', offline)
+  const online = await Sandbox.create({ allowInternetAccess: true, metadata: { run, who: 'online' } })
+  check('network: allowInternetAccess reaches the registry', (await online.runCode(probe)).text === 'connected')
+  const address = (await online.runCode("socket.gethostbyname('pypi.org')")).text
+  const denied = await Sandbox.create({
+    allowInternetAccess: true, network: { denyOut: [`${address}/32`] }, metadata: { run, who: 'denied' },
+  })
+  const refused = (await denied.runCode(probe)).text
+  check('network: denyOut refuses an address', refused === 'ConnectionRefusedError', [address, refused])
+  // A custom template (tests/e2b/template/e2b.Dockerfile, built before the server started).
+  const custom = await Sandbox.create('sdk-test', { metadata: { run, who: 'custom' } })
+  const built = await custom.runCode("import os; (os.getcwd(), os.environ.get('FROM_TEMPLATE'), open('/opt/built.txt').read())")
+  check('a sandbox from a built template has its files, ENV and WORKDIR',
+    built.text === "('/home/user/project', 'yes', 'built\\n')", built.text)
+  await Promise.all([online.kill(), denied.kill(), custom.kill()])
+
   await b.kill()
   check('kill', !(await ids()).includes(b.sandboxId) && !(await b.isRunning()))
   await Promise.all([a.kill(), short.kill()])
