@@ -189,13 +189,14 @@ T="$TMP/tree"
 step 4 "installing E2B's Python packages from PyPI (python-packages.txt; downloads about 250 MB)"
 # With the tree's own Python and pip, in a chroot that still has the build
 # host's resolver (step 5 removes it), into /usr/local; wheels only, nothing
-# compiled. Debian's numpy, pandas and matplotlib must stay what they are: the
-# other Debian packages were built against them.
+# compiled. numpy, pandas and matplotlib come from there too (E2B's versions);
+# build.sh checks below that the tree imports the pinned ones.
 core_versions() {
     chroot "$T" /usr/bin/python3 -B -c 'import numpy, pandas, matplotlib
 print(numpy.__version__, pandas.__version__, matplotlib.__version__)'
 }
-debian_core="$(core_versions)"
+pinned() { sed -n "s/^$1==\([^ ]*\).*/\1/p" "$HERE/python-packages.txt"; }
+wanted_core="$(pinned numpy) $(pinned pandas) $(pinned matplotlib)"
 cp -- "$HERE/python-packages.txt" "$T/tmp/python-packages.txt"
 # pip trusts what the build host trusts (a proxy's CA, say) and goes through its proxy.
 pip_env=(PATH=/usr/bin:/bin HOME=/tmp/pip-home PIP_NO_CACHE_DIR=1)
@@ -213,8 +214,8 @@ chroot "$T" /usr/bin/env -i "${pip_env[@]}" \
     --requirement /tmp/python-packages.txt \
     || die "pip could not install python-packages.txt into the tree (see its messages above)"
 rm -rf -- "$T/tmp/python-packages.txt" "$T/tmp/pip-home" "$T/tmp/build-host-ca.crt"
-[[ "$(core_versions)" == "$debian_core" ]] \
-    || die "pip replaced Debian's numpy, pandas or matplotlib ($debian_core became $(core_versions)); pin older versions in python-packages.txt"
+[[ "$(core_versions)" == "$wanted_core" ]] \
+    || die "the tree imports numpy, pandas and matplotlib $(core_versions), not $wanted_core as python-packages.txt pins them"
 echo "installed $(chroot "$T" /usr/bin/python3 -m pip list --path /usr/local/lib/python3.11/dist-packages 2>/dev/null | tail -n +3 | wc -l) packages into /usr/local ($(du -sh "$T/usr/local" | cut -f1))"
 
 step 5 "configuring the tree"
