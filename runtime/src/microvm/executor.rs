@@ -95,7 +95,7 @@ pub struct MicroVmExecutor {
     vm: Option<Vm>,
     boot: Option<BootTimeline>,
     /// Dropped after the VM (field order): passt outlives its card.
-    _network: Option<VmNetwork>,
+    network: Option<VmNetwork>,
 }
 
 fn unavailable(reason: impl Into<String>) -> Error {
@@ -179,7 +179,7 @@ impl MicroVmExecutor {
             control,
             vm: Some(vm),
             boot,
-            _network: network,
+            network,
         })
     }
 
@@ -287,7 +287,7 @@ impl GuestBackend for MicroVmExecutor {
                 reason: e.to_string(),
             })?;
         }
-        self._network = None;
+        self.network = None;
         Ok(())
     }
 }
