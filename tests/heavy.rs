@@ -191,18 +191,24 @@ pub async fn user_code_cannot_reach_guest_init(backend: Backend) {
         "{status:?}"
     );
     let probe = sandbox
-        .run(
+        .run(&[
+            FIND_GUEST_INIT,
             "import ctypes, os\nlibc = ctypes.CDLL(None, use_errno=True)\n\
              def errno(nr, *args):\n    r = libc.syscall(nr, *args)\n    return ctypes.get_errno() if r == -1 else 0\n\
-             try:\n    os.readlink(f'/proc/{os.getppid()}/fd/0'); fds = 'readable'\nexcept PermissionError:\n    fds = 'refused'\n\
-             fds, errno(425, 1, 0), errno(438, 0, 0, 0), os.getppid() > 0",
-        )
+             fds = set()\nfor pid in inits:\n    try:\n        os.readlink(f'/proc/{pid}/fd/0'); fds.add('readable')\n    except PermissionError:\n        fds.add('refused')\n\
+             fds, errno(425, 1, 0), errno(438, 0, 0, 0), len(inits) > 0",
+        ]
+        .concat())
         .await
         .unwrap();
     // io_uring_setup is 425, pidfd_getfd 438 on x86_64: EPERM (1) for both.
-    assert_eq!(probe.text(), Some("('refused', 1, 1, True)"), "{probe:?}");
+    assert_eq!(probe.text(), Some("({'refused'}, 1, 1, True)"), "{probe:?}");
     assert_eq!(sandbox.run("2 + 2").await.unwrap().text(), Some("4"));
 }
+
+/// Python that lists guest-init's processes (PID 1 and its server; their
+/// command is `init`) as `inits`.
+const FIND_GUEST_INIT: &str = "import os\ndef _comm(p):\n    try:\n        return open(f'/proc/{p}/comm').read()\n    except OSError:\n        return ''\ninits = [p for p in os.listdir('/proc') if p.isdigit() and _comm(p) == 'init\\n']\n";
 
 /// As in E2B, cells and commands run as `user` (uid 1000, home
 /// `/home/user`) and what they and the Files API create is `user`'s; a
@@ -224,10 +230,15 @@ pub async fn cells_commands_and_files_belong_to_user_unless_root_is_asked_for(ba
         "{who:?}"
     );
     let signal = sandbox
-        .run("import os\ntry:\n    os.kill(os.getppid(), 0); r = 'reached'\nexcept PermissionError:\n    r = 'refused'\nr")
+        .run(&[
+            FIND_GUEST_INIT,
+            "r = set()\nfor p in inits:\n\
+             \x20   try:\n        os.kill(int(p), 0); r.add('reached')\n    except PermissionError:\n        r.add('refused')\nr",
+        ]
+        .concat())
         .await
         .unwrap();
-    assert_eq!(signal.text(), Some("'refused'"), "guest-init: {signal:?}");
+    assert_eq!(signal.text(), Some("{'refused'}"), "guest-init: {signal:?}");
 
     let guest = sandbox.guest().unwrap().clone();
     guest
@@ -446,7 +457,8 @@ pub async fn pause_stops_everything_and_resume_goes_on(backend: Backend) {
     assert!(usage.cpus >= 1 && usage.memory_total > 0, "{usage:?}");
     assert!(usage.cpu_time > Duration::ZERO, "{usage:?}");
     if backend == Backend::Namespace {
-        assert!(usage.memory_used > 10 << 20, "{usage:?}");
+        // A warm kernel's pages are the template's until written: a few MiB.
+        assert!(usage.memory_used > 4 << 20, "{usage:?}");
         assert!(
             usage.disk_used > 0 && usage.disk_total >= usage.disk_used,
             "{usage:?}"

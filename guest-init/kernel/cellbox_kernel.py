@@ -37,8 +37,6 @@ def _on_sigint(signum, frame):
 # Installed first, so a SIGINT during the slow IPython import cannot kill us.
 signal.signal(signal.SIGINT, _on_sigint)
 os.environ["MPLBACKEND"] = "Agg"    # before anybody imports matplotlib
-for _fd in (REQUEST_FD, EVENT_FD):
-    os.set_inheritable(_fd, False)  # subprocesses must not see the protocol pipes
 
 _MAIN = threading.get_ident()
 _lock = threading.RLock()           # one event at a time, from any thread
@@ -445,14 +443,22 @@ def _use_user_site():
         site.addsitedir(site.USER_SITE)
 
 
-def main():
-    _use_user_site()
-    shell = _make_shell()                             # startup noise still goes to the raw fds
+def prepare():
+    """Everything a session needs that does not depend on it: the import patches and
+    the shell (the warm template, cellbox_zygote.py, runs this once for many sessions)."""
     sys.meta_path.insert(0, _ImportHook)
+    return _make_shell()                              # startup noise still goes to the raw fds
+
+
+def run(shell):
+    """Serve requests on fd 3 until it closes, then exit."""
+    for fd in (REQUEST_FD, EVENT_FD):
+        os.set_inheritable(fd, False)                 # subprocesses must not see the protocol pipes
+    _use_user_site()
     sys.stdout, sys.stderr = _streams
     sys.stdin = open(os.devnull)                      # input() gets EOF instead of hanging
     requests = open(REQUEST_FD, "rb", closefd=False)
-    emit({"type": "ready"})
+    emit({"type": "ready", "pid": os.getpid()})
     while True:
         try:
             line = requests.readline()
@@ -473,4 +479,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    run(prepare())

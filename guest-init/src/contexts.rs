@@ -11,11 +11,14 @@ use std::time::Duration;
 use crate::kernel::{self, CellEnd, Kernel};
 use crate::lock;
 use crate::protocol::{ContextInfo, Failure, Language, ReplyBody};
+use crate::zygote::Zygote;
 
 /// All contexts of the guest.
 #[derive(Debug)]
 pub struct Contexts {
     python: String,
+    /// The warm template Python kernels are forked from, if the host gave one.
+    zygote: Option<Zygote>,
     default_cwd: String,
     next_id: AtomicU64,
     table: Mutex<BTreeMap<String, Arc<Context>>>,
@@ -32,9 +35,10 @@ struct Context {
 }
 
 impl Contexts {
-    pub fn new(python: &str, default_cwd: &str) -> Contexts {
+    pub fn new(python: &str, zygote: Option<Zygote>, default_cwd: &str) -> Contexts {
         let contexts = Contexts {
             python: python.into(),
+            zygote,
             default_cwd: default_cwd.into(),
             next_id: AtomicU64::new(1),
             table: Mutex::new(BTreeMap::new()),
@@ -147,7 +151,12 @@ impl Contexts {
         };
         let mut slot = lock(&context.kernel);
         if slot.is_none() {
-            match Kernel::start(context.language, &self.python, &context.cwd) {
+            match Kernel::start(
+                context.language,
+                &self.python,
+                &context.cwd,
+                self.zygote.as_ref(),
+            ) {
                 Ok(kernel) => {
                     context.pid.store(kernel.pid(), Ordering::Relaxed);
                     *slot = Some(kernel);

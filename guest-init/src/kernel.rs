@@ -8,7 +8,7 @@
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender};
@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use crate::frame::MAX_FRAME_LEN;
 use crate::output::{self, Budget};
 use crate::protocol::{Failure, Language, ReplyBody, Stream};
+use crate::zygote::{KernelRequest, Zygote};
 
 /// Where the Python kernel driver lives in the guest.
 pub const DRIVER: &str = "/usr/lib/cellbox/cellbox_kernel.py";
@@ -47,6 +48,13 @@ pub const INTERRUPT_GRACE: Duration = Duration::from_secs(3);
 /// `reporting`) may take to format its traceback: seconds on a slow CPU.
 /// Both graces together stay within the host's wait past a timeout.
 pub const REPORT_GRACE: Duration = Duration::from_secs(10);
+/// What every kernel's environment adds to guest-init's.
+const KERNEL_ENV: [(&str, &str); 3] = [
+    ("MPLBACKEND", "Agg"),
+    // Built into the root file system, so sessions skip the font scan.
+    ("MPLCONFIGDIR", "/var/cache/cellbox/matplotlib"),
+    ("PYTHONUNBUFFERED", "1"),
+];
 /// How long a new kernel may take to import IPython and say it is ready
 /// (a cell's timeout starts after that).
 pub const START_TIMEOUT: Duration = Duration::from_secs(60);
@@ -65,9 +73,18 @@ enum Said {
 /// A running kernel.
 #[derive(Debug)]
 pub struct Kernel {
-    child: Child,
+    process: Process,
     requests: File,
     said: Receiver<Said>,
+}
+
+/// The kernel's process: started by guest-init, or forked by the warm
+/// template (so not guest-init's child: watched through a pidfd once it
+/// says its pid).
+#[derive(Debug)]
+enum Process {
+    Child(Child),
+    Forked { pid: i32, pidfd: Option<OwnedFd> },
 }
 
 /// How a cell ended, seen from the kernel.
@@ -84,8 +101,20 @@ pub enum CellEnd {
 
 impl Kernel {
     /// Starts a kernel for `language` in `cwd` (Python's with the
-    /// interpreter `python`) and waits until it is ready.
-    pub fn start(language: Language, python: &str, cwd: &str) -> Result<Kernel, String> {
+    /// interpreter `python`, forked from the warm template `zygote` when
+    /// there is one) and waits until it is ready.
+    pub fn start(
+        language: Language,
+        python: &str,
+        cwd: &str,
+        zygote: Option<&Zygote>,
+    ) -> Result<Kernel, String> {
+        if let (Language::Python, Some(zygote)) = (language, zygote) {
+            match Kernel::fork(zygote, cwd) {
+                Ok(kernel) => return Ok(kernel),
+                Err(e) => eprintln!("guest-init: starting the kernel cold: {e}"),
+            }
+        }
         let (request_read, request_write) = pipe()?;
         let (event_read, event_write) = pipe()?;
         let (request_fd, event_fd) = (request_read.as_raw_fd(), event_write.as_raw_fd());
@@ -100,10 +129,7 @@ impl Kernel {
         command
             .args(&args)
             .current_dir(cwd)
-            .env("MPLBACKEND", "Agg")
-            // Built into the root file system, so sessions skip the font scan.
-            .env("MPLCONFIGDIR", "/var/cache/cellbox/matplotlib")
-            .env("PYTHONUNBUFFERED", "1")
+            .envs(KERNEL_ENV)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -129,21 +155,81 @@ impl Kernel {
                 Ok(())
             });
         }
-        let child = command
+        let mut child = command
             .spawn()
             .map_err(|e| format!("starting {program} {}: {e}", args.join(" ")))?;
         drop((request_read, event_write));
+        let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
+        Kernel::watch(
+            Process::Child(child),
+            request_write,
+            event_read,
+            stdout,
+            stderr,
+        )
+    }
 
+    /// A Python kernel forked from the warm template, as the default user.
+    fn fork(zygote: &Zygote, cwd: &str) -> Result<Kernel, String> {
+        let (request_read, request_write) = pipe()?;
+        let (event_read, event_write) = pipe()?;
+        let (stdout_read, stdout_write) = pipe()?;
+        let (stderr_read, stderr_write) = pipe()?;
+        let user = crate::confine::User::default_user();
+        let mut env: std::collections::BTreeMap<String, String> = std::env::vars().collect();
+        for (key, value) in KERNEL_ENV {
+            env.insert(key.into(), value.into());
+        }
+        for (key, value) in [
+            ("HOME", &user.home),
+            ("USER", &user.name),
+            ("LOGNAME", &user.name),
+        ] {
+            env.insert(key.into(), value.clone());
+        }
+        zygote.fork_kernel(&KernelRequest {
+            cwd,
+            env: env.into_iter().collect(),
+            uid: user.uid,
+            gid: user.gid,
+            fds: [
+                request_read.as_fd(),
+                event_write.as_fd(),
+                stdout_write.as_fd(),
+                stderr_write.as_fd(),
+            ],
+        })?;
+        let forked = Process::Forked {
+            pid: 0,
+            pidfd: None,
+        };
+        let (stdout, stderr) = (File::from(stdout_read), File::from(stderr_read));
+        Kernel::watch(
+            forked,
+            request_write,
+            event_read,
+            Some(stdout),
+            Some(stderr),
+        )
+    }
+
+    /// Forwards the kernel's output and events, and waits until it is ready.
+    fn watch(
+        process: Process,
+        requests: OwnedFd,
+        events: OwnedFd,
+        stdout: Option<impl Read + Send + 'static>,
+        stderr: Option<impl Read + Send + 'static>,
+    ) -> Result<Kernel, String> {
         let (tx, said) = mpsc::sync_channel(output::QUEUE);
         let mut kernel = Kernel {
-            requests: File::from(request_write),
+            requests: File::from(requests),
             said,
-            child,
+            process,
         };
-        let (stdout, stderr) = (kernel.child.stdout.take(), kernel.child.stderr.take());
         let forwarded = forward_raw(stdout, Stream::Stdout, tx.clone())
             .and_then(|()| forward_raw(stderr, Stream::Stderr, tx.clone()))
-            .and_then(|()| forward_events(File::from(event_read), tx));
+            .and_then(|()| forward_events(File::from(events), tx));
         if let Err(e) = forwarded {
             return Err(format!(
                 "guest-init cannot start a thread for the kernel: {e}"
@@ -159,7 +245,9 @@ impl Kernel {
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.said.recv_timeout(left) {
-                Ok(Said::Event(event)) if event["type"] == "ready" => return Ok(()),
+                Ok(Said::Event(event)) if event["type"] == "ready" => {
+                    return self.ready(event["pid"].as_i64());
+                }
                 Ok(Said::Raw(_, text)) => log.push_str(&text),
                 Ok(Said::Event(_)) => {}
                 Ok(Said::Gone) | Err(RecvTimeoutError::Disconnected) => {
@@ -175,9 +263,37 @@ impl Kernel {
         }
     }
 
+    /// A forked kernel's pid comes with its `ready`: watched from now on.
+    fn ready(&mut self, said_pid: Option<i64>) -> Result<(), String> {
+        let Process::Forked { pid, pidfd } = &mut self.process else {
+            return Ok(());
+        };
+        let said = said_pid
+            .and_then(|p| i32::try_from(p).ok())
+            .filter(|&p| p > 1);
+        let Some(said) = said else {
+            return Err("the warm kernel did not say its pid".into());
+        };
+        // SAFETY: pidfd_open with a pid and no flags returns a new descriptor we own.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, said, 0) };
+        if fd < 0 {
+            return Err(format!(
+                "the warm kernel's pid {said}: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        *pid = said;
+        // SAFETY: the descriptor was just made and is owned by nobody else.
+        *pidfd = Some(unsafe { OwnedFd::from_raw_fd(fd as i32) });
+        Ok(())
+    }
+
     /// The kernel's process id (for interrupts from other threads).
     pub fn pid(&self) -> i32 {
-        self.child.id() as i32
+        match &self.process {
+            Process::Child(child) => child.id() as i32,
+            Process::Forked { pid, .. } => *pid,
+        }
     }
 
     /// Runs one cell, passing each reply to `send`, until it ends.
@@ -267,8 +383,17 @@ impl Kernel {
     fn exit_reason(&mut self) -> String {
         // The events pipe closes as the process exits; give it a moment to be reaped.
         for _ in 0..50 {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return format!("the kernel died ({status})");
+            match &mut self.process {
+                Process::Child(child) => {
+                    if let Ok(Some(status)) = child.try_wait() {
+                        return format!("the kernel died ({status})");
+                    }
+                }
+                Process::Forked { pidfd, .. } => {
+                    if pidfd.as_ref().is_none_or(exited) {
+                        return "the kernel died".into();
+                    }
+                }
             }
             std::thread::sleep(Duration::from_millis(10));
         }
@@ -278,12 +403,43 @@ impl Kernel {
 
     /// Kills the kernel and everything in its process group.
     pub fn kill(&mut self) {
-        // SAFETY: kill(2) on the process group the kernel leads (see setsid above).
-        unsafe {
-            libc::kill(-self.pid(), libc::SIGKILL);
+        match &mut self.process {
+            Process::Child(child) => {
+                // SAFETY: kill(2) on the process group the kernel leads (see setsid above).
+                unsafe {
+                    libc::kill(-(child.id() as i32), libc::SIGKILL);
+                }
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+            Process::Forked {
+                pid,
+                pidfd: Some(pidfd),
+            } => {
+                if !exited(pidfd) {
+                    // SAFETY: kill(2) on the group the live kernel leads (it
+                    // called setsid), then pidfd_send_signal on our pidfd.
+                    unsafe {
+                        libc::kill(-*pid, libc::SIGKILL);
+                        libc::syscall(
+                            libc::SYS_pidfd_send_signal,
+                            pidfd.as_raw_fd(),
+                            libc::SIGKILL,
+                            std::ptr::null::<libc::siginfo_t>(),
+                            0,
+                        );
+                    }
+                }
+                for _ in 0..100 {
+                    if exited(pidfd) {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            }
+            // Not ready yet: it dies with its pipes (it exits on a closed fd 4).
+            Process::Forked { pidfd: None, .. } => {}
         }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -358,13 +514,24 @@ pub fn failure_for(end: &CellEnd, timeout: Option<Duration>) -> Option<ReplyBody
     }
 }
 
+/// Whether the process behind `pidfd` has exited (it reads as readable then).
+fn exited(pidfd: &OwnedFd) -> bool {
+    let mut poll = [nix::poll::PollFd::new(
+        pidfd.as_fd(),
+        nix::poll::PollFlags::POLLIN,
+    )];
+    !matches!(
+        nix::poll::poll(&mut poll, nix::poll::PollTimeout::ZERO),
+        Ok(0)
+    )
+}
+
 fn pipe() -> Result<(OwnedFd, OwnedFd), String> {
     let mut fds = [0; 2];
     // SAFETY: pipe2 writes two new descriptors into the array we own.
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
         return Err(format!("pipe: {}", std::io::Error::last_os_error()));
     }
-    use std::os::fd::FromRawFd;
     // SAFETY: both descriptors were just created and are owned by nobody else.
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }

@@ -8,6 +8,7 @@
 //! - [`pid1`]: mounts, reaping and shutdown when running as PID 1;
 //!   [`seccomp`]: the system-call filter everything after setup runs under;
 //!   [`confine`]: the control group user code runs in
+//! - [`zygote`]: the warm template Python kernels are forked from
 
 pub mod commands;
 pub mod confine;
@@ -24,6 +25,7 @@ pub mod seccomp;
 pub mod server;
 pub mod transport;
 pub mod watch;
+pub mod zygote;
 
 /// Where this crate's sources are, so that the host can build `guest-init`
 /// for the guest image on first use.

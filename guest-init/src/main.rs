@@ -3,7 +3,8 @@
 //! ```text
 //! guest-init (--fd N | --vsock PORT) [--python PATH] [--home DIR] [--max-processes N]
 //!            [--namespace-root DIR --lower DIR... --upper DIR --work DIR [--id-base N]]
-//!            [--user-cgroup-fd N]... [--output-limit BYTES] [--nameserver ADDR]
+//!            [--user-cgroup-fd N]... [--output-limit BYTES] [--nameserver ADDR] [--zygote-fd N]
+//! guest-init --zygote DIR --lower DIR... --fd N
 //! ```
 //!
 //! `--fd N` is the host connection (a Unix socket the launcher passed in);
@@ -16,6 +17,9 @@
 //! it starts run in a control group with a memory limit below the VM's memory
 //! and `--max-processes` (default 256); PID 1 stays outside it.
 //! `--nameserver` (a microVM with a network card) writes `/etc/resolv.conf`.
+//! `--zygote-fd` is a namespace sandbox's connection to the warm template its
+//! Python kernels are forked from; `--zygote DIR` becomes that template (see
+//! [`cellbox_guest_init::zygote`]), on the control socket `--fd N`.
 
 use std::fs::File;
 use std::os::fd::FromRawFd;
@@ -24,6 +28,7 @@ use std::sync::Arc;
 
 use cellbox_guest_init::contexts::Contexts;
 use cellbox_guest_init::protocol::BootClock;
+use cellbox_guest_init::zygote::Zygote;
 use cellbox_guest_init::{confine, launch, output, pid1, server, transport};
 use nix::unistd::{ForkResult, fork};
 
@@ -40,6 +45,10 @@ struct Args {
     user_cgroup_fds: Vec<i32>,
     output_limit: Option<usize>,
     nameserver: Option<std::net::IpAddr>,
+    zygote_fd: Option<i32>,
+    /// `--zygote DIR`: become the warm template, the `--lower`s mounted on DIR.
+    zygote_root: Option<String>,
+    lowers: Vec<String>,
 }
 
 /// Processes (and threads) user code may have at once in a microVM, as in
@@ -63,6 +72,10 @@ fn parse_args() -> Result<Args, String> {
             }
             "--namespace-root" => root = Some(value()?),
             "--lower" => lowers.push(value()?),
+            "--zygote" => args.zygote_root = Some(value()?),
+            "--zygote-fd" => {
+                args.zygote_fd = Some(value()?.parse().map_err(|_| "--zygote-fd takes a number")?)
+            }
             "--upper" => upper = Some(value()?),
             "--work" => work = Some(value()?),
             "--id-base" => {
@@ -102,6 +115,15 @@ fn parse_args() -> Result<Args, String> {
     if args.fd.is_some() == args.vsock.is_some() {
         return Err("give exactly one of --fd N and --vsock PORT".into());
     }
+    if args.zygote_root.is_some() {
+        return match (args.fd, lowers.is_empty(), root) {
+            (Some(_), false, None) => {
+                args.lowers = lowers;
+                Ok(args)
+            }
+            _ => Err("--zygote goes with --lower and --fd only".into()),
+        };
+    }
     args.layers = match (root, upper, work) {
         (Some(root), Some(upper), Some(work)) if !lowers.is_empty() => Some(launch::Layers {
             root,
@@ -124,6 +146,11 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let (Some(root), Some(fd)) = (&args.zygote_root, args.fd) {
+        let e = cellbox_guest_init::zygote::exec_template(root, &args.lowers, fd);
+        eprintln!("guest-init: starting the warm template failed: {e}");
+        return ExitCode::from(3);
+    }
     if let Some(bytes) = args.output_limit {
         output::set_limit(bytes);
     }
@@ -224,7 +251,11 @@ fn run_server(args: &Args, init_started_ms: Option<u64>) -> ExitCode {
     let home = args.home.as_deref().unwrap_or("/home/user");
     let _ = std::fs::create_dir_all(home);
     let python = args.python.as_deref().unwrap_or("/usr/bin/python3");
-    let contexts = Arc::new(Contexts::new(python, home));
+    // SAFETY: the launcher passed this descriptor to us for our exclusive use.
+    let zygote = args
+        .zygote_fd
+        .map(|fd| Zygote::new(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) }));
+    let contexts = Arc::new(Contexts::new(python, zygote, home));
     let ended = server::serve(stream, contexts.clone(), boot);
     contexts.stop_all();
     match ended {

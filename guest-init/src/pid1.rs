@@ -109,24 +109,11 @@ pub fn make_mounts_private() -> Result<(), SetupError> {
 /// with the root file system mounted on `root`: gives it a minimal `/dev`
 /// (bind mounts of the host's harmless devices), pivots into it and mounts
 /// the rest. Nothing of the host stays visible.
-pub fn enter_namespace_root(root: &str) -> Result<(), SetupError> {
-    make_mounts_private()?;
-    // The launcher's overlay came into this namespace locked to its parent,
-    // and a locked mount cannot be pivoted into: a bind of it can.
-    step(
-        format!("binding {root} onto itself"),
-        mount(
-            Some(root),
-            root,
-            None::<&str>,
-            MsFlags::MS_BIND | MsFlags::MS_REC,
-            None::<&str>,
-        ),
-    )?;
-    let dev = format!("{root}/dev");
+/// A tmpfs on `dev` with the host's harmless device nodes bound into it.
+pub fn mount_dev_nodes(dev: &str) -> Result<(), SetupError> {
     mount_fs(
         "tmpfs",
-        &dev,
+        dev,
         MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
         Some("mode=755"),
     )?;
@@ -144,6 +131,25 @@ pub fn enter_namespace_root(root: &str) -> Result<(), SetupError> {
             ),
         )?;
     }
+    Ok(())
+}
+
+pub fn enter_namespace_root(root: &str) -> Result<(), SetupError> {
+    make_mounts_private()?;
+    // The launcher's overlay came into this namespace locked to its parent,
+    // and a locked mount cannot be pivoted into: a bind of it can.
+    step(
+        format!("binding {root} onto itself"),
+        mount(
+            Some(root),
+            root,
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None::<&str>,
+        ),
+    )?;
+    let dev = format!("{root}/dev");
+    mount_dev_nodes(&dev)?;
     // The sandbox's own terminals: a private devpts instance (no host
     // terminal is visible in it), with `/dev/ptmx` pointing into it.
     let pts = format!("{dev}/pts");

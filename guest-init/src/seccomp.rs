@@ -114,9 +114,19 @@ const AUDIT_ARCH: u32 = 0xC000_00B7;
 
 /// Installs the filter on this process (and so on everything it starts).
 pub fn install() -> Result<(), String> {
+    for program in programs()? {
+        seccompiler::apply_filter_all_threads(&program)
+            .map_err(|e| format!("installing the seccomp filter: {e}"))?;
+    }
+    Ok(())
+}
+
+/// The filter as BPF programs, to be installed in this order (the warm
+/// template installs them in each kernel it forks, `kernel/cellbox_zygote.py`).
+pub fn programs() -> Result<Vec<BpfProgram>, String> {
     // Filters installed later are consulted first: the known-calls filter
     // goes first so that the denials' EPERM is the answer for their calls.
-    install_program(&known_calls_only())?;
+    let mut programs = vec![known_calls_only()];
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> =
         DENIED.iter().map(|&nr| (nr, vec![])).collect();
     // x86_64 passes clone's flags first; one rule per flag (rules are or-ed).
@@ -135,10 +145,14 @@ pub fn install() -> Result<(), String> {
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| format!("building the seccomp filter: {e}"))?;
     rules.insert(libc::SYS_clone, by_flag);
-    apply(rules, libc::EPERM)?;
+    programs.push(compile(rules, libc::EPERM)?);
     // clone3 passes its flags in memory, out of the filter's sight: ENOSYS,
     // on which the C library falls back to clone (as Docker's profile does).
-    apply(BTreeMap::from([(libc::SYS_clone3, vec![])]), libc::ENOSYS)
+    programs.push(compile(
+        BTreeMap::from([(libc::SYS_clone3, vec![])]),
+        libc::ENOSYS,
+    )?);
+    Ok(programs)
 }
 
 /// Allows system calls numbered up to [`LAST_KNOWN`] of this architecture;
@@ -164,12 +178,7 @@ fn known_calls_only() -> BpfProgram {
     ]
 }
 
-fn install_program(program: &BpfProgram) -> Result<(), String> {
-    seccompiler::apply_filter_all_threads(program)
-        .map_err(|e| format!("installing the seccomp filter: {e}"))
-}
-
-fn apply(rules: BTreeMap<i64, Vec<SeccompRule>>, errno: i32) -> Result<(), String> {
+fn compile(rules: BTreeMap<i64, Vec<SeccompRule>>, errno: i32) -> Result<BpfProgram, String> {
     let filter = SeccompFilter::new(
         rules,
         SeccompAction::Allow,
@@ -177,10 +186,9 @@ fn apply(rules: BTreeMap<i64, Vec<SeccompRule>>, errno: i32) -> Result<(), Strin
         ARCH,
     )
     .map_err(|e| format!("building the seccomp filter: {e}"))?;
-    let program: BpfProgram = filter
+    filter
         .try_into()
-        .map_err(|e| format!("compiling the seccomp filter: {e}"))?;
-    install_program(&program)
+        .map_err(|e| format!("compiling the seccomp filter: {e}"))
 }
 
 #[cfg(test)]

@@ -14,7 +14,7 @@ use cellbox_guest_init::server::{self, Ended};
 
 fn start() -> (File, std::thread::JoinHandle<Ended>) {
     let (host, guest) = UnixStream::pair().unwrap();
-    let contexts = Arc::new(Contexts::new("/nonexistent/python3", "/tmp"));
+    let contexts = Arc::new(Contexts::new("/nonexistent/python3", None, "/tmp"));
     let server =
         std::thread::spawn(move || server::serve(File::from(OwnedFd::from(guest)), contexts, None));
     (File::from(OwnedFd::from(host)), server)

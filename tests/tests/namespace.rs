@@ -97,11 +97,19 @@ async fn the_sandbox_root_is_not_the_host_root() {
         .await
         .unwrap();
     assert_eq!(map.text(), Some("['0', '1000000000', '65536']"), "{map:?}");
+    // Kernels, started or forked from the warm template (whose own process
+    // runs in the host's user namespace), wherever they are on the host.
+    let host_users = std::fs::read_link("/proc/self/ns/user").unwrap();
     let mut kernels = 0;
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
         let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
-        if !String::from_utf8_lossy(&cmdline).contains("cellbox_kernel.py") {
+        let cmdline = String::from_utf8_lossy(&cmdline);
+        if !cmdline.contains("cellbox_kernel.py") && !cmdline.contains("cellbox_zygote.py") {
             continue;
+        }
+        match std::fs::read_link(entry.path().join("ns/user")) {
+            Ok(users) if users != host_users => {}
+            _ => continue, // ended meanwhile, or the template
         }
         let Ok(status) = std::fs::read_to_string(entry.path().join("status")) else {
             continue; // ended meanwhile

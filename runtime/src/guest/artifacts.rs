@@ -84,8 +84,9 @@ impl GuestArtifacts {
 }
 
 /// The kernel drivers (`guest-init/kernel/`), installed in `/usr/lib/cellbox`.
-const KERNEL_DRIVERS: [&str; 8] = [
+const KERNEL_DRIVERS: [&str; 9] = [
     "cellbox_kernel.py",
+    "cellbox_zygote.py",
     "cellbox_driver.py",
     "cellbox_results.py",
     "cellbox_charts.py",

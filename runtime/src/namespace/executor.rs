@@ -12,6 +12,7 @@ use async_trait::async_trait;
 use super::cgroup::{Cgroup, CgroupFiles};
 use super::disk::Disk;
 use super::network::{DNS_FORWARDER, Network, NetworkPolicy};
+use super::zygote::{Zygote, only_child, seqpacket_pair};
 use crate::error::{Error, Result};
 use crate::executor::Backend;
 use crate::guest::control::{GuestControl, Usage};
@@ -45,6 +46,11 @@ pub struct NamespaceConfig {
     /// A template's layers (top first), laid over the guest's root file
     /// system (see [`crate::template`]).
     pub template_layers: Vec<PathBuf>,
+    /// Fork Python kernels from the warm template (IPython, numpy, pandas
+    /// and matplotlib already imported; [`super::zygote`]) instead of
+    /// starting them: the default. The first warm sandbox of a process
+    /// starts the template. Custom templates always start cold.
+    pub warm: bool,
 }
 
 impl Default for NamespaceConfig {
@@ -60,6 +66,7 @@ impl Default for NamespaceConfig {
             disk_limit: 4 << 30,
             network: NetworkPolicy::default(),
             template_layers: Vec::new(),
+            warm: true,
         }
     }
 }
@@ -141,6 +148,11 @@ impl NamespaceExecutor {
             .unwrap_or_else(|| "cellbox-ns".into());
         let cgroup = Cgroup::create(&name, config.memory_limit, config.max_processes)?;
 
+        let zygote = match config.warm && config.template_layers.is_empty() {
+            // Without it the kernels start cold, as they would anyway.
+            true => Zygote::for_guest(&artifacts).ok(),
+            false => None,
+        };
         let (host_end, guest_end) = std::os::unix::net::UnixStream::pair()
             .map_err(|e| Error::io("creating the guest socket", e))?;
         // guest-init, run as root on the host, is the launcher: it mounts
@@ -174,10 +186,23 @@ impl NamespaceExecutor {
         for fd in 4..4 + user_cgroup.len() {
             command.arg("--user-cgroup-fd").arg(fd.to_string());
         }
-        let passed = std::iter::once(OwnedFd::from(guest_end)).chain(user_cgroup);
+        let mut passed: Vec<OwnedFd> = std::iter::once(OwnedFd::from(guest_end))
+            .chain(user_cgroup)
+            .collect();
+        let zygote = match zygote {
+            Some(zygote) => {
+                let (connection, guest_end) = seqpacket_pair()?;
+                command
+                    .arg("--zygote-fd")
+                    .arg((3 + passed.len()).to_string());
+                passed.push(guest_end);
+                Some((zygote, connection))
+            }
+            None => None,
+        };
         prepare_child(
             &mut command,
-            passed.collect(),
+            passed,
             cgroup.init_procs_files(),
             config.cpu_time_limit,
         );
@@ -198,6 +223,18 @@ impl NamespaceExecutor {
                 return Err(unavailable(format!("the sandbox did not start: {e}")));
             }
         };
+        if let Some((zygote, connection)) = zygote {
+            // Failing, the sandbox's kernels start cold (its end finds no peer).
+            let _ = launcher
+                .id()
+                .ok_or_else(|| unavailable("the sandbox ended at once"))
+                .and_then(only_child)
+                .and_then(only_child)
+                .and_then(|pid1| {
+                    let cgroup = cgroup.open_user_procs()?;
+                    zygote.register(pid1, cgroup, config.cpu_time_limit, connection)
+                });
+        }
         let network = match rules {
             Some(rules) => {
                 let pid = launcher.id().unwrap_or_default();

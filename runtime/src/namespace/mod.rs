@@ -5,11 +5,13 @@
 //! - [`cgroup`]: the per-sandbox memory and process limits
 //! - [`disk`]: the size-limited writable layer
 //! - [`network`]: opt-in network access and its egress rules
+//! - [`zygote`]: the warm template new sandboxes' Python kernels are forked from
 
 pub mod cgroup;
 pub mod disk;
 pub mod executor;
 pub mod network;
+pub mod zygote;
 
 pub use executor::{NamespaceConfig, NamespaceExecutor};
 pub use network::NetworkPolicy;
