@@ -1,6 +1,9 @@
-//! The namespace sandbox: new sandbox to first result (`1 + 1`, and the
-//! import of numpy, pandas and matplotlib), and a warm cell round trip,
-//! against a local Jupyter kernel started with jupyter_client in the same run.
+//! The namespace sandbox: a new sandbox to its first result (`1 + 1`, and
+//! the import of numpy, pandas and matplotlib), warm (the kernel forked from
+//! the warm template, the default) and cold (a Python started and importing),
+//! against a local Jupyter kernel started with jupyter_client in the same
+//! run; a warm cell round trip; the memory each extra idle sandbox costs the
+//! host; 50 sandboxes started at once.
 //!
 //!     cargo bench -p cellbox-benches --bench namespace_cells
 //!
@@ -11,16 +14,36 @@
 
 use std::path::PathBuf;
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 use cellbox::{Executor, NamespaceConfig, NamespaceExecutor};
-use std::time::Instant;
 
 use cellbox_benches::{Sample, measure, measure_part, table};
 
+const DATA_STACK: &str = "import numpy, pandas, matplotlib.pyplot";
+
+fn config(warm: bool) -> NamespaceConfig {
+    NamespaceConfig {
+        warm,
+        ..Default::default()
+    }
+}
+
+/// Timed from the call to start until the first result; closing is not counted.
+async fn first_result(warm: bool, code: &str) -> Duration {
+    let started = Instant::now();
+    let mut sandbox = NamespaceExecutor::start(config(warm)).await.unwrap();
+    let execution = sandbox.run(code).await.unwrap();
+    let elapsed = started.elapsed();
+    assert!(execution.error.is_none(), "{execution:?}");
+    sandbox.close().await.unwrap();
+    elapsed
+}
+
 #[tokio::main]
 async fn main() {
-    // Builds the guest artefacts if needed, outside the measurements.
-    let mut warmup = NamespaceExecutor::start(NamespaceConfig::default())
+    // Builds the guest artefacts and starts the warm template, outside the measurements.
+    let mut warmup = NamespaceExecutor::start(config(true))
         .await
         .expect("namespace sandbox");
     warmup.run("x = 0").await.unwrap();
@@ -30,33 +53,88 @@ async fn main() {
     .await;
     warmup.close().await.unwrap();
 
-    // Timed from the call to start until the first result; closing is not counted.
-    let first_result = async |code: &str| {
-        let started = Instant::now();
-        let mut sandbox = NamespaceExecutor::start(NamespaceConfig::default())
-            .await
-            .unwrap();
-        let execution = sandbox.run(code).await.unwrap();
-        let elapsed = started.elapsed();
-        assert!(execution.error.is_none(), "{execution:?}");
-        sandbox.close().await.unwrap();
-        elapsed
-    };
-    let first = measure_part("new sandbox → `1 + 1`", 1, 10, async || {
-        first_result("1 + 1").await
-    })
-    .await;
-    let heavy = measure_part(
-        "new sandbox → `import numpy, pandas, matplotlib`",
-        1,
-        10,
-        async || first_result("import numpy, pandas, matplotlib.pyplot").await,
-    )
-    .await;
-
+    let mut starts = Vec::new();
+    for (warm, how) in [(true, "warm"), (false, "cold")] {
+        for (code, what) in [
+            ("1 + 1", "`1 + 1`"),
+            (DATA_STACK, "numpy, pandas, matplotlib imported"),
+        ] {
+            let name = format!("new sandbox ({how}) → {what}");
+            starts.push(measure_part(&name, 2, 20, async || first_result(warm, code).await).await);
+        }
+    }
     let (peer_first, peer_warm) = jupyter_peer(10, 300);
-    println!("{}", table(&[&first, &heavy], &peer_first));
+    println!("{}", table(&starts.iter().collect::<Vec<_>>(), &peer_first));
     println!("{}", table(&[&warm], &peer_warm));
+
+    println!(
+        "| idle sandboxes with the data stack imported | host memory per extra sandbox |\n|---|---|"
+    );
+    for (warm, how) in [(true, "warm"), (false, "cold")] {
+        let mib = memory_per_idle_sandbox(warm, 10).await;
+        println!("| 10 ({how}) | {mib:.1} MiB |");
+    }
+    println!("\n| sandboxes started at once, each to `1 + 1` | all answered after |\n|---|---|");
+    for (warm, how) in [(true, "warm"), (false, "cold")] {
+        let took = started_at_once(warm, 50).await;
+        println!("| 50 ({how}) | {} |", cellbox_benches::human(took));
+    }
+}
+
+/// The host's available memory, in bytes.
+fn available_memory() -> u64 {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap();
+    let line = meminfo
+        .lines()
+        .find(|l| l.starts_with("MemAvailable:"))
+        .unwrap();
+    line.split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse::<u64>()
+        .unwrap()
+        * 1024
+}
+
+/// How much less memory the host has per sandbox with `count` more idle
+/// sandboxes, each with the data stack imported.
+async fn memory_per_idle_sandbox(warm: bool, count: usize) -> f64 {
+    // One first, so that a template or page cache is not counted.
+    let mut sandboxes = vec![NamespaceExecutor::start(config(warm)).await.unwrap()];
+    sandboxes[0].run(DATA_STACK).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before = available_memory();
+    for _ in 0..count {
+        let mut sandbox = NamespaceExecutor::start(config(warm)).await.unwrap();
+        assert!(sandbox.run(DATA_STACK).await.unwrap().error.is_none());
+        sandboxes.push(sandbox);
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = available_memory();
+    for mut sandbox in sandboxes {
+        sandbox.close().await.unwrap();
+    }
+    before.saturating_sub(after) as f64 / count as f64 / f64::from(1 << 20)
+}
+
+/// Starts `count` sandboxes at once, each running `1 + 1`: the time until
+/// the last answered.
+async fn started_at_once(warm: bool, count: usize) -> Duration {
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..count {
+        tasks.spawn(async move {
+            let mut sandbox = NamespaceExecutor::start(config(warm)).await.unwrap();
+            assert_eq!(sandbox.run("1 + 1").await.unwrap().text(), Some("2"));
+            sandbox
+        });
+    }
+    let sandboxes = tasks.join_all().await;
+    let took = started.elapsed();
+    for mut sandbox in sandboxes {
+        sandbox.close().await.unwrap();
+    }
+    took
 }
 
 /// Runs the jupyter_client peer in a virtualenv with ipykernel from PyPI.

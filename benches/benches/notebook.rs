@@ -1,6 +1,8 @@
-//! The router against always-heavy: the representative 20-cell notebook in
-//! `benches/notebook/representative.py` (split at `# %%`), end to end, in the
-//! same run: time to the first result and to the last.
+//! The router against always-heavy, and a warm start against a cold one:
+//! the representative 20-cell notebook in `benches/notebook/representative.py`
+//! (split at `# %%`), end to end, in the same run: time to the first result
+//! and to the last, from a new session. The peer is the namespace sandbox
+//! started cold (its kernel a new Python that imports everything itself).
 //!
 //!     cargo bench -p cellbox-benches --bench notebook
 //!
@@ -69,35 +71,55 @@ async fn main() {
         ("its 14 plain cells", plain_cells()),
     ] {
         let runs = 5;
-        let (mut auto_first, mut auto_last, mut heavy_first, mut heavy_last) =
-            (vec![], vec![], vec![], vec![]);
+        // auto, always heavy (warm), always heavy (cold): first and last result.
+        let mut times = [(); 3].map(|()| (Vec::new(), Vec::new()));
         for _ in 0..runs {
-            let started = Instant::now();
-            let mut auto = HybridExecutor::start(&engine, HybridConfig::default())
-                .await
-                .unwrap();
-            let (first, last) = run_all(&mut auto, &cells, started).await;
-            auto.close().await.unwrap();
-            auto_first.push(first.as_secs_f64());
-            auto_last.push(last.as_secs_f64());
-
-            let started = Instant::now();
-            let mut heavy = NamespaceExecutor::start(NamespaceConfig::default())
-                .await
-                .unwrap();
-            let (first, last) = run_all(&mut heavy, &cells, started).await;
-            heavy.close().await.unwrap();
-            heavy_first.push(first.as_secs_f64());
-            heavy_last.push(last.as_secs_f64());
+            for (kind, (firsts, lasts)) in times.iter_mut().enumerate() {
+                let started = Instant::now();
+                let mut session: Box<dyn Executor> = match kind {
+                    0 => Box::new(
+                        HybridExecutor::start(&engine, HybridConfig::default())
+                            .await
+                            .unwrap(),
+                    ),
+                    _ => Box::new(
+                        NamespaceExecutor::start(NamespaceConfig {
+                            warm: kind == 1,
+                            ..Default::default()
+                        })
+                        .await
+                        .unwrap(),
+                    ),
+                };
+                let (first, last) = run_all(session.as_mut(), &cells, started).await;
+                session.close().await.unwrap();
+                firsts.push(first.as_secs_f64());
+                lasts.push(last.as_secs_f64());
+            }
         }
         println!("### {name}\n");
-        let auto_first = Sample::from_secs("auto: new session → first result", &auto_first);
-        let heavy_first =
-            Sample::from_secs("always heavy: new sandbox → first result", &heavy_first);
-        let auto_last = Sample::from_secs("auto: new session → all cells done", &auto_last);
-        let heavy_last =
-            Sample::from_secs("always heavy: new sandbox → all cells done", &heavy_last);
-        println!("{}", table(&[&auto_first], &heavy_first));
-        println!("{}", table(&[&auto_last], &heavy_last));
+        let [auto, warm, cold] = &times;
+        for (which, pick) in [("first result", 0), ("all cells done", 1)] {
+            let pick = |(firsts, lasts): &(Vec<f64>, Vec<f64>)| {
+                if pick == 0 {
+                    firsts.clone()
+                } else {
+                    lasts.clone()
+                }
+            };
+            let auto = Sample::from_secs(
+                &format!("auto (warm heavy backend): new session → {which}"),
+                &pick(auto),
+            );
+            let warm = Sample::from_secs(
+                &format!("always heavy, warm: new sandbox → {which}"),
+                &pick(warm),
+            );
+            let cold = Sample::from_secs(
+                &format!("always heavy, cold: new sandbox → {which}"),
+                &pick(cold),
+            );
+            println!("{}", table(&[&auto, &warm], &cold));
+        }
     }
 }

@@ -35,7 +35,8 @@ pub struct Zygote {
 }
 
 /// The templates of this process, by guest-init layer and root file system.
-static TEMPLATES: Mutex<Option<HashMap<(PathBuf, PathBuf), Arc<Zygote>>>> = Mutex::new(None);
+static TEMPLATES: Mutex<Option<Templates>> = Mutex::new(None);
+type Templates = HashMap<(PathBuf, PathBuf), Arc<Zygote>>;
 
 fn unavailable(reason: impl Into<String>) -> Error {
     Error::Unavailable {
