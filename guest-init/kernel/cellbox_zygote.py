@@ -174,9 +174,10 @@ class Zygote:
         for fd in fds:
             os.close(fd)
         try:
-            sandbox.connection.sendall(reply)
-        except OSError:
-            pass
+            sandbox.connection.send(reply, socket.MSG_DONTWAIT)
+        except OSError:                                   # a sandbox that does not read: dropped
+            self.selector.unregister(sandbox.connection)
+            sandbox.close()
 
     def fork(self, sandbox):
         """Forks a child in the sandbox's PID namespace (the zygote stays in its own)."""

@@ -37,7 +37,7 @@ use nix::sched::{CloneFlags, unshare};
 use nix::sys::signal::Signal;
 use nix::unistd::{ForkResult, Gid, Pid, Uid, fork, setgroups, setresgid, setresuid};
 
-use crate::pid1::{SetupError, io, make_mounts_private, reap_until, step};
+use crate::pid1::{SetupError, io, reap_until, step};
 
 /// How many ids the sandbox has (0 to 65535, as a Debian system expects).
 pub const ID_COUNT: u32 = 65536;
@@ -57,12 +57,7 @@ pub struct Layers {
 /// Builds the sandbox and returns in its PID 1; the processes above never
 /// return (they exit with PID 1's status).
 pub fn enter_sandbox(layers: &Layers, id_base: u32) -> Result<(), SetupError> {
-    step(
-        "entering mount and network namespaces",
-        unshare(CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWNET),
-    )?;
-    make_mounts_private()?;
-    crate::pid1::loopback_up();
+    crate::pid1::isolate_mounts_and_network()?;
     let (ready_read, ready_write) = step("making a pipe", nix::unistd::pipe())?;
     let (go_read, go_write) = step("making a pipe", nix::unistd::pipe())?;
     // SAFETY: guest-init is single-threaded here.

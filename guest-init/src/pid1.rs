@@ -26,7 +26,7 @@ pub fn step<T>(what: impl Into<String>, result: nix::Result<T>) -> Result<T, Set
     })
 }
 
-fn mount_fs(
+pub(crate) fn mount_fs(
     fstype: &str,
     target: &str,
     flags: MsFlags,
@@ -109,6 +109,20 @@ pub fn make_mounts_private() -> Result<(), SetupError> {
 /// with the root file system mounted on `root`: gives it a minimal `/dev`
 /// (bind mounts of the host's harmless devices), pivots into it and mounts
 /// the rest. Nothing of the host stays visible.
+/// Enters new mount (its mounts private) and network (loopback up)
+/// namespaces: the namespace launcher's and the warm template's first step.
+pub fn isolate_mounts_and_network() -> Result<(), SetupError> {
+    step(
+        "entering mount and network namespaces",
+        nix::sched::unshare(
+            nix::sched::CloneFlags::CLONE_NEWNS | nix::sched::CloneFlags::CLONE_NEWNET,
+        ),
+    )?;
+    make_mounts_private()?;
+    loopback_up();
+    Ok(())
+}
+
 /// A tmpfs on `dev` with the host's harmless device nodes bound into it.
 pub fn mount_dev_nodes(dev: &str) -> Result<(), SetupError> {
     mount_fs(

@@ -19,11 +19,10 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, IntoRawFd, OwnedFd};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use nix::mount::{MsFlags, mount};
-use nix::sched::{CloneFlags, unshare};
+use nix::mount::MsFlags;
 use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
 
-use crate::pid1::{SetupError, io, make_mounts_private, step};
+use crate::pid1::{SetupError, io, mount_dev_nodes, mount_fs, step};
 
 /// The template's script in the guest.
 pub const SCRIPT: &str = "/usr/lib/cellbox/cellbox_zygote.py";
@@ -56,48 +55,22 @@ pub fn exec_template(root: &str, lowers: &[String], control: i32) -> SetupError 
 }
 
 fn prepare(root: &str, lowers: &[String], control: i32) -> Result<(), SetupError> {
-    step(
-        "entering mount and network namespaces",
-        unshare(CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWNET),
-    )?;
-    make_mounts_private()?;
-    crate::pid1::loopback_up();
+    crate::pid1::isolate_mounts_and_network()?;
+    let quiet = MsFlags::MS_NODEV | MsFlags::MS_NOSUID;
     let layers = format!("lowerdir={}", lowers.join(":"));
-    step(
-        format!("mounting the guest on {root}"),
-        mount(
-            Some("overlay"),
-            root,
-            Some("overlay"),
-            MsFlags::MS_RDONLY | MsFlags::MS_NODEV | MsFlags::MS_NOSUID,
-            Some(layers.as_str()),
-        ),
-    )?;
+    mount_fs("overlay", root, quiet | MsFlags::MS_RDONLY, Some(&layers))?;
     for (dir, options) in [
         ("home/user", "mode=755,size=64m"),
         ("tmp", "mode=1777,size=64m"),
     ] {
-        step(
-            format!("mounting a tmpfs on /{dir}"),
-            mount(
-                Some("tmpfs"),
-                format!("{root}/{dir}").as_str(),
-                Some("tmpfs"),
-                MsFlags::MS_NODEV | MsFlags::MS_NOSUID,
-                Some(options),
-            ),
-        )?;
+        mount_fs("tmpfs", &format!("{root}/{dir}"), quiet, Some(options))?;
     }
-    crate::pid1::mount_dev_nodes(&format!("{root}/dev"))?;
-    step(
-        "mounting /proc",
-        mount(
-            Some("proc"),
-            format!("{root}/proc").as_str(),
-            Some("proc"),
-            MsFlags::MS_NODEV | MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
-            None::<&str>,
-        ),
+    mount_dev_nodes(&format!("{root}/dev"))?;
+    mount_fs(
+        "proc",
+        &format!("{root}/proc"),
+        quiet | MsFlags::MS_NOEXEC,
+        None,
     )?;
     step("entering the guest", nix::unistd::chroot(root))?;
     step("entering /", nix::unistd::chdir("/"))?;

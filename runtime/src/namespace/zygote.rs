@@ -30,8 +30,6 @@ const NAMESPACES: [&str; 7] = ["net", "user", "mnt", "ipc", "uts", "cgroup", "pi
 pub struct Zygote {
     control: Mutex<OwnedFd>,
     process: Mutex<std::process::Child>,
-    /// Its output (nothing unless something fails).
-    log: Mutex<std::fs::File>,
 }
 
 /// The templates of this process, by guest-init layer and root file system.
@@ -74,9 +72,6 @@ impl Zygote {
     }
 
     fn start(artifacts: &GuestArtifacts) -> Result<Zygote> {
-        // Unlinked: nothing to clean up; read when the template fails.
-        let log =
-            tempfile::tempfile().map_err(|e| Error::io("creating the warm template's log", e))?;
         let (host_end, template_end) = seqpacket_pair()?;
         let mut command = std::process::Command::new(artifacts.layer.join("sbin/init"));
         command
@@ -90,14 +85,9 @@ impl Zygote {
             .args(["--fd", "3"])
             .env_clear()
             .stdin(std::process::Stdio::null())
-            .stdout(
-                log.try_clone()
-                    .map_err(|e| Error::io("opening the log", e))?,
-            )
-            .stderr(
-                log.try_clone()
-                    .map_err(|e| Error::io("opening the log", e))?,
-            );
+            // A failing template shows in guest-init's reason for a cold start.
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
         super::network::pass_fds(&mut command, [(template_end.as_raw_fd(), 3)]);
         let process = command
             .spawn()
@@ -106,19 +96,7 @@ impl Zygote {
         Ok(Zygote {
             control: Mutex::new(host_end),
             process: Mutex::new(process),
-            log: Mutex::new(log),
         })
-    }
-
-    /// What the template printed (its last 4 KiB), for reports of failures.
-    pub fn log(&self) -> String {
-        use std::io::{Read, Seek, SeekFrom};
-        let mut log = crate::lock(&self.log);
-        let mut text = String::new();
-        let end = log.seek(SeekFrom::End(0)).unwrap_or(0);
-        let _ = log.seek(SeekFrom::Start(end.saturating_sub(4096)));
-        let _ = log.read_to_string(&mut text);
-        text
     }
 
     fn is_running(&self) -> bool {
