@@ -1,7 +1,8 @@
 //! The VMM on its own, with the freestanding test guest (so it runs on any
 //! KVM host, PVM included): start-up time, its own memory, and device round
 //! trips; peers measured in the same run: QEMU (microvm machine, a 9-byte
-//! firmware that writes one serial byte), and the same I/O done on the host.
+//! firmware that writes one serial byte), and the same I/O done on the host;
+//! VMs restored from snapshots, against booting one.
 //!
 //!     cargo bench -p cellbox-benches --bench vmm
 
@@ -13,7 +14,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use cellbox_benches::{Sample, table};
-use cellbox_vmm::{Vm, VmConfig, test_guest};
+use cellbox_vmm::{RestoreOptions, Vm, VmConfig, test_guest};
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion, MemoryRegionAddress};
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -49,6 +50,8 @@ fn main() {
             table(&[&entry], &first_byte)
         ),
     }
+
+    restore(&guest, dir.path(), &first_byte);
 
     println!("## Memory of the VMM itself (idle 1 vCPU / 256 MiB VM, guest RAM excluded)\n");
     let probe = Command::new(std::env::current_exe().unwrap())
@@ -120,6 +123,54 @@ fn main() {
     drop(a);
     let _ = echo_thread.join();
     println!("{}", table(&[&echo], &peer));
+}
+
+/// VMs restored from snapshots of the test guest: one taken in its printing
+/// loop (→ first serial byte) and one in its vsock loop (→ first answer);
+/// the peer is a fresh boot to its first byte, measured in this run.
+fn restore(guest: &Path, dir: &Path, boot_first_byte: &Sample) {
+    println!("## Restore from a snapshot (1 vCPU, 256 MiB)\n");
+    let ticking = dir.join("ticking");
+    let vm = Vm::start(VmConfig::new(guest).with_cmdline("tg.only=serial tg.exit=tick")).unwrap();
+    assert!(vm.console().wait_for("tg: ticking", WAIT));
+    let started = Instant::now();
+    vm.snapshot(&ticking).unwrap();
+    let took = started.elapsed();
+    drop(vm);
+    let listening = dir.join("listening");
+    let vm = Vm::start(VmConfig::new(guest).with_vsock(3)).unwrap();
+    assert!(vm.console().wait_for("tg: vsock listening 1234", WAIT));
+    vm.snapshot(&listening).unwrap();
+    drop(vm);
+
+    let (mut returned, mut first_byte, mut answer) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..50 {
+        let started = Instant::now();
+        let vm = Vm::restore(&ticking, RestoreOptions::default()).unwrap();
+        returned.push(started.elapsed().as_secs_f64());
+        assert!(vm.console().wait_for(".", WAIT));
+        first_byte.push(started.elapsed().as_secs_f64());
+        drop(vm);
+
+        let started = Instant::now();
+        let vm = Vm::restore(&listening, RestoreOptions::default()).unwrap();
+        let mut stream = vm.vsock().unwrap().connect(1234, WAIT).unwrap();
+        stream.write_all(b"1 + 1").unwrap();
+        let mut back = [0u8; 5];
+        stream.read_exact(&mut back).unwrap();
+        answer.push(started.elapsed().as_secs_f64());
+    }
+    let returned = Sample::from_secs("`Vm::restore` returns (vCPU running)", &returned);
+    let first_byte = Sample::from_secs("`Vm::restore` → first guest serial byte", &first_byte);
+    let answer = Sample::from_secs("`Vm::restore` → first vsock answer (echo)", &answer);
+    println!(
+        "{}",
+        table(&[&returned, &first_byte, &answer], boot_first_byte)
+    );
+    println!(
+        "(`Vm::snapshot` of that VM: {:.2} ms)\n",
+        took.as_secs_f64() * 1e3
+    );
 }
 
 /// In a fresh process: RSS with one idle VM, guest RAM subtracted.

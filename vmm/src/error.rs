@@ -50,6 +50,9 @@ pub enum VmError {
     /// The VM has stopped (or its vCPUs did not answer a pause).
     #[error("the VM is not running (or its vCPUs did not stop for a pause within 5 s)")]
     Stopped,
+    /// A snapshot could not be taken or restored.
+    #[error("snapshot: {0}")]
+    Snapshot(String),
     /// A thread, event fd or socket could not be created.
     #[error("cannot {what}: {source}")]
     Io {

@@ -5,6 +5,7 @@
 //! (frames filtered on the way out), and stops it cleanly.
 //!
 //! - [`VmConfig`] → [`Vm::start`] → [`Vm`] (console, vsock, wait, stop)
+//! - [`Vm::snapshot`] → a folder → [`Vm::restore`] ([`snapshot`]: its files and state)
 //! - [`vcpu`]: the run loop and [`vcpu::handle_exit`]
 //! - [`devices`]: `legacy/serial`, `virtio/mmio`, `virtio/block`, `virtio/net`, `virtio/vsock`
 //! - [`arch`]: kernel loading, registers, CPUID, MP table; [`layout`]: the memory map
@@ -22,6 +23,7 @@ pub mod layout;
 mod machine;
 mod pause;
 pub mod seccomp;
+pub mod snapshot;
 pub mod test_guest;
 pub mod vcpu;
 
@@ -31,4 +33,5 @@ pub use devices::virtio::net::{EgressRules, FrameFilter};
 pub use devices::virtio::vsock::VsockConnector;
 pub use error::VmError;
 pub use machine::{Vm, VmControl};
+pub use snapshot::RestoreOptions;
 pub use vcpu::ExitReason;

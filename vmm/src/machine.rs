@@ -2,6 +2,7 @@
 //! the vCPU threads, and stopping it all from the host at any moment.
 
 use std::os::unix::thread::JoinHandleExt;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, Once, OnceLock};
 use std::thread::JoinHandle;
@@ -9,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
 use kvm_bindings::{KVM_PIT_SPEAKER_DUMMY, kvm_pit_config, kvm_userspace_memory_region};
-use kvm_ioctls::{IoEventAddress, Kvm, VmFd};
+use kvm_ioctls::{IoEventAddress, Kvm, VcpuFd, VmFd};
 use linux_loader::cmdline::Cmdline;
 use vm_allocator::{AddressAllocator, AllocPolicy, IdAllocator};
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
@@ -29,6 +30,10 @@ use crate::error::VmError;
 use crate::layout::*;
 use crate::pause::PauseGate;
 use crate::seccomp::{self, ThreadKind};
+use crate::snapshot::vcpu_state::{self, VcpuState};
+use crate::snapshot::{
+    self, MEMORY_FILE, RestoreOptions, SavedConfig, SnapshotState, VmState, memory,
+};
 use crate::vcpu::{self, ExitReason};
 
 type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
@@ -168,11 +173,16 @@ pub struct Vm {
     console: ConsoleLog,
     vsock: Option<VsockConnector>,
     disks: Vec<Arc<Mutex<BlockDevice>>>,
+    serial: Arc<Mutex<SerialDevice>>,
+    transports: Vec<Arc<Mutex<MmioTransport>>>,
+    saved_config: SavedConfig,
+    has_net: bool,
     started: Instant,
-    // Fields drop in order: the VM (and with it KVM's memory slots, which
-    // point into guest RAM) goes before the RAM is unmapped, and both only
-    // after `Drop` stopped and joined the vCPUs and device threads.
-    _vm: VmFd,
+    // Fields drop in order: the vCPUs and the VM (and with it KVM's memory
+    // slots, which point into guest RAM) go before the RAM is unmapped, and
+    // all only after `Drop` stopped and joined the vCPU and device threads.
+    vcpu_fds: Vec<Arc<Mutex<VcpuFd>>>,
+    vm_fd: VmFd,
     memory: GuestMemoryMmap,
 }
 
@@ -184,91 +194,158 @@ impl std::fmt::Debug for Vm {
     }
 }
 
+/// Everything on the buses, made by [`Devices::build`].
+struct Devices {
+    pio: Bus,
+    mmio: Bus,
+    console: ConsoleLog,
+    serial: Arc<Mutex<SerialDevice>>,
+    transports: Vec<Arc<Mutex<MmioTransport>>>,
+    subscribers: Vec<Subscriber>,
+    disks: Vec<Arc<Mutex<BlockDevice>>>,
+    vsock: Option<VsockConnector>,
+    unix_listener: Option<(JoinHandle<()>, Arc<AtomicBool>)>,
+}
+
 impl Vm {
     /// Builds the VM from `config` and starts its vCPUs.
     pub fn start(config: VmConfig) -> Result<Vm, VmError> {
         let started = Instant::now();
         config.validate().map_err(VmError::Config)?;
-        let kvm = Kvm::new().map_err(|e| VmError::KvmUnavailable(format!("/dev/kvm: {e}")))?;
-        let vm = kvm.create_vm().map_err(VmError::kvm("create a VM"))?;
+        let (kvm, vm) = create_vm()?;
         // Memory slots first: on some hosts (PVM) adding a slot after the
         // in-kernel irqchip exists costs milliseconds, before it microseconds.
         let mem_size = u64::from(config.memory_mib) << 20;
-        let mem = guest_memory(&vm, mem_size, config.memory_mib)?;
-        vm.set_tss_address(KVM_TSS_ADDRESS as usize)
-            .map_err(VmError::kvm("place the TSS"))?;
-        if config.irqchip {
-            vm.create_irq_chip()
-                .map_err(VmError::kvm("create the in-kernel irqchip"))?;
-            let pit = kvm_pit_config {
-                flags: KVM_PIT_SPEAKER_DUMMY,
-                ..Default::default()
-            };
-            vm.create_pit2(pit)
-                .map_err(VmError::kvm("create the PIT"))?;
-        }
+        let mem =
+            GuestMemoryMmap::from_ranges(&guest_ranges(mem_size)).map_err(|e| VmError::Memory {
+                mib: config.memory_mib,
+                reason: e.to_string(),
+            })?;
+        register_memory(&vm, &mem, config.memory_mib)?;
+        create_irqchip(&vm, config.irqchip)?;
         regs::write_boot_tables(&mem)?;
         mptable::write(&mem, config.vcpus)?;
         let kernel = boot::load_kernel(&mem, &config.kernel)?;
-
-        let console = ConsoleLog::default();
-        let mut pio = Bus::default();
-        let serial_irq = irq_event(&vm, config.irqchip, COM1_IRQ)?;
-        let serial = Arc::new(Mutex::new(SerialDevice::new(serial_irq, console.clone())));
-        pio.insert(u64::from(COM1_PORT), 8, serial)
-            .map_err(|e| VmError::Devices(e.to_string()))?;
-
         // Words after " -- " are init's arguments; device entries join the kernel's part.
         let mut cmdline = Cmdline::try_from(&config.cmdline, CMDLINE_MAX_SIZE)
             .map_err(boot::BootError::Cmdline)?;
-        let mut devices = DeviceSlots::new()?;
-        let mut mmio = Bus::default();
-        let mut subscribers: Vec<Subscriber> = Vec::new();
-        let mut disks = Vec::new();
-        for disk in &config.disks {
-            let path = disk.path.display().to_string();
-            let cow = CowDisk::open(&disk.path, disk.writable)
-                .map_err(|source| VmError::Disk { path, source })?;
-            let device = Arc::new(Mutex::new(
-                BlockDevice::new(cow, &disk.id).map_err(VmError::io("create a disk's events"))?,
-            ));
-            devices.attach(&vm, &mem, &config, &mut mmio, &mut cmdline, device.clone())?;
-            subscribers.push(device.clone());
-            disks.push(device);
-        }
-        let mut vsock = None;
-        let mut unix_listener = None;
-        if let Some(vsock_config) = &config.vsock {
-            let (device, connector) = VsockDevice::new(vsock_config.guest_cid)
-                .map_err(VmError::io("create the vsock events"))?;
-            let device = Arc::new(Mutex::new(device));
-            devices.attach(&vm, &mem, &config, &mut mmio, &mut cmdline, device.clone())?;
-            subscribers.push(device);
-            if let Some(path) = &vsock_config.unix_socket {
-                let stop = Arc::new(AtomicBool::new(false));
-                let thread = unix::serve(path, connector.clone(), stop.clone())
-                    .map_err(VmError::io("serve the vsock Unix socket"))?;
-                unix_listener = Some((thread, stop));
-            }
-            vsock = Some(connector);
-        }
-        if let Some(net) = &config.net {
-            let backend = net
-                .backend
-                .try_clone()
-                .map_err(VmError::io("duplicate the network socket"))?;
-            let device = NetDevice::new(net.mac, backend, net.filter.clone())
-                .map_err(VmError::io("create the network card's events"))?;
-            let device = Arc::new(Mutex::new(device));
-            devices.attach(&vm, &mem, &config, &mut mmio, &mut cmdline, device.clone())?;
-            subscribers.push(device);
-        }
+        let devices = Devices::build(&vm, &mem, &config, &mut cmdline, None)?;
         boot::write_boot_data(&mem, &kernel, &cmdline, mem_size)?;
-        let event_loop = spawn_event_loop(subscribers)?;
+        let irqchip = config.irqchip;
+        Vm::assemble(kvm, vm, mem, &config, devices, started, |vcpu, id| {
+            regs::setup_msrs(vcpu)?;
+            regs::setup_fpu(vcpu)?;
+            if irqchip {
+                regs::setup_lapic(vcpu)?;
+            }
+            if id == 0 {
+                regs::setup_boot_vcpu(vcpu, kernel.entry.0)?;
+            }
+            Ok(())
+        })
+    }
 
+    /// Makes a VM from the snapshot in `dir` (see [`Vm::snapshot`]) and lets
+    /// it go on from where the snapshotted VM was. Many VMs restored from one
+    /// snapshot share its memory file's pages until they write them.
+    pub fn restore(dir: &Path, options: RestoreOptions) -> Result<Vm, VmError> {
+        let started = Instant::now();
+        let state = SnapshotState::read(dir)?;
+        let config = state.config.restored(&options)?;
+        let (kvm, vm) = create_vm()?;
+        vcpu_state::check_xsave_fits(&kvm)?;
+        let mem_size = u64::from(config.memory_mib) << 20;
+        let mem = memory::map_private(&dir.join(MEMORY_FILE), &guest_ranges(mem_size))?;
+        register_memory(&vm, &mem, config.memory_mib)?;
+        create_irqchip(&vm, config.irqchip)?;
+        state.vm.restore(&vm)?;
+        // The guest read its command line long ago: device entries go nowhere.
+        let mut unused = Cmdline::new(CMDLINE_MAX_SIZE).map_err(boot::BootError::Cmdline)?;
+        let devices = Devices::build(&vm, &mem, &config, &mut unused, Some((dir, &state)))?;
+        let vm = Vm::assemble(kvm, vm, mem, &config, devices, started, |vcpu, id| {
+            state.vcpus[id].restore(vcpu)
+        })?;
+        for transport in &vm.transports {
+            let device = lock(transport).device();
+            lock(&device).restored();
+        }
+        Ok(vm)
+    }
+
+    /// Writes everything this VM is into the folder `dir` (made if missing;
+    /// files of an earlier snapshot there are replaced), so that
+    /// [`Vm::restore`] can make VMs that go on from this moment. The VM is
+    /// paused meanwhile and then goes on as it was (a paused VM stays paused).
+    /// Its open vsock streams stay open; restored VMs do not have them.
+    pub fn snapshot(&self, dir: &Path) -> Result<(), VmError> {
+        if self.has_net {
+            return Err(VmError::Snapshot(
+                "VMs with a network card cannot be snapshotted yet".into(),
+            ));
+        }
+        let kvm = Kvm::new().map_err(|e| VmError::KvmUnavailable(format!("/dev/kvm: {e}")))?;
+        vcpu_state::check_xsave_fits(&kvm)?;
+        let msr_indices = vcpu_state::msr_indices(&kvm)?;
+        std::fs::create_dir_all(dir).map_err(VmError::io("make the snapshot folder"))?;
+        let control = self.control();
+        let was_paused = self.shared.pause.is_paused();
+        if !was_paused {
+            control.pause()?;
+        }
+        let result = self.save_paused(dir, &msr_indices);
+        if !was_paused {
+            control.resume();
+        }
+        result
+    }
+
+    fn save_paused(&self, dir: &Path, msr_indices: &[u32]) -> Result<(), VmError> {
+        // The vCPUs are parked; holding every device keeps the device thread
+        // off guest memory and the queues while they are saved.
+        let transports: Vec<_> = self.transports.iter().map(|t| lock(t)).collect();
+        let device_handles: Vec<_> = transports.iter().map(|t| t.device()).collect();
+        let devices: Vec<_> = device_handles.iter().map(|d| lock(d)).collect();
+        let mut saved_transports = Vec::new();
+        for (index, (transport, device)) in transports.iter().zip(&devices).enumerate() {
+            let saved = transport
+                .save(&**device, dir, &format!("device-{index}"))
+                .map_err(VmError::Snapshot)?;
+            saved_transports.push(saved);
+        }
+        let irqchip = self.saved_config.irqchip;
+        let vcpus = self
+            .vcpu_fds
+            .iter()
+            .map(|vcpu| VcpuState::save(&lock(vcpu), msr_indices, irqchip))
+            .collect::<Result<Vec<_>, _>>()?;
+        let state = SnapshotState {
+            format: snapshot::FORMAT,
+            config: self.saved_config.clone(),
+            vcpus,
+            vm: VmState::save(&self.vm_fd, irqchip)?,
+            serial: lock(&self.serial).save(),
+            transports: saved_transports,
+        };
+        memory::save(&self.memory, &dir.join(MEMORY_FILE))
+            .map_err(VmError::io("write guest memory"))?;
+        state.write(dir)
+    }
+
+    /// The VM around built memory and devices: the device thread, then the
+    /// vCPUs, each set up by `init(vcpu, index)` after its CPUID.
+    fn assemble(
+        kvm: Kvm,
+        vm: VmFd,
+        memory: GuestMemoryMmap,
+        config: &VmConfig,
+        devices: Devices,
+        started: Instant,
+        init: impl Fn(&VcpuFd, usize) -> Result<(), VmError>,
+    ) -> Result<Vm, VmError> {
+        let event_loop = spawn_event_loop(devices.subscribers)?;
         let shared = Arc::new(Shared {
-            pio,
-            mmio,
+            pio: devices.pio,
+            mmio: devices.mmio,
             stop: AtomicBool::new(false),
             exit: Mutex::new(None),
             exited: Condvar::new(),
@@ -280,15 +357,20 @@ impl Vm {
             shared,
             vcpus: Vec::new(),
             event_loop: Some(event_loop),
-            unix_listener,
-            console,
-            vsock,
-            disks,
+            unix_listener: devices.unix_listener,
+            console: devices.console,
+            vsock: devices.vsock,
+            disks: devices.disks,
+            serial: devices.serial,
+            transports: devices.transports,
+            saved_config: SavedConfig::of(config),
+            has_net: config.net.is_some(),
             started,
-            memory: mem,
-            _vm: vm,
+            vcpu_fds: Vec::new(),
+            vm_fd: vm,
+            memory,
         };
-        vm_handle.start_vcpus(&kvm, &config, kernel.entry)?;
+        vm_handle.start_vcpus(&kvm, config, init)?;
         Ok(vm_handle)
     }
 
@@ -296,7 +378,7 @@ impl Vm {
         &mut self,
         kvm: &Kvm,
         config: &VmConfig,
-        entry: GuestAddress,
+        init: impl Fn(&VcpuFd, usize) -> Result<(), VmError>,
     ) -> Result<(), VmError> {
         static KICK_HANDLER: Once = Once::new();
         KICK_HANDLER.call_once(|| {
@@ -306,28 +388,21 @@ impl Vm {
         });
         let supported = cpuid::supported(kvm).map_err(VmError::kvm("report its CPUID"))?;
         let tsc_deadline = config.irqchip && kvm.check_extension(kvm_ioctls::Cap::TscDeadlineTimer);
-        let mut vcpu_fds = Vec::new();
         for id in 0..config.vcpus {
             let vcpu = self
-                ._vm
+                .vm_fd
                 .create_vcpu(u64::from(id))
                 .map_err(VmError::kvm("create a vCPU"))?;
             let mut vcpu_cpuid = supported.clone();
             cpuid::for_vcpu(&mut vcpu_cpuid, id, config.vcpus, tsc_deadline);
             vcpu.set_cpuid2(&vcpu_cpuid)
                 .map_err(VmError::kvm("set CPUID"))?;
-            regs::setup_msrs(&vcpu)?;
-            regs::setup_fpu(&vcpu)?;
-            if config.irqchip {
-                regs::setup_lapic(&vcpu)?;
-            }
-            if id == 0 {
-                regs::setup_boot_vcpu(&vcpu, entry.0)?;
-            }
-            vcpu_fds.push(vcpu);
+            init(&vcpu, usize::from(id))?;
+            self.vcpu_fds.push(Arc::new(Mutex::new(vcpu)));
         }
-        for (id, vcpu) in vcpu_fds.into_iter().enumerate() {
+        for (id, vcpu) in self.vcpu_fds.iter().enumerate() {
             let shared = self.shared.clone();
+            let vcpu = vcpu.clone();
             let thread = std::thread::Builder::new()
                 .name(format!("vcpu{id}"))
                 .spawn(move || vcpu::run(vcpu, id as u8, shared))
@@ -426,16 +501,23 @@ impl Drop for Vm {
     }
 }
 
-/// Allocates guest RAM (skipping the MMIO hole) and registers it with KVM.
-fn guest_memory(vm: &VmFd, size: u64, mib: u32) -> Result<GuestMemoryMmap, VmError> {
-    let ranges: Vec<(GuestAddress, usize)> = ram_ranges(size)
+/// Opens `/dev/kvm` and makes an empty VM.
+fn create_vm() -> Result<(Kvm, VmFd), VmError> {
+    let kvm = Kvm::new().map_err(|e| VmError::KvmUnavailable(format!("/dev/kvm: {e}")))?;
+    let vm = kvm.create_vm().map_err(VmError::kvm("create a VM"))?;
+    Ok((kvm, vm))
+}
+
+/// Guest RAM's regions for `size` bytes (skipping the MMIO hole).
+fn guest_ranges(size: u64) -> Vec<(GuestAddress, usize)> {
+    ram_ranges(size)
         .into_iter()
         .map(|(start, len)| (GuestAddress(start), len as usize))
-        .collect();
-    let mem = GuestMemoryMmap::from_ranges(&ranges).map_err(|e| VmError::Memory {
-        mib,
-        reason: e.to_string(),
-    })?;
+        .collect()
+}
+
+/// Registers every region of `mem` with KVM.
+fn register_memory(vm: &VmFd, mem: &GuestMemoryMmap, mib: u32) -> Result<(), VmError> {
     for (slot, region) in mem.iter().enumerate() {
         let host = region
             .get_host_address(vm_memory::MemoryRegionAddress(0))
@@ -454,7 +536,131 @@ fn guest_memory(vm: &VmFd, size: u64, mib: u32) -> Result<GuestMemoryMmap, VmErr
         // (field `memory`) until its vCPUs have stopped.
         unsafe { vm.set_user_memory_region(region) }.map_err(VmError::kvm("map guest memory"))?;
     }
-    Ok(mem)
+    Ok(())
+}
+
+/// The TSS and, with `irqchip`, the in-kernel interrupt controllers and PIT.
+fn create_irqchip(vm: &VmFd, irqchip: bool) -> Result<(), VmError> {
+    vm.set_tss_address(KVM_TSS_ADDRESS as usize)
+        .map_err(VmError::kvm("place the TSS"))?;
+    if irqchip {
+        vm.create_irq_chip()
+            .map_err(VmError::kvm("create the in-kernel irqchip"))?;
+        let pit = kvm_pit_config {
+            flags: KVM_PIT_SPEAKER_DUMMY,
+            ..Default::default()
+        };
+        vm.create_pit2(pit)
+            .map_err(VmError::kvm("create the PIT"))?;
+    }
+    Ok(())
+}
+
+impl Devices {
+    /// The serial port and `config`'s virtio devices, attached in a fixed
+    /// order (disks, vsock, net) so that a restored VM's devices sit where
+    /// the snapshot's were; `restoring` gives their saved state.
+    fn build(
+        vm: &VmFd,
+        mem: &GuestMemoryMmap,
+        config: &VmConfig,
+        cmdline: &mut Cmdline,
+        restoring: Option<(&Path, &SnapshotState)>,
+    ) -> Result<Devices, VmError> {
+        let console = ConsoleLog::default();
+        let mut pio = Bus::default();
+        let serial_irq = irq_event(vm, config.irqchip, COM1_IRQ)?;
+        let serial = match restoring {
+            Some((_, state)) => SerialDevice::restore(serial_irq, console.clone(), &state.serial)
+                .map_err(VmError::Snapshot)?,
+            None => SerialDevice::new(serial_irq, console.clone()),
+        };
+        let serial = Arc::new(Mutex::new(serial));
+        pio.insert(u64::from(COM1_PORT), 8, serial.clone())
+            .map_err(|e| VmError::Devices(e.to_string()))?;
+
+        let mut slots = DeviceSlots::new()?;
+        let mut devices = Devices {
+            pio,
+            mmio: Bus::default(),
+            console,
+            serial,
+            transports: Vec::new(),
+            subscribers: Vec::new(),
+            disks: Vec::new(),
+            vsock: None,
+            unix_listener: None,
+        };
+        for disk in &config.disks {
+            let path = disk.path.display().to_string();
+            let saved = restoring
+                .map(|(dir, _)| dir.join(format!("device-{}", devices.transports.len())))
+                .filter(|prefix| prefix.with_extension("written").exists());
+            let cow = match &saved {
+                Some(prefix) => CowDisk::open_saved(&disk.path, prefix),
+                None => CowDisk::open(&disk.path, disk.writable),
+            }
+            .map_err(|source| VmError::Disk { path, source })?;
+            let device = Arc::new(Mutex::new(
+                BlockDevice::new(cow, &disk.id).map_err(VmError::io("create a disk's events"))?,
+            ));
+            devices.attach(&mut slots, vm, mem, config, cmdline, device.clone())?;
+            devices.subscribers.push(device.clone());
+            devices.disks.push(device);
+        }
+        if let Some(vsock_config) = &config.vsock {
+            let (device, connector) = VsockDevice::new(vsock_config.guest_cid)
+                .map_err(VmError::io("create the vsock events"))?;
+            let device = Arc::new(Mutex::new(device));
+            devices.attach(&mut slots, vm, mem, config, cmdline, device.clone())?;
+            devices.subscribers.push(device);
+            if let Some(path) = &vsock_config.unix_socket {
+                let stop = Arc::new(AtomicBool::new(false));
+                let thread = unix::serve(path, connector.clone(), stop.clone())
+                    .map_err(VmError::io("serve the vsock Unix socket"))?;
+                devices.unix_listener = Some((thread, stop));
+            }
+            devices.vsock = Some(connector);
+        }
+        if let Some(net) = &config.net {
+            let backend = net
+                .backend
+                .try_clone()
+                .map_err(VmError::io("duplicate the network socket"))?;
+            let device = NetDevice::new(net.mac, backend, net.filter.clone())
+                .map_err(VmError::io("create the network card's events"))?;
+            let device = Arc::new(Mutex::new(device));
+            devices.attach(&mut slots, vm, mem, config, cmdline, device.clone())?;
+            devices.subscribers.push(device);
+        }
+        if let Some((_, state)) = restoring {
+            if state.transports.len() != devices.transports.len() {
+                return Err(VmError::Snapshot(format!(
+                    "the snapshot has {} virtio devices, the VM {}",
+                    state.transports.len(),
+                    devices.transports.len()
+                )));
+            }
+            for (transport, saved) in devices.transports.iter().zip(&state.transports) {
+                lock(transport).restore(saved).map_err(VmError::Snapshot)?;
+            }
+        }
+        Ok(devices)
+    }
+
+    fn attach(
+        &mut self,
+        slots: &mut DeviceSlots,
+        vm: &VmFd,
+        mem: &GuestMemoryMmap,
+        config: &VmConfig,
+        cmdline: &mut Cmdline,
+        device: Arc<Mutex<dyn VirtioDevice>>,
+    ) -> Result<(), VmError> {
+        let transport = slots.attach(vm, mem, config, &mut self.mmio, cmdline, device)?;
+        self.transports.push(transport);
+        Ok(())
+    }
 }
 
 /// An event that raises `gsi` (an irqfd when the in-kernel irqchip exists).
@@ -492,7 +698,7 @@ impl DeviceSlots {
         mmio: &mut Bus,
         cmdline: &mut Cmdline,
         device: Arc<Mutex<dyn VirtioDevice>>,
-    ) -> Result<(), VmError> {
+    ) -> Result<Arc<Mutex<MmioTransport>>, VmError> {
         let err = |e: vm_allocator::Error| VmError::Devices(e.to_string());
         let window = self
             .windows
@@ -513,12 +719,13 @@ impl DeviceSlots {
             }
             index += 1;
         }
-        mmio.insert(base, MMIO_DEVICE_SIZE, Arc::new(Mutex::new(transport)))
+        let transport = Arc::new(Mutex::new(transport));
+        mmio.insert(base, MMIO_DEVICE_SIZE, transport.clone())
             .map_err(|e| VmError::Devices(e.to_string()))?;
         cmdline
             .add_virtio_mmio_device(MMIO_DEVICE_SIZE, GuestAddress(base), irq, None)
             .map_err(boot::BootError::Cmdline)?;
-        Ok(())
+        Ok(transport)
     }
 }
 

@@ -27,6 +27,11 @@ impl PauseGate {
         self.changed.notify_all();
     }
 
+    /// Whether a pause is asked for.
+    pub(crate) fn is_paused(&self) -> bool {
+        lock(&self.state).paused
+    }
+
     /// Wakes parked vCPUs so that they see the VM stopping.
     pub(crate) fn wake(&self) {
         drop(lock(&self.state));

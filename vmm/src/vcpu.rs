@@ -1,11 +1,12 @@
 //! vCPU threads. [`handle_exit`] decides what one VM exit means, as a free
 //! function tests call directly; [`run`] is the loop around `KVM_RUN`.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use kvm_ioctls::{VcpuExit, VcpuFd};
 
 use crate::devices::Bus;
+use crate::devices::bus::lock;
 use crate::layout::I8042_COMMAND_PORT;
 use crate::machine::Shared;
 use crate::seccomp::{self, ThreadKind};
@@ -79,7 +80,7 @@ pub fn handle_exit(exit: VcpuExit<'_>, pio: &Bus, mmio: &Bus) -> Action {
 }
 
 /// The vCPU thread's body: runs until an exit stops the VM or the host does.
-pub fn run(mut vcpu: VcpuFd, index: u8, shared: Arc<Shared>) {
+pub fn run(vcpu: Arc<Mutex<VcpuFd>>, index: u8, shared: Arc<Shared>) {
     // A vCPU never runs the guest unfiltered: no filter, no VM.
     if let Err(e) = seccomp::apply(ThreadKind::Vcpu) {
         shared.finish(ExitReason::Failed(format!("vCPU {index}: {e}")));
@@ -93,6 +94,8 @@ pub fn run(mut vcpu: VcpuFd, index: u8, shared: Arc<Shared>) {
         if shared.stopping() {
             break;
         }
+        // Held only while in the guest: a paused vCPU's state can be read.
+        let mut vcpu = lock(&vcpu);
         let action = match vcpu.run() {
             Ok(VcpuExit::InternalError) => emulation_failure(&mut vcpu),
             Ok(exit) => handle_exit(exit, &shared.pio, &shared.mmio),
@@ -168,7 +171,6 @@ fn deliver_breakpoint(vcpu: &VcpuFd) -> Result<(), kvm_ioctls::Error> {
 mod tests {
     use super::*;
     use crate::devices::BusDevice;
-    use std::sync::Mutex;
 
     struct Echo(Vec<u8>);
     impl BusDevice for Echo {

@@ -26,6 +26,13 @@ void guest_exit(const char *mode)
         line("spinning");
         for (;;)
             cpu_relax();
+    } else if (mode && value_is(mode, "tick")) {
+        line("ticking");
+        for (;;) {
+            for (int i = 0; i < 1000; i++)
+                cpu_relax();
+            put_str(".");
+        }
     }
     /* "reset" and the default: pulse reset through the i8042. */
     outb(0x64, 0xfe);

@@ -4,41 +4,12 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use cellbox_vmm::{ExitReason, Vm, VmConfig, test_guest};
+use cellbox_vmm::{ExitReason, Vm, VmConfig};
 
-const WAIT: Duration = Duration::from_secs(30);
-
-fn guest() -> &'static Path {
-    static ELF: OnceLock<PathBuf> = OnceLock::new();
-    ELF.get_or_init(|| test_guest::build(Path::new(env!("CARGO_TARGET_TMPDIR"))).unwrap())
-}
-
-/// A 1 MiB base image whose first sector starts with a marker.
-fn base_image(dir: &Path) -> PathBuf {
-    let path = dir.join("base.img");
-    let mut bytes = vec![0u8; 1 << 20];
-    bytes[..16].copy_from_slice(b"CELLBOX BASE IMG");
-    std::fs::write(&path, bytes).unwrap();
-    path
-}
-
-fn finished(vm: &Vm) -> ExitReason {
-    let reason = vm.wait(WAIT);
-    reason.unwrap_or_else(|| panic!("the VM did not stop; console:\n{}", vm.console().text()))
-}
-
-fn lines(vm: &Vm) -> Vec<String> {
-    vm.console()
-        .text()
-        .lines()
-        .filter(|l| l.starts_with("tg: "))
-        .map(str::to_string)
-        .collect()
-}
+mod common;
+use common::{WAIT, base_image, echo, finished, guest, lines};
 
 #[test]
 fn boots_through_the_linux_entry_path_and_prints_on_serial() {
@@ -144,14 +115,6 @@ fn vsock_vm(extra: impl FnOnce(VmConfig) -> VmConfig) -> Vm {
         vm.console().text()
     );
     vm
-}
-
-fn echo(stream: &mut UnixStream, payload: &[u8]) -> Vec<u8> {
-    stream.write_all(payload).unwrap();
-    let mut back = vec![0u8; payload.len()];
-    stream.set_read_timeout(Some(WAIT)).unwrap();
-    stream.read_exact(&mut back).unwrap();
-    back
 }
 
 #[test]

@@ -5,6 +5,8 @@ use std::io;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
+use serde::{Deserialize, Serialize};
+use vm_superio::serial::{NoEvents, SerialState};
 use vm_superio::{Serial, Trigger};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -94,7 +96,15 @@ impl io::Write for ConsoleLog {
 
 /// The UART on the port bus (8 registers).
 pub struct SerialDevice {
-    uart: Serial<IrqLine, vm_superio::serial::NoEvents, ConsoleLog>,
+    uart: Serial<IrqLine, NoEvents, ConsoleLog>,
+}
+
+/// The UART's registers and unread input, for a snapshot (`SerialState`
+/// with serde).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SavedSerial {
+    registers: [u8; 9],
+    in_buffer: Vec<u8>,
 }
 
 impl std::fmt::Debug for SerialDevice {
@@ -108,6 +118,59 @@ impl SerialDevice {
     pub fn new(irq: EventFd, log: ConsoleLog) -> SerialDevice {
         SerialDevice {
             uart: Serial::new(IrqLine(irq), log),
+        }
+    }
+
+    /// A UART in a snapshot's `saved` state.
+    pub fn restore(
+        irq: EventFd,
+        log: ConsoleLog,
+        saved: &SavedSerial,
+    ) -> Result<SerialDevice, String> {
+        let [
+            baud_divisor_low,
+            baud_divisor_high,
+            interrupt_enable,
+            interrupt_identification,
+            line_control,
+            line_status,
+            modem_control,
+            modem_status,
+            scratch,
+        ] = saved.registers;
+        let state = SerialState {
+            baud_divisor_low,
+            baud_divisor_high,
+            interrupt_enable,
+            interrupt_identification,
+            line_control,
+            line_status,
+            modem_control,
+            modem_status,
+            scratch,
+            in_buffer: saved.in_buffer.clone(),
+        };
+        let uart = Serial::from_state(&state, IrqLine(irq), NoEvents, log)
+            .map_err(|e| format!("bad serial state: {e:?}"))?;
+        Ok(SerialDevice { uart })
+    }
+
+    /// The UART's state, for a snapshot.
+    pub fn save(&self) -> SavedSerial {
+        let s = self.uart.state();
+        SavedSerial {
+            registers: [
+                s.baud_divisor_low,
+                s.baud_divisor_high,
+                s.interrupt_enable,
+                s.interrupt_identification,
+                s.line_control,
+                s.line_status,
+                s.modem_control,
+                s.modem_status,
+                s.scratch,
+            ],
+            in_buffer: s.in_buffer,
         }
     }
 }

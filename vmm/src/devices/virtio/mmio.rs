@@ -3,12 +3,13 @@
 
 use std::sync::{Arc, Mutex};
 
+use serde::{Deserialize, Serialize};
 use virtio_bindings::virtio_config::{
     VIRTIO_CONFIG_S_ACKNOWLEDGE, VIRTIO_CONFIG_S_DRIVER, VIRTIO_CONFIG_S_DRIVER_OK,
     VIRTIO_CONFIG_S_FAILED, VIRTIO_CONFIG_S_FEATURES_OK,
 };
 use virtio_bindings::virtio_mmio as reg;
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::{Queue, QueueState, QueueT};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
@@ -45,6 +46,65 @@ impl std::fmt::Debug for MmioTransport {
             .field("status", &self.status)
             .field("activated", &self.activated)
             .finish_non_exhaustive()
+    }
+}
+
+/// A transport's registers and its queues, for a snapshot.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TransportState {
+    device_features_select: u32,
+    driver_features_select: u32,
+    driver_features: u64,
+    queue_select: u32,
+    status: u32,
+    activated: bool,
+    interrupt_status: u32,
+    queues: Vec<SavedQueue>,
+}
+
+/// `QueueState` with serde (its fields are all public).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+struct SavedQueue {
+    max_size: u16,
+    next_avail: u16,
+    next_used: u16,
+    event_idx_enabled: bool,
+    size: u16,
+    ready: bool,
+    desc_table: u64,
+    avail_ring: u64,
+    used_ring: u64,
+}
+
+impl From<QueueState> for SavedQueue {
+    fn from(q: QueueState) -> SavedQueue {
+        SavedQueue {
+            max_size: q.max_size,
+            next_avail: q.next_avail,
+            next_used: q.next_used,
+            event_idx_enabled: q.event_idx_enabled,
+            size: q.size,
+            ready: q.ready,
+            desc_table: q.desc_table,
+            avail_ring: q.avail_ring,
+            used_ring: q.used_ring,
+        }
+    }
+}
+
+impl From<SavedQueue> for QueueState {
+    fn from(q: SavedQueue) -> QueueState {
+        QueueState {
+            max_size: q.max_size,
+            next_avail: q.next_avail,
+            next_used: q.next_used,
+            event_idx_enabled: q.event_idx_enabled,
+            size: q.size,
+            ready: q.ready,
+            desc_table: q.desc_table,
+            avail_ring: q.avail_ring,
+            used_ring: q.used_ring,
+        }
     }
 }
 
@@ -87,6 +147,77 @@ impl MmioTransport {
     /// The event signalled when the driver notifies queue `index`.
     pub fn queue_event(&self, index: usize) -> Option<&EventFd> {
         self.queue_events.get(index)
+    }
+
+    /// The device behind this transport.
+    pub fn device(&self) -> Arc<Mutex<dyn VirtioDevice>> {
+        self.device.clone()
+    }
+
+    /// The registers and queues, for a snapshot; `device` is this
+    /// transport's device, locked by the caller (it saves its files into
+    /// `dir` under `name`).
+    pub fn save(
+        &self,
+        device: &dyn VirtioDevice,
+        dir: &std::path::Path,
+        name: &str,
+    ) -> Result<TransportState, String> {
+        let queues = if self.activated {
+            device.save(dir, name)?
+        } else {
+            self.queues.iter().map(Queue::state).collect()
+        };
+        Ok(TransportState {
+            device_features_select: self.device_features_select,
+            driver_features_select: self.driver_features_select,
+            driver_features: self.driver_features,
+            queue_select: self.queue_select,
+            status: self.status,
+            activated: self.activated,
+            interrupt_status: self.irq.status(),
+            queues: queues.into_iter().map(SavedQueue::from).collect(),
+        })
+    }
+
+    /// Puts a fresh transport into a snapshot's `state`, activating its
+    /// device with the saved queue positions if it was active.
+    pub fn restore(&mut self, state: &TransportState) -> Result<(), String> {
+        if state.queues.len() != self.queues.len() {
+            return Err(format!(
+                "the snapshot has {} queues for a device with {}",
+                state.queues.len(),
+                self.queues.len()
+            ));
+        }
+        if let Some((i, _)) = (state.queues.iter().zip(&self.queues))
+            .enumerate()
+            .find(|(_, (saved, ours))| saved.max_size != ours.max_size())
+        {
+            return Err(format!("queue {i} has another size in the snapshot"));
+        }
+        let queues = state
+            .queues
+            .iter()
+            .map(|&q| Queue::try_from(QueueState::from(q)).map_err(|e| format!("bad queue: {e}")))
+            .collect::<Result<Vec<Queue>, String>>()?;
+        self.device_features_select = state.device_features_select;
+        self.driver_features_select = state.driver_features_select;
+        self.driver_features = state.driver_features;
+        self.queue_select = state.queue_select;
+        self.status = state.status;
+        self.irq.set_status(state.interrupt_status);
+        self.queues = queues.iter().map(copy_queue).collect();
+        if state.activated {
+            if !queues.iter().all(|q| !q.ready() || q.is_valid(&self.mem)) {
+                return Err("a saved queue lies outside guest memory".into());
+            }
+            lock(&self.device)
+                .activate(self.mem.clone(), queues, self.irq.clone())
+                .map_err(|e| e.to_string())?;
+            self.activated = true;
+        }
+        Ok(())
     }
 
     fn selected_queue(&mut self) -> Option<&mut Queue> {

@@ -9,7 +9,7 @@ pub mod vsock;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::{Queue, QueueState, QueueT};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
@@ -56,6 +56,18 @@ pub trait VirtioDevice: Send {
     ) -> Result<(), ActivateError>;
     /// Stops serving and forgets the queues (driver reset).
     fn reset(&mut self);
+    /// For a snapshot: the active queues' state (positions included), after
+    /// writing anything else the device needs into `dir`, in files whose
+    /// names start with `name`. Devices that cannot be snapshotted say why.
+    fn save(&self, _dir: &std::path::Path, _name: &str) -> Result<Vec<QueueState>, String> {
+        Err(format!(
+            "virtio device type {} cannot be snapshotted",
+            self.device_type()
+        ))
+    }
+    /// Called once a VM restored from a snapshot runs (its interrupts reach
+    /// the guest from then on).
+    fn restored(&mut self) {}
 }
 
 /// The interrupt status register plus the irqfd that raises the device's IRQ.
@@ -85,6 +97,11 @@ impl IrqTrigger {
     /// The interrupt status register.
     pub fn status(&self) -> u32 {
         self.status.load(Ordering::SeqCst)
+    }
+
+    /// Sets the interrupt status register (restoring a snapshot).
+    pub fn set_status(&self, bits: u32) {
+        self.status.store(bits, Ordering::SeqCst);
     }
 
     /// The driver acknowledged `bits`.

@@ -33,6 +33,41 @@ impl Overlay {
     fn mark_written(&mut self, sector: u64) {
         self.written[(sector / 64) as usize] |= 1 << (sector % 64);
     }
+
+    /// Calls `f(first sector, count)` for each run of written sectors.
+    fn for_each_run(&self, mut f: impl FnMut(u64, u64) -> io::Result<()>) -> io::Result<()> {
+        let sectors = self.written.len() as u64 * 64;
+        let mut sector = 0;
+        while sector < sectors {
+            if self.written[(sector / 64) as usize] == 0 {
+                sector += 64 - sector % 64;
+                continue;
+            }
+            if !self.is_written(sector) {
+                sector += 1;
+                continue;
+            }
+            let start = sector;
+            while sector < sectors && self.is_written(sector) {
+                sector += 1;
+            }
+            f(start, sector - start)?;
+        }
+        Ok(())
+    }
+}
+
+/// Copies `len` bytes at `offset` from `from` to the same offset in `to`.
+fn copy_range(from: &File, to: &File, offset: u64, len: u64) -> io::Result<()> {
+    let mut buf = vec![0u8; (1 << 20).min(len) as usize];
+    let mut done = 0;
+    while done < len {
+        let n = buf.len().min((len - done) as usize);
+        from.read_exact_at(&mut buf[..n], offset + done)?;
+        to.write_all_at(&buf[..n], offset + done)?;
+        done += n as u64;
+    }
+    Ok(())
 }
 
 impl CowDisk {
@@ -56,6 +91,59 @@ impl CowDisk {
             overlay,
             sectors,
         })
+    }
+
+    /// Saves the overlay (if any) as `<prefix>.overlay` (the written
+    /// sectors, the rest a hole) and `<prefix>.written` (its bitmap).
+    pub fn save_overlay(&self, prefix: &Path) -> io::Result<()> {
+        let Some(overlay) = &self.overlay else {
+            return Ok(());
+        };
+        let copy = File::create(prefix.with_extension("overlay"))?;
+        copy.set_len(self.sectors * SECTOR_SIZE)?;
+        overlay.for_each_run(|start, count| {
+            copy_range(
+                &overlay.file,
+                &copy,
+                start * SECTOR_SIZE,
+                count * SECTOR_SIZE,
+            )
+        })?;
+        let bitmap: Vec<u8> = overlay
+            .written
+            .iter()
+            .flat_map(|w| w.to_le_bytes())
+            .collect();
+        std::fs::write(prefix.with_extension("written"), bitmap)
+    }
+
+    /// Opens `base` with a private overlay holding what `save_overlay` saved
+    /// under `prefix` (the saved files are only read).
+    pub fn open_saved(base: &Path, prefix: &Path) -> io::Result<CowDisk> {
+        let mut disk = CowDisk::open(base, true)?;
+        let sectors = disk.sectors;
+        let overlay = disk.overlay.as_mut().expect("opened writable");
+        let bitmap = std::fs::read(prefix.with_extension("written"))?;
+        if bitmap.len() != overlay.written.len() * 8 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("the saved overlay is not for a disk of {sectors} sectors"),
+            ));
+        }
+        for (word, bytes) in overlay.written.iter_mut().zip(bitmap.chunks_exact(8)) {
+            *word = u64::from_le_bytes(bytes.try_into().expect("chunks of 8"));
+        }
+        let saved = File::open(prefix.with_extension("overlay"))?;
+        let overlay = disk.overlay.as_ref().expect("opened writable");
+        overlay.for_each_run(|start, count| {
+            copy_range(
+                &saved,
+                &overlay.file,
+                start * SECTOR_SIZE,
+                count * SECTOR_SIZE,
+            )
+        })?;
+        Ok(disk)
     }
 
     /// Size in sectors.

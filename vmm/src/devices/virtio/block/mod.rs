@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use event_manager::{EventOps, Events, MutEventSubscriber};
 use virtio_bindings::virtio_blk::{VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO};
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::{Queue, QueueState, QueueT};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
@@ -121,6 +121,13 @@ impl VirtioDevice for BlockDevice {
 
     fn reset(&mut self) {
         self.active = None;
+    }
+
+    fn save(&self, dir: &std::path::Path, name: &str) -> Result<Vec<QueueState>, String> {
+        self.disk
+            .save_overlay(&dir.join(name))
+            .map_err(|e| format!("cannot save a disk's writes: {e}"))?;
+        Ok(self.active.iter().map(|a| a.queue.state()).collect())
     }
 }
 

@@ -13,8 +13,9 @@ use std::sync::Arc;
 use std::sync::mpsc::{Receiver, channel};
 
 use event_manager::{EventOps, Events, MutEventSubscriber};
-use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use virtio_queue::{Queue, QueueOwnedT, QueueState, QueueT};
 use virtio_vsock::packet::{PKT_HEADER_SIZE, VsockPacket};
+use vm_memory::Bytes;
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
@@ -28,6 +29,9 @@ use super::{ActivateError, INT_VRING, IrqTrigger, TYPE_VSOCK, VIRTIO_F_VERSION_1
 const QUEUE_SIZE: u16 = 256;
 const RX: usize = 0;
 const TX: usize = 1;
+const EVENT: usize = 2;
+/// `virtio_vsock_event.id`: every connection was reset (e.g. after a restore).
+const VIRTIO_VSOCK_EVENT_TRANSPORT_RESET: u32 = 0;
 /// Largest payload of one packet.
 pub const MAX_PKT_DATA: u32 = 64 << 10;
 /// Event data for the connector's wake-up event (queues are 0–2, host ports ≥ 2^30).
@@ -140,6 +144,36 @@ impl VsockDevice {
         }
     }
 
+    /// Tells the guest that every connection it had is gone
+    /// (`VIRTIO_VSOCK_EVENT_TRANSPORT_RESET` on the event queue); listening
+    /// sockets stay. A guest with no event buffer posted misses it.
+    fn send_transport_reset(&mut self) {
+        let Some(Active { mem, queues, irq }) = &mut self.active else {
+            return;
+        };
+        let Some(events) = queues.get_mut(EVENT) else {
+            return;
+        };
+        let Some(chain) = events.pop_descriptor_chain(&*mem) else {
+            tracing::debug!("no vsock event buffer for the transport reset");
+            return;
+        };
+        let head = chain.head_index();
+        let written = chain
+            .writable()
+            .next()
+            .filter(|d| d.len() >= 4)
+            .map(|d| {
+                mem.write_obj(VIRTIO_VSOCK_EVENT_TRANSPORT_RESET.to_le(), d.addr())
+                    .is_ok()
+            })
+            .unwrap_or(false);
+        let len = if written { 4 } else { 0 };
+        if events.add_used(&*mem, head, len).is_ok() {
+            irq.trigger(INT_VRING);
+        }
+    }
+
     fn sync_watches(&mut self, ops: &mut EventOps) {
         for stream in self.muxer.take_closed() {
             let _ = ops.remove(Events::empty(&stream));
@@ -222,6 +256,19 @@ impl VirtioDevice for VsockDevice {
     fn reset(&mut self) {
         self.active = None;
         self.muxer.clear();
+    }
+
+    /// Open streams are not saved: a restored guest is told they are gone.
+    fn save(&self, _dir: &std::path::Path, _name: &str) -> Result<Vec<QueueState>, String> {
+        Ok(self
+            .active
+            .iter()
+            .flat_map(|a| a.queues.iter().map(Queue::state))
+            .collect())
+    }
+
+    fn restored(&mut self) {
+        self.send_transport_reset();
     }
 }
 
