@@ -404,6 +404,7 @@ def _add_object_formatters(display_formatter):
 def serve(shell, line):
     """Run one request; always ends with exactly one end event."""
     count = shell.execution_count                      # this cell's In[N] number
+    _reseed_if_restored()
     saved, ran = {}, False
     try:
         try:
@@ -450,6 +451,48 @@ def prepare():
     return _make_shell()                              # startup noise still goes to the raw fds
 
 
+def preload():
+    """Imports what notebooks use most, ahead of the first cell (a warm template, or
+    a microVM kernel started before the VM is snapshotted)."""
+    import numpy, pandas, PIL.Image, matplotlib.pyplot  # noqa: F401,E401
+    import IPython
+    IPython.get_ipython                               # the whole package, once
+    import cellbox_charts  # noqa: F401
+
+
+def reseed():
+    """Fresh random state from the OS (a forked or restored kernel shares its parent's)."""
+    import random
+    random.seed()
+    numpy = sys.modules.get("numpy")
+    if numpy is not None:
+        numpy.random.seed()
+
+
+# guest-init rewrites this file after mixing new entropy into a microVM guest restored
+# from a snapshot: a kernel that sees it change reseeds before its next cell.
+GENERATION_FILE = "/run/cellbox/generation"
+
+
+def _generation():
+    try:
+        with open(GENERATION_FILE, "rb") as f:
+            return f.read(64)
+    except OSError:
+        return None
+
+
+_seen_generation = _generation()
+
+
+def _reseed_if_restored():
+    global _seen_generation
+    generation = _generation()
+    if generation != _seen_generation:
+        _seen_generation = generation
+        reseed()
+
+
 def run(shell):
     """Serve requests on fd 3 until it closes, then exit."""
     for fd in (REQUEST_FD, EVENT_FD):
@@ -479,4 +522,7 @@ def run(shell):
 
 
 if __name__ == "__main__":
-    run(prepare())
+    _shell = prepare()
+    if os.environ.pop("CELLBOX_PRELOAD", None) == "1":
+        preload()
+    run(_shell)

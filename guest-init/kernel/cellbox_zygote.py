@@ -234,11 +234,8 @@ class Zygote:
 
 def fresh_session(shell, cwd):
     """What the template's fork would otherwise share with every other sandbox."""
-    import random
-    random.seed()
-    numpy = sys.modules.get("numpy")
-    if numpy is not None:
-        numpy.random.seed()
+    import cellbox_kernel
+    cellbox_kernel.reseed()
     sys.argv[:] = [cellbox_kernel_path()]
     shell.starting_dir = cwd
     shell.user_ns.get("_dh", [])[:] = [cwd]
@@ -255,10 +252,7 @@ def warm_up():
     """Imports what notebooks use most and makes the kernel's shell."""
     import cellbox_kernel
     shell = cellbox_kernel.prepare()
-    import numpy, pandas, PIL.Image, matplotlib.pyplot  # noqa: F401,E401
-    import IPython
-    IPython.get_ipython                                   # the whole package, once
-    import cellbox_charts  # noqa: F401
+    cellbox_kernel.preload()
     return shell
 
 

@@ -150,19 +150,8 @@ impl Contexts {
             Err(failed) => return send(failed),
         };
         let mut slot = lock(&context.kernel);
-        if slot.is_none() {
-            match Kernel::start(
-                context.language,
-                &self.python,
-                &context.cwd,
-                self.zygote.as_ref(),
-            ) {
-                Ok(kernel) => {
-                    context.pid.store(kernel.pid(), Ordering::Relaxed);
-                    *slot = Some(kernel);
-                }
-                Err(reason) => return send(ReplyBody::failed(Failure::KernelDied, reason)),
-            }
+        if let Err(reason) = self.ensure_kernel(&context, &mut slot) {
+            return send(ReplyBody::failed(Failure::KernelDied, reason));
         }
         let Some(kernel) = slot.as_mut() else { return };
         let end = kernel.execute(code, env, timeout, send);
@@ -177,6 +166,27 @@ impl Contexts {
             }
             (None, _) => {}
         }
+    }
+
+    /// Starts context `id`'s kernel now rather than with its first cell.
+    pub fn start_kernel(&self, id: &str) -> Result<(), String> {
+        let context = self.get(id).map_err(|_| format!("no context `{id}`"))?;
+        let mut slot = lock(&context.kernel);
+        self.ensure_kernel(&context, &mut slot)
+    }
+
+    fn ensure_kernel(&self, context: &Context, slot: &mut Option<Kernel>) -> Result<(), String> {
+        if slot.is_none() {
+            let kernel = Kernel::start(
+                context.language,
+                &self.python,
+                &context.cwd,
+                self.zygote.as_ref(),
+            )?;
+            context.pid.store(kernel.pid(), Ordering::Relaxed);
+            *slot = Some(kernel);
+        }
+        Ok(())
     }
 
     /// Stops every kernel.

@@ -8,7 +8,8 @@
 //! - [`pid1`]: mounts, reaping and shutdown when running as PID 1;
 //!   [`seccomp`]: the system-call filter everything after setup runs under;
 //!   [`confine`]: the control group user code runs in
-//! - [`zygote`]: the warm template Python kernels are forked from
+//! - [`zygote`]: the warm template Python kernels are forked from;
+//!   [`reseed`]: fresh randomness for a microVM restored from a snapshot
 
 pub mod commands;
 pub mod confine;
@@ -21,6 +22,7 @@ pub mod metadata;
 pub mod output;
 pub mod pid1;
 pub mod protocol;
+pub mod reseed;
 pub mod seccomp;
 pub mod server;
 pub mod transport;

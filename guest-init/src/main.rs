@@ -27,7 +27,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use cellbox_guest_init::contexts::Contexts;
-use cellbox_guest_init::protocol::BootClock;
+use cellbox_guest_init::protocol::{BootClock, Language, WARM_MARK};
 use cellbox_guest_init::zygote::Zygote;
 use cellbox_guest_init::{confine, launch, output, pid1, server, transport};
 use nix::unistd::{ForkResult, fork};
@@ -46,6 +46,9 @@ struct Args {
     output_limit: Option<usize>,
     nameserver: Option<std::net::IpAddr>,
     zygote_fd: Option<i32>,
+    /// `--warm` (a microVM to be snapshotted): start the default Python
+    /// kernel with the data stack imported before waiting for the host.
+    warm: bool,
     /// `--zygote DIR`: become the warm template, the `--lower`s mounted on DIR.
     zygote_root: Option<String>,
     lowers: Vec<String>,
@@ -76,6 +79,7 @@ fn parse_args() -> Result<Args, String> {
             "--zygote-fd" => {
                 args.zygote_fd = Some(value()?.parse().map_err(|_| "--zygote-fd takes a number")?)
             }
+            "--warm" => args.warm = true,
             "--upper" => upper = Some(value()?),
             "--work" => work = Some(value()?),
             "--id-base" => {
@@ -230,16 +234,10 @@ fn connect(args: &Args) -> std::io::Result<File> {
 fn run_server(args: &Args, init_started_ms: Option<u64>) -> ExitCode {
     let boot = init_started_ms.map(|init_started_ms| BootClock {
         init_started_ms,
-        listening_ms: BootClock::now_ms(),
-        hello_ms: 0, // set when answering
+        listening_ms: 0, // set below
+        hello_ms: 0,     // set when answering
     });
-    let stream = match connect(args) {
-        Ok(stream) => stream,
-        Err(e) => {
-            eprintln!("guest-init: cannot reach the host: {e}");
-            return ExitCode::from(3);
-        }
-    };
+    // Shielded and filtered before any kernel starts: kernels inherit both.
     if let Err(e) = confine::shield_server() {
         eprintln!("guest-init: {e}");
         return ExitCode::from(3);
@@ -255,7 +253,30 @@ fn run_server(args: &Args, init_started_ms: Option<u64>) -> ExitCode {
     let zygote = args
         .zygote_fd
         .map(|fd| Zygote::new(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) }));
+    if args.warm {
+        // SAFETY: no other thread exists yet in this process.
+        unsafe { std::env::set_var("CELLBOX_PRELOAD", "1") };
+    }
     let contexts = Arc::new(Contexts::new(python, zygote, home));
+    if args.warm {
+        if let Err(e) = contexts.start_kernel(Language::Python.default_context()) {
+            eprintln!("guest-init: the warm kernel did not start: {e}");
+            return ExitCode::from(3);
+        }
+        // The host snapshots the VM once it reads this on the console.
+        eprintln!("{WARM_MARK}");
+    }
+    let boot = boot.map(|boot| BootClock {
+        listening_ms: BootClock::now_ms(),
+        ..boot
+    });
+    let stream = match connect(args) {
+        Ok(stream) => stream,
+        Err(e) => {
+            eprintln!("guest-init: cannot reach the host: {e}");
+            return ExitCode::from(3);
+        }
+    };
     let ended = server::serve(stream, contexts.clone(), boot);
     contexts.stop_all();
     match ended {

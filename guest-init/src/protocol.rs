@@ -35,6 +35,11 @@ pub enum Op {
     /// Checks versions; answered with [`ReplyBody::Hello`].
     Hello {
         version: u32,
+        /// Fresh random bytes (hex, at most 512) a microVM guest mixes into
+        /// its kernel's pool: VMs restored from one snapshot must not share
+        /// their random state.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        entropy: Option<String>,
     },
     /// Runs a cell in a context; streams output, results and an error, then
     /// [`ReplyBody::ExecuteDone`].
@@ -212,6 +217,10 @@ pub enum Stream {
     Stdout,
     Stderr,
 }
+
+/// What guest-init started with `--warm` prints on the console once its
+/// default Python kernel has the data stack imported and it waits for the host.
+pub const WARM_MARK: &str = "cellbox-guest-init: warm and waiting";
 
 /// Milestones of a microVM guest's boot, in milliseconds of its boot clock
 /// (`CLOCK_BOOTTIME`, which starts with the guest kernel).

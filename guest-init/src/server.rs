@@ -11,6 +11,7 @@ use crate::contexts::Contexts;
 use crate::files;
 use crate::frame::{self, FrameError};
 use crate::protocol::{BootClock, Failure, Op, Reply, ReplyBody, Request, VERSION};
+use crate::reseed;
 use crate::watch::Watches;
 
 /// Why the conversation ended.
@@ -72,7 +73,19 @@ fn serve_with(
                 send(&writer, request.id, ReplyBody::Done);
                 return Ended::Shutdown;
             }
-            Op::Hello { version } => send(&writer, request.id, hello(version, boot)),
+            Op::Hello { version, entropy } => {
+                if let (Some(_), Some(entropy)) = (boot, entropy) {
+                    // Only a microVM's guest-init owns its kernel's pool.
+                    let mixed = reseed::parse_hex(&entropy)
+                        .ok_or_else(|| "the entropy is not hex".to_string())
+                        .and_then(|bytes| reseed::mix(&bytes));
+                    if let Err(e) = mixed {
+                        send(&writer, request.id, ReplyBody::failed(Failure::Io, e));
+                        continue;
+                    }
+                }
+                send(&writer, request.id, hello(version, boot))
+            }
             op => {
                 let (replies, contexts, connection) =
                     (writer.clone(), contexts.clone(), connection.clone());
@@ -140,7 +153,7 @@ pub fn handle(
         _ => (false, None),
     };
     let reply = match op {
-        Op::Hello { version } => hello(version, None),
+        Op::Hello { version, .. } => hello(version, None),
         Op::Execute {
             context,
             code,

@@ -64,7 +64,14 @@ fn garbage_gets_an_error_reply_and_the_server_goes_on() {
         );
     }
     assert!(matches!(
-        ask(&mut stream, 1, Op::Hello { version: VERSION }),
+        ask(
+            &mut stream,
+            1,
+            Op::Hello {
+                version: VERSION,
+                entropy: None
+            }
+        ),
         ReplyBody::Hello { .. }
     ));
     assert_eq!(ask(&mut stream, 2, Op::Shutdown), ReplyBody::Done);
@@ -93,7 +100,8 @@ fn versions_contexts_and_files() {
             &mut stream,
             1,
             Op::Hello {
-                version: VERSION + 1
+                version: VERSION + 1,
+                entropy: None,
             }
         ),
         ReplyBody::Failed {

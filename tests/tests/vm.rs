@@ -122,6 +122,7 @@ async fn the_boot_reports_its_milestones_in_order() {
     // boot is read.
     let config = MicroVmConfig {
         kernel_args: vec!["loglevel=7".into()],
+        warm: false,
         ..Default::default()
     };
     let mut vm = MicroVmExecutor::start(config).await.expect("a microVM");
@@ -155,6 +156,43 @@ async fn the_boot_reports_its_milestones_in_order() {
     assert_eq!(vm.run("1 + 1").await.unwrap().text(), Some("2"));
     eprintln!("first result {:?} after connecting", first.elapsed());
     vm.close().await.unwrap();
+}
+
+/// By default a new microVM is restored from the warm snapshot (made by the
+/// first VM of the run): the data stack is imported before its first cell,
+/// the session is fresh, and every VM has its own randomness.
+#[tokio::test]
+#[ignore = "needs KVM that runs Linux guests; run by vm_suite"]
+async fn new_microvms_start_warm_with_their_own_randomness() {
+    let draw = "import os, random, uuid, numpy\n\
+                print(random.random(), numpy.random.rand(), os.urandom(8).hex(), uuid.uuid4())";
+    let mut draws = Vec::new();
+    for _ in 0..2 {
+        let mut vm = MicroVmExecutor::start(MicroVmConfig::default())
+            .await
+            .expect("a warm microVM");
+        assert!(vm.boot_timeline().is_none(), "restored, not booted");
+        let first = vm
+            .run("import sys; [m in sys.modules for m in ('numpy', 'pandas', 'matplotlib.pyplot')]")
+            .await
+            .unwrap();
+        assert_eq!(first.text(), Some("[True, True, True]"), "{first:?}");
+        assert_eq!(first.execution_count, Some(1), "a fresh session");
+        vm.run("x = 41").await.unwrap();
+        assert_eq!(vm.run("x + 1").await.unwrap().text(), Some("42"));
+        let drawn = vm.run(draw).await.unwrap();
+        draws.push(drawn.logs.stdout.concat());
+        vm.close().await.unwrap();
+    }
+    // Each of the four values differs between the two VMs.
+    let fields: Vec<Vec<&str>> = draws
+        .iter()
+        .map(|d| d.split_whitespace().collect())
+        .collect();
+    assert_eq!(fields[0].len(), 4, "{draws:?}");
+    for (a, b) in fields[0].iter().zip(&fields[1]) {
+        assert_ne!(a, b, "two restored VMs drew the same: {draws:?}");
+    }
 }
 
 #[tokio::test]

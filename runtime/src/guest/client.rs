@@ -107,14 +107,17 @@ impl GuestClient {
                 reader,
             }),
         };
-        let hello =
-            tokio::time::timeout(hello_timeout, client.call(Op::Hello { version: VERSION }))
-                .await
-                .map_err(|_| {
-                    died(format!(
-                        "guest-init did not answer within {hello_timeout:?}"
-                    ))
-                })??;
+        let hello = Op::Hello {
+            version: VERSION,
+            entropy: Some(fresh_entropy()?),
+        };
+        let hello = tokio::time::timeout(hello_timeout, client.call(hello))
+            .await
+            .map_err(|_| {
+                died(format!(
+                    "guest-init did not answer within {hello_timeout:?}"
+                ))
+            })??;
         match hello {
             ReplyBody::Hello { boot, .. } => {
                 client.boot = boot;
@@ -385,4 +388,15 @@ async fn route_replies(mut read: impl AsyncRead + Unpin, pending: Pending) {
         }
     }
     pending.lock().unwrap_or_else(|p| p.into_inner()).clear();
+}
+
+/// 32 random bytes from the host's kernel, in hex, for a guest's `Hello`
+/// (a microVM restored from a snapshot mixes them into its own pool).
+fn fresh_entropy() -> Result<String> {
+    let mut bytes = [0u8; 32];
+    let mut file = std::fs::File::open("/dev/urandom")
+        .map_err(|e| crate::error::Error::io("reading /dev/urandom", e))?;
+    std::io::Read::read_exact(&mut file, &mut bytes)
+        .map_err(|e| crate::error::Error::io("reading /dev/urandom", e))?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }

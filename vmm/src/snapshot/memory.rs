@@ -20,7 +20,9 @@ const PAGE: usize = 4096;
 const CHUNK: usize = 2 << 20;
 
 /// Writes `mem` to a new file at `path`; returns the bytes of RAM written.
-pub fn save(mem: &GuestMemoryMmap, path: &Path) -> io::Result<u64> {
+/// With `anonymous` (RAM that is not a file's mapping) pages the guest never
+/// touched are known to be zero and are not even read.
+pub fn save(mem: &GuestMemoryMmap, path: &Path, anonymous: bool) -> io::Result<u64> {
     let file = File::create(path)?;
     let mut buf = vec![0u8; CHUNK];
     let mut file_offset = 0u64;
@@ -36,9 +38,18 @@ pub fn save(mem: &GuestMemoryMmap, path: &Path) -> io::Result<u64> {
             let part = slice
                 .subslice(at, n)
                 .map_err(|e| io::Error::other(format!("guest RAM: {e}")))?;
+            let touched = if anonymous {
+                resident_pages(part.ptr_guard().as_ptr(), n)?
+            } else {
+                vec![1; n / PAGE]
+            };
+            if touched.iter().all(|&t| t & 1 == 0) {
+                at += n;
+                continue;
+            }
             part.copy_to(&mut buf[..n]);
             for (i, page) in buf[..n].chunks(PAGE).enumerate() {
-                if page.iter().any(|&b| b != 0) {
+                if touched[i] & 1 != 0 && page.iter().any(|&b| b != 0) {
                     file.write_all_at(page, file_offset + (at + i * PAGE) as u64)?;
                     written += page.len() as u64;
                 }
@@ -50,6 +61,18 @@ pub fn save(mem: &GuestMemoryMmap, path: &Path) -> io::Result<u64> {
     // Trailing zero pages are holes too: the file still has RAM's full size.
     file.set_len(file_offset)?;
     Ok(written)
+}
+
+/// One byte per page of `[addr, addr + len)`: bit 0 set if it is in memory.
+fn resident_pages(addr: *const u8, len: usize) -> io::Result<Vec<u8>> {
+    let mut pages = vec![0u8; len.div_ceil(PAGE)];
+    // SAFETY: `addr` is the page-aligned start of `len` bytes of a live
+    // mapping (guest RAM, held by the caller); `pages` has one byte per page.
+    let rc = unsafe { libc::mincore(addr as *mut libc::c_void, len, pages.as_mut_ptr()) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(pages)
 }
 
 /// Maps `path` privately as guest RAM laid out as `ranges`.
