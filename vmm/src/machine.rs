@@ -269,8 +269,7 @@ impl Vm {
         })?;
         vm.restored = true;
         for transport in &vm.transports {
-            let device = lock(transport).device();
-            lock(&device).restored();
+            lock(transport).raise_pending();
         }
         Ok(vm)
     }
@@ -613,8 +612,14 @@ impl Devices {
             devices.disks.push(device);
         }
         if let Some(vsock_config) = &config.vsock {
-            let (device, connector) = VsockDevice::new(vsock_config.guest_cid)
+            let (mut device, connector) = VsockDevice::new(vsock_config.guest_cid)
                 .map_err(VmError::io("create the vsock events"))?;
+            if let Some((dir, _)) = restoring {
+                let prefix = dir.join(format!("device-{}", devices.transports.len()));
+                device
+                    .reset_saved_connections(&prefix)
+                    .map_err(VmError::Snapshot)?;
+            }
             let device = Arc::new(Mutex::new(device));
             devices.attach(&mut slots, vm, mem, config, cmdline, device.clone())?;
             devices.subscribers.push(device);

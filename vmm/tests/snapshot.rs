@@ -161,3 +161,30 @@ fn unusable_snapshots_are_clear_errors() {
     let err = Vm::restore(&snapshot, RestoreOptions::default()).unwrap_err();
     assert!(err.to_string().contains("is not a VM state"), "{err}");
 }
+
+#[test]
+fn a_connection_open_at_the_snapshot_stays_in_the_vm_and_is_reset_in_clones() {
+    let dir = tempfile::tempdir().unwrap();
+    let snapshot = dir.path().join("snapshot");
+    let vm = listening_vm(dir.path());
+    let mut stream = vm.vsock().unwrap().connect(1234, WAIT).unwrap();
+    assert_eq!(echo(&mut stream, b"before"), b"before");
+    vm.snapshot(&snapshot).unwrap();
+    assert!(snapshot.join("device-1.vsock").exists());
+    assert_eq!(
+        echo(&mut stream, b"after"),
+        b"after",
+        "the original keeps it"
+    );
+
+    let clone = Vm::restore(&snapshot, RestoreOptions::default()).unwrap();
+    assert_eq!(finished(&clone), ExitReason::Reset);
+    let out = lines(&clone);
+    assert_eq!(
+        out,
+        ["tg: vsock closed", "tg: done"],
+        "the clone's guest learns at once that the connection is gone"
+    );
+    drop(stream);
+    assert_eq!(finished(&vm), ExitReason::Reset);
+}

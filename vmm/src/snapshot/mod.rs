@@ -7,7 +7,8 @@
 //! pages are holes) and, per writable disk, `device-N.overlay`/`.written`
 //! (the sectors the guest wrote). Restored VMs map `memory` privately: they
 //! share its pages until they write them, and the folder is never changed.
-//! Open vsock streams are not kept: a restored guest gets a transport reset.
+//! Open vsock streams are not kept: a restored guest gets an RST for each
+//! (`device-N.vsock` lists them), before anything new reaches it.
 
 pub mod memory;
 pub mod vcpu_state;

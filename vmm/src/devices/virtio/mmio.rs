@@ -220,6 +220,14 @@ impl MmioTransport {
         Ok(())
     }
 
+    /// Raises the interrupt again if its status has bits set: in a VM
+    /// restored from a snapshot, once its vCPUs exist to take it.
+    pub fn raise_pending(&self) {
+        if self.irq.status() != 0 {
+            self.irq.trigger(0);
+        }
+    }
+
     fn selected_queue(&mut self) -> Option<&mut Queue> {
         // Queues cannot change once the device runs.
         if self.activated {

@@ -65,9 +65,6 @@ pub trait VirtioDevice: Send {
             self.device_type()
         ))
     }
-    /// Called once a VM restored from a snapshot runs (its interrupts reach
-    /// the guest from then on).
-    fn restored(&mut self) {}
 }
 
 /// The interrupt status register plus the irqfd that raises the device's IRQ.

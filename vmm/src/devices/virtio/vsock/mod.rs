@@ -15,7 +15,6 @@ use std::sync::mpsc::{Receiver, channel};
 use event_manager::{EventOps, Events, MutEventSubscriber};
 use virtio_queue::{Queue, QueueOwnedT, QueueState, QueueT};
 use virtio_vsock::packet::{PKT_HEADER_SIZE, VsockPacket};
-use vm_memory::Bytes;
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
@@ -29,9 +28,8 @@ use super::{ActivateError, INT_VRING, IrqTrigger, TYPE_VSOCK, VIRTIO_F_VERSION_1
 const QUEUE_SIZE: u16 = 256;
 const RX: usize = 0;
 const TX: usize = 1;
-const EVENT: usize = 2;
-/// `virtio_vsock_event.id`: every connection was reset (e.g. after a restore).
-const VIRTIO_VSOCK_EVENT_TRANSPORT_RESET: u32 = 0;
+/// Most connections a snapshot's list may name (the muxer's own bound is lower).
+const MAX_SAVED_CONNECTIONS: usize = 1 << 16;
 /// Largest payload of one packet.
 pub const MAX_PKT_DATA: u32 = 64 << 10;
 /// Event data for the connector's wake-up event (queues are 0–2, host ports ≥ 2^30).
@@ -144,34 +142,22 @@ impl VsockDevice {
         }
     }
 
-    /// Tells the guest that every connection it had is gone
-    /// (`VIRTIO_VSOCK_EVENT_TRANSPORT_RESET` on the event queue); listening
-    /// sockets stay. A guest with no event buffer posted misses it.
-    fn send_transport_reset(&mut self) {
-        let Some(Active { mem, queues, irq }) = &mut self.active else {
-            return;
+    /// In a VM restored from a snapshot: the connections the snapshot's
+    /// guest had (saved by `save` under `prefix`) are reset, in order,
+    /// before any new one reaches the guest.
+    pub fn reset_saved_connections(&mut self, prefix: &std::path::Path) -> Result<(), String> {
+        let path = prefix.with_extension("vsock");
+        let ports: Vec<(u32, u32)> = match std::fs::read(&path) {
+            Ok(json) => serde_json::from_slice(&json)
+                .map_err(|e| format!("{} is not a connection list: {e}", path.display()))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
         };
-        let Some(events) = queues.get_mut(EVENT) else {
-            return;
-        };
-        let Some(chain) = events.pop_descriptor_chain(&*mem) else {
-            tracing::debug!("no vsock event buffer for the transport reset");
-            return;
-        };
-        let head = chain.head_index();
-        let written = chain
-            .writable()
-            .next()
-            .filter(|d| d.len() >= 4)
-            .map(|d| {
-                mem.write_obj(VIRTIO_VSOCK_EVENT_TRANSPORT_RESET.to_le(), d.addr())
-                    .is_ok()
-            })
-            .unwrap_or(false);
-        let len = if written { 4 } else { 0 };
-        if events.add_used(&*mem, head, len).is_ok() {
-            irq.trigger(INT_VRING);
+        if ports.len() > MAX_SAVED_CONNECTIONS {
+            return Err(format!("{} lists too many connections", path.display()));
         }
+        self.muxer.reset_saved(&ports);
+        Ok(())
     }
 
     fn sync_watches(&mut self, ops: &mut EventOps) {
@@ -258,17 +244,21 @@ impl VirtioDevice for VsockDevice {
         self.muxer.clear();
     }
 
-    /// Open streams are not saved: a restored guest is told they are gone.
-    fn save(&self, _dir: &std::path::Path, _name: &str) -> Result<Vec<QueueState>, String> {
+    /// Open streams are not saved, only their ports: a restored guest is
+    /// told they are gone (see `reset_saved_connections`).
+    fn save(&self, dir: &std::path::Path, name: &str) -> Result<Vec<QueueState>, String> {
+        let ports = self.muxer.open_ports();
+        if !ports.is_empty() {
+            let path = dir.join(name).with_extension("vsock");
+            let json = serde_json::to_vec(&ports).map_err(|e| e.to_string())?;
+            std::fs::write(&path, json)
+                .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        }
         Ok(self
             .active
             .iter()
             .flat_map(|a| a.queues.iter().map(Queue::state))
             .collect())
-    }
-
-    fn restored(&mut self) {
-        self.send_transport_reset();
     }
 }
 

@@ -293,6 +293,30 @@ impl Muxer {
         }
     }
 
+    /// The open connections as (host port, guest port), for a snapshot.
+    pub fn open_ports(&self) -> Vec<(u32, u32)> {
+        self.connections
+            .iter()
+            .map(|(&local, conn)| (local, conn.peer_port))
+            .collect()
+    }
+
+    /// Tells the guest that connections it had in a snapshot are gone: an
+    /// RST for each, ahead of anything else this muxer sends it.
+    pub fn reset_saved(&mut self, ports: &[(u32, u32)]) {
+        for &(local, peer) in ports {
+            self.control.push_back(Header {
+                src_cid: HOST_CID,
+                dst_cid: self.guest_cid,
+                src_port: local,
+                dst_port: peer,
+                type_: TYPE_STREAM,
+                op: op::RST,
+                ..Header::default()
+            });
+        }
+    }
+
     /// Drops every connection (device reset).
     pub fn clear(&mut self) {
         let ports: Vec<u32> = self.connections.keys().copied().collect();
