@@ -1,6 +1,7 @@
-//! The microVM backend end to end: start → guest-init answering on vsock
-//! (with the boot's milestones), start → first cell result, a warm cell; the
-//! namespace sandbox (same guest, no VM) measured in the same run as the peer.
+//! The microVM backend end to end: a new VM restored from the warm snapshot
+//! (the default) → first result and → the data stack imported, against a
+//! booted one (`warm: false`, the peer, with its boot's milestones), and a
+//! warm cell; outside the emulated machine also the namespace sandbox.
 //!
 //!     sudo cargo bench -p cellbox-benches --bench microvm_cells
 //!
@@ -47,13 +48,31 @@ fn run_emulated() {
     assert!(status.success(), "the emulated run failed: {status}");
 }
 
+const DATA_STACK: &str = "import numpy, pandas, matplotlib.pyplot";
+
+/// A new microVM (`warm` or booted) → `code` answered; closing not counted.
+async fn new_vm_to(warm: bool, code: &str) -> Duration {
+    let started = Instant::now();
+    let config = MicroVmConfig {
+        warm,
+        ..Default::default()
+    };
+    let mut vm = MicroVmExecutor::start(config).await.unwrap();
+    let execution = vm.run(code).await.unwrap();
+    assert!(execution.error.is_none(), "{execution:?}");
+    let elapsed = started.elapsed();
+    vm.close().await.unwrap();
+    elapsed
+}
+
 async fn bench() {
-    // Builds the guest artefacts if needed, outside the measurements.
+    // Builds the guest artefacts and the warm snapshot if needed, outside
+    // the measurements.
     let mut warm_vm = MicroVmExecutor::start(MicroVmConfig::default())
         .await
         .expect("microVM");
     warm_vm.run("x = 0").await.unwrap();
-    let warm = measure("warm cell `x += 1; x` (microVM)", 20, 300, async || {
+    let warm_cell = measure("warm cell `x += 1; x` (microVM)", 20, 300, async || {
         assert!(warm_vm.run("x += 1; x").await.unwrap().text().is_some());
     })
     .await;
@@ -61,14 +80,16 @@ async fn bench() {
 
     let mut timelines = Vec::new();
     let boot = measure_part(
-        "`MicroVmExecutor::start` → guest-init answers",
+        "booted microVM (`warm: false`): start → guest-init answers",
         1,
-        10,
+        5,
         async || {
             let started = Instant::now();
-            let mut vm = MicroVmExecutor::start(MicroVmConfig::default())
-                .await
-                .unwrap();
+            let config = MicroVmConfig {
+                warm: false,
+                ..Default::default()
+            };
+            let mut vm = MicroVmExecutor::start(config).await.unwrap();
             let elapsed = started.elapsed();
             timelines.extend(vm.boot_timeline());
             vm.close().await.unwrap();
@@ -76,31 +97,26 @@ async fn bench() {
         },
     )
     .await;
-    let first = measure_part("new microVM → `1 + 1`", 1, 10, async || {
-        let started = Instant::now();
-        let mut vm = MicroVmExecutor::start(MicroVmConfig::default())
-            .await
-            .unwrap();
-        assert_eq!(vm.run("1 + 1").await.unwrap().text(), Some("2"));
-        let elapsed = started.elapsed();
-        vm.close().await.unwrap();
-        elapsed
+    let warm_first = measure_part("new microVM (warm) → `1 + 1`", 1, 10, async || {
+        new_vm_to(true, "1 + 1").await
+    })
+    .await;
+    let warm_stack = measure_part(
+        "new microVM (warm) → numpy, pandas, matplotlib imported",
+        1,
+        10,
+        async || new_vm_to(true, DATA_STACK).await,
+    )
+    .await;
+    let cold_first = measure_part("new microVM (booted) → `1 + 1`", 0, 3, async || {
+        new_vm_to(false, "1 + 1").await
     })
     .await;
     let peer = measure_part(
-        "peer: new namespace sandbox → `1 + 1`",
-        1,
-        10,
-        async || {
-            let started = Instant::now();
-            let mut sandbox = NamespaceExecutor::start(NamespaceConfig::default())
-                .await
-                .unwrap();
-            assert_eq!(sandbox.run("1 + 1").await.unwrap().text(), Some("2"));
-            let elapsed = started.elapsed();
-            sandbox.close().await.unwrap();
-            elapsed
-        },
+        "peer: new microVM (booted) → numpy, pandas, matplotlib imported",
+        0,
+        3,
+        async || new_vm_to(false, DATA_STACK).await,
     )
     .await;
     let milestone = |name: &str, at: fn(&BootTimeline) -> Duration| {
@@ -115,9 +131,24 @@ async fn bench() {
         milestone("host connected", |t| t.connected),
     ];
     let mut rows: Vec<&Sample> = milestones.iter().collect();
-    rows.extend([&boot, &first, &warm]);
+    rows.extend([&boot, &cold_first, &warm_first, &warm_stack, &warm_cell]);
     if std::env::var_os(IN_EMULATED_KVM).is_some() {
         println!("(emulated in software: absolute times mean little, ratios something)");
     }
     println!("{}", table(&rows, &peer));
+    // The same guest without a VM, where it starts (not in the emulated machine).
+    if std::env::var_os(IN_EMULATED_KVM).is_none() {
+        let namespace = measure_part("namespace sandbox (warm) → `1 + 1`", 1, 10, async || {
+            let started = Instant::now();
+            let mut sandbox = NamespaceExecutor::start(NamespaceConfig::default())
+                .await
+                .unwrap();
+            assert_eq!(sandbox.run("1 + 1").await.unwrap().text(), Some("2"));
+            let elapsed = started.elapsed();
+            sandbox.close().await.unwrap();
+            elapsed
+        })
+        .await;
+        println!("{}", table(&[&namespace], &peer));
+    }
 }

@@ -160,14 +160,19 @@ async fn the_boot_reports_its_milestones_in_order() {
 
 /// By default a new microVM is restored from the warm snapshot (made by the
 /// first VM of the run): the data stack is imported before its first cell,
-/// the session is fresh, and every VM has its own randomness.
+/// the session is fresh, every VM has its own randomness, and its clock has
+/// moved on by the snapshot's age.
 #[tokio::test]
 #[ignore = "needs KVM that runs Linux guests; run by vm_suite"]
 async fn new_microvms_start_warm_with_their_own_randomness() {
     let draw = "import os, random, uuid, numpy\n\
                 print(random.random(), numpy.random.rand(), os.urandom(8).hex(), uuid.uuid4())";
     let mut draws = Vec::new();
-    for _ in 0..2 {
+    for round in 0..2 {
+        if round == 1 {
+            // The snapshot is older now: the next VM's clock must have moved on.
+            tokio::time::sleep(Duration::from_secs(15)).await;
+        }
         let mut vm = MicroVmExecutor::start(MicroVmConfig::default())
             .await
             .expect("a warm microVM");
@@ -182,6 +187,17 @@ async fn new_microvms_start_warm_with_their_own_randomness() {
         assert_eq!(vm.run("x + 1").await.unwrap().text(), Some("42"));
         let drawn = vm.run(draw).await.unwrap();
         draws.push(drawn.logs.stdout.concat());
+        let guest_time = vm.run("import time; time.time()").await.unwrap();
+        let host_time = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64();
+        let guest_time: f64 = guest_time.text().unwrap().parse().unwrap();
+        assert!(
+            (host_time - guest_time).abs() < 5.0,
+            "the guest's clock is {:.1} s off the host's",
+            host_time - guest_time
+        );
         vm.close().await.unwrap();
     }
     // Each of the four values differs between the two VMs.

@@ -264,8 +264,9 @@ impl Vm {
         // The guest read its command line long ago: device entries go nowhere.
         let mut unused = Cmdline::new(CMDLINE_MAX_SIZE).map_err(boot::BootError::Cmdline)?;
         let devices = Devices::build(&vm, &mem, &config, &mut unused, Some((dir, &state)))?;
+        let waited = state.waited();
         let mut vm = Vm::assemble(kvm, vm, mem, &config, devices, started, |vcpu, id| {
-            state.vcpus[id].restore(vcpu)
+            state.vcpus[id].restore(vcpu, waited)
         })?;
         vm.restored = true;
         for transport in &vm.transports {
@@ -325,6 +326,7 @@ impl Vm {
             config: self.saved_config.clone(),
             vcpus,
             vm: VmState::save(&self.vm_fd, irqchip)?,
+            taken_at_ns: SnapshotState::now_ns(),
             serial: lock(&self.serial).save(),
             transports: saved_transports,
         };

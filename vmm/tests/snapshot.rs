@@ -169,6 +169,8 @@ fn a_connection_open_at_the_snapshot_stays_in_the_vm_and_is_reset_in_clones() {
     let vm = listening_vm(dir.path());
     let mut stream = vm.vsock().unwrap().connect(1234, WAIT).unwrap();
     assert_eq!(echo(&mut stream, b"before"), b"before");
+    // The guest prints its line after echoing: let it, so that the clone starts idle.
+    assert!(vm.console().wait_for("tg: vsock echoed 6", WAIT));
     vm.snapshot(&snapshot).unwrap();
     assert!(snapshot.join("device-1.vsock").exists());
     assert_eq!(

@@ -50,11 +50,27 @@ pub(crate) struct SnapshotState {
     pub config: SavedConfig,
     pub vcpus: Vec<VcpuState>,
     pub vm: VmState,
+    /// When it was taken (host wall clock, ns since the Unix epoch).
+    pub taken_at_ns: u128,
     pub serial: SavedSerial,
     pub transports: Vec<TransportState>,
 }
 
 impl SnapshotState {
+    /// Host wall-clock time now, as `taken_at_ns` counts it.
+    pub fn now_ns() -> u128 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos()
+    }
+
+    /// How long ago the snapshot was taken (zero if the clock went back).
+    pub fn waited(&self) -> std::time::Duration {
+        let ns = Self::now_ns().saturating_sub(self.taken_at_ns);
+        std::time::Duration::from_nanos(u64::try_from(ns).unwrap_or(u64::MAX))
+    }
+
     pub fn write(&self, dir: &Path) -> Result<(), VmError> {
         let json = serde_json::to_vec(self)
             .map_err(|e| VmError::Snapshot(format!("cannot encode the state: {e}")))?;

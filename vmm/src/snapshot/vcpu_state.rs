@@ -22,7 +22,12 @@ pub struct VcpuState {
     msrs: Vec<kvm_msr_entry>,
     events: kvm_vcpu_events,
     mp_state: kvm_mp_state,
+    /// The guest TSC's rate, to move it on by the time the snapshot waited.
+    tsc_khz: Option<u32>,
 }
+
+/// `IA32_TSC`: the time-stamp counter.
+const MSR_IA32_TSC: u32 = 0x10;
 
 /// The MSRs KVM can save and restore on this host (`KVM_GET_MSR_INDEX_LIST`).
 pub fn msr_indices(kvm: &Kvm) -> Result<Vec<u32>, VmError> {
@@ -65,11 +70,15 @@ impl VcpuState {
             msrs: read_msrs(vcpu, msr_indices)?,
             events: vcpu.get_vcpu_events().map_err(kvm("read pending events"))?,
             mp_state: vcpu.get_mp_state().map_err(kvm("read the MP state"))?,
+            tsc_khz: vcpu.get_tsc_khz().ok(),
         })
     }
 
-    /// Writes the state into a vCPU that has its CPUID set and has never run.
-    pub fn restore(&self, vcpu: &VcpuFd) -> Result<(), VmError> {
+    /// Writes the state into a vCPU that has its CPUID set and has never
+    /// run. Its TSC moves on by `waited` (the time since the snapshot), so
+    /// that a guest timing itself by the TSC sees that time pass, as after a
+    /// long pause, and its wall clock stays right.
+    pub fn restore(&self, vcpu: &VcpuFd, waited: std::time::Duration) -> Result<(), VmError> {
         let kvm = VmError::kvm;
         vcpu.set_mp_state(self.mp_state)
             .map_err(kvm("restore the MP state"))?;
@@ -88,7 +97,14 @@ impl VcpuState {
             vcpu.set_lapic(lapic)
                 .map_err(kvm("restore the local APIC"))?;
         }
-        let msrs = Msrs::from_entries(&self.msrs)
+        let mut entries = self.msrs.clone();
+        if let Some(khz) = self.tsc_khz {
+            let ticks = waited.as_nanos().saturating_mul(u128::from(khz)) / 1_000_000;
+            for entry in entries.iter_mut().filter(|e| e.index == MSR_IA32_TSC) {
+                entry.data = entry.data.wrapping_add(ticks as u64);
+            }
+        }
+        let msrs = Msrs::from_entries(&entries)
             .map_err(|e| VmError::Snapshot(format!("too many MSRs in the snapshot: {e:?}")))?;
         let written = vcpu.set_msrs(&msrs).map_err(kvm("restore the MSRs"))?;
         if written != self.msrs.len() {
@@ -101,6 +117,9 @@ impl VcpuState {
         // Last: pending exceptions and interrupts go on top of everything else.
         vcpu.set_vcpu_events(&self.events)
             .map_err(kvm("restore pending events"))?;
+        // Tells a Linux guest's watchdogs that the jump in time was a pause
+        // (fails harmlessly for a guest without kvmclock).
+        let _ = vcpu.kvmclock_ctrl();
         Ok(())
     }
 }
