@@ -260,11 +260,11 @@ impl Vm {
         let mem = memory::map_private(&dir.join(MEMORY_FILE), &guest_ranges(mem_size))?;
         register_memory(&vm, &mem, config.memory_mib)?;
         create_irqchip(&vm, config.irqchip)?;
-        state.vm.restore(&vm)?;
+        let waited = state.waited();
+        state.vm.restore(&vm, waited)?;
         // The guest read its command line long ago: device entries go nowhere.
         let mut unused = Cmdline::new(CMDLINE_MAX_SIZE).map_err(boot::BootError::Cmdline)?;
         let devices = Devices::build(&vm, &mem, &config, &mut unused, Some((dir, &state)))?;
-        let waited = state.waited();
         let mut vm = Vm::assemble(kvm, vm, mem, &config, devices, started, |vcpu, id| {
             state.vcpus[id].restore(vcpu, waited)
         })?;

@@ -199,8 +199,9 @@ impl VmState {
         })
     }
 
-    /// Restores the state into a VM whose irqchip and PIT (if any) exist.
-    pub fn restore(&self, vm: &VmFd) -> Result<(), VmError> {
+    /// Restores the state into a VM whose irqchip and PIT (if any) exist;
+    /// the KVM clock moves on by `waited`, the snapshot's age.
+    pub fn restore(&self, vm: &VmFd, waited: std::time::Duration) -> Result<(), VmError> {
         for chip in &self.irqchips {
             if !IRQCHIPS.contains(&chip.chip_id) {
                 return Err(VmError::Snapshot(format!(
@@ -214,10 +215,13 @@ impl VmState {
         if let Some(pit) = &self.pit {
             vm.set_pit2(pit).map_err(VmError::kvm("restore the PIT"))?;
         }
-        // Only the clock's value (and its realtime pair, so that the guest's
-        // clock moves on by the time the snapshot waited) goes back.
+        // Not KVM_CLOCK_REALTIME: hosts whose clocksource is not the TSC
+        // (nested ones) do not report it, and `waited` says the same.
         let mut clock = self.clock;
-        clock.flags &= kvm_bindings::KVM_CLOCK_REALTIME;
+        clock.clock = clock
+            .clock
+            .saturating_add(u64::try_from(waited.as_nanos()).unwrap_or(u64::MAX));
+        clock.flags = 0;
         vm.set_clock(&clock)
             .map_err(VmError::kvm("restore the KVM clock"))
     }
