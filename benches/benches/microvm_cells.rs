@@ -1,7 +1,8 @@
 //! The microVM backend end to end: a new VM restored from the warm snapshot
 //! (the default) → first result and → the data stack imported, against a
-//! booted one (`warm: false`, the peer, with its boot's milestones), and a
-//! warm cell; outside the emulated machine also the namespace sandbox.
+//! booted one (`warm: false`, the peer, with its boot's milestones), a fork
+//! of a busy VM, and a warm cell; outside the emulated machine also the
+//! namespace sandbox.
 //!
 //!     sudo cargo bench -p cellbox-benches --bench microvm_cells
 //!
@@ -49,6 +50,10 @@ fn run_emulated() {
 }
 
 const DATA_STACK: &str = "import numpy, pandas, matplotlib.pyplot";
+/// A cell that leaves a thread counting in the background.
+const BUSY: &str = "import threading, time\nticks = [0]\n\
+                    def tick():\n    while True:\n        ticks[0] += 1\n        time.sleep(0.001)\n\
+                    threading.Thread(target=tick, daemon=True).start()";
 
 /// A new microVM (`warm` or booted) → `code` answered; closing not counted.
 async fn new_vm_to(warm: bool, code: &str) -> Duration {
@@ -108,6 +113,26 @@ async fn bench() {
         async || new_vm_to(true, DATA_STACK).await,
     )
     .await;
+    // A busy VM: a thread keeps counting while it is copied.
+    let mut busy = MicroVmExecutor::start(MicroVmConfig::default())
+        .await
+        .unwrap();
+    busy.run(BUSY).await.unwrap();
+    let fork = measure_part(
+        "fork of a busy microVM → the copy answers `ticks[0]`",
+        1,
+        5,
+        async || {
+            let started = Instant::now();
+            let mut copy = busy.fork().await.unwrap();
+            assert!(copy.run("ticks[0]").await.unwrap().text().is_some());
+            let elapsed = started.elapsed();
+            copy.close().await.unwrap();
+            elapsed
+        },
+    )
+    .await;
+    busy.close().await.unwrap();
     let cold_first = measure_part("new microVM (booted) → `1 + 1`", 0, 3, async || {
         new_vm_to(false, "1 + 1").await
     })
@@ -131,7 +156,14 @@ async fn bench() {
         milestone("host connected", |t| t.connected),
     ];
     let mut rows: Vec<&Sample> = milestones.iter().collect();
-    rows.extend([&boot, &cold_first, &warm_first, &warm_stack, &warm_cell]);
+    rows.extend([
+        &boot,
+        &cold_first,
+        &warm_first,
+        &warm_stack,
+        &fork,
+        &warm_cell,
+    ]);
     if std::env::var_os(IN_EMULATED_KVM).is_some() {
         println!("(emulated in software: absolute times mean little, ratios something)");
     }

@@ -270,14 +270,23 @@ fn run_server(args: &Args, init_started_ms: Option<u64>) -> ExitCode {
         listening_ms: BootClock::now_ms(),
         ..boot
     });
-    let stream = match connect(args) {
-        Ok(stream) => stream,
-        Err(e) => {
-            eprintln!("guest-init: cannot reach the host: {e}");
-            return ExitCode::from(3);
+    let ended = loop {
+        let stream = match connect(args) {
+            Ok(stream) => stream,
+            Err(e) => {
+                eprintln!("guest-init: cannot reach the host: {e}");
+                return ExitCode::from(3);
+            }
+        };
+        let ended = server::serve(stream, contexts.clone(), boot);
+        // A microVM's guest-init waits for the host again: a copy of the VM
+        // (restored from a snapshot taken while the host was connected)
+        // starts with that connection reset, its kernels still running.
+        if ended == server::Ended::Disconnected && boot.is_some() {
+            continue;
         }
+        break ended;
     };
-    let ended = server::serve(stream, contexts.clone(), boot);
     contexts.stop_all();
     match ended {
         server::Ended::Shutdown => ExitCode::SUCCESS,

@@ -211,6 +211,52 @@ async fn new_microvms_start_warm_with_their_own_randomness() {
     }
 }
 
+/// A fork is a copy of the whole VM: a generator's position and a thread
+/// that keeps running go on in the copy; each side goes on on its own.
+#[tokio::test]
+#[ignore = "needs KVM that runs Linux guests; run by vm_suite"]
+async fn a_fork_copies_the_running_vm() {
+    let mut vm = MicroVmExecutor::start(MicroVmConfig::default())
+        .await
+        .expect("a microVM");
+    let setup = "import threading, time\n\
+                 ticks = [0]\n\
+                 def tick():\n    while True:\n        ticks[0] += 1\n        time.sleep(0.01)\n\
+                 threading.Thread(target=tick, daemon=True).start()\n\
+                 squares = (i * i for i in range(10))\n\
+                 next(squares)";
+    assert_eq!(vm.run(setup).await.unwrap().text(), Some("0"));
+    let mut fork = vm.fork().await.expect("a fork");
+    // The generator does not pickle; both copies resume it where it was.
+    assert_eq!(fork.run("next(squares)").await.unwrap().text(), Some("1"));
+    assert_eq!(fork.run("next(squares)").await.unwrap().text(), Some("4"));
+    assert_eq!(vm.run("next(squares)").await.unwrap().text(), Some("1"));
+    // The thread runs on in the fork.
+    let count = async |vm: &mut MicroVmExecutor| -> u64 {
+        vm.run("ticks[0]")
+            .await
+            .unwrap()
+            .text()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let before = count(&mut fork).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(count(&mut fork).await > before, "the fork's thread stopped");
+    // Each draws its own random numbers.
+    let draw = "import random; random.random()";
+    let (a, b) = (vm.run(draw).await.unwrap(), fork.run(draw).await.unwrap());
+    assert_ne!(a.text(), b.text());
+    fork.close().await.unwrap();
+    assert_eq!(
+        vm.run("1 + 1").await.unwrap().text(),
+        Some("2"),
+        "the parent goes on"
+    );
+    vm.close().await.unwrap();
+}
+
 #[tokio::test]
 #[ignore = "needs KVM that runs Linux guests; run by vm_suite"]
 async fn the_sandbox_api_on_the_microvm() {

@@ -99,6 +99,8 @@ pub struct MicroVmExecutor {
     control: Arc<MicroVmControl>,
     vm: Option<Vm>,
     boot: Option<BootTimeline>,
+    boot_timeout: Duration,
+    default_timeout: Duration,
     /// Dropped after the VM (field order): passt outlives its card.
     network: Option<VmNetwork>,
 }
@@ -203,7 +205,60 @@ impl MicroVmExecutor {
             control,
             vm: Some(vm),
             boot,
+            boot_timeout: config.boot_timeout,
+            default_timeout: config.default_timeout,
             network,
+        })
+    }
+
+    /// A copy of this VM made from its whole memory: variables of every
+    /// context, values that do not pickle, running threads and processes
+    /// all go on in the copy, which gets its own randomness (see
+    /// [`MicroVmConfig::warm`]). This VM is paused meanwhile and then goes on
+    /// unchanged. Not kept: the copy's host connection (a new one is made)
+    /// and commands started through the old one. VMs with a network card
+    /// cannot be copied yet.
+    pub async fn fork(&mut self) -> Result<MicroVmExecutor> {
+        if self.network.is_some() {
+            return Err(unavailable(
+                "a microVM with a network card cannot be forked yet",
+            ));
+        }
+        let vm = self
+            .vm
+            .take()
+            .ok_or_else(|| unavailable("the microVM has stopped"))?;
+        let dir = tempfile::Builder::new()
+            .prefix("cellbox-vm-fork-")
+            .tempdir()
+            .map_err(|e| Error::io("creating the fork's snapshot folder", e))?;
+        let path = dir.path().to_path_buf();
+        let (vm, copy) = tokio::task::spawn_blocking(move || {
+            let copy = vm
+                .snapshot(&path)
+                .and_then(|()| Vm::restore(&path, RestoreOptions::default()));
+            (vm, copy)
+        })
+        .await
+        .map_err(|e| unavailable(format!("forking the VM failed: {e}")))?;
+        self.vm = Some(vm);
+        // The copy maps its memory file and copied its disk: the folder can go.
+        drop(dir);
+        let copy = copy.map_err(|e| unavailable(e.to_string()))?;
+        let client = connect(&copy, self.boot_timeout).await?;
+        let control = Arc::new(MicroVmControl {
+            vm: copy.control(),
+            vcpus: self.control.vcpus,
+            memory: self.control.memory,
+        });
+        Ok(MicroVmExecutor {
+            session: GuestSession::new(client, self.default_timeout),
+            control,
+            vm: Some(copy),
+            boot: None,
+            boot_timeout: self.boot_timeout,
+            default_timeout: self.default_timeout,
+            network: None,
         })
     }
 
