@@ -257,6 +257,30 @@ async fn a_fork_copies_the_running_vm() {
     vm.close().await.unwrap();
 }
 
+/// `Sandbox::fork` on the microVM copies the whole VM too: a value that
+/// does not pickle (an open file) is there in the fork.
+#[tokio::test]
+#[ignore = "needs KVM that runs Linux guests; run by vm_suite"]
+async fn sandbox_forks_on_the_microvm_keep_what_does_not_pickle() {
+    let s = Sandbox::create(SandboxOptions::default().with_backend(BackendPolicy::Vm))
+        .await
+        .expect("a microVM sandbox");
+    let setup = "f = open('notes.txt', 'w+'); f.write('kept'); f.flush(); f.seek(0); 'ready'";
+    assert_eq!(s.run_code(setup).await.unwrap().text(), Some("'ready'"));
+    let fork = s.fork().await.expect("a fork");
+    assert_eq!(
+        fork.run_code("f.read()").await.unwrap().text(),
+        Some("'kept'")
+    );
+    assert_eq!(
+        s.run_code("f.read()").await.unwrap().text(),
+        Some("'kept'"),
+        "the parent's own file"
+    );
+    fork.close().await.unwrap();
+    s.close().await.unwrap();
+}
+
 #[tokio::test]
 #[ignore = "needs KVM that runs Linux guests; run by vm_suite"]
 async fn the_sandbox_api_on_the_microvm() {

@@ -17,11 +17,15 @@ use crate::executor::{Backend, EventCallback, Executor, RunOptions};
 
 /// An executor backed by the full guest (namespace sandbox or microVM): files,
 /// commands and contexts are reachable through its [`GuestClient`].
+#[async_trait]
 pub trait GuestExecutor: Executor + Send {
     /// The connection to `guest-init`.
     fn guest(&self) -> Result<&GuestClient>;
     /// Pause, resume and usage, from outside the guest.
     fn control(&self) -> Arc<dyn GuestControl>;
+    /// A copy of the whole running guest, where the backend can make one
+    /// (see [`GuestBackend::copy_whole`]).
+    async fn copy_whole(&mut self) -> Result<Option<Box<dyn GuestExecutor>>>;
 }
 
 /// A heavy backend: a [`GuestSession`] plus whatever runs the guest.
@@ -37,15 +41,26 @@ pub trait GuestBackend: Send {
     fn control(&self) -> Arc<dyn GuestControl>;
     /// Stops what runs the guest (guest-init was already asked to shut down).
     async fn stop_guest(&mut self) -> Result<()>;
+    /// A copy of the whole running guest, memory and processes included;
+    /// `None` where the backend cannot make one (then forks go through
+    /// pickled state).
+    async fn copy_whole(&mut self) -> Result<Option<Box<dyn GuestExecutor>>> {
+        Ok(None)
+    }
 }
 
-impl<T: GuestBackend> GuestExecutor for T {
+#[async_trait]
+impl<T: GuestBackend + 'static> GuestExecutor for T {
     fn guest(&self) -> Result<&GuestClient> {
         self.session().client()
     }
 
     fn control(&self) -> Arc<dyn GuestControl> {
         GuestBackend::control(self)
+    }
+
+    async fn copy_whole(&mut self) -> Result<Option<Box<dyn GuestExecutor>>> {
+        GuestBackend::copy_whole(self).await
     }
 }
 

@@ -355,6 +355,13 @@ impl GuestBackend for MicroVmExecutor {
         self.control.clone()
     }
 
+    async fn copy_whole(&mut self) -> Result<Option<Box<dyn crate::guest::GuestExecutor>>> {
+        if self.network.is_some() {
+            return Ok(None); // not yet: pickled state instead
+        }
+        Ok(Some(Box::new(self.fork().await?)))
+    }
+
     async fn stop_guest(&mut self) -> Result<()> {
         if let Some(mut vm) = self.vm.take() {
             // guest-init powers the VM off after a shutdown; stop it regardless.

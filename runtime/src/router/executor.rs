@@ -174,6 +174,35 @@ impl HybridExecutor {
         Ok(session)
     }
 
+    /// A copy of this session made from the whole heavy guest (memory and
+    /// processes), where its backend can make one and the session runs
+    /// there; `None` otherwise.
+    pub async fn copy_whole(&mut self) -> Result<Option<HybridExecutor>> {
+        let HeavyState::Ready(heavy) = &mut self.heavy else {
+            return Ok(None);
+        };
+        if self.wasm.is_some() {
+            return Ok(None); // the state is on the fast path
+        }
+        let Some(copy) = heavy.copy_whole().await? else {
+            return Ok(None);
+        };
+        let control = ControlSlot::default();
+        control.set(copy.control());
+        Ok(Some(HybridExecutor {
+            wasm: None,
+            wasm_modules: self.wasm_modules.clone(),
+            history: self.history.clone(),
+            heavy: HeavyState::Ready(copy),
+            heavy_backend: self.heavy_backend,
+            config: self.config.clone(),
+            last_backend: self.last_backend,
+            execution_count: self.execution_count,
+            prestart_pending: false,
+            control,
+        }))
+    }
+
     /// Where the heavy guest's pause/resume/usage control appears once it
     /// has started.
     pub fn control_slot(&self) -> ControlSlot {

@@ -177,6 +177,11 @@ impl Sandbox {
                 )));
             }
         }
+        Ok(Sandbox::around(session, options))
+    }
+
+    /// A new sandbox around a running `session`.
+    pub(super) fn around(session: HybridExecutor, options: SandboxOptions) -> Sandbox {
         let id: Arc<str> = format!("cellbox-{:016x}", rand_id()).into();
         let side = Side {
             closed: AtomicBool::new(false),
@@ -201,7 +206,7 @@ impl Sandbox {
             Arc::downgrade(&sandbox.inner),
             Arc::downgrade(&sandbox.side),
         );
-        Ok(sandbox)
+        sandbox
     }
 
     /// This sandbox's id.

@@ -207,8 +207,15 @@ impl Sandbox {
     }
 
     /// A new, independent sandbox with this one's options, files and Python
-    /// state (what a [`Snapshot`] keeps); this one goes on unchanged.
+    /// state; this one goes on unchanged. On the microVM (without a network
+    /// card) the fork is a copy of the whole VM: every context, values that
+    /// do not pickle, running threads and processes go on in it, with its
+    /// own randomness. Elsewhere it keeps what a [`Snapshot`] keeps.
     pub async fn fork(&self) -> Result<Sandbox> {
+        let copy = self.active().await?.session.copy_whole().await?;
+        if let Some(session) = copy {
+            return Ok(Sandbox::around(session, (*self.options).clone()));
+        }
         let dir =
             std::env::temp_dir().join(format!("cellbox-fork-{:016x}", super::session::rand_id()));
         let snapshot = self.snapshot(&dir).await?;

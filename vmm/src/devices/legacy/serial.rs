@@ -100,10 +100,22 @@ pub struct SerialDevice {
 }
 
 /// The UART's registers and unread input, for a snapshot (`SerialState`
-/// with serde).
+/// with serde: its fields are all public).
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct SavedSerial {
-    registers: [u8; 9],
+pub struct SavedSerial(#[serde(with = "SerialStateDef")] SerialState);
+
+#[derive(Serialize, Deserialize)]
+#[serde(remote = "SerialState")]
+struct SerialStateDef {
+    baud_divisor_low: u8,
+    baud_divisor_high: u8,
+    interrupt_enable: u8,
+    interrupt_identification: u8,
+    line_control: u8,
+    line_status: u8,
+    modem_control: u8,
+    modem_status: u8,
+    scratch: u8,
     in_buffer: Vec<u8>,
 }
 
@@ -127,51 +139,14 @@ impl SerialDevice {
         log: ConsoleLog,
         saved: &SavedSerial,
     ) -> Result<SerialDevice, String> {
-        let [
-            baud_divisor_low,
-            baud_divisor_high,
-            interrupt_enable,
-            interrupt_identification,
-            line_control,
-            line_status,
-            modem_control,
-            modem_status,
-            scratch,
-        ] = saved.registers;
-        let state = SerialState {
-            baud_divisor_low,
-            baud_divisor_high,
-            interrupt_enable,
-            interrupt_identification,
-            line_control,
-            line_status,
-            modem_control,
-            modem_status,
-            scratch,
-            in_buffer: saved.in_buffer.clone(),
-        };
-        let uart = Serial::from_state(&state, IrqLine(irq), NoEvents, log)
+        let uart = Serial::from_state(&saved.0, IrqLine(irq), NoEvents, log)
             .map_err(|e| format!("bad serial state: {e:?}"))?;
         Ok(SerialDevice { uart })
     }
 
     /// The UART's state, for a snapshot.
     pub fn save(&self) -> SavedSerial {
-        let s = self.uart.state();
-        SavedSerial {
-            registers: [
-                s.baud_divisor_low,
-                s.baud_divisor_high,
-                s.interrupt_enable,
-                s.interrupt_identification,
-                s.line_control,
-                s.line_status,
-                s.modem_control,
-                s.modem_status,
-                s.scratch,
-            ],
-            in_buffer: s.in_buffer,
-        }
+        SavedSerial(self.uart.state())
     }
 }
 

@@ -64,7 +64,11 @@ pub struct TransportState {
 
 /// `QueueState` with serde (its fields are all public).
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
-struct SavedQueue {
+struct SavedQueue(#[serde(with = "QueueStateDef")] QueueState);
+
+#[derive(Serialize, Deserialize)]
+#[serde(remote = "QueueState")]
+struct QueueStateDef {
     max_size: u16,
     next_avail: u16,
     next_used: u16,
@@ -74,38 +78,6 @@ struct SavedQueue {
     desc_table: u64,
     avail_ring: u64,
     used_ring: u64,
-}
-
-impl From<QueueState> for SavedQueue {
-    fn from(q: QueueState) -> SavedQueue {
-        SavedQueue {
-            max_size: q.max_size,
-            next_avail: q.next_avail,
-            next_used: q.next_used,
-            event_idx_enabled: q.event_idx_enabled,
-            size: q.size,
-            ready: q.ready,
-            desc_table: q.desc_table,
-            avail_ring: q.avail_ring,
-            used_ring: q.used_ring,
-        }
-    }
-}
-
-impl From<SavedQueue> for QueueState {
-    fn from(q: SavedQueue) -> QueueState {
-        QueueState {
-            max_size: q.max_size,
-            next_avail: q.next_avail,
-            next_used: q.next_used,
-            event_idx_enabled: q.event_idx_enabled,
-            size: q.size,
-            ready: q.ready,
-            desc_table: q.desc_table,
-            avail_ring: q.avail_ring,
-            used_ring: q.used_ring,
-        }
-    }
 }
 
 impl MmioTransport {
@@ -176,7 +148,7 @@ impl MmioTransport {
             status: self.status,
             activated: self.activated,
             interrupt_status: self.irq.status(),
-            queues: queues.into_iter().map(SavedQueue::from).collect(),
+            queues: queues.into_iter().map(SavedQueue).collect(),
         })
     }
 
@@ -192,14 +164,14 @@ impl MmioTransport {
         }
         if let Some((i, _)) = (state.queues.iter().zip(&self.queues))
             .enumerate()
-            .find(|(_, (saved, ours))| saved.max_size != ours.max_size())
+            .find(|(_, (saved, ours))| saved.0.max_size != ours.max_size())
         {
             return Err(format!("queue {i} has another size in the snapshot"));
         }
         let queues = state
             .queues
             .iter()
-            .map(|&q| Queue::try_from(QueueState::from(q)).map_err(|e| format!("bad queue: {e}")))
+            .map(|q| Queue::try_from(q.0).map_err(|e| format!("bad queue: {e}")))
             .collect::<Result<Vec<Queue>, String>>()?;
         self.device_features_select = state.device_features_select;
         self.driver_features_select = state.driver_features_select;
