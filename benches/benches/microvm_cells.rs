@@ -52,7 +52,7 @@ fn run_emulated() {
 const DATA_STACK: &str = "import numpy, pandas, matplotlib.pyplot";
 /// A cell that leaves a thread counting in the background.
 const BUSY: &str = "import threading, time\nticks = [0]\n\
-                    def tick():\n    while True:\n        ticks[0] += 1\n        time.sleep(0.001)\n\
+                    def tick():\n    while True:\n        ticks[0] += 1\n        time.sleep(0.01)\n\
                     threading.Thread(target=tick, daemon=True).start()";
 
 /// A new microVM (`warm` or booted) → `code` answered; closing not counted.
@@ -120,8 +120,8 @@ async fn bench() {
     busy.run(BUSY).await.unwrap();
     let fork = measure_part(
         "fork of a busy microVM → the copy answers `ticks[0]`",
-        1,
-        5,
+        0,
+        3,
         async || {
             let started = Instant::now();
             let mut copy = busy.fork().await.unwrap();

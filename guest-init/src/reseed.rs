@@ -50,8 +50,8 @@ pub fn mix(entropy: &[u8]) -> Result<(), String> {
 /// # Safety
 /// Only in a freshly forked child of a multithreaded process.
 unsafe fn child(entropy: &[u8]) -> i32 {
-    // SAFETY (whole body): plain system calls on valid pointers and
-    // descriptors this function opened.
+    // SAFETY: plain system calls on valid pointers and on descriptors this
+    // function opened (the whole body).
     unsafe {
         if libc::setresuid(0, 0, 0) != 0 {
             return 1;
@@ -93,7 +93,7 @@ unsafe fn child(entropy: &[u8]) -> i32 {
 
 /// Parses the hex entropy of a `Hello`.
 pub fn parse_hex(hex: &str) -> Option<Vec<u8>> {
-    if hex.len() % 2 != 0 || hex.len() > 2 * MAX_ENTROPY {
+    if !hex.len().is_multiple_of(2) || hex.len() > 2 * MAX_ENTROPY {
         return None;
     }
     (0..hex.len())
