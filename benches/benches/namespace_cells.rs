@@ -2,7 +2,7 @@
 //! the import of numpy, pandas and matplotlib), warm (the kernel forked from
 //! the warm template, the default) and cold (a Python started and importing),
 //! against a local Jupyter kernel started with jupyter_client in the same
-//! run; a warm cell round trip; the memory each extra idle sandbox costs the
+//! run; the same from a [`NamespacePool`] whose spare is ready; a warm cell round trip; the memory each extra idle sandbox costs the
 //! host; 50 sandboxes started at once.
 //!
 //!     cargo bench -p cellbox-benches --bench namespace_cells
@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use cellbox::{Executor, NamespaceConfig, NamespaceExecutor};
+use cellbox::{Executor, NamespaceConfig, NamespaceExecutor, NamespacePool};
 
 use cellbox_benches::{Sample, measure, measure_part, table};
 
@@ -63,6 +63,27 @@ async fn main() {
             starts.push(measure_part(&name, 2, 20, async || first_result(warm, code).await).await);
         }
     }
+    let pool = NamespacePool::new(config(true), 1);
+    for (code, what) in [
+        ("1 + 1", "`1 + 1`"),
+        (DATA_STACK, "numpy, pandas, matplotlib imported"),
+    ] {
+        let name = format!("new sandbox (pool, a spare ready) → {what}");
+        starts.push(
+            measure_part(&name, 2, 20, async || {
+                pool.ready().await.expect("the pool's spare");
+                let started = Instant::now();
+                let mut sandbox = pool.start().await.unwrap();
+                let execution = sandbox.run(code).await.unwrap();
+                let elapsed = started.elapsed();
+                assert!(execution.error.is_none(), "{execution:?}");
+                sandbox.close().await.unwrap();
+                elapsed
+            })
+            .await,
+        );
+    }
+    drop(pool);
     let (peer_first, peer_warm) = jupyter_peer(10, 300);
     println!("{}", table(&starts.iter().collect::<Vec<_>>(), &peer_first));
     println!("{}", table(&[&warm], &peer_warm));

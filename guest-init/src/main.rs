@@ -257,7 +257,17 @@ fn run_server(args: &Args, init_started_ms: Option<u64>) -> ExitCode {
         // SAFETY: no other thread exists yet in this process.
         unsafe { std::env::set_var("CELLBOX_PRELOAD", "1") };
     }
+    let forks_kernels = zygote.is_some();
     let contexts = Arc::new(Contexts::new(python, zygote, home));
+    if forks_kernels {
+        // A forked kernel costs little: fork it now, while the host
+        // connects, so that the first cell finds it ready (a cell that comes
+        // sooner waits for it; one that fails is retried by the first cell).
+        let contexts = contexts.clone();
+        let _ = std::thread::Builder::new()
+            .name("first-kernel".into())
+            .spawn(move || contexts.start_kernel(Language::Python.default_context()));
+    }
     if args.warm {
         if let Err(e) = contexts.start_kernel(Language::Python.default_context()) {
             eprintln!("guest-init: the warm kernel did not start: {e}");

@@ -54,7 +54,7 @@ pub use guest::{
     CommandHandle, CommandInfo, CommandOptions, CommandResult, ContextInfo, FileStat, Language,
 };
 pub use microvm::{BootTimeline, MicroVmConfig, MicroVmExecutor};
-pub use namespace::{NamespaceConfig, NamespaceExecutor, NetworkPolicy};
+pub use namespace::{NamespaceConfig, NamespaceExecutor, NamespacePool, NetworkPolicy};
 pub use progress::Progress;
 pub use router::{HeavyChoice, HybridConfig, HybridExecutor};
 pub use sandbox::{

@@ -5,7 +5,7 @@
 //! `namespace.rs` runs on warm kernels too: they are the default.)
 
 use cellbox::guest::{CommandOptions, GuestExecutor};
-use cellbox::{Executor, NamespaceConfig, NamespaceExecutor};
+use cellbox::{Executor, NamespaceConfig, NamespaceExecutor, NamespacePool};
 
 /// What a kernel says about itself: its process, namespaces, control group,
 /// open descriptors, fresh state and whether the data stack was imported
@@ -128,4 +128,79 @@ async fn a_cold_start_stays_available() {
     assert_eq!(probed["warm"], false, "{probed}");
     assert_eq!(probed["status"]["Seccomp"], "2", "{probed}");
     assert_eq!(probed["status"]["CapBnd"], "0000000000000000", "{probed}");
+}
+
+/// How many loop devices are backed by a live file of exactly `bytes`.
+fn disks_of_size(bytes: u64) -> usize {
+    let Ok(devices) = std::fs::read_dir("/sys/block") else {
+        return 0;
+    };
+    devices
+        .flatten()
+        .filter_map(|d| std::fs::read_to_string(d.path().join("loop/backing_file")).ok())
+        .filter(|file| std::fs::metadata(file.trim()).is_ok_and(|m| m.len() == bytes))
+        .count()
+}
+
+#[tokio::test]
+async fn a_pool_hands_out_fresh_spares_and_stops_them_when_dropped() {
+    // A disk size no other test uses tells this pool's sandboxes apart.
+    let disk_limit = (3 << 30) + (7 << 20);
+    let config = NamespaceConfig {
+        disk_limit,
+        ..Default::default()
+    };
+    let pool = NamespacePool::new(config, 1);
+    pool.ready().await.expect("the spare starts (needs root)");
+    assert_eq!(pool.spares(), 1);
+    assert_eq!(disks_of_size(disk_limit), 1, "the spare's disk is mounted");
+
+    let mut first = pool.start().await.expect("the spare");
+    let a = probe(&mut first).await;
+    pool.ready().await.expect("a replacement starts");
+    assert_eq!(
+        disks_of_size(disk_limit),
+        2,
+        "the replacement has a disk of its own"
+    );
+    let mut second = pool.start().await.expect("the replacement");
+    let b = probe(&mut second).await;
+    for probed in [&a, &b] {
+        assert_eq!(probed["warm"], true, "{probed}");
+        assert_eq!(
+            probed["status"]["Uid"], "1000\t1000\t1000\t1000",
+            "{probed}"
+        );
+    }
+    assert_ne!(a["random"], b["random"], "random state is per sandbox");
+    for name in ["mnt", "pid", "user", "net"] {
+        assert_ne!(a["ns"][name], b["ns"][name], "{name}: one per sandbox");
+    }
+    first.close().await.unwrap();
+    second.close().await.unwrap();
+    drop((first, second));
+
+    pool.ready().await.expect("another replacement starts");
+    drop(pool);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while disks_of_size(disk_limit) > 0 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        disks_of_size(disk_limit),
+        0,
+        "the dropped pool's spare is gone"
+    );
+}
+
+#[tokio::test]
+async fn a_pool_whose_spares_cannot_start_says_why() {
+    let config = NamespaceConfig {
+        template_layers: vec!["/nonexistent/cellbox-layer".into()],
+        ..Default::default()
+    };
+    let pool = NamespacePool::new(config, 1);
+    let e = pool.ready().await.expect_err("no such layer");
+    assert!(e.to_string().contains("spare sandbox did not start"), "{e}");
+    assert_eq!(pool.spares(), 0);
 }

@@ -111,8 +111,9 @@ impl NamespaceExecutor {
             .clone()
             .unwrap_or_else(crate::default_cache_dir);
         let progress = config.progress.clone();
+        let cache = cache_root.clone();
         let artifacts =
-            tokio::task::spawn_blocking(move || GuestArtifacts::ensure(&cache_root, &progress))
+            tokio::task::spawn_blocking(move || GuestArtifacts::ensure(&cache, &progress))
                 .await
                 .map_err(|e| unavailable(format!("building the guest failed: {e}")))??;
         let rules = if config.network.enabled() {
@@ -130,7 +131,7 @@ impl NamespaceExecutor {
             .tempdir()
             .map_err(|e| Error::io("creating the sandbox folder", e))?;
         let layer = dir.path().join("layer");
-        let disk = Disk::create(dir.path(), &layer, config.disk_limit)?;
+        let disk = Disk::create(&cache_root, dir.path(), &layer, config.disk_limit)?;
         for sub in [
             layer.join("upper"),
             layer.join("work"),
@@ -271,6 +272,11 @@ impl NamespaceExecutor {
 }
 
 impl NamespaceExecutor {
+    /// Whether the sandbox still runs (its launcher has not exited).
+    pub(crate) fn is_running(&mut self) -> bool {
+        matches!(self.launcher.try_wait(), Ok(None))
+    }
+
     /// The folder of everything the sandbox wrote to its files (overlayfs's
     /// upper layer), on the host; a template build keeps it once closed.
     pub fn writable_layer(&self) -> PathBuf {

@@ -5,13 +5,16 @@
 //! - [`cgroup`]: the per-sandbox memory and process limits
 //! - [`disk`]: the size-limited writable layer
 //! - [`network`]: opt-in network access and its egress rules
+//! - [`pool`]: [`NamespacePool`], spare sandboxes started ahead of need
 //! - [`zygote`]: the warm template new sandboxes' Python kernels are forked from
 
 pub mod cgroup;
 pub mod disk;
 pub mod executor;
 pub mod network;
+pub mod pool;
 pub mod zygote;
 
 pub use executor::{NamespaceConfig, NamespaceExecutor};
 pub use network::NetworkPolicy;
+pub use pool::NamespacePool;
