@@ -63,6 +63,11 @@ pub enum Op {
         language: Language,
     },
     ListContexts,
+    /// Starts a context's kernel now rather than with its first cell;
+    /// answered with [`ReplyBody::Done`] once it is ready.
+    StartKernel {
+        context: String,
+    },
     /// Clears a context's state (a fresh kernel).
     RestartContext {
         context: String,

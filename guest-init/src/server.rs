@@ -165,6 +165,10 @@ pub fn handle(
         Op::Interrupt { context } => contexts.interrupt(&context),
         Op::CreateContext { cwd, language } => contexts.create(cwd, language),
         Op::ListContexts => contexts.list(),
+        Op::StartKernel { context } => match contexts.start_kernel(&context) {
+            Ok(()) => ReplyBody::Done,
+            Err(reason) => ReplyBody::failed(Failure::KernelDied, reason),
+        },
         Op::RestartContext { context } => contexts.restart(&context),
         Op::RemoveContext { context } => contexts.remove(&context),
         Op::ReadFile {

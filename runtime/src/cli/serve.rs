@@ -42,6 +42,9 @@ pub struct ServeArgs {
     /// Most sandboxes at once through the API.
     #[arg(long, default_value_t = 64)]
     max_sandboxes: usize,
+    /// Namespace sandboxes kept started ahead of the next creates (where the namespace sandbox is the heavy backend).
+    #[arg(long, default_value_t = 1)]
+    spares: usize,
     /// Where snapshots are kept (default: ~/.local/share/cellbox/snapshots).
     #[arg(long, env = "CELLBOX_SNAPSHOT_DIR")]
     snapshot_dir: Option<std::path::PathBuf>,
@@ -113,6 +116,7 @@ pub async fn run(args: ServeArgs) -> u8 {
         api_port: some(args.api_port),
         api_key,
         max_sandboxes: args.max_sandboxes,
+        spares: args.spares,
         snapshot_dir: args
             .snapshot_dir
             .unwrap_or_else(cellbox::serve::snapshots::default_snapshot_dir),

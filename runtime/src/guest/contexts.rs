@@ -36,6 +36,12 @@ impl GuestClient {
         }
     }
 
+    /// Starts a context's kernel now rather than with its first cell, and
+    /// returns once it is ready (at once if it runs).
+    pub async fn start_kernel(&self, id: &str) -> Result<()> {
+        self.done(Op::StartKernel { context: id.into() }).await
+    }
+
     /// Clears a context's state: its kernel is stopped and the next cell
     /// starts a fresh one ([`crate::Error::NotFound`] for an unknown id).
     pub async fn restart_context(&self, id: &str) -> Result<()> {

@@ -126,28 +126,14 @@ impl NamespaceExecutor {
             None
         };
 
-        let dir = tempfile::Builder::new()
-            .prefix("cellbox-ns-")
-            .tempdir()
-            .map_err(|e| Error::io("creating the sandbox folder", e))?;
+        // Files, mounts and control groups: blocking work, off the runtime's threads.
+        let (dir, disk, cgroup) = {
+            let (config, with_dns) = (config.clone(), rules.is_some());
+            tokio::task::spawn_blocking(move || prepare(&cache_root, &config, with_dns))
+                .await
+                .map_err(|e| unavailable(format!("preparing the sandbox failed: {e}")))??
+        };
         let layer = dir.path().join("layer");
-        let disk = Disk::create(&cache_root, dir.path(), &layer, config.disk_limit)?;
-        for sub in [
-            layer.join("upper"),
-            layer.join("work"),
-            dir.path().join("root"),
-        ] {
-            std::fs::create_dir(sub).map_err(|e| Error::io("creating the sandbox folder", e))?;
-        }
-        if rules.is_some() {
-            use_dns_forwarder(&layer.join("upper"))?;
-        }
-        let name = dir
-            .path()
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "cellbox-ns".into());
-        let cgroup = Cgroup::create(&name, config.memory_limit, config.max_processes)?;
 
         let zygote = match config.warm && config.template_layers.is_empty() {
             // Without it the kernels start cold, as they would anyway.
@@ -282,6 +268,39 @@ impl NamespaceExecutor {
     pub fn writable_layer(&self) -> PathBuf {
         self.control.disk.join("upper")
     }
+}
+
+/// The sandbox's folder, its mounted disk (with the overlay's `upper` and
+/// `work` folders, and a resolv.conf naming the DNS forwarder if
+/// `with_dns`) and its control group.
+fn prepare(
+    cache_root: &std::path::Path,
+    config: &NamespaceConfig,
+    with_dns: bool,
+) -> Result<(tempfile::TempDir, Disk, Cgroup)> {
+    let dir = tempfile::Builder::new()
+        .prefix("cellbox-ns-")
+        .tempdir()
+        .map_err(|e| Error::io("creating the sandbox folder", e))?;
+    let layer = dir.path().join("layer");
+    let disk = Disk::create(cache_root, dir.path(), &layer, config.disk_limit)?;
+    for sub in [
+        layer.join("upper"),
+        layer.join("work"),
+        dir.path().join("root"),
+    ] {
+        std::fs::create_dir(sub).map_err(|e| Error::io("creating the sandbox folder", e))?;
+    }
+    if with_dns {
+        use_dns_forwarder(&layer.join("upper"))?;
+    }
+    let name = dir
+        .path()
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "cellbox-ns".into());
+    let cgroup = Cgroup::create(&name, config.memory_limit, config.max_processes)?;
+    Ok((dir, disk, cgroup))
 }
 
 /// Puts an `/etc/resolv.conf` naming slirp4netns's DNS forwarder in the

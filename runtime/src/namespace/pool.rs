@@ -101,6 +101,22 @@ impl NamespacePool {
         }
     }
 
+    /// Whether a sandbox started with `config` would be one of this pool's
+    /// (the same in everything but progress reporting).
+    pub fn serves(&self, config: &NamespaceConfig) -> bool {
+        let own = &self.shared.config;
+        own.cache_dir == config.cache_dir
+            && own.memory_limit == config.memory_limit
+            && own.max_processes == config.max_processes
+            && own.cpu_time_limit == config.cpu_time_limit
+            && own.default_timeout == config.default_timeout
+            && own.output_limit == config.output_limit
+            && own.disk_limit == config.disk_limit
+            && own.network == config.network
+            && own.template_layers == config.template_layers
+            && own.warm == config.warm
+    }
+
     /// How many spares run now.
     pub fn spares(&self) -> usize {
         crate::lock(&self.shared.spares).len()
@@ -120,7 +136,7 @@ async fn fill(shared: Arc<Shared>) {
     let mut backoff = Duration::from_millis(250);
     loop {
         while crate::lock(&shared.spares).len() < shared.size {
-            match NamespaceExecutor::start(shared.config.clone()).await {
+            match start_spare(&shared.config).await {
                 Ok(spare) => {
                     crate::lock(&shared.spares).push(spare);
                     *crate::lock(&shared.failure) = None;
@@ -138,4 +154,13 @@ async fn fill(shared: Arc<Shared>) {
         }
         shared.taken.notified().await;
     }
+}
+
+/// A sandbox whose Python kernel is ready, so that its first cell runs at once.
+async fn start_spare(config: &NamespaceConfig) -> Result<NamespaceExecutor> {
+    use crate::guest::GuestBackend;
+    let spare = NamespaceExecutor::start(config.clone()).await?;
+    let python = crate::guest::Language::Python.default_context();
+    spare.session().client()?.start_kernel(python).await?;
+    Ok(spare)
 }

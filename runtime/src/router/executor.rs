@@ -15,7 +15,7 @@ use crate::execution::Execution;
 use crate::executor::{Backend, EventCallback, Executor, RunOptions};
 use crate::guest::{ControlSlot, GuestExecutor};
 use crate::microvm::{MicroVmConfig, MicroVmExecutor};
-use crate::namespace::{NamespaceConfig, NamespaceExecutor};
+use crate::namespace::{NamespaceConfig, NamespaceExecutor, NamespacePool};
 use crate::progress::Progress;
 use crate::wasm::{WasmEngine, WasmExecutor, WasmSessionOptions};
 
@@ -75,6 +75,9 @@ pub struct HybridConfig {
     pub namespace: NamespaceConfig,
     /// Options of the microVM (when it is the heavy backend).
     pub microvm: MicroVmConfig,
+    /// Spare namespace sandboxes the heavy backend is taken from when they
+    /// are what `namespace` asks for ([`NamespacePool::serves`]).
+    pub namespace_pool: Option<Arc<NamespacePool>>,
     /// Progress of artefact builds.
     pub progress: Progress,
 }
@@ -88,6 +91,7 @@ impl Default for HybridConfig {
             wasm: WasmSessionOptions::default(),
             namespace: NamespaceConfig::default(),
             microvm: MicroVmConfig::default(),
+            namespace_pool: None,
             progress: Progress::default(),
         }
     }
@@ -418,11 +422,14 @@ fn start_heavy(
         progress: config.progress.clone(),
         ..config.microvm.clone()
     };
+    let pool = (config.namespace_pool.as_ref()).filter(|pool| pool.serves(&namespace));
+    let pool = pool.cloned();
     let control = control.clone();
     async move {
-        let heavy: Heavy = match backend {
-            Backend::Vm => Box::new(MicroVmExecutor::start(microvm).await?),
-            _ => Box::new(NamespaceExecutor::start(namespace).await?),
+        let heavy: Heavy = match (backend, pool) {
+            (Backend::Vm, _) => Box::new(MicroVmExecutor::start(microvm).await?),
+            (_, Some(pool)) => Box::new(pool.start().await?),
+            (_, None) => Box::new(NamespaceExecutor::start(namespace).await?),
         };
         control.set(heavy.control());
         Ok(heavy)

@@ -4,9 +4,10 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use crate::guest::{ContextInfo, Language};
-use crate::namespace::NetworkPolicy;
+use crate::namespace::{NamespaceConfig, NamespacePool, NetworkPolicy};
 use crate::progress::Progress;
 use crate::router::{HeavyChoice, Policy};
+use std::sync::Arc;
 
 /// Which backends a sandbox may use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -96,6 +97,9 @@ pub struct SandboxOptions {
     /// namespace backend; its `ENV` and `WORKDIR` are the sandbox's
     /// defaults.
     pub template: Option<String>,
+    /// Spare namespace sandboxes to take the heavy backend from, when they
+    /// match these options (`cellbox serve` keeps one; see [`NamespacePool`]).
+    pub namespace_pool: Option<Arc<NamespacePool>>,
     /// Progress of first-use artefact builds.
     pub progress: Progress,
 }
@@ -115,12 +119,43 @@ impl Default for SandboxOptions {
             prestart: true,
             network: NetworkPolicy::default(),
             template: None,
+            namespace_pool: None,
             progress: Progress::default(),
         }
     }
 }
 
 impl SandboxOptions {
+    /// Takes the heavy backend from `pool`'s spares where they match.
+    pub fn with_namespace_pool(mut self, pool: Arc<NamespacePool>) -> Self {
+        self.namespace_pool = Some(pool);
+        self
+    }
+
+    /// The namespace sandbox these options ask for, on a template's `layers`.
+    pub fn namespace_config(&self, layers: Vec<std::path::PathBuf>) -> NamespaceConfig {
+        NamespaceConfig {
+            memory_limit: u64::from(self.memory_mib) << 20,
+            disk_limit: u64::from(self.disk_mib) << 20,
+            default_timeout: self.timeout,
+            network: self.network.clone(),
+            template_layers: layers,
+            ..Default::default()
+        }
+    }
+
+    /// Whether these options' heavy backend is the namespace sandbox here
+    /// (and can start: it needs root).
+    pub(crate) fn heavy_is_namespace(&self) -> bool {
+        let split = self
+            .backend
+            .split_for(&self.network, self.template.is_some());
+        // SAFETY: geteuid has no preconditions.
+        let root = unsafe { libc::geteuid() } == 0;
+        root && matches!(split, Ok((policy, heavy))
+            if policy != Policy::FastOnly && heavy.resolve() == crate::Backend::Namespace)
+    }
+
     /// Sets the backend policy.
     pub fn with_backend(mut self, backend: BackendPolicy) -> Self {
         self.backend = backend;

@@ -16,7 +16,6 @@ use crate::execution::Execution;
 use crate::executor::{Backend, EventCallback, Executor, Interrupt, RunOptions};
 use crate::guest::{ContextInfo, ControlSlot, GuestClient, Language, Usage};
 use crate::microvm::MicroVmConfig;
-use crate::namespace::NamespaceConfig;
 use crate::router::{HybridConfig, HybridExecutor};
 use crate::wasm::{WasmEngine, WasmSessionOptions};
 
@@ -147,14 +146,8 @@ impl Sandbox {
                 disk_limit: u64::from(options.disk_mib) << 20,
                 ..Default::default()
             },
-            namespace: NamespaceConfig {
-                memory_limit: u64::from(options.memory_mib) << 20,
-                disk_limit: u64::from(options.disk_mib) << 20,
-                default_timeout: options.timeout,
-                network: options.network.clone(),
-                template_layers: template,
-                ..Default::default()
-            },
+            namespace: options.namespace_config(template),
+            namespace_pool: options.namespace_pool.clone(),
             microvm: MicroVmConfig {
                 vcpus: options.vcpus,
                 memory_mib: options.memory_mib,

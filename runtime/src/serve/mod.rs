@@ -76,6 +76,9 @@ pub struct ServeConfig {
     pub envd_port: Option<u16>,
     /// Options of every sandbox.
     pub sandbox: SandboxOptions,
+    /// Spare sandboxes kept running for the next creates, where the heavy
+    /// backend is the namespace sandbox ([`crate::NamespacePool`]; 0: none).
+    pub spares: usize,
 }
 
 impl ServeConfig {
@@ -91,6 +94,7 @@ impl ServeConfig {
             code_port: Some(49999),
             envd_port: Some(49983),
             sandbox: SandboxOptions::default().with_inactivity_timeout(None),
+            spares: 1,
         }
     }
 }
@@ -107,6 +111,13 @@ pub async fn serve(
         ));
     }
     let shutdown = shutdown.boxed().shared();
+    let mut config = config;
+    let pooled = config.sandbox.template.is_none() && config.sandbox.heavy_is_namespace();
+    if config.spares > 0 && pooled && config.sandbox.namespace_pool.is_none() {
+        let spares = config.sandbox.namespace_config(Vec::new());
+        let pool = crate::NamespacePool::new(spares, config.spares);
+        config.sandbox.namespace_pool = Some(Arc::new(pool));
+    }
     let fleet = fleet::Fleet::new(config.sandbox.clone(), config.max_sandboxes);
     let debug = match config.code_port.is_some() || config.envd_port.is_some() {
         true => Some(Sandbox::create(config.sandbox.clone()).await?),
