@@ -281,6 +281,53 @@ async fn sandbox_forks_on_the_microvm_keep_what_does_not_pickle() {
     s.close().await.unwrap();
 }
 
+/// `cellbox serve`'s fork route (`Fleet::fork`) copies the whole VM too:
+/// each fork has the parent's open file, which no pickle keeps.
+#[tokio::test]
+#[ignore = "needs KVM that runs Linux guests; run by vm_suite"]
+async fn serve_forks_on_the_microvm_are_whole_copies() {
+    use cellbox::serve::fleet::{Fleet, OnTimeout, Spec};
+    let options = SandboxOptions::default()
+        .with_backend(BackendPolicy::Vm)
+        .with_inactivity_timeout(None);
+    let fleet = Fleet::new(options, 3);
+    let spec = Spec {
+        template: "code-interpreter-v1".into(),
+        timeout: Duration::from_secs(600),
+        on_timeout: OnTimeout::Kill,
+        auto_resume: false,
+        metadata: Default::default(),
+        env_vars: Default::default(),
+        network: Default::default(),
+        custom_template: None,
+        snapshot: None,
+    };
+    let parent = fleet.create(spec.clone()).await.expect("a microVM sandbox");
+    let setup = "f = open('notes.txt', 'w+'); f.write('kept'); f.flush(); f.seek(0); 'ready'";
+    let ready = parent.sandbox.run_code(setup).await.unwrap();
+    assert_eq!(ready.text(), Some("'ready'"), "{ready:?}");
+    let no_scratch = || panic!("a whole copy needs no snapshot folder");
+    let forks = fleet.fork(&parent, spec, 3, no_scratch).await.unwrap();
+    assert_eq!(forks.len(), 3);
+    let mut made = 0;
+    for fork in &forks {
+        match fork {
+            Ok(fork) => {
+                made += 1;
+                assert_ne!(fork.id, parent.id);
+                let read = fork.sandbox.run_code("f.read()").await.unwrap();
+                assert_eq!(read.text(), Some("'kept'"), "{read:?}");
+            }
+            Err(e) => assert!(e.to_string().contains("maximum of 3"), "{e}"),
+        }
+    }
+    assert_eq!(
+        made, 2,
+        "the third does not fit in a fleet of three: {forks:?}"
+    );
+    fleet.kill_all().await;
+}
+
 #[tokio::test]
 #[ignore = "needs KVM that runs Linux guests; run by vm_suite"]
 async fn the_sandbox_api_on_the_microvm() {

@@ -224,6 +224,11 @@ impl Sandbox {
         inner.last_used = Instant::now();
     }
 
+    /// The options it was made with.
+    pub fn options(&self) -> &SandboxOptions {
+        &self.options
+    }
+
     /// The backend that ran the latest cell of the default context.
     pub async fn backend(&self) -> Backend {
         self.inner.lock().await.session.backend()

@@ -212,9 +212,8 @@ impl Sandbox {
     /// do not pickle, running threads and processes go on in it, with its
     /// own randomness. Elsewhere it keeps what a [`Snapshot`] keeps.
     pub async fn fork(&self) -> Result<Sandbox> {
-        let copy = self.active().await?.session.copy_whole().await?;
-        if let Some(session) = copy {
-            return Ok(Sandbox::around(session, (*self.options).clone()));
+        if let Some(copy) = self.fork_whole().await? {
+            return Ok(copy);
         }
         let dir =
             std::env::temp_dir().join(format!("cellbox-fork-{:016x}", super::session::rand_id()));
@@ -222,5 +221,13 @@ impl Sandbox {
         let fork = Sandbox::from_snapshot(&snapshot, (*self.options).clone()).await;
         let _ = snapshot.delete();
         fork
+    }
+
+    /// A copy of the whole running sandbox (every context, process and
+    /// value) where its backend can make one (the microVM without a network
+    /// card); `None` elsewhere.
+    pub async fn fork_whole(&self) -> Result<Option<Sandbox>> {
+        let copy = self.active().await?.session.copy_whole().await?;
+        Ok(copy.map(|session| Sandbox::around(session, (*self.options).clone())))
     }
 }

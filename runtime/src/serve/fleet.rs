@@ -188,21 +188,77 @@ impl Fleet {
         options.env_vars.extend(spec.env_vars.clone());
         options.network = spec.network.clone();
         options.template = spec.custom_template.clone();
-        let limits = Limits {
-            cpus: u32::from(options.vcpus),
-            memory_mib: options.memory_mib,
-            disk_mib: options.disk_mib,
-        };
         let sandbox = match &spec.snapshot {
             Some(snapshot) => Sandbox::from_snapshot(snapshot, options).await?,
             None => Sandbox::create(options).await?,
         };
-        let id = new_id()?;
-        let log = SandboxLog::default();
         let origin = match &spec.snapshot {
             Some(snapshot) => format!("a snapshot of sandbox {}", snapshot.source()),
             None => format!("template {}", spec.template),
         };
+        self.adopt(sandbox, spec, &origin).await
+    }
+
+    /// `count` copies of `parent` with `spec` (its timeout and the like),
+    /// each its own success or error: whole copies (processes and all)
+    /// where its backend makes them, else new sandboxes from a snapshot of
+    /// its files and Python state, taken once in `scratch`.
+    pub async fn fork(
+        &self,
+        parent: &Entry,
+        spec: Spec,
+        count: u32,
+        scratch: impl FnOnce() -> Result<std::path::PathBuf>,
+    ) -> Result<Vec<Result<Arc<Entry>>>> {
+        if self.check_room().is_err() {
+            return Ok((0..count).map(|_| Err(self.full())).collect());
+        }
+        let origin = format!("a copy of sandbox {}", parent.id);
+        let spec = Spec {
+            snapshot: None,
+            ..spec
+        };
+        if let Some(first) = parent.sandbox.fork_whole().await? {
+            let mut forks = vec![self.adopt(first, spec.clone(), &origin).await];
+            for _ in 1..count {
+                let copy = match self.check_room() {
+                    Ok(()) => parent.sandbox.fork_whole().await,
+                    Err(full) => Err(full),
+                };
+                forks.push(match copy {
+                    Ok(Some(copy)) => self.adopt(copy, spec.clone(), &origin).await,
+                    Ok(None) => Err(Error::Unavailable {
+                        backend: parent.sandbox.backend().await,
+                        reason: "the sandbox can no longer be copied whole".into(),
+                    }),
+                    Err(e) => Err(e),
+                });
+            }
+            return Ok(forks);
+        }
+        let snapshot = parent.sandbox.snapshot(scratch()?).await?;
+        let spec = Spec {
+            snapshot: Some(snapshot.clone()),
+            ..spec
+        };
+        let forks = (0..count).map(|_| self.create(spec.clone()));
+        let forks = futures_util::future::join_all(forks).await;
+        if let Err(e) = snapshot.delete() {
+            tracing::warn!("removing a fork's passing snapshot: {e}");
+        }
+        Ok(forks)
+    }
+
+    /// Adds the running `sandbox`, made from `origin`, as a new entry (it
+    /// is closed if the fleet has filled up meanwhile).
+    async fn adopt(&self, sandbox: Sandbox, spec: Spec, origin: &str) -> Result<Arc<Entry>> {
+        let limits = Limits {
+            cpus: u32::from(sandbox.options().vcpus),
+            memory_mib: sandbox.options().memory_mib,
+            disk_mib: sandbox.options().disk_mib,
+        };
+        let id = new_id()?;
+        let log = SandboxLog::default();
         log.push(Level::Info, format!("sandbox {id} started from {origin}"));
         let now = SystemTime::now();
         let entry = Arc::new(Entry {
@@ -235,10 +291,14 @@ impl Fleet {
         if lock(&self.entries).len() < self.max_sandboxes {
             return Ok(());
         }
-        Err(Error::LimitReached(format!(
+        Err(self.full())
+    }
+
+    fn full(&self) -> Error {
+        Error::LimitReached(format!(
             "this server already runs its maximum of {} sandboxes (--max-sandboxes); kill one first",
             self.max_sandboxes
-        )))
+        ))
     }
 
     /// The sandbox `id`.

@@ -34,8 +34,9 @@ fn running(api: &Api, id: &str) -> Result<std::sync::Arc<Entry>, ApiError> {
     Ok(entry)
 }
 
-/// `POST /sandboxes/{id}/fork`: `count` new sandboxes with the sandbox's
-/// files and Python state, each its own success or error.
+/// `POST /sandboxes/{id}/fork`: `count` copies of the sandbox, each its own
+/// success or error ([`Fleet::fork`](crate::serve::fleet::Fleet::fork):
+/// whole copies on the microVM, else its files and Python state).
 pub async fn fork(State(api): State<Api>, Path(id): Path<String>, body: Bytes) -> Response {
     let request: ForkRequest = match parse(&body) {
         Ok(request) => request,
@@ -56,22 +57,19 @@ pub async fn fork(State(api): State<Api>, Path(id): Path<String>, body: Bytes) -
         Ok(parent) => parent,
         Err(response) => return response.into_response(),
     };
-    let snapshot = match api.snapshots.scratch_dir() {
-        Ok(dir) => parent.sandbox.snapshot(dir).await,
-        Err(e) => Err(e),
-    };
-    let snapshot = match snapshot {
-        Ok(snapshot) => snapshot,
-        Err(e) => return failed(&e),
-    };
     let spec = Spec {
         timeout,
-        snapshot: Some(snapshot.clone()),
         ..parent.spec.clone()
     };
-    let forks = (0..count).map(|_| api.fleet.create(spec.clone()));
-    let results: Vec<ForkResult> = futures_util::future::join_all(forks)
-        .await
+    let forks = api
+        .fleet
+        .fork(&parent, spec, count, || api.snapshots.scratch_dir())
+        .await;
+    let forks = match forks {
+        Ok(forks) => forks,
+        Err(e) => return failed(&e),
+    };
+    let results: Vec<ForkResult> = forks
         .into_iter()
         .map(|created| match created {
             Ok(entry) => {
@@ -92,9 +90,6 @@ pub async fn fork(State(api): State<Api>, Path(id): Path<String>, body: Bytes) -
             },
         })
         .collect();
-    if let Err(e) = snapshot.delete() {
-        tracing::warn!("removing a fork's passing snapshot: {e}");
-    }
     (StatusCode::CREATED, Json(results)).into_response()
 }
 
