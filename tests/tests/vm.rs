@@ -328,6 +328,38 @@ async fn serve_forks_on_the_microvm_are_whole_copies() {
     fleet.kill_all().await;
 }
 
+/// A snapshot of a sandbox on the microVM keeps the whole VM: a sandbox
+/// started from it (after the original is gone) has the open file, which no
+/// pickle keeps, and numbers its cells on.
+#[tokio::test]
+#[ignore = "needs KVM that runs Linux guests; run by vm_suite"]
+async fn snapshots_on_the_microvm_keep_the_whole_vm() {
+    let options = || SandboxOptions::default().with_backend(BackendPolicy::Vm);
+    let s = Sandbox::create(options()).await.expect("a microVM sandbox");
+    let setup = "f = open('notes.txt', 'w+'); f.write('kept'); f.flush(); f.seek(0); 'ready'";
+    assert_eq!(s.run_code(setup).await.unwrap().text(), Some("'ready'"));
+    let folder = tempfile::tempdir().unwrap();
+    let snapshot = s
+        .snapshot(folder.path().join("snap"))
+        .await
+        .expect("a snapshot");
+    assert!(snapshot.dir().join("vm").is_dir(), "the whole VM is kept");
+    let dropped = snapshot.dropped();
+    assert!(
+        dropped.contains(&"f".to_string()),
+        "not pickled: {dropped:?}"
+    );
+    s.close().await.unwrap();
+
+    let copy = Sandbox::from_snapshot(&snapshot, options())
+        .await
+        .expect("a sandbox from the snapshot");
+    let read = copy.run_code("f.read()").await.unwrap();
+    assert_eq!(read.text(), Some("'kept'"), "{read:?}");
+    assert_eq!(read.execution_count, Some(2), "{read:?}");
+    copy.close().await.unwrap();
+}
+
 #[tokio::test]
 #[ignore = "needs KVM that runs Linux guests; run by vm_suite"]
 async fn the_sandbox_api_on_the_microvm() {

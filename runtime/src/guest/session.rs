@@ -3,6 +3,7 @@
 //! [`Executor`] — a backend only says what it is and how to stop what runs
 //! the guest ([`GuestBackend`]).
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,6 +27,9 @@ pub trait GuestExecutor: Executor + Send {
     /// A copy of the whole running guest, where the backend can make one
     /// (see [`GuestBackend::copy_whole`]).
     async fn copy_whole(&mut self) -> Result<Option<Box<dyn GuestExecutor>>>;
+    /// Saves the whole running guest into the new folder `dir`, where the
+    /// backend can (see [`GuestBackend::save_whole`]).
+    async fn save_whole(&mut self, dir: &Path) -> Result<bool>;
 }
 
 /// A heavy backend: a [`GuestSession`] plus whatever runs the guest.
@@ -47,6 +51,12 @@ pub trait GuestBackend: Send {
     async fn copy_whole(&mut self) -> Result<Option<Box<dyn GuestExecutor>>> {
         Ok(None)
     }
+    /// Saves the whole running guest (memory, processes, disk writes) into
+    /// the new folder `dir`, from which the backend can start copies;
+    /// `false` where it cannot (then snapshots keep pickled state).
+    async fn save_whole(&mut self, _dir: &Path) -> Result<bool> {
+        Ok(false)
+    }
 }
 
 #[async_trait]
@@ -61,6 +71,10 @@ impl<T: GuestBackend + 'static> GuestExecutor for T {
 
     async fn copy_whole(&mut self) -> Result<Option<Box<dyn GuestExecutor>>> {
         GuestBackend::copy_whole(self).await
+    }
+
+    async fn save_whole(&mut self, dir: &Path) -> Result<bool> {
+        GuestBackend::save_whole(self, dir).await
     }
 }
 

@@ -219,47 +219,58 @@ impl MicroVmExecutor {
     /// and commands started through the old one. VMs with a network card
     /// cannot be copied yet.
     pub async fn fork(&mut self) -> Result<MicroVmExecutor> {
+        let dir = tempfile::Builder::new()
+            .prefix("cellbox-vm-fork-")
+            .tempdir()
+            .map_err(|e| Error::io("creating the fork's snapshot folder", e))?;
+        self.save(dir.path()).await?;
+        // The copy maps its memory file and copies its disk: the folder can go.
+        let like_this = RestoreWith {
+            boot_timeout: self.boot_timeout,
+            default_timeout: self.default_timeout,
+            vcpus: self.control.vcpus,
+            memory: self.control.memory,
+        };
+        like_this.restore(dir.path()).await
+    }
+
+    /// Saves the whole VM (memory, processes, disk writes; see
+    /// [`Vm::snapshot`]) into the new folder `dir`; the VM is paused
+    /// meanwhile and then goes on. [`MicroVmExecutor::restore`] starts
+    /// copies of it. VMs with a network card cannot be saved yet.
+    pub async fn save(&mut self, dir: &Path) -> Result<()> {
         if self.network.is_some() {
             return Err(unavailable(
-                "a microVM with a network card cannot be forked yet",
+                "a microVM with a network card cannot be snapshotted yet",
             ));
         }
         let vm = self
             .vm
             .take()
             .ok_or_else(|| unavailable("the microVM has stopped"))?;
-        let dir = tempfile::Builder::new()
-            .prefix("cellbox-vm-fork-")
-            .tempdir()
-            .map_err(|e| Error::io("creating the fork's snapshot folder", e))?;
-        let path = dir.path().to_path_buf();
-        let (vm, copy) = tokio::task::spawn_blocking(move || {
-            let copy = vm
-                .snapshot(&path)
-                .and_then(|()| Vm::restore(&path, RestoreOptions::default()));
-            (vm, copy)
+        let path = dir.to_path_buf();
+        let (vm, saved) = tokio::task::spawn_blocking(move || {
+            let saved = vm.snapshot(&path);
+            (vm, saved)
         })
         .await
-        .map_err(|e| unavailable(format!("forking the VM failed: {e}")))?;
+        .map_err(|e| unavailable(format!("snapshotting the VM failed: {e}")))?;
         self.vm = Some(vm);
-        // The copy maps its memory file and copied its disk: the folder can go.
-        drop(dir);
-        let copy = copy.map_err(|e| unavailable(e.to_string()))?;
-        let client = connect(&copy, self.boot_timeout).await?;
-        let control = Arc::new(MicroVmControl {
-            vm: copy.control(),
-            vcpus: self.control.vcpus,
-            memory: self.control.memory,
-        });
-        Ok(MicroVmExecutor {
-            session: GuestSession::new(client, self.default_timeout),
-            control,
-            vm: Some(copy),
-            boot: None,
-            boot_timeout: self.boot_timeout,
-            default_timeout: self.default_timeout,
-            network: None,
-        })
+        saved.map_err(|e| unavailable(e.to_string()))
+    }
+
+    /// A VM restored from the folder `dir` that [`MicroVmExecutor::save`]
+    /// made, its guest reconnected and given fresh randomness. Its vCPUs and
+    /// memory are the saved VM's; `config` gives the timeouts (and the CPUs
+    /// and memory its usage reports).
+    pub async fn restore(dir: &Path, config: &MicroVmConfig) -> Result<MicroVmExecutor> {
+        let with = RestoreWith {
+            boot_timeout: config.boot_timeout,
+            default_timeout: config.default_timeout,
+            vcpus: u32::from(config.vcpus),
+            memory: u64::from(config.memory_mib) << 20,
+        };
+        with.restore(dir).await
     }
 
     /// How this VM's boot went (`None` from a guest that did not say, and
@@ -362,6 +373,13 @@ impl GuestBackend for MicroVmExecutor {
         Ok(Some(Box::new(self.fork().await?)))
     }
 
+    async fn save_whole(&mut self, dir: &Path) -> Result<bool> {
+        if self.network.is_some() {
+            return Ok(false); // not yet: pickled state instead
+        }
+        self.save(dir).await.map(|()| true)
+    }
+
     async fn stop_guest(&mut self) -> Result<()> {
         if let Some(mut vm) = self.vm.take() {
             // guest-init powers the VM off after a shutdown; stop it regardless.
@@ -376,6 +394,39 @@ impl GuestBackend for MicroVmExecutor {
         }
         self.network = None;
         Ok(())
+    }
+}
+
+/// What a VM restored from a snapshot runs with.
+struct RestoreWith {
+    boot_timeout: Duration,
+    default_timeout: Duration,
+    vcpus: u32,
+    memory: u64,
+}
+
+impl RestoreWith {
+    async fn restore(&self, dir: &Path) -> Result<MicroVmExecutor> {
+        let path = dir.to_path_buf();
+        let vm = tokio::task::spawn_blocking(move || Vm::restore(&path, RestoreOptions::default()))
+            .await
+            .map_err(|e| unavailable(format!("restoring the VM failed: {e}")))?
+            .map_err(|e| unavailable(e.to_string()))?;
+        let client = connect(&vm, self.boot_timeout).await?;
+        let control = Arc::new(MicroVmControl {
+            vm: vm.control(),
+            vcpus: self.vcpus,
+            memory: self.memory,
+        });
+        Ok(MicroVmExecutor {
+            session: GuestSession::new(client, self.default_timeout),
+            control,
+            vm: Some(vm),
+            boot: None,
+            boot_timeout: self.boot_timeout,
+            default_timeout: self.default_timeout,
+            network: None,
+        })
     }
 }
 

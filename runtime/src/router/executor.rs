@@ -207,6 +207,47 @@ impl HybridExecutor {
         }))
     }
 
+    /// Saves the whole heavy guest into the new folder `dir`, where its
+    /// backend can and the session runs there (see
+    /// [`MicroVmExecutor::save`]); `false` otherwise.
+    pub async fn save_whole(&mut self, dir: &std::path::Path) -> Result<bool> {
+        match &mut self.heavy {
+            HeavyState::Ready(heavy) if self.wasm.is_none() => heavy.save_whole(dir).await,
+            _ => Ok(false),
+        }
+    }
+
+    /// A session on a microVM restored from the folder `dir` that
+    /// [`HybridExecutor::save_whole`] filled; its cells are numbered on
+    /// from `execution_count`.
+    pub async fn restore_whole(
+        engine: &WasmEngine,
+        config: HybridConfig,
+        dir: &std::path::Path,
+        execution_count: u32,
+    ) -> Result<HybridExecutor> {
+        let heavy: Heavy = Box::new(MicroVmExecutor::restore(dir, &config.microvm).await?);
+        let control = ControlSlot::default();
+        control.set(heavy.control());
+        Ok(HybridExecutor {
+            wasm: None,
+            wasm_modules: super::modules::available(engine).await?,
+            history: History::default(),
+            heavy: HeavyState::Ready(heavy),
+            heavy_backend: Backend::Vm,
+            config,
+            last_backend: Backend::Vm,
+            execution_count,
+            prestart_pending: false,
+            control,
+        })
+    }
+
+    /// How many cells of the default context have run.
+    pub fn execution_count(&self) -> u32 {
+        self.execution_count
+    }
+
     /// Where the heavy guest's pause/resume/usage control appears once it
     /// has started.
     pub fn control_slot(&self) -> ControlSlot {

@@ -105,7 +105,64 @@ impl std::fmt::Debug for Sandbox {
     }
 }
 
+/// The WebAssembly engine, loaded once per process.
+async fn engine(options: &SandboxOptions) -> Result<&'static WasmEngine> {
+    static ENGINE: tokio::sync::OnceCell<WasmEngine> = tokio::sync::OnceCell::const_new();
+    ENGINE
+        .get_or_try_init(|| {
+            WasmEngine::load(crate::wasm::WasmConfig {
+                progress: options.progress.clone(),
+                ..Default::default()
+            })
+        })
+        .await
+}
+
+/// The session configuration `options` ask for, on a template's `layers`.
+fn hybrid_config(
+    options: &SandboxOptions,
+    layers: Vec<std::path::PathBuf>,
+) -> Result<HybridConfig> {
+    let (policy, heavy) = options
+        .backend
+        .split_for(&options.network, options.template.is_some())?;
+    Ok(HybridConfig {
+        policy,
+        heavy,
+        prestart: options.prestart,
+        wasm: WasmSessionOptions {
+            default_timeout: options.timeout,
+            disk_limit: u64::from(options.disk_mib) << 20,
+            ..Default::default()
+        },
+        namespace: options.namespace_config(layers),
+        namespace_pool: options.namespace_pool.clone(),
+        microvm: MicroVmConfig {
+            vcpus: options.vcpus,
+            memory_mib: options.memory_mib,
+            default_timeout: options.timeout,
+            network: options.network.clone(),
+            ..Default::default()
+        },
+        progress: options.progress.clone(),
+    })
+}
+
 impl Sandbox {
+    /// A sandbox on a microVM restored from the folder `dir` that
+    /// [`HybridExecutor::save_whole`] filled, its cells numbered on from
+    /// `execution_count`.
+    pub(super) async fn restore_whole(
+        dir: &std::path::Path,
+        options: SandboxOptions,
+        execution_count: u32,
+    ) -> Result<Sandbox> {
+        let engine = engine(&options).await?;
+        let config = hybrid_config(&options, Vec::new())?;
+        let session = HybridExecutor::restore_whole(engine, config, dir, execution_count).await?;
+        Ok(Sandbox::around(session, options))
+    }
+
     /// Creates a sandbox (the WebAssembly engine is loaded once per process).
     pub async fn create(mut options: SandboxOptions) -> Result<Sandbox> {
         let template = match &options.template {
@@ -125,38 +182,8 @@ impl Sandbox {
             }
             None => Vec::new(),
         };
-        static ENGINE: tokio::sync::OnceCell<WasmEngine> = tokio::sync::OnceCell::const_new();
-        let engine = ENGINE
-            .get_or_try_init(|| {
-                WasmEngine::load(crate::wasm::WasmConfig {
-                    progress: options.progress.clone(),
-                    ..Default::default()
-                })
-            })
-            .await?;
-        let (policy, heavy) = options
-            .backend
-            .split_for(&options.network, options.template.is_some())?;
-        let config = HybridConfig {
-            policy,
-            heavy,
-            prestart: options.prestart,
-            wasm: WasmSessionOptions {
-                default_timeout: options.timeout,
-                disk_limit: u64::from(options.disk_mib) << 20,
-                ..Default::default()
-            },
-            namespace: options.namespace_config(template),
-            namespace_pool: options.namespace_pool.clone(),
-            microvm: MicroVmConfig {
-                vcpus: options.vcpus,
-                memory_mib: options.memory_mib,
-                default_timeout: options.timeout,
-                network: options.network.clone(),
-                ..Default::default()
-            },
-            progress: options.progress.clone(),
-        };
+        let engine = engine(&options).await?;
+        let config = hybrid_config(&options, template)?;
         let mut session = HybridExecutor::start(engine, config).await?;
         if let Some(cwd) = &options.cwd {
             let code = format!(

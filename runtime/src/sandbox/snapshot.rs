@@ -11,6 +11,12 @@
 //! contexts, files outside `/home/user`, file modes, links and metadata, and
 //! values that do not pickle (named by [`Snapshot::dropped`]). A snapshot is
 //! a copy made through the running sandbox, not of its memory.
+//!
+//! Except on the microVM (without a network card): there a snapshot also
+//! keeps the whole VM (its memory, so every context, process and value, and
+//! its disk writes), and a sandbox started from it where the microVM can run
+//! is that VM going on; elsewhere it starts from the pickled state. Forks of
+//! such a sandbox are whole copies too.
 
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
@@ -26,6 +32,9 @@ use crate::router::home::Budget;
 const MANIFEST: &str = "snapshot.json";
 /// The layout of snapshot folders this version writes and reads.
 const FORMAT: u32 = 1;
+/// The subfolder with the whole microVM (memory, processes, disk writes),
+/// where the sandbox ran on one that could be saved.
+const WHOLE: &str = "vm";
 /// Most files and folders a snapshot keeps.
 const MAX_ENTRIES: u64 = 100_000;
 
@@ -40,6 +49,12 @@ struct Manifest {
     heavy: bool,
     /// The globals that did not pickle.
     dropped: Vec<String>,
+    /// Whether [`WHOLE`] holds the whole microVM it ran on.
+    #[serde(default)]
+    whole: bool,
+    /// Cells the default context had run.
+    #[serde(default)]
+    execution_count: u32,
 }
 
 /// A sandbox's state on disk (see the module's documentation for what it
@@ -105,9 +120,16 @@ impl Snapshot {
         UNIX_EPOCH + Duration::from_secs(self.manifest.created)
     }
 
-    /// The default context's globals that were not kept (they do not pickle).
+    /// The default context's globals that the pickled state lacks (they do
+    /// not pickle; a sandbox restored from the whole VM has them).
     pub fn dropped(&self) -> &[String] {
         &self.manifest.dropped
+    }
+
+    /// Whether it keeps the whole microVM the sandbox ran on (memory,
+    /// processes, disk writes) besides the pickled state.
+    pub fn whole(&self) -> bool {
+        self.manifest.whole
     }
 
     /// Deletes its folder.
@@ -157,12 +179,13 @@ impl Sandbox {
     async fn save_into(&self, dir: &Path) -> Result<Snapshot> {
         let limit = u64::from(self.options.disk_mib) + u64::from(self.options.memory_mib);
         let mut budget = Budget::new(limit << 20, MAX_ENTRIES);
-        let saved = self
-            .active()
-            .await?
-            .session
-            .save_state(dir, &mut budget)
-            .await?;
+        let mut inner = self.active().await?;
+        let saved = inner.session.save_state(dir, &mut budget).await?;
+        // Also the whole VM where there is one: a copy that keeps processes
+        // and values that do not pickle (the pickled state serves elsewhere).
+        let whole = inner.session.save_whole(&dir.join(WHOLE)).await?;
+        let execution_count = inner.session.execution_count();
+        drop(inner);
         let manifest = Manifest {
             format: FORMAT,
             source: self.id().to_string(),
@@ -172,6 +195,8 @@ impl Sandbox {
                 .as_secs(),
             heavy: saved.heavy,
             dropped: saved.dropped,
+            whole,
+            execution_count,
         };
         crate::cache::write_json_atomically(&dir.join(MANIFEST), &manifest)?;
         Ok(Snapshot {
@@ -182,6 +207,11 @@ impl Sandbox {
 
     /// A new sandbox with `options`, started from `snapshot`.
     pub async fn from_snapshot(snapshot: &Snapshot, options: SandboxOptions) -> Result<Sandbox> {
+        if snapshot.manifest.whole && restores_whole(&options) {
+            let dir = snapshot.dir.join(WHOLE);
+            let count = snapshot.manifest.execution_count;
+            return Sandbox::restore_whole(&dir, options, count).await;
+        }
         let sandbox = Sandbox::create(options).await?;
         let loaded = match sandbox.active().await {
             Ok(mut inner) => {
@@ -230,4 +260,15 @@ impl Sandbox {
         let copy = self.active().await?.session.copy_whole().await?;
         Ok(copy.map(|session| Sandbox::around(session, (*self.options).clone())))
     }
+}
+
+/// Whether a sandbox with `options` may be the microVM of a whole snapshot:
+/// one that may run on the microVM, without network (a VM with a network
+/// card is never saved whole), where KVM can run it.
+fn restores_whole(options: &SandboxOptions) -> bool {
+    use super::BackendPolicy;
+    matches!(options.backend, BackendPolicy::Auto | BackendPolicy::Vm)
+        && !options.network.enabled()
+        && options.template.is_none()
+        && cellbox_vmm::kvm_support::linux_guest_blocker().is_none()
 }

@@ -103,14 +103,14 @@ pub async fn take(State(api): State<Api>, Path(id): Path<String>, body: Bytes) -
         Ok(entry) => entry,
         Err(response) => return response.into_response(),
     };
-    if request.memory == Some(true) {
-        entry.log.push(
-            Level::Warn,
-            "a memory snapshot was asked for; cellbox keeps files and Python state, not processes",
-        );
-    }
     match api.snapshots.take(&entry, request.name).await {
         Ok(kept) => {
+            if request.memory == Some(true) && !kept.snapshot.whole() {
+                entry.log.push(
+                    Level::Warn,
+                    "a memory snapshot was asked for; off the microVM cellbox keeps files and Python state, not processes",
+                );
+            }
             entry.log.push(
                 Level::Info,
                 format!("snapshot {} taken", kept.label.reference()),
