@@ -30,6 +30,7 @@ impl Sample {
 
 /// Times `runs` calls of `f` (after `warmup` untimed ones).
 pub async fn measure(name: &str, warmup: usize, runs: usize, mut f: impl AsyncFnMut()) -> Sample {
+    eprintln!("measuring: {name} ({runs} runs)");
     for _ in 0..warmup {
         f().await;
     }
@@ -63,6 +64,7 @@ pub async fn measure_part(
     runs: usize,
     mut f: impl AsyncFnMut() -> Duration,
 ) -> Sample {
+    eprintln!("measuring: {name} ({runs} runs)");
     for _ in 0..warmup {
         f().await;
     }

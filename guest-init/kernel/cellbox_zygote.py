@@ -252,7 +252,7 @@ def warm_up():
     """Imports what notebooks use most and makes the kernel's shell."""
     import cellbox_kernel
     shell = cellbox_kernel.prepare()
-    cellbox_kernel.preload()
+    cellbox_kernel.preload(shell)
     return shell
 
 
