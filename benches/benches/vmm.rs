@@ -270,7 +270,9 @@ fn qemu_restore_first_byte(dir: &Path, runs: usize) -> Option<Sample> {
         let mut control = loop {
             match std::os::unix::net::UnixStream::connect(&monitor) {
                 Ok(control) => break control,
-                Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+                Err(_) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
                 Err(_) => return None,
             }
         };
