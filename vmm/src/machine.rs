@@ -177,8 +177,6 @@ pub struct Vm {
     transports: Vec<Arc<Mutex<MmioTransport>>>,
     saved_config: SavedConfig,
     has_net: bool,
-    /// Guest RAM is a snapshot file's private mapping (not anonymous).
-    restored: bool,
     started: Instant,
     // Fields drop in order: the vCPUs and the VM (and with it KVM's memory
     // slots, which point into guest RAM) go before the RAM is unmapped, and
@@ -265,10 +263,9 @@ impl Vm {
         // The guest read its command line long ago: device entries go nowhere.
         let mut unused = Cmdline::new(CMDLINE_MAX_SIZE).map_err(boot::BootError::Cmdline)?;
         let devices = Devices::build(&vm, &mem, &config, &mut unused, Some((dir, &state)))?;
-        let mut vm = Vm::assemble(kvm, vm, mem, &config, devices, started, |vcpu, id| {
+        let vm = Vm::assemble(kvm, vm, mem, &config, devices, started, |vcpu, id| {
             state.vcpus[id].restore(vcpu, waited)
         })?;
-        vm.restored = true;
         for transport in &vm.transports {
             lock(transport).raise_pending();
         }
@@ -330,7 +327,7 @@ impl Vm {
             serial: lock(&self.serial).save(),
             transports: saved_transports,
         };
-        memory::save(&self.memory, &dir.join(MEMORY_FILE), !self.restored)
+        memory::save(&self.memory, &dir.join(MEMORY_FILE))
             .map_err(VmError::io("write guest memory"))?;
         state.write(dir)
     }
@@ -369,7 +366,6 @@ impl Vm {
             transports: devices.transports,
             saved_config: SavedConfig::of(config),
             has_net: config.net.is_some(),
-            restored: false,
             started,
             vcpu_fds: Vec::new(),
             vm_fd: vm,
