@@ -101,10 +101,6 @@ pub struct MicroVmExecutor {
     boot: Option<BootTimeline>,
     boot_timeout: Duration,
     default_timeout: Duration,
-    /// Where forks put their passing snapshots: in the cache, not the temp
-    /// folder, which is often tmpfs (a restored VM maps its snapshot's
-    /// memory; on a full tmpfs its first read of a zero page is a SIGBUS).
-    scratch: PathBuf,
     /// Dropped after the VM (field order): passt outlives its card.
     network: Option<VmNetwork>,
 }
@@ -170,7 +166,6 @@ impl MicroVmExecutor {
         }
         let started = Instant::now();
         let (boot_timeout, progress) = (config.boot_timeout, config.progress.clone());
-        let scratch = cache_root.join("vm-fork");
         let vm = tokio::task::spawn_blocking(move || {
             if !warm {
                 return Vm::start(vm_config).map_err(|e| unavailable(e.to_string()));
@@ -212,7 +207,6 @@ impl MicroVmExecutor {
             boot,
             boot_timeout: config.boot_timeout,
             default_timeout: config.default_timeout,
-            scratch,
             network,
         })
     }
@@ -225,15 +219,15 @@ impl MicroVmExecutor {
     /// and commands started through the old one. VMs with a network card
     /// cannot be copied yet.
     pub async fn fork(&mut self) -> Result<MicroVmExecutor> {
-        let dir = std::fs::create_dir_all(&self.scratch)
-            .and_then(|()| tempfile::Builder::new().tempdir_in(&self.scratch))
+        let dir = tempfile::Builder::new()
+            .prefix("cellbox-vm-fork-")
+            .tempdir()
             .map_err(|e| Error::io("creating the fork's snapshot folder", e))?;
         self.save(dir.path()).await?;
         // The copy maps its memory file and copies its disk: the folder can go.
         let like_this = RestoreWith {
             boot_timeout: self.boot_timeout,
             default_timeout: self.default_timeout,
-            scratch: self.scratch.clone(),
             vcpus: self.control.vcpus,
             memory: self.control.memory,
         };
@@ -270,14 +264,9 @@ impl MicroVmExecutor {
     /// memory are the saved VM's; `config` gives the timeouts (and the CPUs
     /// and memory its usage reports).
     pub async fn restore(dir: &Path, config: &MicroVmConfig) -> Result<MicroVmExecutor> {
-        let cache_root = config
-            .cache_dir
-            .clone()
-            .unwrap_or_else(crate::default_cache_dir);
         let with = RestoreWith {
             boot_timeout: config.boot_timeout,
             default_timeout: config.default_timeout,
-            scratch: cache_root.join("vm-fork"),
             vcpus: u32::from(config.vcpus),
             memory: u64::from(config.memory_mib) << 20,
         };
@@ -412,7 +401,6 @@ impl GuestBackend for MicroVmExecutor {
 struct RestoreWith {
     boot_timeout: Duration,
     default_timeout: Duration,
-    scratch: PathBuf,
     vcpus: u32,
     memory: u64,
 }
@@ -437,7 +425,6 @@ impl RestoreWith {
             boot: None,
             boot_timeout: self.boot_timeout,
             default_timeout: self.default_timeout,
-            scratch: self.scratch.clone(),
             network: None,
         })
     }
