@@ -291,20 +291,13 @@ fn qemu_restore_first_byte(dir: &Path, runs: usize) -> Option<Sample> {
     if std::fs::metadata(&state).map_or(0, |m| m.len()) == 0 {
         return None;
     }
-    let mut times = Vec::new();
-    for _ in 0..runs {
-        let started = Instant::now();
-        let mut child = qemu_command(&firmware, "stdio")
+    let times = first_byte_times(runs, || {
+        let mut command = qemu_command(&firmware, "stdio");
+        command
             .arg("-incoming")
-            .arg(format!("exec:cat {}", state.display()))
-            .spawn()
-            .ok()?;
-        let mut byte = [0u8];
-        child.stdout.as_mut()?.read_exact(&mut byte).ok()?;
-        times.push(started.elapsed().as_secs_f64());
-        let _ = child.kill();
-        let _ = child.wait();
-    }
+            .arg(format!("exec:cat {}", state.display()));
+        command
+    })?;
     Some(Sample::from_secs(
         "peer: QEMU microvm loading a saved VM (`-incoming`) → first serial byte",
         &times,
@@ -351,20 +344,26 @@ fn qemu_command(firmware: &Path, serial: &str) -> Command {
 fn qemu_first_byte(runs: usize) -> Option<Sample> {
     let dir = tempfile::tempdir().ok()?;
     let firmware = tiny_firmware(dir.path());
+    let times = first_byte_times(runs, || qemu_command(&firmware, "stdio"))?;
+    Some(Sample::from_secs(
+        "peer: QEMU microvm start → first serial byte",
+        &times,
+    ))
+}
+
+/// `runs` times: start `command`'s process, time its first byte on stdout, kill it.
+fn first_byte_times(runs: usize, command: impl Fn() -> Command) -> Option<Vec<f64>> {
     let mut times = Vec::new();
     for _ in 0..runs {
         let started = Instant::now();
-        let mut child = qemu(&firmware)?;
+        let mut child = command().spawn().ok()?;
         let mut byte = [0u8];
         child.stdout.as_mut()?.read_exact(&mut byte).ok()?;
         times.push(started.elapsed().as_secs_f64());
         let _ = child.kill();
         let _ = child.wait();
     }
-    Some(Sample::from_secs(
-        "peer: QEMU microvm start → first serial byte",
-        &times,
-    ))
+    Some(times)
 }
 
 fn qemu_idle_rss() -> Option<u64> {
