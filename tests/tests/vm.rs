@@ -257,6 +257,10 @@ async fn a_fork_copies_the_running_vm() {
     vm.close().await.unwrap();
 }
 
+/// A cell leaving an open file `f` (which no pickle keeps) that reads 'kept'.
+const OPEN_FILE: &str =
+    "f = open('notes.txt', 'w+'); f.write('kept'); f.flush(); f.seek(0); 'ready'";
+
 /// `Sandbox::fork` on the microVM copies the whole VM too: a value that
 /// does not pickle (an open file) is there in the fork.
 #[tokio::test]
@@ -265,8 +269,7 @@ async fn sandbox_forks_on_the_microvm_keep_what_does_not_pickle() {
     let s = Sandbox::create(SandboxOptions::default().with_backend(BackendPolicy::Vm))
         .await
         .expect("a microVM sandbox");
-    let setup = "f = open('notes.txt', 'w+'); f.write('kept'); f.flush(); f.seek(0); 'ready'";
-    assert_eq!(s.run_code(setup).await.unwrap().text(), Some("'ready'"));
+    assert_eq!(s.run_code(OPEN_FILE).await.unwrap().text(), Some("'ready'"));
     let fork = s.fork().await.expect("a fork");
     assert_eq!(
         fork.run_code("f.read()").await.unwrap().text(),
@@ -303,8 +306,7 @@ async fn serve_forks_on_the_microvm_are_whole_copies() {
         snapshot: None,
     };
     let parent = fleet.create(spec.clone()).await.expect("a microVM sandbox");
-    let setup = "f = open('notes.txt', 'w+'); f.write('kept'); f.flush(); f.seek(0); 'ready'";
-    let ready = parent.sandbox.run_code(setup).await.unwrap();
+    let ready = parent.sandbox.run_code(OPEN_FILE).await.unwrap();
     assert_eq!(ready.text(), Some("'ready'"), "{ready:?}");
     let no_scratch = || panic!("a whole copy needs no snapshot folder");
     let forks = fleet.fork(&parent, spec, 3, no_scratch).await.unwrap();
@@ -336,8 +338,7 @@ async fn serve_forks_on_the_microvm_are_whole_copies() {
 async fn snapshots_on_the_microvm_keep_the_whole_vm() {
     let options = || SandboxOptions::default().with_backend(BackendPolicy::Vm);
     let s = Sandbox::create(options()).await.expect("a microVM sandbox");
-    let setup = "f = open('notes.txt', 'w+'); f.write('kept'); f.flush(); f.seek(0); 'ready'";
-    assert_eq!(s.run_code(setup).await.unwrap().text(), Some("'ready'"));
+    assert_eq!(s.run_code(OPEN_FILE).await.unwrap().text(), Some("'ready'"));
     let folder = tempfile::tempdir().unwrap();
     let snapshot = s
         .snapshot(folder.path().join("snap"))
