@@ -30,6 +30,8 @@
 
 mod builder;
 pub mod cache;
+#[cfg(feature = "cli")]
+pub mod cli;
 pub mod error;
 pub mod event;
 pub mod execution;

@@ -1,7 +1,5 @@
-//! The `cellbox` command line. See `cellbox --help`.
-
-mod cli;
+//! The `cellbox` command line. See `cellbox --help` and [`cellbox::cli`].
 
 fn main() -> std::process::ExitCode {
-    cli::main()
+    std::process::ExitCode::from(cellbox::cli::run(std::env::args_os()))
 }

@@ -1,4 +1,5 @@
-//! Argument parsing and the runtime setup shared by the subcommands.
+//! The `cellbox` command line (feature `cli`): argument parsing and the
+//! runtime setup shared by the subcommands. [`run`] is the whole program.
 
 mod notebook;
 mod render;
@@ -7,8 +8,6 @@ mod sandbox;
 mod serve;
 mod template;
 mod terminal;
-
-use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
@@ -39,27 +38,45 @@ pub const EXIT_CELL_ERROR: u8 = 1;
 /// Exit status: the sandbox itself failed.
 pub const EXIT_SANDBOX_ERROR: u8 = 2;
 
-pub fn main() -> ExitCode {
-    let cli = Cli::parse();
-    tracing_subscriber::fmt()
+/// Runs the command line `args` (the program's name first) and returns the
+/// exit status. Help, version and usage errors are printed here, never
+/// ending the process, so that a host program (the Python package's
+/// `cellbox` command) can call it.
+pub fn run<I, T>(args: I) -> u8
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let cli = match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                EXIT_SANDBOX_ERROR
+            } else {
+                EXIT_OK
+            };
+        }
+    };
+    // A host that set up its own logging keeps it.
+    let _ = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .with_writer(std::io::stderr)
-        .init();
+        .try_init();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("cellbox: error: cannot start the async runtime: {e}");
-            return ExitCode::from(EXIT_SANDBOX_ERROR);
+            return EXIT_SANDBOX_ERROR;
         }
     };
-    let status = match cli.command {
+    match cli.command {
         Command::Run(args) => runtime.block_on(run::run(args)),
         Command::Serve(args) => runtime.block_on(serve::run(args)),
         Command::Sandbox(args) => runtime.block_on(sandbox::run(args)),
         Command::Template(args) => runtime.block_on(template::run(args)),
-    };
-    ExitCode::from(status)
+    }
 }

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Value, json};
 
-use cellbox::{CellResult, Execution};
+use crate::{CellResult, Execution};
 
 /// A notebook being run: the document and which of its cells hold code.
 #[derive(Debug)]

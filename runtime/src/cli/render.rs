@@ -2,7 +2,7 @@
 
 use std::io::Write;
 
-use cellbox::{Backend, CellResult, Error, Event, Execution};
+use crate::{Backend, CellResult, Error, Event, Execution};
 
 /// Writes to stdout; a closed pipe is not an error worth dying for.
 macro_rules! out {

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 
-use cellbox::{
+use crate::{
     Backend, BackendPolicy, Error, Execution, Executor, HybridConfig, HybridExecutor, Language,
     MicroVmConfig, MicroVmExecutor, NamespaceConfig, NamespaceExecutor, NetworkPolicy, Progress,
     RunCodeOptions, RunOptions, Sandbox, SandboxOptions, WasmConfig, WasmEngine, WasmExecutor,
@@ -223,7 +223,7 @@ async fn run_in_sandbox(args: &RunArgs, out: &Output) -> u8 {
 fn show(
     out: &Output,
     backend: Backend,
-    result: &cellbox::Result<Execution>,
+    result: &crate::Result<Execution>,
     seen: &Execution,
     status: &mut u8,
 ) -> bool {
@@ -249,7 +249,7 @@ async fn start(
     hybrid: bool,
     no_preinit: bool,
     cells: &[String],
-) -> cellbox::Result<Box<dyn Executor>> {
+) -> crate::Result<Box<dyn Executor>> {
     let progress = Progress::new(|line| eprintln!("cellbox: {line}"));
     match backend {
         Backend::Wasm => {

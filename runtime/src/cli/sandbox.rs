@@ -8,8 +8,8 @@ use std::time::Duration;
 use clap::{Args, Subcommand, ValueEnum};
 use serde_json::Value;
 
-use cellbox::serve::DEFAULT_API_PORT;
-use cellbox::serve::api::key;
+use crate::serve::DEFAULT_API_PORT;
+use crate::serve::api::key;
 
 use super::{EXIT_OK, EXIT_SANDBOX_ERROR, terminal};
 

@@ -6,9 +6,9 @@ use std::net::IpAddr;
 
 use clap::Args;
 
-use cellbox::serve::api::key;
-use cellbox::serve::{Access, ServeConfig, serve};
-use cellbox::{BackendPolicy, Progress, SandboxOptions};
+use crate::serve::api::key;
+use crate::serve::{Access, ServeConfig, serve};
+use crate::{BackendPolicy, Progress, SandboxOptions};
 
 use super::run::BackendChoice;
 use super::{EXIT_OK, EXIT_SANDBOX_ERROR};
@@ -34,7 +34,7 @@ pub struct ServeArgs {
     #[arg(long = "allow-host", value_name = "NAME")]
     allowed_hosts: Vec<String>,
     /// Port of the control plane and all sandboxes' traffic (point E2B_API_URL and E2B_SANDBOX_URL here; 0: none).
-    #[arg(long, default_value_t = cellbox::serve::DEFAULT_API_PORT)]
+    #[arg(long, default_value_t = crate::serve::DEFAULT_API_PORT)]
     api_port: u16,
     /// The key the control plane requires in X-API-Key (E2B_API_KEY); by default one made on first start and kept in ~/.config/cellbox/api-key.
     #[arg(long, env = "CELLBOX_API_KEY", hide_env_values = true)]
@@ -119,7 +119,7 @@ pub async fn run(args: ServeArgs) -> u8 {
         spares: args.spares,
         snapshot_dir: args
             .snapshot_dir
-            .unwrap_or_else(cellbox::serve::snapshots::default_snapshot_dir),
+            .unwrap_or_else(crate::serve::snapshots::default_snapshot_dir),
         code_port: some(args.port),
         // No debug sandbox, no envd for it.
         envd_port: some(args.envd_port).filter(|_| args.port != 0),

@@ -7,8 +7,8 @@ use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
 
-use cellbox::Progress;
-use cellbox::template::{self, BuildOptions, TemplateStore};
+use crate::Progress;
+use crate::template::{self, BuildOptions, TemplateStore};
 
 use super::{EXIT_OK, EXIT_SANDBOX_ERROR};
 
@@ -61,7 +61,7 @@ pub async fn run(args: TemplateArgs) -> u8 {
 }
 
 async fn execute(command: TemplateCommand) -> Result<(), String> {
-    let store = TemplateStore::open(&cellbox::default_cache_dir());
+    let store = TemplateStore::open(&crate::default_cache_dir());
     let mut out = std::io::stdout().lock();
     match command {
         TemplateCommand::Init { path } => {

@@ -1,0 +1,160 @@
+"""`sandbox.files`: E2B's `Filesystem` on a cellbox sandbox."""
+
+from __future__ import annotations
+
+import json
+import stat
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from enum import Enum
+from typing import IO, Dict, Iterator, List, Literal, Optional, Union, overload
+
+from .exceptions import FileNotFoundException, InvalidArgumentException, NotFoundException, translated
+
+# What a file can be written from (E2B's `write` takes the same).
+Data = Union[str, bytes, bytearray, IO]
+
+
+class FileType(Enum):
+    FILE = "file"
+    DIR = "dir"
+    SYMLINK = "symlink"
+
+
+@dataclass
+class WriteInfo:
+    """A written file: its name, type and path."""
+
+    name: str
+    type: Optional[FileType]
+    path: str
+    metadata: Optional[Dict[str, str]] = None
+
+
+@dataclass
+class EntryInfo(WriteInfo):
+    """A file or folder in the sandbox."""
+
+    size: int = 0
+    mode: int = 0
+    permissions: str = ""
+    owner: str = ""
+    """Not reported by cellbox yet (empty)."""
+    group: str = ""
+    """Not reported by cellbox yet (empty)."""
+    modified_time: Optional[datetime] = None
+    symlink_target: Optional[str] = None
+
+
+@dataclass
+class WriteEntry:
+    """One file of `write_files`."""
+
+    path: str
+    data: Data = field(default=b"")
+
+
+def _bytes(data: Data) -> bytes:
+    if isinstance(data, str):
+        return data.encode("utf-8")
+    if isinstance(data, (bytes, bytearray)):
+        return bytes(data)
+    if hasattr(data, "read"):
+        return _bytes(data.read())
+    raise InvalidArgumentException(f"cannot write a {type(data).__name__}: give str, bytes or a file object")
+
+
+def _entry(raw: dict) -> EntryInfo:
+    kind = FileType.DIR if raw.get("is_dir") else FileType.FILE
+    mode = int(raw.get("mode", 0))
+    type_bits = stat.S_IFDIR if kind is FileType.DIR else stat.S_IFREG
+    return EntryInfo(
+        name=raw["name"],
+        type=kind,
+        path=raw["path"],
+        metadata=raw.get("metadata") or None,
+        size=int(raw.get("size", 0)),
+        mode=mode & 0o7777,
+        permissions=stat.filemode(type_bits | (mode & 0o7777)),
+        modified_time=datetime.fromtimestamp(int(raw.get("modified", 0)), tz=timezone.utc),
+    )
+
+
+class Filesystem:
+    """Files in the sandbox: read, write, list, stat, rename, remove, make folders.
+
+    Paths are the sandbox's; relative ones are taken from `/home/user`.
+    Using files moves a session on the fast path to the heavy backend, so that
+    cells see them.
+    """
+
+    def __init__(self, native):
+        self._native = native
+
+    @overload
+    def read(self, path: str, format: Literal["text"] = "text", **_: object) -> str: ...
+    @overload
+    def read(self, path: str, format: Literal["bytes"], **_: object) -> bytearray: ...
+    @overload
+    def read(self, path: str, format: Literal["stream"], **_: object) -> Iterator[bytes]: ...
+
+    def read(self, path: str, format: str = "text", **_: object):
+        """The file's content as text (UTF-8), `bytearray` or an iterator of bytes."""
+        if format not in ("text", "bytes", "stream"):
+            raise InvalidArgumentException(f"unknown format {format!r}: use text, bytes or stream")
+        with translated(not_found=FileNotFoundException):
+            data = self._native.read_file(path)
+        if format == "text":
+            return data.decode("utf-8", errors="replace")
+        if format == "bytes":
+            return bytearray(data)
+        return iter([data])
+
+    def write(self, path: str, data: Data, **_: object) -> WriteInfo:
+        """Writes `data` to `path` (parent folders are made), replacing what was there."""
+        content = _bytes(data)
+        with translated(not_found=FileNotFoundException):
+            raw = json.loads(self._native.write_file(path, content))
+        return WriteInfo(name=raw["name"], type=FileType.FILE, path=raw["path"])
+
+    def write_files(self, files: List[Union[WriteEntry, dict]], **_: object) -> List[WriteInfo]:
+        """Writes several files; each entry has `path` and `data`."""
+        entries = [WriteEntry(**f) if isinstance(f, dict) else f for f in files]
+        return [self.write(entry.path, entry.data) for entry in entries]
+
+    def list(self, path: str, depth: Optional[int] = 1, **_: object) -> List[EntryInfo]:
+        """The entries of the folder `path`, and of its subfolders down to `depth` levels."""
+        if depth is not None and depth < 1:
+            raise InvalidArgumentException("depth should be at least one")
+        with translated(not_found=FileNotFoundException):
+            entries = [_entry(raw) for raw in json.loads(self._native.list_files(path))]
+        if depth is None or depth > 1:
+            for entry in list(entries):
+                if entry.type is FileType.DIR:
+                    entries.extend(self.list(entry.path, None if depth is None else depth - 1))
+        return entries
+
+    def exists(self, path: str, **_: object) -> bool:
+        with translated():
+            return self._native.file_exists(path)
+
+    def get_info(self, path: str, **_: object) -> EntryInfo:
+        with translated(not_found=FileNotFoundException):
+            return _entry(json.loads(self._native.stat_file(path)))
+
+    def remove(self, path: str, **_: object) -> None:
+        """Removes a file or a folder with what it holds; a missing path is no error."""
+        try:
+            with translated(not_found=FileNotFoundException):
+                self._native.remove_file(path)
+        except NotFoundException:
+            pass
+
+    def rename(self, old_path: str, new_path: str, **_: object) -> EntryInfo:
+        with translated(not_found=FileNotFoundException):
+            return _entry(json.loads(self._native.rename_file(old_path, new_path)))
+
+    def make_dir(self, path: str, **_: object) -> bool:
+        """Makes the folder (and its parents); False if it was already there."""
+        with translated():
+            return self._native.make_dir(path)
