@@ -29,6 +29,10 @@ enum Command {
     Sandbox(sandbox::SandboxArgs),
     /// Make, build, list and delete custom templates (from an e2b.Dockerfile).
     Template(template::TemplateArgs),
+    /// Build the guest layer (guest-init and its kernel drivers) into the
+    /// new folder OUT, for packaging: the Python wheel ships one.
+    #[command(hide = true)]
+    GuestLayer { out: std::path::PathBuf },
 }
 
 /// Exit status: every cell ran without error.
@@ -78,5 +82,18 @@ where
         Command::Serve(args) => runtime.block_on(serve::run(args)),
         Command::Sandbox(args) => runtime.block_on(sandbox::run(args)),
         Command::Template(args) => runtime.block_on(template::run(args)),
+        Command::GuestLayer { out } => build_guest_layer(&out),
+    }
+}
+
+fn build_guest_layer(out: &std::path::Path) -> u8 {
+    let progress = crate::Progress::new(|line| eprintln!("cellbox: {line}"));
+    let target = crate::default_cache_dir().join("guest-init-target");
+    match crate::guest::artifacts::build_layer(out, &target, &progress) {
+        Ok(()) => EXIT_OK,
+        Err(e) => {
+            eprintln!("cellbox: error: {e}");
+            EXIT_SANDBOX_ERROR
+        }
     }
 }

@@ -14,6 +14,10 @@ const ROOTFS_SCRIPT: &str = include_str!("../../../guest-init/rootfs/build.sh");
 const ROOTFS_PYTHON_PACKAGES: &str = include_str!("../../../guest-init/rootfs/python-packages.txt");
 const EXT4_SCRIPT: &str = include_str!("../../../guest-init/rootfs/make-ext4.sh");
 
+/// A prebuilt guest layer to use instead of building `guest-init` from its
+/// sources (the Python wheel ships one, made with [`build_layer`]).
+pub const PREBUILT_LAYER_ENV: &str = "CELLBOX_GUEST_LAYER";
+
 /// Built guest artefacts.
 #[derive(Debug, Clone)]
 pub struct GuestArtifacts {
@@ -40,17 +44,22 @@ impl GuestArtifacts {
             "building the guest root file system (guest-init/rootfs/build.sh)",
             progress,
         )?;
-        let sources = guest_init_sources()?;
-        let layer_key = cache::input_key(
-            sources
-                .iter()
-                .map(|(name, bytes)| (name.as_str(), bytes.as_slice())),
-        );
-        let layer = builder::ensure_built(
-            &cache_root.join("guest-layer").join(layer_key),
-            "sbin/init",
-            |dir| build_layer(dir, &cache_root.join("guest-init-target"), progress),
-        )?;
+        let layer = match std::env::var_os(PREBUILT_LAYER_ENV) {
+            Some(prebuilt) => install_prebuilt_layer(cache_root, Path::new(&prebuilt))?,
+            None => {
+                let sources = guest_init_sources()?;
+                let layer_key = cache::input_key(
+                    sources
+                        .iter()
+                        .map(|(name, bytes)| (name.as_str(), bytes.as_slice())),
+                );
+                builder::ensure_built(
+                    &cache_root.join("guest-layer").join(layer_key),
+                    "sbin/init",
+                    |dir| build_layer(dir, &cache_root.join("guest-init-target"), progress),
+                )?
+            }
+        };
         let image_dir = cache_root.join("image").join(cache::input_key([
             ("rootfs", rootfs.as_os_str().as_encoded_bytes()),
             ("layer", layer.as_os_str().as_encoded_bytes()),
@@ -99,6 +108,16 @@ const KERNEL_DRIVERS: [&str; 9] = [
 /// The files `guest-init` and its kernel drivers are built from.
 fn guest_init_sources() -> Result<Vec<(String, Vec<u8>)>> {
     let root = Path::new(cellbox_guest_init::SOURCE_DIR);
+    if !root.join("Cargo.toml").exists() {
+        return Err(Error::Artifact {
+            what: "building guest-init".into(),
+            reason: format!(
+                "its sources are not at {} (cellbox was moved after it was built); \
+                 set {PREBUILT_LAYER_ENV} to a prebuilt guest layer (the Python wheel ships one)",
+                root.display()
+            ),
+        });
+    }
     let mut files = vec![root.join("Cargo.toml")];
     files.extend(
         KERNEL_DRIVERS
@@ -125,9 +144,69 @@ fn guest_init_sources() -> Result<Vec<(String, Vec<u8>)>> {
         .collect()
 }
 
+/// The files of the guest layer `dir`, by path inside it.
+fn layer_files(dir: &Path) -> Result<Vec<(String, Vec<u8>)>> {
+    let mut files = Vec::new();
+    let mut folders = vec![dir.to_path_buf()];
+    while let Some(folder) = folders.pop() {
+        let entries = std::fs::read_dir(&folder)
+            .map_err(|e| Error::io(format!("reading the guest layer {}", folder.display()), e))?;
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                folders.push(path);
+            } else {
+                let bytes = std::fs::read(&path)
+                    .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+                let name = path.strip_prefix(dir).unwrap_or(&path);
+                files.push((name.to_string_lossy().into_owned(), bytes));
+            }
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+/// Copies the prebuilt guest layer `source` into the cache, keyed by its
+/// content: the cache, which cellbox trusts, holds what runs as the guest.
+fn install_prebuilt_layer(cache_root: &Path, source: &Path) -> Result<PathBuf> {
+    let files = layer_files(source)?;
+    if !files.iter().any(|(name, _)| name == "sbin/init") {
+        return Err(Error::Artifact {
+            what: format!("the prebuilt guest layer {}", source.display()),
+            reason: format!("it has no sbin/init; unset {PREBUILT_LAYER_ENV} or rebuild it"),
+        });
+    }
+    let key = cache::input_key(files.iter().map(|(n, b)| (n.as_str(), b.as_slice())));
+    builder::ensure_built(
+        &cache_root
+            .join("guest-layer")
+            .join(format!("prebuilt-{key}")),
+        "sbin/init",
+        |dir| {
+            let staging = dir.with_extension("partial");
+            let _ = std::fs::remove_dir_all(&staging);
+            let copy = || -> std::io::Result<()> {
+                use std::os::unix::fs::PermissionsExt;
+                for (name, bytes) in &files {
+                    let target = staging.join(name);
+                    std::fs::create_dir_all(target.parent().unwrap_or(&staging))?;
+                    std::fs::write(&target, bytes)?;
+                    let mode = if name == "sbin/init" { 0o755 } else { 0o644 };
+                    std::fs::set_permissions(&target, std::fs::Permissions::from_mode(mode))?;
+                }
+                std::fs::rename(&staging, dir)
+            };
+            copy()
+                .map_err(|e| Error::io(format!("copying the guest layer to {}", dir.display()), e))
+        },
+    )
+}
+
 /// Builds `guest-init` (static, so it runs in any root file system) with
-/// cargo and lays it out with the kernel driver in `dir`.
-fn build_layer(dir: &Path, target_dir: &Path, progress: &Progress) -> Result<()> {
+/// cargo and lays it out with the kernel drivers in the new folder `dir`
+/// (what [`PREBUILT_LAYER_ENV`] may name). Blocking.
+pub fn build_layer(dir: &Path, target_dir: &Path, progress: &Progress) -> Result<()> {
     let source = Path::new(cellbox_guest_init::SOURCE_DIR);
     progress.report("building guest-init (first run only)");
     // An explicit --target keeps the static-linking flag off build scripts and proc macros.

@@ -15,6 +15,14 @@ WebAssembly fast path, a microVM, or Linux namespaces), driven by its Rust
 library through ``cellbox._native``.
 """
 
+import os as _os
+
+# The guest layer this wheel ships (guest-init and its kernel drivers): the
+# heavy backends run it where cellbox's sources are not (CELLBOX_GUEST_LAYER).
+_guest = _os.path.join(_os.path.dirname(__file__), "guest")
+if _os.path.isfile(_os.path.join(_guest, "sbin", "init")):
+    _os.environ.setdefault("CELLBOX_GUEST_LAYER", _guest)
+
 from ._commands import CommandHandle, CommandResult, Commands, ProcessInfo, Pty, PtySize
 from ._files import EntryInfo, FileType, Filesystem, WriteEntry, WriteInfo
 from ._native import __version__
