@@ -27,6 +27,15 @@ fn cache_dir() -> String {
     cellbox::default_cache_dir().to_string_lossy().into_owned()
 }
 
+/// cellbox's data folder (`$XDG_DATA_HOME/cellbox`, else
+/// `~/.local/share/cellbox`): what is kept there is the user's, unlike the cache.
+#[pyfunction]
+fn data_dir() -> String {
+    let snapshots = cellbox::serve::snapshots::default_snapshot_dir();
+    let data = snapshots.parent().unwrap_or(&snapshots);
+    data.to_string_lossy().into_owned()
+}
+
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("CellboxError", m.py().get_type::<errors::CellboxError>())?;
@@ -34,6 +43,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<stream::EventStream>()?;
     m.add_function(wrap_pyfunction!(cli_main, m)?)?;
     m.add_function(wrap_pyfunction!(cache_dir, m)?)?;
+    m.add_function(wrap_pyfunction!(data_dir, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

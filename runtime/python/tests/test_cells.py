@@ -153,7 +153,8 @@ def test_two_sandboxes_at_once_keep_their_own_state():
         assert results == {"a": "'aaa'", "b": "'bbb'"}
 
 
-def test_forks_and_snapshots_carry_state(fast):
+def test_forks_and_snapshots_carry_state(fast, tmp_path, monkeypatch):
+    monkeypatch.setenv("CELLBOX_SNAPSHOT_DIR", str(tmp_path / "snapshots"))
     fast.run_code("def greet(n): return 'hello ' + n\nwho = 'ada'")
     (fork,) = fast.fork()
     try:
@@ -163,6 +164,7 @@ def test_forks_and_snapshots_carry_state(fast):
     finally:
         fork.kill()
     info = fast.create_snapshot()
+    assert (tmp_path / "snapshots" / info.snapshot_id).is_dir()
     try:
         assert info.snapshot_id in [s.snapshot_id for s in Sandbox.list_snapshots()]
         with Sandbox.create(info.snapshot_id, backend="wasm") as copy:

@@ -78,8 +78,11 @@ class SnapshotInfo:
 
 
 def snapshot_dir() -> Path:
-    """Where `create_snapshot` keeps snapshots: `snapshots/` in cellbox's cache."""
-    return Path(_native.cache_dir()) / "snapshots"
+    """Where `create_snapshot` keeps snapshots: `$CELLBOX_SNAPSHOT_DIR`, else
+    `sandbox-snapshots/` in cellbox's data folder (`~/.local/share/cellbox`;
+    not the cache, which may be deleted at any time)."""
+    chosen = os.environ.get("CELLBOX_SNAPSHOT_DIR")
+    return Path(chosen) if chosen else Path(_native.data_dir()) / "sandbox-snapshots"
 
 
 class _Either:
@@ -372,7 +375,8 @@ class Sandbox:
             raise InvalidArgumentException(f"{snapshot_id!r} is not a snapshot name: use letters, digits, '.', '_' and '-'")
         if path.exists():
             shutil.rmtree(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        # Snapshots hold the sandbox's files and variables: the user's alone.
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         with translated():
             self._native.snapshot(str(path))
         return SnapshotInfo(snapshot_id=snapshot_id, names=[snapshot_id])
