@@ -123,9 +123,28 @@ impl CellResult {
     }
 }
 
+/// A result's text as E2B's code-interpreter server gives it: a Python
+/// string's repr without its single quotes (`'bar'` is `bar`), anything
+/// else as it is. `cellbox serve` and the Python package answer so.
+pub fn e2b_text(text: &str) -> &str {
+    match text.strip_prefix('\'').and_then(|t| t.strip_suffix('\'')) {
+        Some(inner) => inner,
+        None => text,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn string_results_lose_their_quotes_as_in_e2b() {
+        assert_eq!(e2b_text("'bar'"), "bar");
+        assert_eq!(e2b_text("''"), "");
+        assert_eq!(e2b_text("'"), "'", "one quote is no pair");
+        assert_eq!(e2b_text("42"), "42");
+        assert_eq!(e2b_text("\"it's\""), "\"it's\"");
+    }
 
     #[test]
     fn json_field_names_match_e2b() {

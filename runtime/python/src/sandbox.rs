@@ -464,7 +464,14 @@ fn cell_item(event: &Event) -> Option<Item> {
     match event {
         Event::Stdout(text) => Some(("stdout", text.clone())),
         Event::Stderr(text) => Some(("stderr", text.clone())),
-        Event::Result(result) => json(result.as_ref()).ok().map(|json| ("result", json)),
+        Event::Result(result) => {
+            // A string's text without its quotes, as E2B's server gives it.
+            let mut result = result.as_ref().clone();
+            if let Some(text) = &mut result.text {
+                *text = cellbox::execution::e2b_text(text).to_string();
+            }
+            json(&result).ok().map(|json| ("result", json))
+        }
         Event::Error(error) => json(error).ok().map(|json| ("error", json)),
         Event::End { .. } => None,
     }

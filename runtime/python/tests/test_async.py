@@ -34,7 +34,7 @@ async def test_two_sandboxes_run_at_once():
             a.run_code("import time; time.sleep(0.5); 'a'"),
             b.run_code("import time; time.sleep(0.5); 'b'"),
         )
-        assert (first.text, second.text) == ("'a'", "'b'")
+        assert (first.text, second.text) == ("a", "b")
     finally:
         await asyncio.gather(a.kill(), b.kill())
 

@@ -150,7 +150,7 @@ def test_two_sandboxes_at_once_keep_their_own_state():
             t.start()
         for t in threads:
             t.join()
-        assert results == {"a": "'aaa'", "b": "'bbb'"}
+        assert results == {"a": "aaa", "b": "bbb"}
 
 
 def test_forks_and_snapshots_carry_state(fast, tmp_path, monkeypatch):
@@ -158,9 +158,9 @@ def test_forks_and_snapshots_carry_state(fast, tmp_path, monkeypatch):
     fast.run_code("def greet(n): return 'hello ' + n\nwho = 'ada'")
     (fork,) = fast.fork()
     try:
-        assert fork.run_code("greet(who)").text == "'hello ada'"
+        assert fork.run_code("greet(who)").text == "hello ada"
         fork.run_code("who = 'bob'")
-        assert fast.run_code("who").text == "'ada'"
+        assert fast.run_code("who").text == "ada"
     finally:
         fork.kill()
     info = fast.create_snapshot()
@@ -168,6 +168,17 @@ def test_forks_and_snapshots_carry_state(fast, tmp_path, monkeypatch):
     try:
         assert info.snapshot_id in [s.snapshot_id for s in Sandbox.list_snapshots()]
         with Sandbox.create(info.snapshot_id, backend="wasm") as copy:
-            assert copy.run_code("greet('eve')").text == "'hello eve'"
+            assert copy.run_code("greet('eve')").text == "hello eve"
     finally:
         assert Sandbox.delete_snapshot(info.snapshot_id)
+
+
+def test_a_sandbox_killed_under_a_running_cell_ends_the_call_as_e2b_does(fast):
+    timer = threading.Timer(1.0, fast.kill)
+    timer.start()
+    try:
+        with pytest.raises(TimeoutException, match="sandbox was killed while the request was in progress"):
+            fast.run_code("import time; time.sleep(60)", timeout=120)
+    finally:
+        timer.cancel()
+    assert not fast.is_running()

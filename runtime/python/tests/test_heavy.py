@@ -46,7 +46,7 @@ def test_a_runaway_cell_is_interrupted_and_the_kernel_keeps_its_state(sandbox):
     sandbox.run_code("import numpy\nkept = 'yes'")
     with pytest.raises(TimeoutException):
         sandbox.run_code("while True: pass", timeout=2)
-    assert sandbox.run_code("kept").text == "'yes'"
+    assert sandbox.run_code("kept").text == "yes"
 
 
 def test_contexts_in_other_languages(sandbox):
@@ -67,7 +67,7 @@ def test_files_round_trip_and_cells_see_them(sandbox):
     assert files.read("/home/user/data/notes.txt") == "hello\n"
     files.write("/home/user/data/blob.bin", bytes(range(256)))
     assert files.read("/home/user/data/blob.bin", format="bytes") == bytearray(range(256))
-    assert sandbox.run_code("open('/home/user/data/notes.txt').read()").text == "'hello\\n'"
+    assert sandbox.run_code("open('/home/user/data/notes.txt').read()").text == "hello\\n"
     listed = {entry.name: entry for entry in files.list("/home/user/data")}
     assert set(listed) == {"notes.txt", "blob.bin"}
     assert listed["blob.bin"].size == 256 and listed["blob.bin"].type is FileType.FILE
@@ -132,7 +132,7 @@ def test_two_heavy_sandboxes_at_once_from_threads(sandbox):
             t.start()
         for t in threads:
             t.join()
-        assert answers == {"one": "'one'", "two": "'two'"}
+        assert answers == {"one": "one", "two": "two"}
 
 
 @pytest.mark.asyncio

@@ -28,10 +28,14 @@ impl GuestClient {
         }
     }
 
-    /// Every context, the default one included, by id.
+    /// Every context in E2B's order: each language's default context (in
+    /// [`Language::ALL`]'s order), then the others as they were created.
     pub async fn list_contexts(&self) -> Result<Vec<ContextInfo>> {
         match self.call(Op::ListContexts).await? {
-            ReplyBody::Contexts { contexts } => Ok(contexts),
+            ReplyBody::Contexts { mut contexts } => {
+                contexts.sort_by_key(|c| creation_rank(&c.id));
+                Ok(contexts)
+            }
             other => Err(failure(other)),
         }
     }
@@ -57,5 +61,34 @@ impl GuestClient {
     /// ([`crate::Error::NotFound`] for an unknown id).
     pub async fn remove_context(&self, id: &str) -> Result<()> {
         self.done(Op::RemoveContext { context: id.into() }).await
+    }
+}
+
+/// Where the context `id` comes in a listing: default contexts first, by
+/// language, then created ones (`ctx-N`) by N.
+fn creation_rank(id: &str) -> (usize, u64, String) {
+    let default = Language::ALL
+        .iter()
+        .position(|language| language.default_context() == id);
+    let created = id.strip_prefix("ctx-").and_then(|n| n.parse().ok());
+    (
+        default.unwrap_or(Language::ALL.len()),
+        created.unwrap_or(u64::MAX),
+        id.to_string(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn contexts_are_listed_defaults_first_then_as_created() {
+        let mut ids = vec!["ctx-10", "typescript", "ctx-2", "default", "bash", "odd"];
+        ids.sort_by_key(|id| creation_rank(id));
+        assert_eq!(
+            ids,
+            ["default", "typescript", "bash", "ctx-2", "ctx-10", "odd"]
+        );
     }
 }

@@ -274,7 +274,7 @@ fn event_json(event: &Event) -> Option<Value> {
                 fields.retain(|_, v| !v.is_null());
                 fields.insert("type".into(), json!("result"));
                 if let Some(Value::String(text)) = fields.get_mut("text") {
-                    *text = unquoted(text).to_string();
+                    *text = crate::execution::e2b_text(text).to_string();
                 }
             }
             value
@@ -284,15 +284,6 @@ fn event_json(event: &Event) -> Option<Value> {
         }),
         Event::End { .. } => return None,
     })
-}
-
-/// A result's text as E2B's server gives it: a Python string's repr without
-/// its single quotes (`'bar'` is `bar`), anything else as it is.
-fn unquoted(text: &str) -> &str {
-    match text.strip_prefix('\'').and_then(|t| t.strip_suffix('\'')) {
-        Some(inner) => inner,
-        None => text,
-    }
 }
 
 /// A failure of the sandbox itself, as an error line the SDK shows.
@@ -419,15 +410,6 @@ mod tests {
             })
             .is_none()
         );
-    }
-
-    #[test]
-    fn string_results_lose_their_quotes_as_in_e2b() {
-        assert_eq!(unquoted("'bar'"), "bar");
-        assert_eq!(unquoted("''"), "");
-        assert_eq!(unquoted("'"), "'", "one quote is no pair");
-        assert_eq!(unquoted("42"), "42");
-        assert_eq!(unquoted("\"it's\""), "\"it's\"");
     }
 
     #[test]

@@ -7,11 +7,18 @@ import json
 import time
 from typing import Any, Callable, Dict, Optional, Tuple
 
-from .exceptions import InvalidArgumentException, translated
+from ._native import CellboxError
+from .exceptions import InvalidArgumentException, TimeoutException, translated
 from .models import Context, Execution, ExecutionError, OutputMessage, Result
 
 # E2B's default timeout of a run, in seconds.
 DEFAULT_RUN_TIMEOUT = 300
+# What E2B's SDK says when the sandbox goes away under a running cell.
+KILLED = (
+    "The sandbox was killed while the request was in progress. This can happen when the sandbox "
+    "times out or is killed manually. You can modify the sandbox timeout by passing 'timeout' when "
+    "starting the sandbox or calling '.set_timeout' on the sandbox with the desired timeout"
+)
 
 
 def start(
@@ -58,6 +65,17 @@ class Fold:
         return self.execution
 
 
+def outcome(native, stream) -> str:
+    """The run's outcome; a run ended by the sandbox's end raises E2B's error for it."""
+    try:
+        return stream.outcome()
+    except CellboxError as error:
+        if error.args[:1] == ("interrupted",) and not native.is_running():
+            raise TimeoutException(KILLED) from None
+        with translated():
+            raise error
+
+
 def run(native, code, language, context, envs, timeout, handlers: Dict[str, Any]) -> Execution:
     """Runs `code` to its end, calling the handlers on this thread."""
     stream = start(native, code, language, context, envs, timeout)
@@ -74,5 +92,4 @@ def run(native, code, language, context, envs, timeout, handlers: Dict[str, Any]
             except BaseException:
                 stream.interrupt()
                 raise
-    with translated():
-        return fold.finish(stream.outcome())
+    return fold.finish(outcome(native, stream))

@@ -196,9 +196,7 @@ class AsyncSandbox:
             except BaseException:
                 stream.interrupt()
                 raise
-        with translated():
-            outcome = await _in_thread(stream.outcome)
-        return fold.finish(outcome)
+        return fold.finish(await _in_thread(_cells.outcome, native, stream))
 
     async def create_code_context(self, cwd: Optional[str] = None, language: Optional[str] = None, **_: Any) -> Context:
         return await _in_thread(self._sandbox.create_code_context, cwd, language)
