@@ -122,6 +122,47 @@ pub async fn run_sdk_peer(command: &mut tokio::process::Command) -> serde_json::
     serde_json::from_slice(&output.stdout).expect("timings")
 }
 
+/// Runs the peer script `script` of `benches/peers/` with `python` (its
+/// packages installed) and `args`, against a `cellbox serve` started in this
+/// process for it on the API port (E2B's variables point the SDK there),
+/// and returns the timing lists (seconds, by name) that the script prints.
+pub async fn run_peer_against_serve(
+    python: &std::path::Path,
+    script: &str,
+    args: &[String],
+    api_key: &str,
+) -> std::collections::BTreeMap<String, Vec<f64>> {
+    use cellbox::serve::{DEFAULT_API_PORT, ServeConfig, serve};
+    let snapshots = std::env::temp_dir().join(format!("cellbox-bench-{}", std::process::id()));
+    let config = ServeConfig {
+        code_port: None,
+        envd_port: None,
+        snapshot_dir: snapshots.clone(),
+        ..ServeConfig::new(api_key)
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(serve(config, async {
+        let _ = stopped.await;
+    }));
+    let url = format!("http://localhost:{DEFAULT_API_PORT}");
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("peers")
+        .join(script);
+    let printed = run_sdk_peer(
+        tokio::process::Command::new(python)
+            .arg(script)
+            .args(args)
+            .env("E2B_API_URL", &url)
+            .env("E2B_SANDBOX_URL", &url)
+            .env("E2B_API_KEY", api_key),
+    )
+    .await;
+    let _ = stop.send(());
+    server.await.unwrap().unwrap();
+    let _ = std::fs::remove_dir_all(&snapshots);
+    serde_json::from_value(printed).expect("timings")
+}
+
 /// A Markdown table of samples, each with its ratio to `peer`'s median.
 pub fn table(samples: &[&Sample], peer: &Sample) -> String {
     let mut out =

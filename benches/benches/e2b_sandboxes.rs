@@ -14,10 +14,6 @@
 
 #![allow(clippy::print_stdout)] // the report is this program's output
 
-use std::collections::BTreeMap;
-use std::path::Path;
-
-use cellbox::serve::{DEFAULT_API_PORT, ServeConfig, serve};
 use cellbox::{Sandbox, SandboxOptions};
 use cellbox_benches::{Sample, measure, table};
 
@@ -58,32 +54,13 @@ async fn main() {
         sandbox.close().await.unwrap();
     }
 
-    let snapshots = std::env::temp_dir().join(format!("cellbox-bench-{}", std::process::id()));
-    let config = ServeConfig {
-        code_port: None,
-        envd_port: None,
-        snapshot_dir: snapshots.clone(),
-        ..ServeConfig::new(API_KEY)
-    };
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(serve(config, async {
-        let _ = stopped.await;
-    }));
-    let url = format!("http://localhost:{DEFAULT_API_PORT}");
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("peers/e2b_sdk_sandboxes.py");
-    let printed = cellbox_benches::run_sdk_peer(
-        tokio::process::Command::new(&python)
-            .arg(script)
-            .arg(RUNS.to_string())
-            .env("E2B_API_URL", &url)
-            .env("E2B_SANDBOX_URL", &url)
-            .env("E2B_API_KEY", API_KEY),
+    let timings = cellbox_benches::run_peer_against_serve(
+        &python,
+        "e2b_sdk_sandboxes.py",
+        &[RUNS.to_string()],
+        API_KEY,
     )
     .await;
-    let timings: BTreeMap<String, Vec<f64>> = serde_json::from_value(printed).expect("timings");
-    let _ = stop.send(());
-    server.await.unwrap().unwrap();
-    let _ = std::fs::remove_dir_all(&snapshots);
 
     let sample = |key: &str, name: &str| Sample::from_secs(name, &timings[key]);
     let first_result = sample(

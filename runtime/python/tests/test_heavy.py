@@ -78,6 +78,12 @@ def test_files_round_trip_and_cells_see_them(sandbox):
     assert moved.path == "/home/user/data/sub/moved.txt"
     assert not files.exists("/home/user/data/notes.txt")
     assert [e.name for e in files.list("/home/user/data", depth=2) if e.name == "moved.txt"] == ["moved.txt"]
+    tree = [e.path for e in files.list("/home/user/data", depth=2)]
+    assert tree == ["/home/user/data/blob.bin", "/home/user/data/sub", "/home/user/data/sub/moved.txt"]
+    # Relative paths are the user's home's; a stream reads in chunks.
+    files.write("relative.txt", "r" * 100_000)
+    with files.read("/home/user/relative.txt", format="stream") as stream:
+        assert b"".join(stream) == b"r" * 100_000
     files.remove("/home/user/data/sub")
     files.remove("/home/user/data/sub")  # missing: no error, as in E2B
     with pytest.raises(FileNotFoundException):
@@ -95,6 +101,9 @@ def test_commands_stream_fail_and_run_in_the_background(sandbox):
     assert failed.value.exit_code == 3 and failed.value.stderr == "no\n"
     with pytest.raises(TimeoutException):
         sandbox.commands.run("sleep 30", timeout=1)
+    with pytest.raises(TimeoutException):
+        for _ in sandbox.commands.run("sleep 30", background=True, timeout=1):
+            pass
     assert sandbox.commands.run("whoami").stdout == "user\n"
 
     handle = sandbox.commands.run("cat", background=True)

@@ -78,12 +78,15 @@ class CommandHandle:
         return (text, None, None) if kind == "stdout" else (None, text, None)
 
     def __iter__(self) -> Iterator[Tuple[Optional[str], Optional[str], Optional[bytes]]]:
+        """Output as it arrives; a command that runs past its timeout raises
+        `TimeoutException` at the end."""
         while True:
             with translated():
                 item = self._stream.next()
             if item is None:
-                return
+                break
             yield self._chunk(*item)
+        self._finish()
 
     def _finish(self) -> CommandResult:
         if self._result is None:

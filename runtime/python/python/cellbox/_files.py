@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 import stat
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from enum import Enum
-from typing import IO, Dict, Iterator, List, Literal, Optional, Union, overload
+from typing import IO, Dict, List, Literal, Optional, TypedDict, Union, overload
 
 from .exceptions import FileNotFoundException, InvalidArgumentException, NotFoundException, translated
 
@@ -46,12 +46,41 @@ class EntryInfo(WriteInfo):
     symlink_target: Optional[str] = None
 
 
-@dataclass
-class WriteEntry:
-    """One file of `write_files`."""
+class WriteEntry(TypedDict):
+    """One file of `write_files`: its `path` and `data`."""
 
     path: str
-    data: Data = field(default=b"")
+    data: Data
+
+
+# Relative paths are taken from the sandbox user's home, as in E2B.
+HOME = "/home/user"
+
+
+def _path(path: str) -> str:
+    return path if path.startswith("/") else f"{HOME}/{path}"
+
+
+class ReadStream:
+    """A file's content as an iterator of byte chunks (a context manager too)."""
+
+    def __init__(self, data: bytes, chunk: int = 64 * 1024):
+        self._chunks = iter([data[i : i + chunk] for i in range(0, len(data), chunk)] or [b""])
+
+    def __iter__(self) -> "ReadStream":
+        return self
+
+    def __next__(self) -> bytes:
+        return next(self._chunks)
+
+    def close(self) -> None:
+        self._chunks = iter(())
+
+    def __enter__(self) -> "ReadStream":
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
 
 
 def _bytes(data: Data) -> bytes:
@@ -96,65 +125,67 @@ class Filesystem:
     @overload
     def read(self, path: str, format: Literal["bytes"], **_: object) -> bytearray: ...
     @overload
-    def read(self, path: str, format: Literal["stream"], **_: object) -> Iterator[bytes]: ...
+    def read(self, path: str, format: Literal["stream"], **_: object) -> ReadStream: ...
 
     def read(self, path: str, format: str = "text", **_: object):
-        """The file's content as text (UTF-8), `bytearray` or an iterator of bytes."""
+        """The file's content as text (UTF-8), `bytearray` or a stream of byte chunks."""
         if format not in ("text", "bytes", "stream"):
             raise InvalidArgumentException(f"unknown format {format!r}: use text, bytes or stream")
         with translated(not_found=FileNotFoundException):
-            data = self._native.read_file(path)
+            data = self._native.read_file(_path(path))
         if format == "text":
             return data.decode("utf-8", errors="replace")
         if format == "bytes":
             return bytearray(data)
-        return iter([data])
+        return ReadStream(data)
 
     def write(self, path: str, data: Data, **_: object) -> WriteInfo:
         """Writes `data` to `path` (parent folders are made), replacing what was there."""
         content = _bytes(data)
         with translated(not_found=FileNotFoundException):
-            raw = json.loads(self._native.write_file(path, content))
+            raw = json.loads(self._native.write_file(_path(path), content))
         return WriteInfo(name=raw["name"], type=FileType.FILE, path=raw["path"])
 
-    def write_files(self, files: List[Union[WriteEntry, dict]], **_: object) -> List[WriteInfo]:
+    def write_files(self, files: List[WriteEntry], **_: object) -> List[WriteInfo]:
         """Writes several files; each entry has `path` and `data`."""
-        entries = [WriteEntry(**f) if isinstance(f, dict) else f for f in files]
-        return [self.write(entry.path, entry.data) for entry in entries]
+        return [self.write(entry["path"], entry["data"]) for entry in files]
 
     def list(self, path: str, depth: Optional[int] = 1, **_: object) -> List[EntryInfo]:
-        """The entries of the folder `path`, and of its subfolders down to `depth` levels."""
-        if depth is not None and depth < 1:
-            raise InvalidArgumentException("depth should be at least one")
+        """The entries of the folder `path` by name, each folder followed by its
+        own entries, down to `depth` levels (default 1: the folder's own)."""
+        depth = 1 if depth is None else depth
+        if depth < 1:
+            raise InvalidArgumentException("depth should be at least 1")
         with translated(not_found=FileNotFoundException):
-            entries = [_entry(raw) for raw in json.loads(self._native.list_files(path))]
-        if depth is None or depth > 1:
-            for entry in list(entries):
-                if entry.type is FileType.DIR:
-                    entries.extend(self.list(entry.path, None if depth is None else depth - 1))
-        return entries
+            entries = sorted((_entry(raw) for raw in json.loads(self._native.list_files(_path(path)))), key=lambda e: e.name)
+        listed: List[EntryInfo] = []
+        for entry in entries:
+            listed.append(entry)
+            if entry.type is FileType.DIR and depth > 1:
+                listed.extend(self.list(entry.path, depth - 1))
+        return listed
 
     def exists(self, path: str, **_: object) -> bool:
         with translated():
-            return self._native.file_exists(path)
+            return self._native.file_exists(_path(path))
 
     def get_info(self, path: str, **_: object) -> EntryInfo:
         with translated(not_found=FileNotFoundException):
-            return _entry(json.loads(self._native.stat_file(path)))
+            return _entry(json.loads(self._native.stat_file(_path(path))))
 
     def remove(self, path: str, **_: object) -> None:
         """Removes a file or a folder with what it holds; a missing path is no error."""
         try:
             with translated(not_found=FileNotFoundException):
-                self._native.remove_file(path)
+                self._native.remove_file(_path(path))
         except NotFoundException:
             pass
 
     def rename(self, old_path: str, new_path: str, **_: object) -> EntryInfo:
         with translated(not_found=FileNotFoundException):
-            return _entry(json.loads(self._native.rename_file(old_path, new_path)))
+            return _entry(json.loads(self._native.rename_file(_path(old_path), _path(new_path))))
 
     def make_dir(self, path: str, **_: object) -> bool:
         """Makes the folder (and its parents); False if it was already there."""
         with translated():
-            return self._native.make_dir(path)
+            return self._native.make_dir(_path(path))
