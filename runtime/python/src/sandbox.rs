@@ -262,12 +262,53 @@ impl NativeSandbox {
         Ok(PyBytes::new(py, &data))
     }
 
-    fn write_file(&self, py: Python<'_>, path: String, data: Vec<u8>) -> PyResult<String> {
+    /// Writes the file, keeping `metadata` on it (`user.e2b.*` attributes).
+    #[pyo3(signature = (path, data, metadata=None))]
+    fn write_file(
+        &self,
+        py: Python<'_>,
+        path: String,
+        data: Vec<u8>,
+        metadata: Option<BTreeMap<String, String>>,
+    ) -> PyResult<String> {
         wait_for(py, async {
             let files = self.sandbox.files();
             files.write(&path, &data).await?;
+            if let Some(metadata) = metadata.filter(|m| !m.is_empty()) {
+                files.set_metadata(&path, &metadata).await?;
+            }
             json(&files.stat(&path).await?)
         })
+    }
+
+    /// Watches the folder `path`: each change is a stream item `("event",
+    /// json)`; the stream's `interrupt()` ends the watch.
+    fn watch_dir(&self, py: Python<'_>, path: String, recursive: bool) -> PyResult<EventStream> {
+        let mut watch = wait_for(py, self.sandbox.files().watch_dir(&path, recursive))?;
+        let stop = cellbox::Interrupt::new();
+        let (tx, events) = mpsc::unbounded_channel();
+        let stopped = stop.clone();
+        let done = runtime()?.spawn(async move {
+            let ended = loop {
+                tokio::select! {
+                    batch = watch.next() => match batch {
+                        Some(Ok(batch)) => {
+                            for event in batch {
+                                let _ = tx.send(("event", json(&event)?));
+                            }
+                        }
+                        Some(Err(e)) => return Err(e),
+                        None => break true,
+                    },
+                    () = stopped.interrupted() => break false,
+                }
+            };
+            if !ended {
+                watch.stop().await?;
+            }
+            Ok("null".to_string())
+        });
+        Ok(EventStream::new(events, done, Some(stop), None))
     }
 
     fn list_files(&self, py: Python<'_>, path: String) -> PyResult<String> {

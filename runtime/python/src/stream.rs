@@ -59,6 +59,11 @@ impl EventStream {
         })
     }
 
+    /// The next event if one has arrived, else `None` at once.
+    fn poll(&self) -> Option<Item> {
+        self.events.try_lock().ok()?.try_recv().ok()
+    }
+
     /// The run's outcome as JSON (an execution, or a command's result),
     /// once its events are read; raises `CellboxError` if the run failed.
     fn outcome(&self, py: Python<'_>) -> PyResult<String> {

@@ -1,8 +1,10 @@
 """The heavy backend, in process: rich results, charts, the move from the
 fast path, contexts, files, commands and terminals."""
 
+import asyncio
 import base64
 import threading
+import time
 
 import pytest
 
@@ -10,6 +12,7 @@ from cellbox import (
     AsyncSandbox,
     CommandExitException,
     FileNotFoundException,
+    FilesystemEventType,
     FileType,
     LineChart,
     PtySize,
@@ -90,6 +93,28 @@ def test_files_round_trip_and_cells_see_them(sandbox):
         files.read("/home/user/data/sub/moved.txt")
 
 
+def test_metadata_stays_on_written_files(sandbox):
+    info = sandbox.files.write("/home/user/tagged.txt", "x", metadata={"team": "blue"})
+    assert info.metadata == {"team": "blue"}
+    assert sandbox.files.get_info("/home/user/tagged.txt").metadata == {"team": "blue"}
+    listed = {e.name: e for e in sandbox.files.list("/home/user")}
+    assert listed["tagged.txt"].metadata == {"team": "blue"}
+
+
+def test_a_watched_folder_reports_its_changes(sandbox):
+    sandbox.files.make_dir("/home/user/watched")
+    handle = sandbox.files.watch_dir("/home/user/watched")
+    sandbox.files.write("/home/user/watched/new.txt", "hello")
+    seen = []
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and not any(e.name == "new.txt" for e in seen):
+        seen += handle.get_new_events()
+        time.sleep(0.05)
+    handle.stop()
+    kinds = {e.type for e in seen if e.name == "new.txt"}
+    assert kinds & {FilesystemEventType.CREATE, FilesystemEventType.WRITE}, seen
+
+
 def test_commands_stream_fail_and_run_in_the_background(sandbox):
     chunks = []
     result = sandbox.commands.run("echo out; echo err >&2; echo $GREETING", envs={"GREETING": "hi"}, on_stdout=chunks.append)
@@ -156,6 +181,15 @@ async def test_async_commands_call_back_on_the_loop(heavy_backend):
         result = await handle.wait()
         assert result.stdout == "1\n2\n3\n"
         assert "".join(seen) == "1\n2\n3\n"
-        await sandbox.files.write("/home/user/a.txt", "async")
-        assert await sandbox.files.read("/home/user/a.txt") == "async"
+        await sandbox.files.make_dir("/home/user/seen")
+        changes = []
+        watch = await sandbox.files.watch_dir("/home/user/seen", on_event=changes.append)
+        await sandbox.files.write("/home/user/seen/a.txt", "async")
+        assert await sandbox.files.read("/home/user/seen/a.txt") == "async"
+        for _ in range(300):
+            if any(c.name == "a.txt" for c in changes):
+                break
+            await asyncio.sleep(0.05)
+        await watch.stop()
+        assert any(c.name == "a.txt" for c in changes), changes
         assert (await sandbox.run_code("import numpy; 1 + 1")).text == "2"

@@ -24,9 +24,18 @@ if _os.path.isfile(_os.path.join(_guest, "sbin", "init")):
     _os.environ.setdefault("CELLBOX_GUEST_LAYER", _guest)
 
 from ._commands import CommandHandle, CommandResult, Commands, ProcessInfo, Pty, PtySize
-from ._files import EntryInfo, FileType, Filesystem, WriteEntry, WriteInfo
+from ._files import (
+    EntryInfo,
+    FilesystemEvent,
+    FilesystemEventType,
+    FileType,
+    Filesystem,
+    WatchHandle,
+    WriteEntry,
+    WriteInfo,
+)
 from ._native import __version__
-from .async_sandbox import AsyncCommandHandle, AsyncSandbox
+from .async_sandbox import AsyncCommandHandle, AsyncSandbox, AsyncWatchHandle
 from .charts import (
     BarChart,
     BoxAndWhiskerChart,
@@ -67,6 +76,7 @@ from .sandbox import Sandbox, SandboxInfo, SandboxMetrics, SandboxPaginator, Sna
 __all__ = [
     "AsyncCommandHandle",
     "AsyncSandbox",
+    "AsyncWatchHandle",
     "AuthenticationException",
     "BarChart",
     "BoxAndWhiskerChart",
@@ -82,6 +92,8 @@ __all__ = [
     "ExecutionError",
     "FileNotFoundException",
     "FileType",
+    "FilesystemEvent",
+    "FilesystemEventType",
     "Filesystem",
     "InvalidArgumentException",
     "LineChart",
@@ -110,6 +122,7 @@ __all__ = [
     "SuperChart",
     "TemplateException",
     "TimeoutException",
+    "WatchHandle",
     "WriteEntry",
     "WriteInfo",
     "__version__",

@@ -15,6 +15,45 @@ from .exceptions import FileNotFoundException, InvalidArgumentException, NotFoun
 Data = Union[str, bytes, bytearray, IO]
 
 
+class FilesystemEventType(Enum):
+    CHMOD = "chmod"
+    CREATE = "create"
+    REMOVE = "remove"
+    RENAME = "rename"
+    WRITE = "write"
+
+
+@dataclass
+class FilesystemEvent:
+    """A change in a watched folder: `name` is relative to the folder."""
+
+    name: str
+    type: FilesystemEventType
+
+
+def parse_event(payload: str) -> FilesystemEvent:
+    raw = json.loads(payload)
+    return FilesystemEvent(name=raw["name"], type=FilesystemEventType(raw["kind"]))
+
+
+class WatchHandle:
+    """A running watch: `get_new_events()` gives what changed since the last call."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def get_new_events(self) -> List[FilesystemEvent]:
+        events = []
+        while True:
+            item = self._stream.poll()
+            if item is None:
+                return events
+            events.append(parse_event(item[1]))
+
+    def stop(self) -> None:
+        self._stream.interrupt()
+
+
 class FileType(Enum):
     FILE = "file"
     DIR = "dir"
@@ -139,16 +178,21 @@ class Filesystem:
             return bytearray(data)
         return ReadStream(data)
 
-    def write(self, path: str, data: Data, **_: object) -> WriteInfo:
-        """Writes `data` to `path` (parent folders are made), replacing what was there."""
+    def write(self, path: str, data: Data, metadata: Optional[Dict[str, str]] = None, **_: object) -> WriteInfo:
+        """Writes `data` to `path` (parent folders are made), replacing what
+        was there; `metadata` is kept on the file (`get_info`, `list` show it)."""
         content = _bytes(data)
+        if metadata is not None and not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
+            raise InvalidArgumentException("metadata keys and values must be strings")
         with translated(not_found=FileNotFoundException):
-            raw = json.loads(self._native.write_file(_path(path), content))
-        return WriteInfo(name=raw["name"], type=FileType.FILE, path=raw["path"])
+            raw = json.loads(self._native.write_file(_path(path), content, metadata))
+        return WriteInfo(name=raw["name"], type=FileType.FILE, path=raw["path"], metadata=raw.get("metadata") or None)
 
-    def write_files(self, files: List[WriteEntry], **_: object) -> List[WriteInfo]:
+    def write_files(
+        self, files: List[WriteEntry], metadata: Optional[Dict[str, str]] = None, **_: object
+    ) -> List[WriteInfo]:
         """Writes several files; each entry has `path` and `data`."""
-        return [self.write(entry["path"], entry["data"]) for entry in files]
+        return [self.write(entry["path"], entry["data"], metadata) for entry in files]
 
     def list(self, path: str, depth: Optional[int] = 1, **_: object) -> List[EntryInfo]:
         """The entries of the folder `path` by name, each folder followed by its
@@ -184,6 +228,11 @@ class Filesystem:
     def rename(self, old_path: str, new_path: str, **_: object) -> EntryInfo:
         with translated(not_found=FileNotFoundException):
             return _entry(json.loads(self._native.rename_file(_path(old_path), _path(new_path))))
+
+    def watch_dir(self, path: str, recursive: bool = False, **_: object) -> WatchHandle:
+        """Watches the folder `path` (and, if `recursive`, its subfolders)."""
+        with translated(not_found=FileNotFoundException):
+            return WatchHandle(self._native.watch_dir(_path(path), recursive))
 
     def make_dir(self, path: str, **_: object) -> bool:
         """Makes the folder (and its parents); False if it was already there."""

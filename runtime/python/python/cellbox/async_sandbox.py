@@ -15,6 +15,7 @@ from typing import Any, Callable, Dict, List, Optional, Union
 
 from . import _cells
 from ._commands import CommandHandle, CommandResult, PtySize, command
+from ._files import FilesystemEvent, parse_event
 from .exceptions import CommandExitException, translated
 from .models import Context, Execution, ExecutionError, OutputHandlerWithAsync, OutputMessage, Result
 from .sandbox import Sandbox
@@ -107,6 +108,43 @@ class AsyncCommandHandle:
         self._pump.cancel()
 
 
+class AsyncWatchHandle:
+    """A running watch whose changes go to `on_event` on the event loop."""
+
+    def __init__(self, stream, on_event, on_exit=None):
+        self._stream = stream
+        self._pump = asyncio.ensure_future(self._follow(on_event, on_exit))
+
+    async def _follow(self, on_event, on_exit) -> None:
+        error: Optional[BaseException] = None
+        try:
+            while True:
+                item = await _next(self._stream)
+                if item is None:
+                    break
+                await _call(on_event, parse_event(item[1]))
+        except Exception as failure:  # reported to on_exit, as E2B's handle does
+            error = failure
+        await _call(on_exit, error)
+
+    async def stop(self) -> None:
+        self._stream.interrupt()
+        await asyncio.shield(self._pump)
+
+
+class AsyncFilesystem(_Async):
+    async def watch_dir(
+        self,
+        path: str,
+        on_event: OutputHandlerWithAsync[FilesystemEvent],
+        recursive: bool = False,
+        on_exit: Optional[Callable[[Optional[Exception]], Any]] = None,
+        **_: Any,
+    ) -> AsyncWatchHandle:
+        handle = await _in_thread(self._target.watch_dir, path, recursive)
+        return AsyncWatchHandle(handle._stream, on_event, on_exit)
+
+
 class AsyncCommands(_Async):
     async def run(
         self,
@@ -150,7 +188,7 @@ class AsyncSandbox:
 
     def __init__(self, sandbox: Sandbox):
         self._sandbox = sandbox
-        self.files = _Async(sandbox.files)
+        self.files = AsyncFilesystem(sandbox.files)
         self.commands = AsyncCommands(sandbox.commands)
         self.pty = AsyncPty(sandbox.pty)
 
