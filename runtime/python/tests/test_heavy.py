@@ -193,3 +193,30 @@ async def test_async_commands_call_back_on_the_loop(heavy_backend):
         await watch.stop()
         assert any(c.name == "a.txt" for c in changes), changes
         assert (await sandbox.run_code("import numpy; 1 + 1")).text == "2"
+
+
+def test_the_heavy_sandbox_sees_no_host_files_and_no_host_network(sandbox, tmp_path):
+    # A file only the host has, and a server only the host's loopback has.
+    secret = tmp_path / "host-secret.txt"
+    secret.write_text("not for the sandbox")
+    import socket
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    port = server.getsockname()[1]
+    try:
+        probe = sandbox.run_code(
+            "import os, socket\n"
+            f"seen = os.path.exists({str(secret)!r})\n"
+            "try:\n"
+            f"    socket.create_connection(('127.0.0.1', {port}), timeout=2); reached = True\n"
+            "except OSError:\n"
+            "    reached = False\n"
+            "(seen, reached)"
+        )
+    finally:
+        server.close()
+    assert probe.error is None, probe.error
+    assert sandbox.backend != "wasm"
+    assert probe.text == "(False, False)"
