@@ -117,9 +117,15 @@ impl MicroVmExecutor {
     /// fast, naming the reason, where KVM cannot run a Linux guest.
     pub async fn start(config: MicroVmConfig) -> Result<MicroVmExecutor> {
         if let Some(reason) = cellbox_vmm::kvm_support::linux_guest_blocker() {
-            return Err(unavailable(format!(
-                "{reason}. Use --backend namespace (the same guest in Linux namespaces) instead"
-            )));
+            // SAFETY: geteuid has no preconditions.
+            let hint = match unsafe { libc::geteuid() } {
+                0 => "Use --backend namespace (the same guest in Linux namespaces) instead",
+                _ => {
+                    "A user needs /dev/kvm (the kvm group) for the microVM; \
+                     as root, --backend namespace runs the same guest in Linux namespaces"
+                }
+            };
+            return Err(unavailable(format!("{reason}. {hint}")));
         }
         let cache_root = config
             .cache_dir
