@@ -11,10 +11,15 @@ use cellbox::{
 };
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
-use tokio::sync::mpsc;
 
 use crate::blocking::{runtime, wait_for};
-use crate::stream::{EventStream, Item};
+use crate::stream::{EventStream, Item, feed};
+
+/// Unread events a cell's or command's stream may hold: no limit here, as
+/// the guest already cuts what one run may print (`output_limit`).
+const RUN_BACKLOG: usize = usize::MAX;
+/// Unread changes a folder watch may hold; later ones are dropped.
+const WATCH_BACKLOG: usize = 65_536;
 
 /// One sandbox, shared by the Python objects that use it.
 #[derive(Debug)]
@@ -207,7 +212,7 @@ impl NativeSandbox {
         })()
         .map_err(crate::errors::to_python)?;
         let interrupt = options.interrupt.clone();
-        let (tx, events) = mpsc::unbounded_channel();
+        let (tx, events) = feed(RUN_BACKLOG);
         let sandbox = self.sandbox.clone();
         let done = runtime()?.spawn(async move {
             let mut forward = |event: &Event| {
@@ -286,7 +291,7 @@ impl NativeSandbox {
     fn watch_dir(&self, py: Python<'_>, path: String, recursive: bool) -> PyResult<EventStream> {
         let mut watch = wait_for(py, self.sandbox.files().watch_dir(&path, recursive))?;
         let stop = cellbox::Interrupt::new();
-        let (tx, events) = mpsc::unbounded_channel();
+        let (tx, events) = feed(WATCH_BACKLOG);
         let stopped = stop.clone();
         let done = runtime()?.spawn(async move {
             let ended = loop {
@@ -372,7 +377,7 @@ impl NativeSandbox {
         let handle = wait_for(py, self.sandbox.commands().start(&cmd, &options))?;
         let pid = handle.pid();
         let interrupt = cellbox::Interrupt::new();
-        let (tx, events) = mpsc::unbounded_channel();
+        let (tx, events) = feed(RUN_BACKLOG);
         let (sandbox, stop) = (self.sandbox.clone(), interrupt.clone());
         let done = runtime()?.spawn(async move {
             let mut forward = |stream: Stream, text: &str| {

@@ -3,6 +3,7 @@
 //! callbacks run there and nowhere else.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use pyo3::prelude::*;
 use tokio::sync::{Mutex, mpsc};
@@ -14,11 +15,70 @@ use crate::blocking;
 /// (JSON for results and errors).
 pub type Item = (&'static str, String);
 
+/// The producing end of an [`EventStream`]. At most `limit` events wait
+/// unread; past that, new ones are dropped, so that a stream nobody reads
+/// (a watch on a folder that hostile code churns) cannot grow the host's memory.
+#[derive(Debug, Clone)]
+pub struct Feed {
+    tx: mpsc::UnboundedSender<Item>,
+    queued: Arc<AtomicUsize>,
+    limit: usize,
+}
+
+impl Feed {
+    /// Queues `item`; false if it was dropped (the reader is too far behind or gone).
+    pub fn send(&self, item: Item) -> bool {
+        if self.queued.fetch_add(1, Ordering::AcqRel) >= self.limit {
+            self.queued.fetch_sub(1, Ordering::AcqRel);
+            return false;
+        }
+        self.tx.send(item).is_ok()
+    }
+}
+
+/// The reading end of a [`Feed`].
+#[derive(Debug)]
+pub struct Queue {
+    rx: mpsc::UnboundedReceiver<Item>,
+    queued: Arc<AtomicUsize>,
+}
+
+impl Queue {
+    async fn recv(&mut self) -> Option<Item> {
+        let item = self.rx.recv().await;
+        self.taken(item)
+    }
+
+    fn try_recv(&mut self) -> Option<Item> {
+        let item = self.rx.try_recv().ok();
+        self.taken(item)
+    }
+
+    fn taken(&self, item: Option<Item>) -> Option<Item> {
+        if item.is_some() {
+            self.queued.fetch_sub(1, Ordering::AcqRel);
+        }
+        item
+    }
+}
+
+/// A feed holding at most `limit` unread events, and its queue.
+pub fn feed(limit: usize) -> (Feed, Queue) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let queued = Arc::new(AtomicUsize::new(0));
+    let feed = Feed {
+        tx,
+        queued: queued.clone(),
+        limit,
+    };
+    (feed, Queue { rx, queued })
+}
+
 /// The events of one run, then its outcome (as JSON).
 #[derive(Debug)]
 #[pyclass(frozen, module = "cellbox._native")]
 pub struct EventStream {
-    events: Arc<Mutex<mpsc::UnboundedReceiver<Item>>>,
+    events: Arc<Mutex<Queue>>,
     done: Mutex<Option<JoinHandle<cellbox::Result<String>>>>,
     interrupt: Option<cellbox::Interrupt>,
     pid: Option<u32>,
@@ -28,7 +88,7 @@ impl EventStream {
     /// A stream fed through `events` by the task `done`, which ends with the
     /// run's outcome; `interrupt` stops the run.
     pub fn new(
-        events: mpsc::UnboundedReceiver<Item>,
+        events: Queue,
         done: JoinHandle<cellbox::Result<String>>,
         interrupt: Option<cellbox::Interrupt>,
         pid: Option<u32>,
@@ -61,7 +121,7 @@ impl EventStream {
 
     /// The next event if one has arrived, else `None` at once.
     fn poll(&self) -> Option<Item> {
-        self.events.try_lock().ok()?.try_recv().ok()
+        self.events.try_lock().ok()?.try_recv()
     }
 
     /// The run's outcome as JSON (an execution, or a command's result),
