@@ -183,7 +183,8 @@ impl NativeSandbox {
         })
     }
 
-    /// Starts `code`; its events and outcome come through the stream.
+    /// Starts `code`; its events come through the stream, then its outcome
+    /// (`{"execution_count": N}`).
     #[pyo3(signature = (code, language=None, context=None, envs=None, timeout=None))]
     fn run_code(
         &self,
@@ -221,7 +222,8 @@ impl NativeSandbox {
                 }
             };
             let execution = sandbox.run_code_with(&code, &options, &mut forward).await?;
-            json(&execution)
+            // The events carried everything else (large images included) already.
+            json(&serde_json::json!({"execution_count": execution.execution_count}))
         });
         Ok(EventStream::new(events, done, interrupt, None))
     }

@@ -124,7 +124,7 @@ impl EventStream {
         self.events.try_lock().ok()?.try_recv()
     }
 
-    /// The run's outcome as JSON (an execution, or a command's result),
+    /// The run's outcome as JSON (a cell's execution count, a command's result),
     /// once its events are read; raises `CellboxError` if the run failed.
     fn outcome(&self, py: Python<'_>) -> PyResult<String> {
         let outcome = blocking::wait(
