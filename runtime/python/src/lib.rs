@@ -10,6 +10,7 @@
 mod blocking;
 mod errors;
 mod sandbox;
+mod spares;
 mod stream;
 
 use pyo3::prelude::*;
@@ -44,6 +45,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(cli_main, m)?)?;
     m.add_function(wrap_pyfunction!(cache_dir, m)?)?;
     m.add_function(wrap_pyfunction!(data_dir, m)?)?;
+    m.add_function(wrap_pyfunction!(spares::shutdown, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

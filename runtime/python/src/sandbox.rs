@@ -138,7 +138,13 @@ impl NativeSandbox {
         let options = options
             .sandbox_options()
             .map_err(crate::errors::to_python)?;
-        let sandbox = wait_for(py, Sandbox::create(options))?;
+        let sandbox = wait_for(py, async move {
+            let options = match crate::spares::for_options(&options) {
+                Some(pool) => options.with_namespace_pool(pool),
+                None => options,
+            };
+            Sandbox::create(options).await
+        })?;
         Ok(NativeSandbox { sandbox })
     }
 

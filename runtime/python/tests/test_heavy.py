@@ -220,3 +220,38 @@ def test_the_heavy_sandbox_sees_no_host_files_and_no_host_network(sandbox, tmp_p
     assert probe.error is None, probe.error
     assert sandbox.backend != "wasm"
     assert probe.text == "(False, False)"
+
+
+def test_spare_sandboxes_stop_with_the_process(heavy_backend):
+    if heavy_backend != "namespace":
+        pytest.skip("spares are kept for the namespace sandbox only")
+    import os
+    import pathlib
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+
+    # Not pytest's tmp_path: the sandbox's own ids must be able to pass through it.
+    tmp_path = pathlib.Path(tempfile.mkdtemp(prefix="cellbox-spares-"))
+    tmp_path.chmod(0o755)
+
+    # The child's sandboxes keep their folders in its TMPDIR: after its first
+    # sandbox ends, the spare started behind it is the one left running.
+    script = (
+        "import os, time\n"
+        "from cellbox import Sandbox\n"
+        "with Sandbox.create(backend='namespace') as s:\n"
+        "    assert s.run_code('1 + 1').text == '2'\n"
+        "for _ in range(200):\n"
+        "    if os.listdir(os.environ['TMPDIR']):\n"
+        "        break\n"
+        "    time.sleep(0.1)\n"
+        "assert os.listdir(os.environ['TMPDIR']), 'no spare started'\n"
+    )
+    env = {**os.environ, "TMPDIR": str(tmp_path), "CELLBOX_SPARES": "1"}
+    try:
+        subprocess.run([sys.executable, "-c", script], env=env, check=True, timeout=300)
+        assert list(tmp_path.iterdir()) == []
+    finally:
+        shutil.rmtree(tmp_path, ignore_errors=True)

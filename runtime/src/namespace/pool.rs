@@ -121,6 +121,19 @@ impl NamespacePool {
     pub fn spares(&self) -> usize {
         crate::lock(&self.shared.spares).len()
     }
+
+    /// Stops the spares, the one being started included, and returns once
+    /// they are gone (processes, disks, folders); the pool starts no more.
+    /// Dropping the pool does the same without waiting, which a process
+    /// about to exit cannot afford.
+    pub async fn close(&self) {
+        self.filler.abort();
+        while !self.filler.is_finished() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let spares = std::mem::take(&mut *crate::lock(&self.shared.spares));
+        drop(spares);
+    }
 }
 
 impl Drop for NamespacePool {

@@ -145,8 +145,9 @@ impl SandboxOptions {
     }
 
     /// Whether these options' heavy backend is the namespace sandbox here
-    /// (and can start: it needs root).
-    pub(crate) fn heavy_is_namespace(&self) -> bool {
+    /// (and can start: it needs root), so that a [`NamespacePool`] of
+    /// [`SandboxOptions::namespace_config`] can serve them.
+    pub fn heavy_is_namespace(&self) -> bool {
         let split = self
             .backend
             .split_for(&self.network, self.template.is_some());

@@ -15,6 +15,7 @@ WebAssembly fast path, a microVM, or Linux namespaces), driven by its Rust
 library through ``cellbox._native``.
 """
 
+import atexit as _atexit
 import os as _os
 
 # The guest layer this wheel ships (guest-init and its kernel drivers): the
@@ -35,6 +36,7 @@ from ._files import (
     WriteInfo,
 )
 from ._native import __version__
+from ._native import shutdown as _shutdown
 from .async_sandbox import AsyncCommandHandle, AsyncSandbox, AsyncWatchHandle
 from .charts import (
     BarChart,
@@ -72,6 +74,9 @@ from .models import (
     RunCodeLanguage,
 )
 from .sandbox import Sandbox, SandboxInfo, SandboxMetrics, SandboxPaginator, SnapshotInfo
+
+# The spare sandboxes kept for this process stop with it.
+_atexit.register(_shutdown)
 
 __all__ = [
     "AsyncCommandHandle",
