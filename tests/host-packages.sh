@@ -13,7 +13,7 @@
 set -euo pipefail
 APT_PACKAGES=(
     clang-19 lld-19 wasi-libc libclang-rt-19-dev-wasm32
-    mmdebstrap e2fsprogs slirp4netns nftables iproute2 passt uidmap
+    mmdebstrap e2fsprogs slirp4netns nftables iproute2 passt
     linux-source-6.1 build-essential bc bison flex libelf-dev libssl-dev cpio xz-utils
     python3 python3-venv
     qemu-system-x86 busybox-static kmod

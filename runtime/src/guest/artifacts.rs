@@ -55,7 +55,7 @@ impl GuestArtifacts {
                 );
                 builder::ensure_built(
                     &cache_root.join("guest-layer").join(layer_key),
-                    "sbin/init",
+                    INIT,
                     |dir| build_layer(dir, &cache_root.join("guest-init-target"), progress),
                 )?
             }
@@ -144,62 +144,82 @@ fn guest_init_sources() -> Result<Vec<(String, Vec<u8>)>> {
         .collect()
 }
 
-/// The files of the guest layer `dir`, by path inside it.
-fn layer_files(dir: &Path) -> Result<Vec<(String, Vec<u8>)>> {
-    let mut files = Vec::new();
-    let mut folders = vec![dir.to_path_buf()];
-    while let Some(folder) = folders.pop() {
-        let entries = std::fs::read_dir(&folder)
-            .map_err(|e| Error::io(format!("reading the guest layer {}", folder.display()), e))?;
-        for entry in entries.flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                folders.push(path);
-            } else {
-                let bytes = std::fs::read(&path)
-                    .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
-                let name = path.strip_prefix(dir).unwrap_or(&path);
-                files.push((name.to_string_lossy().into_owned(), bytes));
-            }
-        }
-    }
-    files.sort();
-    Ok(files)
+/// Where `guest-init` goes in a guest layer.
+const INIT: &str = "sbin/init";
+
+/// A guest layer's files by their path inside it: `guest-init`, then the
+/// kernel drivers in `usr/lib/cellbox/` (in [`KERNEL_DRIVERS`]' order).
+fn layer_paths() -> Vec<String> {
+    std::iter::once(INIT.to_string())
+        .chain(
+            KERNEL_DRIVERS
+                .iter()
+                .map(|driver| format!("usr/lib/cellbox/{driver}")),
+        )
+        .collect()
 }
 
-/// Copies the prebuilt guest layer `source` into the cache, keyed by its
-/// content: the cache, which cellbox trusts, holds what runs as the guest.
+/// Lays out the new guest layer `dir`, copying `sources` to
+/// [`layer_paths`] in order, through a staging folder so that `dir`
+/// appears whole or not at all.
+fn lay_out_layer(dir: &Path, sources: &[PathBuf]) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let staging = dir.with_extension("partial");
+    let _ = std::fs::remove_dir_all(&staging);
+    let copy = || -> std::io::Result<()> {
+        for (path, source) in layer_paths().iter().zip(sources) {
+            let target = staging.join(path);
+            std::fs::create_dir_all(target.parent().unwrap_or(&staging))?;
+            std::fs::copy(source, &target)?;
+            let mode = if path == INIT { 0o755 } else { 0o644 };
+            std::fs::set_permissions(&target, std::fs::Permissions::from_mode(mode))?;
+        }
+        std::fs::rename(&staging, dir)
+    };
+    copy().map_err(|e| {
+        Error::io(
+            format!("laying out the guest layer in {}", dir.display()),
+            e,
+        )
+    })
+}
+
+/// Copies the prebuilt guest layer `source` into the cache, which cellbox
+/// trusts, so that the cache holds what runs as the guest. Only the layer's
+/// own files are taken (not, say, the `__pycache__` that pip leaves beside
+/// the drivers), and only from where no other user could have changed them
+/// (the guest's init runs as root on the host). The copy is found by each
+/// file's size and modification time, so that a sandbox's start does not
+/// read the 2.6 MB binary again.
 fn install_prebuilt_layer(cache_root: &Path, source: &Path) -> Result<PathBuf> {
-    let files = layer_files(source)?;
-    if !files.iter().any(|(name, _)| name == "sbin/init") {
-        return Err(Error::Artifact {
+    let sources: Vec<PathBuf> = layer_paths().iter().map(|p| source.join(p)).collect();
+    let mut stamps = Vec::with_capacity(sources.len());
+    for file in &sources {
+        cache::check_trusted(file).map_err(|e| Error::Artifact {
             what: format!("the prebuilt guest layer {}", source.display()),
-            reason: format!("it has no sbin/init; unset {PREBUILT_LAYER_ENV} or rebuild it"),
-        });
+            reason: format!("{e}; or unset {PREBUILT_LAYER_ENV}"),
+        })?;
+        let meta = std::fs::metadata(file).map_err(|e| Error::Artifact {
+            what: format!("the prebuilt guest layer {}", source.display()),
+            reason: format!(
+                "{}: {e}; unset {PREBUILT_LAYER_ENV} or rebuild it",
+                file.display()
+            ),
+        })?;
+        stamps.push(format!("{} {:?}", meta.len(), meta.modified().ok()));
     }
-    let key = cache::input_key(files.iter().map(|(n, b)| (n.as_str(), b.as_slice())));
+    let key = cache::input_key(
+        layer_paths()
+            .iter()
+            .zip(&stamps)
+            .map(|(path, stamp)| (path.as_str(), stamp.as_bytes())),
+    );
     builder::ensure_built(
         &cache_root
             .join("guest-layer")
             .join(format!("prebuilt-{key}")),
-        "sbin/init",
-        |dir| {
-            let staging = dir.with_extension("partial");
-            let _ = std::fs::remove_dir_all(&staging);
-            let copy = || -> std::io::Result<()> {
-                use std::os::unix::fs::PermissionsExt;
-                for (name, bytes) in &files {
-                    let target = staging.join(name);
-                    std::fs::create_dir_all(target.parent().unwrap_or(&staging))?;
-                    std::fs::write(&target, bytes)?;
-                    let mode = if name == "sbin/init" { 0o755 } else { 0o644 };
-                    std::fs::set_permissions(&target, std::fs::Permissions::from_mode(mode))?;
-                }
-                std::fs::rename(&staging, dir)
-            };
-            copy()
-                .map_err(|e| Error::io(format!("copying the guest layer to {}", dir.display()), e))
-        },
+        INIT,
+        |dir| lay_out_layer(dir, &sources),
     )
 }
 
@@ -228,27 +248,56 @@ pub fn build_layer(dir: &Path, target_dir: &Path, progress: &Progress) -> Result
         .env("RUSTFLAGS", "-C target-feature=+crt-static");
     builder::run_logged(cargo, progress, "building guest-init with cargo")?;
 
-    let staging = dir.with_extension("partial");
-    let _ = std::fs::remove_dir_all(&staging);
-    let copy = || -> std::io::Result<()> {
-        std::fs::create_dir_all(staging.join("sbin"))?;
-        std::fs::create_dir_all(staging.join("usr/lib/cellbox"))?;
-        std::fs::copy(
-            target_dir.join(&target).join("release/guest-init"),
-            staging.join("sbin/init"),
-        )?;
-        for script in KERNEL_DRIVERS {
-            std::fs::copy(
-                source.join("kernel").join(script),
-                staging.join("usr/lib/cellbox").join(script),
-            )?;
+    let built = std::iter::once(target_dir.join(&target).join("release/guest-init"));
+    let drivers = KERNEL_DRIVERS
+        .iter()
+        .map(|driver| source.join("kernel").join(driver));
+    lay_out_layer(dir, &built.chain(drivers).collect::<Vec<_>>())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn a_prebuilt_layer_is_copied_once_and_only_its_own_files() {
+        let (source, cache) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        for path in layer_paths() {
+            let file = source.path().join(&path);
+            std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+            std::fs::write(&file, path.as_bytes()).unwrap();
         }
-        std::fs::rename(&staging, dir)
-    };
-    copy().map_err(|e| {
-        Error::io(
-            format!("laying out the guest layer in {}", dir.display()),
-            e,
-        )
-    })
+        // What pip leaves beside the drivers is not the layer's.
+        let stray = source.path().join("usr/lib/cellbox/__pycache__");
+        std::fs::create_dir(&stray).unwrap();
+        std::fs::write(stray.join("cellbox_kernel.cpython-311.pyc"), b"pyc").unwrap();
+
+        let first = install_prebuilt_layer(cache.path(), source.path()).unwrap();
+        assert_eq!(
+            first,
+            install_prebuilt_layer(cache.path(), source.path()).unwrap()
+        );
+        assert!(!first.join("usr/lib/cellbox/__pycache__").exists());
+        let init = std::fs::metadata(first.join(INIT)).unwrap();
+        assert_eq!(init.permissions().mode() & 0o777, 0o755);
+        assert_eq!(std::fs::read(first.join(INIT)).unwrap(), INIT.as_bytes());
+
+        // A file another user may change is not taken: init runs as root.
+        let driver = source.path().join(&layer_paths()[1]);
+        std::fs::set_permissions(&driver, std::fs::Permissions::from_mode(0o666)).unwrap();
+        std::fs::write(&driver, b"changed by someone else").unwrap();
+        let untrusted = install_prebuilt_layer(cache.path(), source.path()).unwrap_err();
+        assert!(
+            untrusted.to_string().contains("another user"),
+            "{untrusted}"
+        );
+
+        std::fs::remove_file(source.path().join(INIT)).unwrap();
+        let missing = install_prebuilt_layer(cache.path(), source.path()).unwrap_err();
+        assert!(
+            missing.to_string().contains(PREBUILT_LAYER_ENV),
+            "{missing}"
+        );
+    }
 }

@@ -303,7 +303,8 @@ class Sandbox:
         with translated():
             backend = self._native.backend()
             state = "paused" if self._native.is_paused() else "running"
-        lifetime = timedelta(seconds=self._timeout or 0) if self._timeout else timedelta(days=36500)
+        # No timeout (0 or None): it never ends by itself.
+        lifetime = timedelta(seconds=self._timeout) if self._timeout else timedelta(days=36500)
         return SandboxInfo(
             sandbox_id=self.sandbox_id,
             template_id=self._template,
