@@ -43,9 +43,13 @@ pub fn emulated_kvm_script() -> PathBuf {
 pub struct Run {
     /// How the program (or the emulated machine) exited.
     pub status: ExitStatus,
-    /// The emulated machine's kernel reported a CPU stuck for
-    /// [`LOCKED_UP_AFTER`] or longer, and the machine was stopped.
+    /// The emulated machine locked up (its kernel reported a CPU stuck for
+    /// [`LOCKED_UP_AFTER`], or nothing came from it, not even its heartbeat,
+    /// for [`STALLED_AFTER`]), and it was stopped.
     pub locked_up: bool,
+    /// The test that ran past [`TEST_BUDGET`], for which the machine was
+    /// stopped (the machine was alive: the test hung).
+    pub over_budget: Option<String>,
     /// Everything printed, the machine's console included.
     pub output: String,
 }
@@ -83,23 +87,36 @@ pub fn run(program: &Path, args: &[&str]) -> Run {
     let group = child.id() as i32;
     let last_line = Arc::new(Mutex::new(Instant::now()));
     let finished = Arc::new(AtomicBool::new(false));
+    let running: Arc<Mutex<Option<(String, Instant)>>> = Arc::new(Mutex::new(None));
+    let over_budget = Arc::new(Mutex::new(None));
+    let stop = move || kill_group(group);
     let watchdog = {
         let (last_line, finished, locked_up) =
             (last_line.clone(), finished.clone(), locked_up.clone());
+        let (running, over_budget) = (running.clone(), over_budget.clone());
         std::thread::spawn(move || {
             while !finished.load(Ordering::SeqCst) {
                 std::thread::sleep(Duration::from_secs(1));
-                let silent = last_line
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .elapsed();
+                let silent = lock(&last_line).elapsed();
                 if silent >= STALLED_AFTER && !locked_up.swap(true, Ordering::SeqCst) {
                     let _ = writeln!(
                         std::io::stderr(),
-                        "| (nothing from the emulated machine for {silent:?}: stopping it)"
+                        "| (nothing from the emulated machine for {silent:?}, not even its heartbeat: stopping it)"
                     );
-                    // SAFETY: as below, the process group made for this run.
-                    unsafe { libc::kill(-group, libc::SIGKILL) };
+                    stop();
+                }
+                let late = lock(&running)
+                    .as_ref()
+                    .filter(|(_, since)| since.elapsed() >= TEST_BUDGET)
+                    .map(|(name, _)| name.clone());
+                if let Some(name) = late
+                    && lock(&over_budget).replace(name.clone()).is_none()
+                {
+                    let _ = writeln!(
+                        std::io::stderr(),
+                        "| ({name} has run for {TEST_BUDGET:?}, its most: stopping the machine)"
+                    );
+                    stop();
                 }
             }
         })
@@ -120,9 +137,10 @@ pub fn run(program: &Path, args: &[&str]) -> Run {
         let output = output.clone();
         let locked_up = locked_up.clone();
         let last_line = last_line.clone();
+        let running = running.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stream).lines().map_while(|l| l.ok()) {
-                *last_line.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+                *lock(&last_line) = Instant::now();
                 if stuck_for(&line).is_some_and(|stuck| stuck >= LOCKED_UP_AFTER)
                     && !locked_up.swap(true, Ordering::SeqCst)
                 {
@@ -130,14 +148,21 @@ pub fn run(program: &Path, args: &[&str]) -> Run {
                         std::io::stderr(),
                         "| (the emulated machine's kernel has locked up: stopping it)"
                     );
-                    // SAFETY: kill(2) on the process group made for this run,
-                    // whose leader is our unreaped child.
-                    unsafe { libc::kill(-group, libc::SIGKILL) };
+                    stop();
                 }
                 // Straight to the real stderr: the harness captures only
                 // `print!`-style output.
                 let _ = writeln!(std::io::stderr(), "| {line}");
-                let mut all = output.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some(event) = TestEvent::read(&line) {
+                    let mut running = lock(&running);
+                    if let Some((name, since)) = running.take() {
+                        let _ = writeln!(std::io::stderr(), "| ({name}: {:?})", since.elapsed());
+                    }
+                    if let TestEvent::Started(name) = event {
+                        *running = Some((name, Instant::now()));
+                    }
+                }
+                let mut all = lock(&output);
                 all.push_str(&line);
                 all.push('\n');
             }
@@ -150,21 +175,39 @@ pub fn run(program: &Path, args: &[&str]) -> Run {
     }
     finished.store(true, Ordering::SeqCst);
     let _ = watchdog.join();
-    let output = std::mem::take(&mut *output.lock().unwrap_or_else(|p| p.into_inner()));
+    let output = std::mem::take(&mut *lock(&output));
     let locked_up = locked_up.load(Ordering::SeqCst);
+    let over_budget = lock(&over_budget).take();
     Run {
         status,
         locked_up,
+        over_budget,
         output,
     }
 }
 
-/// This long without a line from the emulated machine (its console or the
-/// tests) means it hangs. The E2B SDK test can stay silent for over six
-/// minutes there (starting `cellbox serve` and its first microVM, its check
-/// lines arriving late on the console). Stopped, the suite resumes in a new
-/// machine instead of waiting for the whole run's timeout.
-pub const STALLED_AFTER: Duration = Duration::from_secs(900);
+/// Stops the whole run: the machine, or the program, and what it started.
+fn kill_group(group: i32) {
+    // SAFETY: kill(2) on the process group made for this run, whose leader
+    // is our unreaped child (so the group id cannot have been reused).
+    unsafe { libc::kill(-group, libc::SIGKILL) };
+}
+
+/// The lock, also when a thread panicked holding it (what it guards stays usable).
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// This long without a line from the emulated machine means it has locked
+/// up: `run.sh` has it print a heartbeat every 30 seconds whatever the tests
+/// do. Stopped, the suite resumes in a new machine instead of waiting for
+/// the whole run's timeout.
+pub const STALLED_AFTER: Duration = Duration::from_secs(180);
+
+/// The longest one test of the suite may run in the emulated machine: past
+/// it the test hangs (the longest, the E2B SDK's, takes about two minutes
+/// there), and the machine is stopped; the test counts as failed.
+pub const TEST_BUDGET: Duration = Duration::from_secs(900);
 
 /// A kernel soft lockup this long means the emulated machine will not
 /// recover (seen under QEMU's emulated SVM: both CPUs stuck for good).
@@ -190,34 +233,61 @@ pub fn ignored_tests(program: &Path) -> Vec<String> {
         .collect()
 }
 
+/// What a line of libtest's output says of a test.
+#[derive(Debug, PartialEq, Eq)]
+enum TestEvent {
+    /// `test NAME ... ` with the result still to come (the test's own
+    /// lines, written to the real stderr while it runs, come first).
+    Started(String),
+    /// `test NAME ... ok`, or a line that is just `ok` after `Started`.
+    Passed(Option<String>),
+    /// `test NAME ... FAILED` or `ignored`, or a line that is just `FAILED`.
+    Ended(Option<String>),
+}
+
+impl TestEvent {
+    fn read(line: &str) -> Option<TestEvent> {
+        let line = line.trim_end();
+        if let Some((name, result)) = line
+            .strip_prefix("test ")
+            .and_then(|rest| rest.split_once(" ..."))
+        {
+            return Some(match result.trim() {
+                "ok" => TestEvent::Passed(Some(name.to_string())),
+                "FAILED" => TestEvent::Ended(Some(name.to_string())),
+                "ignored" => TestEvent::Ended(None),
+                _ => TestEvent::Started(name.to_string()),
+            });
+        }
+        match line {
+            "ok" => Some(TestEvent::Passed(None)),
+            "FAILED" => Some(TestEvent::Ended(None)),
+            _ => None,
+        }
+    }
+}
+
 /// The tests a libtest run reported as passed: `test NAME ... ok`, or, when
 /// a test wrote to the real stderr while it ran (its lines then follow
 /// `test NAME ... ` on the console), a later line that is just `ok`.
 pub fn passed_tests(output: &str) -> Vec<String> {
     let mut passed = Vec::new();
     let mut running = None;
-    for line in output.lines().map(str::trim_end) {
-        if let Some((name, result)) = line
-            .strip_prefix("test ")
-            .and_then(|rest| rest.split_once(" ..."))
-        {
-            running = None;
-            match result.trim() {
-                "ok" => passed.push(name.to_string()),
-                "FAILED" | "ignored" => {}
-                _ => running = Some(name),
+    for event in output.lines().filter_map(TestEvent::read) {
+        match event {
+            TestEvent::Started(name) => running = Some(name),
+            TestEvent::Passed(name) => {
+                let started = running.take();
+                passed.extend(name.or(started));
             }
-        } else if line == "ok" {
-            passed.extend(running.take().map(str::to_string));
-        } else if line == "FAILED" {
-            running = None;
+            TestEvent::Ended(_) => running = None,
         }
     }
     passed
 }
 
 /// Most emulated machines one suite runs in.
-const MACHINES: u32 = 4;
+const MACHINES: u32 = 5;
 
 /// `run.sh`'s exit status when the emulated machine stopped before the
 /// command ended (its kernel crashed: the console says why).
@@ -229,48 +299,67 @@ pub const MACHINE_TIMED_OUT: i32 = 124;
 
 /// Runs the `#[ignore]`d tests of the test binary `program` one at a time
 /// where KVM runs Linux guests (see [`run`]). If the emulated machine itself
-/// dies (its kernel, not the tests, as its console then shows), the run
-/// resumes in a fresh machine without the tests that passed, three times at most.
-/// In the emulated machine, tests that failed get one more run in a fresh
-/// machine (it stalls for many seconds at times: once an SDK read timed out
-/// after 60 silent seconds); a failure that comes back fails the suite.
+/// dies or locks up (its kernel, not the tests, as its console then shows),
+/// the run resumes in a fresh machine without the tests that passed. There,
+/// each test may also fail once (QEMU's emulated SVM now and then makes a
+/// guest's boot triple-fault, or stalls for many seconds: once an SDK read
+/// timed out after 60 silent seconds) and runs again in a fresh machine; a
+/// test that fails twice fails the suite. [`MACHINES`] machines at most.
 /// Returns the names of the tests that passed and the last run.
 pub fn run_ignored_tests(program: &Path) -> (Vec<String>, Run) {
+    let emulated = matches!(KvmHost::detect(), KvmHost::Emulated(_));
     let mut passed: Vec<String> = Vec::new();
-    let mut attempt = 1;
-    let mut failures_retried = !matches!(KvmHost::detect(), KvmHost::Emulated(_));
-    loop {
+    let mut failed_once: Vec<String> = Vec::new();
+    for attempt in 1.. {
         let mut args = vec!["--ignored", "--test-threads=1", "--color=never", "--exact"];
         for name in &passed {
             args.extend(["--skip", name.as_str()]);
         }
         let run = run(program, &args);
-        passed.extend(passed_tests(&run.output));
+        let now_passed = passed_tests(&run.output);
+        let failed: Vec<String> = started_tests(&run.output)
+            .into_iter()
+            .filter(|name| !now_passed.contains(name))
+            .collect();
+        passed.extend(now_passed);
         let machine_failed =
             run.locked_up || matches!(run.status.code(), Some(MACHINE_DIED | MACHINE_TIMED_OUT));
-        let tests_failed = !machine_failed && !run.status.success();
-        let retry_failures = tests_failed && !failures_retried;
-        if (!machine_failed && !retry_failures) || attempt == MACHINES {
+        let why = if run.status.success() || !emulated || attempt == MACHINES {
             return (passed, run);
-        }
-        let why = if retry_failures {
-            failures_retried = true;
+        } else if machine_failed {
+            "the emulated machine died or locked up (its console is above): resuming in a fresh one"
+        } else if !failed.is_empty() && failed.iter().all(|name| !failed_once.contains(name)) {
+            failed_once.extend(failed);
             "tests failed in the emulated machine (their output is above): running them once more in a fresh one"
         } else {
-            "the emulated machine died or locked up (its console is above): resuming in a fresh one"
+            return (passed, run); // a second failure, or one outside any test
         };
         let _ = writeln!(
             std::io::stderr(),
             "{why} (attempt {attempt}), without the {} tests that passed",
             passed.len()
         );
-        attempt += 1;
     }
+    unreachable!("the attempts end at MACHINES")
+}
+
+/// The tests a libtest run started (whatever their result).
+fn started_tests(output: &str) -> Vec<String> {
+    output
+        .lines()
+        .filter_map(TestEvent::read)
+        .filter_map(|event| match event {
+            TestEvent::Started(name)
+            | TestEvent::Passed(Some(name))
+            | TestEvent::Ended(Some(name)) => Some(name),
+            _ => None,
+        })
+        .collect()
 }
 
 #[cfg(test)]
 mod tests {
-    use super::{passed_tests, stuck_for};
+    use super::{passed_tests, started_tests, stuck_for};
 
     #[test]
     fn soft_lockups_are_read_from_the_console() {
@@ -285,11 +374,27 @@ mod tests {
     }
 
     #[test]
+    fn a_running_test_is_told_from_its_result() {
+        use super::TestEvent::{self, *};
+        let read = |line| TestEvent::read(line);
+        assert_eq!(read("test a ... "), Some(Started("a".into())));
+        assert_eq!(read("test a ... ok   a check\r"), Some(Started("a".into())));
+        assert_eq!(read("test a ... ok"), Some(Passed(Some("a".into()))));
+        assert_eq!(read("ok"), Some(Passed(None)));
+        assert_eq!(read("test a ... FAILED"), Some(Ended(Some("a".into()))));
+        assert_eq!(read("FAILED"), Some(Ended(None)));
+        assert_eq!(read("ok   a check"), None);
+        assert_eq!(read("[ 1.0] test e ... ok then"), None);
+    }
+
+    #[test]
     fn passed_tests_are_read_from_libtest_output() {
         let output = "running 3 tests\ntest a ... ok\ntest b::c ... FAILED\ntest d ... ok\n[ 1.0] test e ... ok then\n";
         assert_eq!(passed_tests(output), ["a", "d"]);
         // A test that streams its own lines to stderr splits libtest's line.
         let streamed = "test f ... first check\nsecond check\nok\ntest g ... \nok\ntest h ... line\nFAILED\nok\ntest result: ok. 2 passed\n";
         assert_eq!(passed_tests(streamed), ["f", "g"]);
+        assert_eq!(started_tests(streamed), ["f", "g", "h"]);
+        assert_eq!(started_tests(output), ["a", "b::c", "d"]);
     }
 }

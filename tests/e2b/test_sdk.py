@@ -19,6 +19,11 @@ from e2b.sandbox.commands.command_handle import CommandExitException  # noqa: E4
 from e2b.sandbox.filesystem.filesystem import WriteEntry  # noqa: E402
 from e2b_code_interpreter import Sandbox  # noqa: E402
 
+# Past this many seconds (when set) the run is hung: print where, and exit.
+if os.environ.get("SDK_TEST_DEADLINE"):
+    import faulthandler
+    faulthandler.dump_traceback_later(int(os.environ["SDK_TEST_DEADLINE"]), exit=True)
+
 URL = "http://localhost:49999"
 passed, failed = 0, 0
 

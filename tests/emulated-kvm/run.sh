@@ -8,7 +8,8 @@
 # environment plus CELLBOX_EMULATED_KVM=1, on this host's file system (read-only;
 # writes land in the machine's memory and are gone afterwards), with a real
 # /dev/kvm (kvm_amd on an emulated AMD CPU). No network but loopback. Its output
-# and the machine's console come out here. Everything is emulated in software:
+# and the machine's console come out here, with a line "emulated-kvm: alive"
+# every 30 seconds while the machine runs. Everything is emulated in software:
 # slow, but the same binaries and cached artefacts as on the host.
 #
 # Environment: EMULATED_KVM_TIMEOUT (seconds, default 3600), EMULATED_KVM_MEMORY_MIB
@@ -41,6 +42,10 @@ trap 'rm -rf -- "$RUN"' EXIT
     export -p | grep -vE '^declare -x (PWD|OLDPWD|SHLVL|_)='
     echo "export CELLBOX_EMULATED_KVM=1 HOME=${HOME:-/root}"
     printf 'cd %q || exit 125\n' "$PWD"
+    # A heartbeat while the machine lives, whatever the command does: the
+    # caller tells a machine that locked up from a command that is quiet.
+    # shellcheck disable=SC2016
+    echo '(while sleep 30; do echo "emulated-kvm: alive, load $(cut -d" " -f1-3 /proc/loadavg)"; done) &'
     printf 'exec'
     printf ' %q' "$@"
     echo

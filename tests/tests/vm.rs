@@ -513,6 +513,8 @@ async fn the_official_e2b_sdk_drives_cellbox_serve_on_the_microvm() {
             .arg(script)
             .env("PYTHONUNBUFFERED", "1")
             .env("SKIP_R_AND_JAVA", "1")
+            // A hang shows where it is, well within the suite's TEST_BUDGET.
+            .env("SDK_TEST_DEADLINE", "600")
             .stdout(Stdio::piped())
             .spawn()
             .expect("running the SDK");
