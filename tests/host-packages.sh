@@ -5,7 +5,8 @@
 # The namespace sandbox's root file system is built with mmdebstrap; its ext4
 # image with e2fsprogs; sandboxes that ask for network get it from slirp4netns
 # with nftables rules, microVMs from passt (the network tests add addresses
-# with iproute2's ip). The guest kernel from linux-source-6.1 with the usual
+# with iproute2's ip). Sandboxes of an ordinary user map their ids with uidmap's
+# newuidmap and newgidmap. The guest kernel from linux-source-6.1 with the usual
 # kernel build tools. The SDK tests and the Python package's tests make
 # virtualenvs. The microVM suite runs in the emulated-KVM machine (QEMU,
 # busybox and Debian's kernel with its modules; tests/emulated-kvm/) where the
@@ -13,7 +14,7 @@
 set -euo pipefail
 APT_PACKAGES=(
     clang-19 lld-19 wasi-libc libclang-rt-19-dev-wasm32
-    mmdebstrap e2fsprogs slirp4netns nftables iproute2 passt
+    mmdebstrap e2fsprogs slirp4netns nftables iproute2 passt uidmap
     linux-source-6.1 build-essential bc bison flex libelf-dev libssl-dev cpio xz-utils
     python3 python3-venv
     qemu-system-x86 busybox-static kmod

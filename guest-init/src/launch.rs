@@ -26,6 +26,18 @@
 //! Each waits for the one below and exits with its status; each below dies
 //! with the one above (`PR_SET_PDEATHSIG`), so killing the launcher ends the
 //! sandbox.
+//!
+//! Started by an ordinary user ([`Privilege::Rootless`]), the launcher
+//! first makes a user namespace of its own, mapped with `newuidmap` and
+//! `newgidmap` (the user's id as its root, 65,536 subordinate ids from
+//! `/etc/subuid` and `/etc/subgid` after it), and becomes its root; from
+//! there it goes on as above with the sandbox's ids from its id 1 on (the
+//! first subordinate one: the sandbox's root is not the user; no idmapped
+//! layers: the system files show as owned by whoever the map says,
+//! `nobody` for a tree built by host root), and the writable layer on a
+//! size-limited tmpfs instead of the host's disk. The mounts and the network
+//! namespace belong to that outer namespace, so the sandbox's root cannot
+//! undo them, as before.
 
 use std::ffi::CString;
 use std::fs::File;
@@ -43,6 +55,9 @@ use crate::pid1::{SetupError, io, reap_until, step};
 pub const ID_COUNT: u32 = 65536;
 /// Where the sandbox's ids start on the host unless the host says otherwise.
 pub const DEFAULT_ID_BASE: u32 = 1_000_000_000;
+/// Rootless: where they start in the launcher's own user namespace (whose
+/// map must then cover ids 0 to `ID_COUNT`).
+pub const ROOTLESS_ID_BASE: u32 = 1;
 
 /// The sandbox's root file system: read-only `lowers` (top first) under a
 /// writable `upper`, mounted on `root`.
@@ -54,10 +69,43 @@ pub struct Layers {
     pub work: String,
 }
 
+/// Who starts the sandbox, which decides how its ids map to the host's.
+#[derive(Debug, Clone)]
+pub enum Privilege {
+    /// Host root: the sandbox's ids 0–65535 are host ids `id_base`….
+    Root { id_base: u32 },
+    /// An ordinary user (see the module's documentation).
+    Rootless(Rootless),
+}
+
+/// What a sandbox started by an ordinary user needs.
+#[derive(Debug, Clone)]
+pub struct Rootless {
+    /// `newuidmap`'s arguments after the pid (`inside outside count`…).
+    pub uid_map: String,
+    /// `newgidmap`'s, likewise.
+    pub gid_map: String,
+    /// Size of the tmpfs under `upper` and `work` (everything the sandbox writes).
+    pub disk_size: u64,
+}
+
 /// Builds the sandbox and returns in its PID 1; the processes above never
 /// return (they exit with PID 1's status).
-pub fn enter_sandbox(layers: &Layers, id_base: u32) -> Result<(), SetupError> {
+pub fn enter_sandbox(layers: &Layers, privilege: &Privilege) -> Result<(), SetupError> {
+    let (id_base, idmap_layers) = match privilege {
+        Privilege::Root { id_base } => (*id_base, true),
+        Privilege::Rootless(rootless) => {
+            become_root_of_own_namespace(rootless)?;
+            // The sandbox's root is our id 1, not our 0 (the user): the
+            // kernel lets a namespace's root map only to others than its
+            // owner, and the sandbox's root is then not the user either.
+            (ROOTLESS_ID_BASE, false)
+        }
+    };
     crate::pid1::isolate_mounts_and_network()?;
+    if let Privilege::Rootless(rootless) = privilege {
+        mount_writable_layer(layers, rootless.disk_size)?;
+    }
     let (ready_read, ready_write) = step("making a pipe", nix::unistd::pipe())?;
     let (go_read, go_write) = step("making a pipe", nix::unistd::pipe())?;
     // SAFETY: guest-init is single-threaded here.
@@ -69,7 +117,7 @@ pub fn enter_sandbox(layers: &Layers, id_base: u32) -> Result<(), SetupError> {
         ForkResult::Parent { child } => {
             drop((ready_write, go_read));
             let prepared = wait_byte(ready_read)
-                .and_then(|()| prepare(child, layers, id_base))
+                .and_then(|()| prepare(child, layers, id_base, idmap_layers))
                 .and_then(|()| send_byte(go_write));
             if let Err(e) = prepared {
                 let _ = nix::sys::signal::kill(child, Signal::SIGKILL);
@@ -81,8 +129,13 @@ pub fn enter_sandbox(layers: &Layers, id_base: u32) -> Result<(), SetupError> {
 }
 
 /// The launcher's part, once the keeper is in its user namespace: the id
-/// maps, the idmapped layers and the overlay.
-fn prepare(keeper: Pid, layers: &Layers, id_base: u32) -> Result<(), SetupError> {
+/// maps, the idmapped layers (if `idmap_layers`) and the overlay.
+fn prepare(
+    keeper: Pid,
+    layers: &Layers,
+    id_base: u32,
+    idmap_layers: bool,
+) -> Result<(), SetupError> {
     let map = format!("0 {id_base} {ID_COUNT}\n");
     for file in ["uid_map", "gid_map"] {
         let path = format!("/proc/{keeper}/{file}");
@@ -92,8 +145,10 @@ fn prepare(keeper: Pid, layers: &Layers, id_base: u32) -> Result<(), SetupError>
         "opening the sandbox's user namespace",
         io(File::open(format!("/proc/{keeper}/ns/user"))),
     )?;
-    let mut idmapped = true;
-    for lower in &layers.lowers {
+    // Rootless, the layers show as our own namespace's map says: an
+    // unprivileged user cannot idmap the host's file systems.
+    let mut idmapped = idmap_layers;
+    for lower in layers.lowers.iter().filter(|_| idmap_layers) {
         if let Err(e) = idmap(lower, &userns) {
             // Without idmapped mounts (an old kernel, a file system without
             // them) the layers' files show as owned by nobody: the sandbox
@@ -211,6 +266,107 @@ fn idmap(dir: &str, userns: &File) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Rootless: forks a child that enters a new user namespace, maps it with
+/// `newuidmap` and `newgidmap`, and returns in the child, its root; this
+/// process waits and exits with the child's status.
+fn become_root_of_own_namespace(rootless: &Rootless) -> Result<(), SetupError> {
+    let (ready_read, ready_write) = step("making a pipe", nix::unistd::pipe())?;
+    let (go_read, go_write) = step("making a pipe", nix::unistd::pipe())?;
+    // SAFETY: guest-init is single-threaded here.
+    match step("forking", unsafe { fork() })? {
+        ForkResult::Child => {
+            drop((ready_read, go_write));
+            die_with_parent()?;
+            step(
+                "entering a user namespace of our own",
+                unshare(CloneFlags::CLONE_NEWUSER),
+            )?;
+            send_byte(ready_write)?;
+            wait_byte(go_read)?;
+            become_root("becoming root of our own user namespace")?;
+            // Credentials changed: ask again.
+            die_with_parent()
+        }
+        ForkResult::Parent { child } => {
+            drop((ready_write, go_read));
+            let mapped = wait_byte(ready_read)
+                .and_then(|()| map_ids(child, rootless))
+                .and_then(|()| send_byte(go_write));
+            if let Err(e) = mapped {
+                let _ = nix::sys::signal::kill(child, Signal::SIGKILL);
+                return Err(e);
+            }
+            std::process::exit(reap_until(child));
+        }
+    }
+}
+
+/// Writes `child`'s id maps with the set-user-id helpers that check them
+/// against `/etc/subuid` and `/etc/subgid`.
+fn map_ids(child: Pid, rootless: &Rootless) -> Result<(), SetupError> {
+    for (helper, map) in [
+        ("newuidmap", &rootless.uid_map),
+        ("newgidmap", &rootless.gid_map),
+    ] {
+        let what = format!("{helper} {child} {map}");
+        let status = std::process::Command::new(helper)
+            .arg(child.to_string())
+            .args(map.split_whitespace())
+            .stdin(std::process::Stdio::null())
+            .status();
+        match status {
+            Ok(status) if status.success() => {}
+            Ok(status) => {
+                eprintln!("guest-init: {what} failed ({status})");
+                return step(what, Err(nix::errno::Errno::EPERM));
+            }
+            Err(e) => return step(format!("running {what}"), io(Err(e))),
+        }
+    }
+    Ok(())
+}
+
+/// Rootless: a size-limited tmpfs where `upper` and `work` go (both in one
+/// folder), made with them; charged to the memory of whoever writes.
+fn mount_writable_layer(layers: &Layers, bytes: u64) -> Result<(), SetupError> {
+    let folder = std::path::Path::new(&layers.upper).parent();
+    let same = folder.is_some() && folder == std::path::Path::new(&layers.work).parent();
+    let folder = step(
+        "finding the writable layer's folder (--upper and --work side by side)",
+        folder.filter(|_| same).ok_or(nix::errno::Errno::EINVAL),
+    )?;
+    let options = format!(
+        "size={bytes},nr_inodes={},mode=755",
+        (bytes / 4096).max(16384)
+    );
+    step(
+        format!("mounting a tmpfs of {bytes} bytes on {}", folder.display()),
+        mount(
+            Some("tmpfs"),
+            folder,
+            Some("tmpfs"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            Some(options.as_str()),
+        ),
+    )?;
+    for dir in [&layers.upper, &layers.work] {
+        step(format!("creating {dir}"), io(std::fs::create_dir(dir)))?;
+    }
+    Ok(())
+}
+
+/// Takes root's ids (0) in the user namespace just entered, with no
+/// supplementary groups.
+fn become_root(what: &str) -> Result<(), SetupError> {
+    let root = (Uid::from_raw(0), Gid::from_raw(0));
+    step(
+        what,
+        setgroups(&[])
+            .and_then(|()| setresgid(root.1, root.1, root.1))
+            .and_then(|()| setresuid(root.0, root.0, root.0)),
+    )
+}
+
 /// The keeper: enters a user namespace, waits for its maps, becomes its
 /// root, enters the other namespaces and forks PID 1, which returns.
 fn become_keeper(ready: OwnedFd, go: OwnedFd) -> Result<(), SetupError> {
@@ -221,13 +377,9 @@ fn become_keeper(ready: OwnedFd, go: OwnedFd) -> Result<(), SetupError> {
     )?;
     send_byte(ready)?;
     wait_byte(go)?;
-    let root = (Uid::from_raw(0), Gid::from_raw(0));
-    step(
-        "becoming the sandbox's root",
-        setgroups(&[])
-            .and_then(|()| setresgid(root.1, root.1, root.1))
-            .and_then(|()| setresuid(root.0, root.0, root.0)),
-    )?;
+    become_root("becoming the sandbox's root")?;
+    // The kernel forgets the request when credentials change.
+    die_with_parent()?;
     step(
         "entering the sandbox's namespaces",
         unshare(

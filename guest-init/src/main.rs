@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! guest-init (--fd N | --vsock PORT) [--python PATH] [--home DIR] [--max-processes N]
-//!            [--namespace-root DIR --lower DIR... --upper DIR --work DIR [--id-base N]]
+//!            [--namespace-root DIR --lower DIR... --upper DIR --work DIR
+//!             [--id-base N | --uid-map MAP --gid-map MAP --disk-size BYTES]]
 //!            [--user-cgroup-fd N]... [--output-limit BYTES] [--nameserver ADDR] [--zygote-fd N]
 //! guest-init --zygote DIR --lower DIR... --fd N
 //! ```
@@ -39,6 +40,8 @@ struct Args {
     /// The namespace sandbox's root file system (`--namespace-root` & co).
     layers: Option<launch::Layers>,
     id_base: Option<u32>,
+    /// `--uid-map`, `--gid-map`, `--disk-size`: started by an ordinary user.
+    rootless: Option<launch::Rootless>,
     python: Option<String>,
     home: Option<String>,
     max_processes: Option<u32>,
@@ -61,6 +64,7 @@ const DEFAULT_MAX_PROCESSES: u32 = 256;
 fn parse_args() -> Result<Args, String> {
     let mut args = Args::default();
     let (mut root, mut lowers, mut upper, mut work) = (None, Vec::new(), None, None);
+    let (mut uid_map, mut gid_map, mut disk_size) = (None, None, None);
     let mut words = std::env::args().skip(1);
     while let Some(flag) = words.next() {
         let mut value = || words.next().ok_or(format!("{flag} needs a value"));
@@ -84,6 +88,11 @@ fn parse_args() -> Result<Args, String> {
             "--work" => work = Some(value()?),
             "--id-base" => {
                 args.id_base = Some(value()?.parse().map_err(|_| "--id-base takes a number")?)
+            }
+            "--uid-map" => uid_map = Some(value()?),
+            "--gid-map" => gid_map = Some(value()?),
+            "--disk-size" => {
+                disk_size = Some(value()?.parse().map_err(|_| "--disk-size takes bytes")?)
             }
             "--python" => args.python = Some(value()?),
             "--home" => args.home = Some(value()?),
@@ -128,6 +137,19 @@ fn parse_args() -> Result<Args, String> {
             _ => Err("--zygote goes with --lower and --fd only".into()),
         };
     }
+    args.rootless = match (uid_map, gid_map, disk_size, args.id_base) {
+        (Some(uid_map), Some(gid_map), Some(disk_size), None) => Some(launch::Rootless {
+            uid_map,
+            gid_map,
+            disk_size,
+        }),
+        (None, None, None, _) => None,
+        _ => {
+            return Err(
+                "--uid-map, --gid-map and --disk-size go together, without --id-base".into(),
+            );
+        }
+    };
     args.layers = match (root, upper, work) {
         (Some(root), Some(upper), Some(work)) if !lowers.is_empty() => Some(launch::Layers {
             root,
@@ -160,8 +182,13 @@ fn main() -> ExitCode {
     }
     if let Some(layers) = &args.layers {
         // Returns only in the sandbox's PID 1.
-        let id_base = args.id_base.unwrap_or(launch::DEFAULT_ID_BASE);
-        if let Err(e) = launch::enter_sandbox(layers, id_base) {
+        let privilege = match &args.rootless {
+            Some(rootless) => launch::Privilege::Rootless(rootless.clone()),
+            None => launch::Privilege::Root {
+                id_base: args.id_base.unwrap_or(launch::DEFAULT_ID_BASE),
+            },
+        };
+        if let Err(e) = launch::enter_sandbox(layers, &privilege) {
             eprintln!("guest-init: starting the sandbox failed: {e}");
             return ExitCode::from(3);
         }

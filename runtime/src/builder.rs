@@ -46,11 +46,16 @@ pub(crate) fn script_build(
     what: &str,
     progress: &Progress,
 ) -> Result<PathBuf> {
-    let key = crate::cache::input_key(files.iter().map(|(name, text)| (*name, text.as_bytes())));
+    let key = script_key(files);
     ensure_built(&cache_root.join(kind).join(key), ready, |dir| {
         progress.report(&format!("{what} into {} (first run only)", dir.display()));
         run_embedded_script(files, &[dir], progress, what)
     })
+}
+
+/// The cache key of [`script_build`]'s `files`.
+pub(crate) fn script_key(files: &[(&str, &str)]) -> String {
+    crate::cache::input_key(files.iter().map(|(name, text)| (*name, text.as_bytes())))
 }
 
 /// Runs `command`, sending each line it prints to `progress`; on failure the

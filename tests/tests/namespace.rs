@@ -1,8 +1,12 @@
 //! The full guest (guest-init + IPython kernel on the Debian root file
 //! system) in the namespace sandbox: the behaviour every heavy backend shares
-//! (`cellbox_tests::heavy`), and the guest's ext4 image for the microVM.
+//! (`cellbox_tests::heavy`), the guest's ext4 image for the microVM, and the
+//! sandbox run by an ordinary user (`rootless`).
 
 use cellbox::{Backend, Executor};
+
+#[path = "namespace/rootless.rs"]
+mod rootless;
 
 cellbox_tests::heavy_backend_tests!(Backend::Namespace);
 

@@ -29,6 +29,14 @@ enum Command {
     Sandbox(sandbox::SandboxArgs),
     /// Make, build, list and delete custom templates (from an e2b.Dockerfile).
     Template(template::TemplateArgs),
+    /// As root, once: let the user NAME run namespace sandboxes without root
+    /// (subordinate ids, control groups delegated to them, the guest's root
+    /// file system shared in /var/cache/cellbox).
+    Setup {
+        /// The user to set up.
+        #[arg(long)]
+        user: String,
+    },
     /// Build the guest layer (guest-init and its kernel drivers) into the
     /// new folder OUT, for packaging: the Python wheel ships one.
     #[command(hide = true)]
@@ -82,7 +90,31 @@ where
         Command::Serve(args) => runtime.block_on(serve::run(args)),
         Command::Sandbox(args) => runtime.block_on(sandbox::run(args)),
         Command::Template(args) => runtime.block_on(template::run(args)),
+        Command::Setup { user } => setup(&user),
         Command::GuestLayer { out } => build_guest_layer(&out),
+    }
+}
+
+fn setup(user: &str) -> u8 {
+    let progress = crate::Progress::new(|line| eprintln!("cellbox: {line}"));
+    let cache = crate::default_cache_dir();
+    match crate::namespace::rootless::setup(user, &cache, &progress) {
+        Ok(done) => {
+            use std::io::Write as _;
+            let mut out = std::io::stdout().lock();
+            for line in done {
+                let _ = writeln!(out, "cellbox setup: {line}");
+            }
+            let _ = writeln!(
+                out,
+                "cellbox setup: {user} can now run `cellbox run --backend namespace`"
+            );
+            EXIT_OK
+        }
+        Err(e) => {
+            eprintln!("cellbox: error: {e}");
+            EXIT_SANDBOX_ERROR
+        }
     }
 }
 

@@ -18,6 +18,26 @@ const EXT4_SCRIPT: &str = include_str!("../../../guest-init/rootfs/make-ext4.sh"
 /// sources (the Python wheel ships one, made with [`build_layer`]).
 pub const PREBUILT_LAYER_ENV: &str = "CELLBOX_GUEST_LAYER";
 
+/// Where root shares the guest artefacts it built with the machine's other
+/// users (`cellbox setup --user NAME`): read-only for them, trusted because
+/// root owns it.
+pub const SHARED_CACHE_DIR: &str = "/var/cache/cellbox";
+
+fn running_as_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// For a process without root whose own cache lacks `key` (ready when
+/// `ready` exists in it): the copy root shared in [`SHARED_CACHE_DIR`].
+fn shared(cache_root: &Path, key: &Path, ready: &str) -> Option<PathBuf> {
+    if running_as_root() || cache_root.join(key).join(ready).exists() {
+        return None;
+    }
+    let dir = Path::new(SHARED_CACHE_DIR).join(key);
+    (dir.join(ready).exists() && cache::check_trusted(&dir).is_ok()).then_some(dir)
+}
+
 /// Built guest artefacts.
 #[derive(Debug, Clone)]
 pub struct GuestArtifacts {
@@ -32,32 +52,55 @@ pub struct GuestArtifacts {
 impl GuestArtifacts {
     /// Returns the cached artefacts, building what is missing (the root file
     /// system takes minutes the first time; progress goes to `progress`). Blocking.
+    ///
+    /// Without root, the root file system (and, with no sources at hand, the
+    /// guest layer) comes from [`SHARED_CACHE_DIR`] when the own cache lacks
+    /// it: `cellbox setup --user NAME`, run once as root, puts them there.
     pub fn ensure(cache_root: &Path, progress: &Progress) -> Result<GuestArtifacts> {
-        let rootfs = builder::script_build(
-            cache_root,
-            "rootfs",
-            "tree/usr/bin/python3",
-            &[
-                ("build.sh", ROOTFS_SCRIPT),
-                ("python-packages.txt", ROOTFS_PYTHON_PACKAGES),
-            ],
-            "building the guest root file system (guest-init/rootfs/build.sh)",
-            progress,
-        )?;
+        let rootfs_files = [
+            ("build.sh", ROOTFS_SCRIPT),
+            ("python-packages.txt", ROOTFS_PYTHON_PACKAGES),
+        ];
+        const ROOTFS_READY: &str = "tree/usr/bin/python3";
+        let rootfs_key = Path::new("rootfs").join(builder::script_key(&rootfs_files));
+        let rootfs = match shared(cache_root, &rootfs_key, ROOTFS_READY) {
+            Some(shared) => shared,
+            None if running_as_root() => builder::script_build(
+                cache_root,
+                "rootfs",
+                ROOTFS_READY,
+                &rootfs_files,
+                "building the guest root file system (guest-init/rootfs/build.sh)",
+                progress,
+            )?,
+            None => builder::ensure_built(&cache_root.join(&rootfs_key), ROOTFS_READY, |_| {
+                Err(Error::Artifact {
+                    what: "the guest's root file system".into(),
+                    reason: format!(
+                        "building it needs root (its files belong to many users), and neither \
+                         {} nor {} has it: run `sudo cellbox setup --user {}` once",
+                        cache_root.display(),
+                        SHARED_CACHE_DIR,
+                        crate::namespace::rootless::user_name()
+                    ),
+                })
+            })?,
+        };
         let layer = match std::env::var_os(PREBUILT_LAYER_ENV) {
             Some(prebuilt) => install_prebuilt_layer(cache_root, Path::new(&prebuilt))?,
             None => {
                 let sources = guest_init_sources()?;
-                let layer_key = cache::input_key(
+                let layer_key = Path::new("guest-layer").join(cache::input_key(
                     sources
                         .iter()
                         .map(|(name, bytes)| (name.as_str(), bytes.as_slice())),
-                );
-                builder::ensure_built(
-                    &cache_root.join("guest-layer").join(layer_key),
-                    INIT,
-                    |dir| build_layer(dir, &cache_root.join("guest-init-target"), progress),
-                )?
+                ));
+                match shared(cache_root, &layer_key, INIT) {
+                    Some(shared) => shared,
+                    None => builder::ensure_built(&cache_root.join(&layer_key), INIT, |dir| {
+                        build_layer(dir, &cache_root.join("guest-init-target"), progress)
+                    })?,
+                }
             }
         };
         let image_dir = cache_root.join("image").join(cache::input_key([

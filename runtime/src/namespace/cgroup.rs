@@ -56,10 +56,20 @@ struct Split {
 }
 
 impl Cgroup {
-    /// Creates `name` with the given limits: `memory_bytes` and
-    /// `max_processes` + [`INIT_PROCESSES`] for the sandbox, `max_processes`
-    /// and the memory less guest-init's reserve for user code.
-    pub fn create(name: &str, memory_bytes: u64, max_processes: u32) -> Result<Cgroup> {
+    /// Creates `name` (inside `parent`, a folder under each hierarchy, when
+    /// given) with the given limits: `memory_bytes` and `max_processes` +
+    /// [`INIT_PROCESSES`] for the sandbox, `max_processes` and the memory
+    /// less guest-init's reserve for user code.
+    pub fn create(
+        parent: Option<&str>,
+        name: &str,
+        memory_bytes: u64,
+        max_processes: u32,
+    ) -> Result<Cgroup> {
+        let name = &match parent {
+            Some(parent) => Path::new(parent).join(name),
+            None => PathBuf::from(name),
+        };
         let memory_user = memory_bytes.saturating_sub(memory_reserve(memory_bytes));
         let processes = u64::from(max_processes);
         let pids = Split {
@@ -69,7 +79,12 @@ impl Cgroup {
         };
         let root = Path::new(ROOT);
         let v2 = root.join("cgroup.controllers").exists();
-        let v1_extra = |controller: &str| Some(root.join(controller)).filter(|d| !v2 && d.is_dir());
+        let v1_extra = |controller: &str| {
+            let parent = root
+                .join(controller)
+                .join(name.parent().unwrap_or(Path::new("")));
+            Some(root.join(controller)).filter(|_| !v2 && parent.is_dir())
+        };
         let (freezer, cpuacct) = (v1_extra("freezer"), v1_extra("cpuacct"));
         let mut cgroup = Cgroup {
             dirs: Vec::new(),
@@ -158,10 +173,22 @@ impl Cgroup {
     /// The `cgroup.procs` files guest-init's launcher writes "0" to in order
     /// to join the init groups.
     pub fn init_procs_files(&self) -> Vec<CString> {
+        self.procs_files(INIT_CGROUP)
+    }
+
+    /// The user groups' `cgroup.procs` files, for a launcher that puts the
+    /// whole sandbox there: without root, as cgroup v1 lets a process be
+    /// moved only by one of its own uid, and the sandbox's are not the
+    /// host process's.
+    pub fn user_procs_files(&self) -> Vec<CString> {
+        self.procs_files(USER_CGROUP)
+    }
+
+    fn procs_files(&self, child: &str) -> Vec<CString> {
         self.roots
             .iter()
             .filter_map(|d| {
-                let file = d.join(INIT_CGROUP).join("cgroup.procs");
+                let file = d.join(child).join("cgroup.procs");
                 CString::new(file.into_os_string().into_encoded_bytes()).ok()
             })
             .collect()
@@ -287,7 +314,8 @@ fn mkdir(dir: &Path) -> Result<()> {
     std::fs::create_dir(dir).map_err(|e| Error::Unavailable {
         backend: crate::Backend::Namespace,
         reason: format!(
-            "cannot create the control group {} ({e}); the namespace backend needs root",
+            "cannot create the control group {} ({e}); the namespace backend needs root or \
+             control groups delegated to its user (`cellbox setup --user NAME`)",
             dir.display()
         ),
     })

@@ -12,6 +12,7 @@ use async_trait::async_trait;
 use super::cgroup::{Cgroup, CgroupFiles};
 use super::disk::Disk;
 use super::network::{DNS_FORWARDER, Network, NetworkPolicy};
+use super::rootless::{ALLOW_UNLIMITED_ENV, Rootless};
 use super::zygote::{Zygote, only_child, seqpacket_pair};
 use crate::error::{Error, Result};
 use crate::executor::Backend;
@@ -51,6 +52,11 @@ pub struct NamespaceConfig {
     /// starting them: the default. The first warm sandbox of a process
     /// starts the template. Custom templates always start cold.
     pub warm: bool,
+    /// Without root and without a control group delegated to the user
+    /// ([`super::rootless`]), start sandboxes anyway, with no memory,
+    /// process and CPU limits (default: refuse, unless
+    /// `CELLBOX_ALLOW_UNLIMITED=1`).
+    pub allow_unlimited: bool,
 }
 
 impl Default for NamespaceConfig {
@@ -67,6 +73,7 @@ impl Default for NamespaceConfig {
             network: NetworkPolicy::default(),
             template_layers: Vec::new(),
             warm: true,
+            allow_unlimited: std::env::var_os(ALLOW_UNLIMITED_ENV).is_some_and(|v| v == "1"),
         }
     }
 }
@@ -85,9 +92,11 @@ pub struct NamespaceExecutor {
     session: GuestSession,
     control: std::sync::Arc<NamespaceControl>,
     launcher: tokio::process::Child,
-    _cgroup: Cgroup,
-    // Unmounted after the control group killed everything, before the folder goes.
-    _disk: Disk,
+    /// None: started without root and without limits, as the caller accepted.
+    _cgroup: Option<Cgroup>,
+    // Unmounted after the control group killed everything, before the folder
+    // goes. None without root: the launcher's tmpfs goes with the sandbox.
+    _disk: Option<Disk>,
     _network: Option<Network>,
     _dir: tempfile::TempDir,
 }
@@ -102,9 +111,12 @@ fn unavailable(reason: impl Into<String>) -> Error {
 impl NamespaceExecutor {
     /// Starts a sandbox (building the guest artefacts first if needed).
     pub async fn start(config: NamespaceConfig) -> Result<NamespaceExecutor> {
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 {
-            return Err(unavailable("it needs root (mounts and control groups)"));
+        let rootless = Rootless::detect(config.allow_unlimited)?;
+        if rootless.is_some() && config.network.enabled() {
+            return Err(unavailable(
+                "network access for a sandbox started without root is not built yet: \
+                 run it as root, or without network",
+            ));
         }
         let cache_root = config
             .cache_dir
@@ -128,14 +140,17 @@ impl NamespaceExecutor {
 
         // Files, mounts and control groups: blocking work, off the runtime's threads.
         let (dir, disk, cgroup) = {
-            let (config, with_dns) = (config.clone(), rules.is_some());
-            tokio::task::spawn_blocking(move || prepare(&cache_root, &config, with_dns))
-                .await
-                .map_err(|e| unavailable(format!("preparing the sandbox failed: {e}")))??
+            let (config, with_dns, rootless) = (config.clone(), rules.is_some(), rootless.clone());
+            tokio::task::spawn_blocking(move || {
+                prepare(&cache_root, &config, with_dns, rootless.as_ref())
+            })
+            .await
+            .map_err(|e| unavailable(format!("preparing the sandbox failed: {e}")))??
         };
         let layer = dir.path().join("layer");
 
-        let zygote = match config.warm && config.template_layers.is_empty() {
+        // Without root the template cannot enter the sandbox's namespaces (yet).
+        let zygote = match config.warm && config.template_layers.is_empty() && rootless.is_none() {
             // Without it the kernels start cold, as they would anyway.
             true => Zygote::for_guest(&artifacts).ok(),
             false => None,
@@ -161,7 +176,17 @@ impl NamespaceExecutor {
             .arg("--work")
             .arg(layer.join("work"))
             .arg("--output-limit")
-            .arg(config.output_limit.to_string())
+            .arg(config.output_limit.to_string());
+        if let Some(rootless) = &rootless {
+            command
+                .arg("--uid-map")
+                .arg(&rootless.uid_map)
+                .arg("--gid-map")
+                .arg(&rootless.gid_map)
+                .arg("--disk-size")
+                .arg(rootless_disk_size(&config, cgroup.is_some()).to_string());
+        }
+        command
             .env_clear()
             .env(
                 "PATH",
@@ -169,7 +194,12 @@ impl NamespaceExecutor {
             )
             .env("LANG", "C.UTF-8")
             .stdin(std::process::Stdio::null());
-        let user_cgroup = cgroup.open_user_procs()?;
+        // Without root everything goes in the user group at once (see
+        // `Cgroup::user_procs_files`).
+        let user_cgroup = match (&cgroup, &rootless) {
+            (Some(cgroup), None) => cgroup.open_user_procs()?,
+            _ => Vec::new(),
+        };
         for fd in 4..4 + user_cgroup.len() {
             command.arg("--user-cgroup-fd").arg(fd.to_string());
         }
@@ -190,7 +220,11 @@ impl NamespaceExecutor {
         prepare_child(
             &mut command,
             passed,
-            cgroup.init_procs_files(),
+            match (&cgroup, &rootless) {
+                (Some(cgroup), None) => cgroup.init_procs_files(),
+                (Some(cgroup), Some(_)) => cgroup.user_procs_files(),
+                (None, _) => Vec::new(),
+            },
             config.cpu_time_limit,
         );
         let mut launcher = tokio::process::Command::from(command)
@@ -218,8 +252,11 @@ impl NamespaceExecutor {
                 .and_then(only_child)
                 .and_then(only_child)
                 .and_then(|pid1| {
-                    let cgroup = cgroup.open_user_procs()?;
-                    zygote.register(pid1, cgroup, config.cpu_time_limit, connection)
+                    let procs = match &cgroup {
+                        Some(cgroup) => cgroup.open_user_procs()?,
+                        None => Vec::new(),
+                    };
+                    zygote.register(pid1, procs, config.cpu_time_limit, connection)
                 });
         }
         let network = match rules {
@@ -240,10 +277,21 @@ impl NamespaceExecutor {
             }
             None => None,
         };
+        // Without root the writable layer is a tmpfs in the launcher's
+        // child's mount namespace, seen through its /proc root.
+        let disk_path = match (&rootless, launcher.id()) {
+            (Some(_), Some(pid)) => match only_child(pid) {
+                Ok(child) => PathBuf::from(format!("/proc/{child}/root"))
+                    .join(layer.strip_prefix("/").unwrap_or(&layer)),
+                Err(_) => layer,
+            },
+            _ => layer,
+        };
         let control = NamespaceControl {
-            cgroup: cgroup.files(),
-            disk: layer,
+            cgroup: cgroup.as_ref().map(Cgroup::files),
+            disk: disk_path,
             memory_limit: config.memory_limit,
+            rootless: rootless.is_some(),
         };
         Ok(NamespaceExecutor {
             session: GuestSession::new(client, config.default_timeout),
@@ -265,30 +313,42 @@ impl NamespaceExecutor {
 
     /// The folder of everything the sandbox wrote to its files (overlayfs's
     /// upper layer), on the host; a template build keeps it once closed.
-    pub fn writable_layer(&self) -> PathBuf {
-        self.control.disk.join("upper")
+    /// Without root it is a tmpfs that goes with the sandbox.
+    pub fn writable_layer(&self) -> Result<PathBuf> {
+        if self.control.rootless {
+            return Err(unavailable(
+                "a sandbox started without root keeps its writes in memory, gone once it \
+                 is closed: building templates needs root for now",
+            ));
+        }
+        Ok(self.control.disk.join("upper"))
     }
 }
 
 /// The sandbox's folder, its mounted disk (with the overlay's `upper` and
 /// `work` folders, and a resolv.conf naming the DNS forwarder if
-/// `with_dns`) and its control group.
+/// `with_dns`) and its control group. Without root, only the folders: the
+/// launcher mounts a tmpfs for the layer, and the control group is the
+/// delegated one's child, or none.
 fn prepare(
     cache_root: &std::path::Path,
     config: &NamespaceConfig,
     with_dns: bool,
-) -> Result<(tempfile::TempDir, Disk, Cgroup)> {
+    rootless: Option<&Rootless>,
+) -> Result<(tempfile::TempDir, Option<Disk>, Option<Cgroup>)> {
     let dir = tempfile::Builder::new()
         .prefix("cellbox-ns-")
         .tempdir()
         .map_err(|e| Error::io("creating the sandbox folder", e))?;
     let layer = dir.path().join("layer");
-    let disk = Disk::create(cache_root, dir.path(), &layer, config.disk_limit)?;
-    for sub in [
-        layer.join("upper"),
-        layer.join("work"),
-        dir.path().join("root"),
-    ] {
+    let (disk, folders) = match rootless {
+        None => {
+            let disk = Disk::create(cache_root, dir.path(), &layer, config.disk_limit)?;
+            (Some(disk), vec![layer.join("upper"), layer.join("work")])
+        }
+        Some(_) => (None, vec![layer.clone()]),
+    };
+    for sub in folders.into_iter().chain([dir.path().join("root")]) {
         std::fs::create_dir(sub).map_err(|e| Error::io("creating the sandbox folder", e))?;
     }
     if with_dns {
@@ -299,8 +359,29 @@ fn prepare(
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "cellbox-ns".into());
-    let cgroup = Cgroup::create(&name, config.memory_limit, config.max_processes)?;
+    let cgroup = match rootless {
+        Some(Rootless {
+            cgroup_parent: None,
+            ..
+        }) => None,
+        _ => Some(Cgroup::create(
+            rootless.and_then(|r| r.cgroup_parent.as_deref()),
+            &name,
+            config.memory_limit,
+            config.max_processes,
+        )?),
+    };
     Ok((dir, disk, cgroup))
+}
+
+/// Without root the writable layer is a tmpfs charged to the sandbox's
+/// memory: with limits, at most half of it, so that a full disk leaves its
+/// kernels room to run.
+fn rootless_disk_size(config: &NamespaceConfig, limited: bool) -> u64 {
+    match limited {
+        true => config.disk_limit.min(config.memory_limit / 2),
+        false => config.disk_limit,
+    }
 }
 
 /// Puts an `/etc/resolv.conf` naming slirp4netns's DNS forwarder in the
@@ -408,29 +489,46 @@ impl GuestBackend for NamespaceExecutor {
 /// from the control group and its disk.
 #[derive(Debug)]
 struct NamespaceControl {
-    cgroup: CgroupFiles,
+    /// None: a sandbox without limits (started without root, as accepted).
+    cgroup: Option<CgroupFiles>,
     /// Where the sandbox's disk is mounted.
     disk: PathBuf,
     memory_limit: u64,
+    /// Started without root ([`super::rootless`]).
+    rootless: bool,
+}
+
+impl NamespaceControl {
+    fn cgroup(&self) -> Result<&CgroupFiles> {
+        self.cgroup.as_ref().ok_or_else(|| {
+            unavailable("this sandbox runs without control groups (no root, no delegation)")
+        })
+    }
 }
 
 impl GuestControl for NamespaceControl {
     fn pause(&self) -> Result<()> {
-        self.cgroup.freeze(true)
+        self.cgroup()?.freeze(true)
     }
 
     fn resume(&self) -> Result<()> {
-        self.cgroup.freeze(false)
+        self.cgroup()?.freeze(false)
     }
 
     fn usage(&self) -> Result<Usage> {
-        let (memory_used, memory_cache) = self.cgroup.memory()?;
+        let (memory_used, memory_cache) = match &self.cgroup {
+            Some(cgroup) => cgroup.memory()?,
+            None => (0, 0),
+        };
         let disk = nix::sys::statvfs::statvfs(&self.disk)
             .map_err(|e| Error::io("measuring the sandbox's disk", e.into()))?;
         let block = disk.fragment_size();
         Ok(Usage {
             cpus: std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
-            cpu_time: self.cgroup.cpu_time()?,
+            cpu_time: match &self.cgroup {
+                Some(cgroup) => cgroup.cpu_time()?,
+                None => Duration::ZERO,
+            },
             memory_used,
             memory_cache,
             memory_total: self.memory_limit,

@@ -6,6 +6,7 @@
 //! - [`disk`]: the size-limited writable layer
 //! - [`network`]: opt-in network access and its egress rules
 //! - [`pool`]: [`NamespacePool`], spare sandboxes started ahead of need
+//! - [`rootless`]: sandboxes for an ordinary user, and `cellbox setup`
 //! - [`zygote`]: the warm template new sandboxes' Python kernels are forked from
 
 pub mod cgroup;
@@ -13,6 +14,7 @@ pub mod disk;
 pub mod executor;
 pub mod network;
 pub mod pool;
+pub mod rootless;
 pub mod zygote;
 
 pub use executor::{NamespaceConfig, NamespaceExecutor};

@@ -427,7 +427,7 @@ async fn run_steps(
     result?;
     closed?;
     progress.report(&format!("template {}: saving the layer", options.name));
-    let upper = sandbox.writable_layer();
+    let upper = sandbox.writable_layer()?;
     let layer_dir = layer_dir.to_path_buf();
     tokio::task::spawn_blocking(move || save_layer(&upper, &layer_dir))
         .await

@@ -1,0 +1,243 @@
+//! The namespace sandbox for an ordinary user: `cellbox setup --user NAME`
+//! run once as root, then the `cellbox` command as that user, with the
+//! attacks a sandbox must stop. Run as root (as CI does), the tests make
+//! the users they need; otherwise they have nothing to set up and say so.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+/// The user `cellbox setup` prepares.
+const USER: &str = "cellbox-rootless";
+/// A user with subordinate ids but nothing else: told what is missing.
+const UNPREPARED: &str = "cellbox-unprepared";
+
+fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+fn ensure_user(name: &str) {
+    if nix::unistd::User::from_name(name).unwrap().is_none() {
+        let made = Command::new("useradd")
+            .args(["--create-home", "--shell", "/bin/sh", name])
+            .status()
+            .expect("useradd");
+        assert!(made.success(), "useradd {name}");
+    }
+}
+
+/// The `cellbox` binary beside the tests, copied where any user may run it
+/// (the checkout may sit in a folder only root can enter).
+fn cellbox_binary() -> &'static Path {
+    static COPY: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
+    let (_, binary) = COPY.get_or_init(|| {
+        let exe = std::env::current_exe().unwrap();
+        let built = exe.parent().unwrap().parent().unwrap().join("cellbox");
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let binary = dir.path().join("cellbox");
+        std::fs::copy(&built, &binary).expect("the cellbox binary (cargo build -p cellbox)");
+        (dir, binary)
+    });
+    binary
+}
+
+/// `cellbox setup --user USER` (once per run); returns the shared guest
+/// layer, which the user's processes are pointed at (they may not read
+/// guest-init's sources in the checkout).
+fn set_up() -> &'static str {
+    static LAYER: OnceLock<String> = OnceLock::new();
+    LAYER.get_or_init(|| {
+        ensure_user(USER);
+        let output = Command::new(cellbox_binary())
+            .args(["setup", "--user", USER])
+            .env("CELLBOX_CACHE_DIR", cellbox::default_cache_dir())
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&output.stdout).into_owned();
+        assert!(
+            output.status.success(),
+            "{text}{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(text.contains("subordinate ids"), "{text}");
+        text.lines()
+            .find_map(|line| line.split("the guest's layer is shared in ").nth(1))
+            .expect("the shared layer")
+            .to_string()
+    })
+}
+
+/// `cellbox ARGS` run by `user` with a clean environment plus `env`.
+fn as_user(user: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut command = Command::new("runuser");
+    command
+        .args(["-u", user, "--", "env", "-i"])
+        .arg(format!("HOME=/home/{user}"))
+        .args(["PATH=/usr/bin:/bin", "LANG=C.UTF-8"]);
+    for (key, value) in env {
+        command.arg(format!("{key}={value}"));
+    }
+    command.arg(cellbox_binary()).args(args);
+    command.current_dir("/").output().expect("runuser")
+}
+
+/// What the sandbox printed, and its errors, as one text.
+fn text(output: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+fn delegated_v1() -> bool {
+    !Path::new("/sys/fs/cgroup/cgroup.controllers").exists()
+}
+
+#[test]
+fn an_ordinary_user_runs_the_namespace_sandbox_after_setup() {
+    if !is_root() {
+        eprintln!("not root: no user to set up (CI runs this as root)");
+        return;
+    }
+    let layer = set_up();
+    let mut env = vec![("CELLBOX_GUEST_LAYER", layer)];
+    if !delegated_v1() {
+        // cgroup v2: no delegation yet, limits accepted as absent.
+        env.push(("CELLBOX_ALLOW_UNLIMITED", "1"));
+    }
+    let checkout = env!("CARGO_MANIFEST_DIR");
+    let who = format!(
+        "import os, getpass, socket\n\
+         print(os.getuid(), getpass.getuser(), os.path.exists({checkout:?}), os.path.exists('/home/{USER}'))\n\
+         print(open('/proc/self/uid_map').read().split())\n\
+         print([name for _, name in socket.if_nameindex()])"
+    );
+    let output = as_user(USER, &["run", "--backend", "namespace", "-c", &who], &env);
+    let said = text(&output);
+    assert!(output.status.success(), "{said}");
+    // The sandbox's user, its ids from the first subordinate one (its root
+    // is not the host user), no host files, loopback only.
+    assert!(said.contains("1000 user False False"), "{said}");
+    assert!(said.contains("['0', '1', '65536']"), "{said}");
+    assert!(said.contains("['lo']"), "{said}");
+
+    if !delegated_v1() {
+        return; // the limits below need the delegated control groups
+    }
+    // A full disk is ENOSPC at half the memory limit (the tmpfs is charged
+    // to the sandbox's memory), and the sandbox goes on.
+    let fill = "total = 0\n\
+                try:\n\
+                \x20   with open('/home/user/big', 'wb') as f:\n\
+                \x20       while True:\n\
+                \x20           f.write(b'x' * (64 << 20)); f.flush(); total += 64\n\
+                except OSError as e:\n\
+                \x20   print('stopped after', total, 'MiB:', e.strerror)\n";
+    // Memory past the limit kills the kernel, not the sandbox; a fork bomb
+    // stops at the process limit.
+    let bomb = "import os, time\n\
+                n = 0\n\
+                try:\n\
+                \x20   while True:\n\
+                \x20       if os.fork() == 0:\n\
+                \x20           time.sleep(30); os._exit(0)\n\
+                \x20       n += 1\n\
+                except OSError as e:\n\
+                \x20   print('forked', n, e.strerror)\n";
+    let output = as_user(
+        USER,
+        &[
+            "run",
+            "--backend",
+            "namespace",
+            "--timeout",
+            "20",
+            "-c",
+            fill,
+            "-c",
+            "import os; os.remove('/home/user/big')",
+            "-c",
+            "x = bytearray(3 << 30)",
+            "-c",
+            "40 + 2",
+            "-c",
+            bomb,
+        ],
+        &env,
+    );
+    let said = text(&output);
+    let mib: u64 = said
+        .split("stopped after ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("the disk never filled: {said}"));
+    assert!((512..=1024).contains(&mib), "{mib} MiB written: {said}");
+    assert!(said.contains("No space left on device"), "{said}");
+    assert!(said.contains("the kernel died"), "{said}");
+    assert!(said.contains("42"), "the sandbox went on: {said}");
+    let forked: u32 = said
+        .split("forked ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("the fork bomb never stopped: {said}"));
+    assert!(forked <= 256, "{forked} processes: {said}");
+    // Nothing left behind: the user's control groups are empty again.
+    let leftover: Vec<_> = std::fs::read_dir(format!("/sys/fs/cgroup/memory/cellbox-{USER}"))
+        .unwrap()
+        .flatten()
+        .filter(|entry| entry.path().is_dir())
+        .map(|entry| entry.file_name())
+        .collect();
+    assert!(leftover.is_empty(), "{leftover:?}");
+}
+
+#[test]
+fn a_user_who_is_not_set_up_is_told_what_to_do() {
+    if !is_root() {
+        eprintln!("not root: no user to set up (CI runs this as root)");
+        return;
+    }
+    ensure_user(UNPREPARED);
+    let layer = set_up(); // shares the guest with every user
+    let env = [("CELLBOX_GUEST_LAYER", layer)];
+    let run = ["run", "--backend", "namespace", "-c", "1 + 1"];
+    let subuid = std::fs::read_to_string("/etc/subuid").unwrap_or_default();
+    if !subuid
+        .lines()
+        .any(|line| line.starts_with(&format!("{UNPREPARED}:")))
+    {
+        let output = as_user(UNPREPARED, &run, &env);
+        let said = text(&output);
+        assert!(!output.status.success(), "{said}");
+        assert!(
+            said.contains("subordinate ids")
+                && said.contains(&format!("sudo cellbox setup --user {UNPREPARED}")),
+            "{said}"
+        );
+        let range = "300000000-300065535";
+        let added = Command::new("usermod")
+            .args(["--add-subuids", range, "--add-subgids", range, UNPREPARED])
+            .status()
+            .unwrap();
+        assert!(added.success());
+    }
+    if delegated_v1() {
+        // Ids but no delegated control groups: refused, unless accepted.
+        let output = as_user(UNPREPARED, &run, &env);
+        let said = text(&output);
+        assert!(!output.status.success(), "{said}");
+        assert!(
+            said.contains("control groups") && said.contains("CELLBOX_ALLOW_UNLIMITED=1"),
+            "{said}"
+        );
+    }
+    let unlimited = [env[0], ("CELLBOX_ALLOW_UNLIMITED", "1")];
+    let output = as_user(UNPREPARED, &run, &unlimited);
+    let said = text(&output);
+    assert!(output.status.success() && said.contains('2'), "{said}");
+}
