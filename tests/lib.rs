@@ -119,3 +119,21 @@ pub fn http_ok(address: &str, path: &str) -> bool {
     let _ = stream.read_to_string(&mut answer);
     answer.starts_with("HTTP/1.1 200")
 }
+
+/// The E2B SDK's Python (`e2b-code-interpreter` from PyPI in a virtualenv),
+/// installed into the cache on first use.
+pub fn e2b_sdk_python() -> std::path::PathBuf {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("e2b/install_sdk.sh");
+    let output = std::process::Command::new("sh")
+        .arg(script)
+        .arg("python")
+        .env("CELLBOX_CACHE_DIR", cellbox::default_cache_dir())
+        .output()
+        .expect("sh");
+    assert!(
+        output.status.success(),
+        "installing the E2B SDK failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    std::path::PathBuf::from(String::from_utf8(output.stdout).unwrap().trim())
+}

@@ -34,23 +34,6 @@ fn cellbox_binary() -> PathBuf {
     binary
 }
 
-/// The E2B SDK's Python, installed into the cache on first use.
-fn e2b_sdk_python() -> PathBuf {
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("e2b/install_sdk.sh");
-    let output = Command::new("sh")
-        .arg(script)
-        .arg("python")
-        .env("CELLBOX_CACHE_DIR", cellbox::default_cache_dir())
-        .output()
-        .expect("sh");
-    assert!(
-        output.status.success(),
-        "installing the E2B SDK failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    PathBuf::from(String::from_utf8(output.stdout).unwrap().trim())
-}
-
 /// Runs the suite where KVM runs Linux guests, here or emulated, having built
 /// on this machine everything the guest needs (the emulated machine has no
 /// network and builds slowly).
@@ -63,7 +46,7 @@ fn vm_suite() {
         cellbox::microvm::guest_files(&cellbox::default_cache_dir(), &Default::default())
             .expect("the guest kernel and image");
     assert!(kernel.vmlinux().exists() && image.exists());
-    e2b_sdk_python();
+    cellbox_tests::e2b_sdk_python();
     cellbox_binary();
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(wasm_engine()); // compiles the fast path's module into the cache
@@ -480,7 +463,7 @@ async fn cellbox_run_with_the_vm_backend() {
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "needs KVM that runs Linux guests; run by vm_suite"]
 async fn the_official_e2b_sdk_drives_cellbox_serve_on_the_microvm() {
-    let python = e2b_sdk_python();
+    let python = cellbox_tests::e2b_sdk_python();
     let config = cellbox::serve::ServeConfig {
         sandbox: SandboxOptions::default()
             .with_backend(BackendPolicy::Vm)

@@ -117,6 +117,12 @@ impl Rootless {
     }
 }
 
+/// Whether a namespace sandbox can start in this process: as root, or as a
+/// user set up for it (see [`Rootless::detect`]).
+pub fn can_start(allow_unlimited: bool) -> bool {
+    Rootless::detect(allow_unlimited).is_ok()
+}
+
 /// The first subordinate id of `user` (or `uid`) in an `/etc/subuid`-style
 /// text, from a range of at least [`SUBORDINATE_IDS`].
 fn subordinate_start(text: &str, user: &str, uid: u32) -> Option<u32> {

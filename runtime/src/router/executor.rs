@@ -169,7 +169,10 @@ impl HybridExecutor {
                     .move_to_heavy("the session's policy is heavy only")
                     .await?;
             }
-            Policy::Auto if session.config.prestart && heavy_available(heavy_backend) => {
+            Policy::Auto
+                if session.config.prestart
+                    && heavy_available(heavy_backend, &session.config.namespace) =>
+            {
                 // After the first cell: starting a sandbox now would slow it down.
                 session.prestart_pending = true;
             }
@@ -272,7 +275,7 @@ impl HybridExecutor {
     /// Starts the heavy backend in the background now (if it can run here
     /// and is not started yet), so that a later move costs little.
     pub fn prestart_heavy(&mut self) {
-        if heavy_available(self.heavy_backend) {
+        if heavy_available(self.heavy_backend, &self.config.namespace) {
             self.start_heavy_in_background();
         }
     }
@@ -441,11 +444,10 @@ fn restarted(error: &Error) -> bool {
 }
 
 /// Whether `backend` can start here at all (so that prestarting it is sensible).
-fn heavy_available(backend: Backend) -> bool {
+fn heavy_available(backend: Backend, namespace: &NamespaceConfig) -> bool {
     match backend {
         Backend::Vm => cellbox_vmm::kvm_support::linux_guest_blocker().is_none(),
-        // SAFETY: geteuid has no preconditions.
-        Backend::Namespace => (unsafe { libc::geteuid() }) == 0,
+        Backend::Namespace => crate::namespace::rootless::can_start(namespace.allow_unlimited),
         Backend::Wasm => false,
     }
 }

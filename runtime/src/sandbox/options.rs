@@ -145,15 +145,16 @@ impl SandboxOptions {
     }
 
     /// Whether these options' heavy backend is the namespace sandbox here
-    /// (and can start: it needs root), so that a [`NamespacePool`] of
-    /// [`SandboxOptions::namespace_config`] can serve them.
+    /// (and can start: as root, or as a user set up for it), so that a
+    /// [`NamespacePool`] of [`SandboxOptions::namespace_config`] can serve them.
     pub fn heavy_is_namespace(&self) -> bool {
         let split = self
             .backend
             .split_for(&self.network, self.template.is_some());
-        // SAFETY: geteuid has no preconditions.
-        let root = unsafe { libc::geteuid() } == 0;
-        root && matches!(split, Ok((policy, heavy))
+        let startable =
+            crate::namespace::rootless::can_start(NamespaceConfig::default().allow_unlimited);
+        startable
+            && matches!(split, Ok((policy, heavy))
             if policy != Policy::FastOnly && heavy.resolve() == crate::Backend::Namespace)
     }
 

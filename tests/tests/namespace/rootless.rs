@@ -17,6 +17,13 @@ fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
 }
 
+/// One test at a time: they share the user and its control groups, which
+/// each checks are empty afterwards.
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    TURN.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 fn ensure_user(name: &str) {
     if nix::unistd::User::from_name(name).unwrap().is_none() {
         let made = Command::new("useradd")
@@ -71,6 +78,11 @@ fn set_up() -> &'static str {
 
 /// `cellbox ARGS` run by `user` with a clean environment plus `env`.
 fn as_user(user: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
+    user_command(user, args, env).output().expect("runuser")
+}
+
+/// The command running `cellbox ARGS` as `user` (see [`as_user`]).
+fn user_command(user: &str, args: &[&str], env: &[(&str, &str)]) -> Command {
     let mut command = Command::new("runuser");
     command
         .args(["-u", user, "--", "env", "-i"])
@@ -79,8 +91,8 @@ fn as_user(user: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
     for (key, value) in env {
         command.arg(format!("{key}={value}"));
     }
-    command.arg(cellbox_binary()).args(args);
-    command.current_dir("/").output().expect("runuser")
+    command.arg(cellbox_binary()).args(args).current_dir("/");
+    command
 }
 
 /// What the sandbox printed, and its errors, as one text.
@@ -96,18 +108,24 @@ fn delegated_v1() -> bool {
     !Path::new("/sys/fs/cgroup/cgroup.controllers").exists()
 }
 
+/// The environment the set-up user's processes get: the shared guest layer,
+/// and where no control group can be delegated (cgroup v2), no limits.
+fn user_env() -> Vec<(&'static str, &'static str)> {
+    let mut env = vec![("CELLBOX_GUEST_LAYER", set_up())];
+    if !delegated_v1() {
+        env.push(("CELLBOX_ALLOW_UNLIMITED", "1"));
+    }
+    env
+}
+
 #[test]
 fn an_ordinary_user_runs_the_namespace_sandbox_after_setup() {
     if !is_root() {
         eprintln!("not root: no user to set up (CI runs this as root)");
         return;
     }
-    let layer = set_up();
-    let mut env = vec![("CELLBOX_GUEST_LAYER", layer)];
-    if !delegated_v1() {
-        // cgroup v2: no delegation yet, limits accepted as absent.
-        env.push(("CELLBOX_ALLOW_UNLIMITED", "1"));
-    }
+    let _turn = one_at_a_time();
+    let env = user_env();
     let checkout = env!("CARGO_MANIFEST_DIR");
     let who = format!(
         "import os, getpass, socket\n\
@@ -186,14 +204,20 @@ fn an_ordinary_user_runs_the_namespace_sandbox_after_setup() {
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("the fork bomb never stopped: {said}"));
     assert!(forked <= 256, "{forked} processes: {said}");
-    // Nothing left behind: the user's control groups are empty again.
-    let leftover: Vec<_> = std::fs::read_dir(format!("/sys/fs/cgroup/memory/cellbox-{USER}"))
-        .unwrap()
+    assert_eq!(sandbox_cgroups(), Vec::<String>::new(), "left behind");
+}
+
+/// The control groups of the user's sandboxes (none once they are closed).
+fn sandbox_cgroups() -> Vec<String> {
+    let delegated = format!("/sys/fs/cgroup/memory/cellbox-{USER}");
+    let Ok(entries) = std::fs::read_dir(delegated) else {
+        return Vec::new(); // cgroup v2: nothing delegated
+    };
+    entries
         .flatten()
         .filter(|entry| entry.path().is_dir())
-        .map(|entry| entry.file_name())
-        .collect();
-    assert!(leftover.is_empty(), "{leftover:?}");
+        .map(|entry| entry.file_name().to_string_lossy().into_owned())
+        .collect()
 }
 
 #[test]
@@ -202,6 +226,7 @@ fn a_user_who_is_not_set_up_is_told_what_to_do() {
         eprintln!("not root: no user to set up (CI runs this as root)");
         return;
     }
+    let _turn = one_at_a_time();
     ensure_user(UNPREPARED);
     let layer = set_up(); // shares the guest with every user
     let env = [("CELLBOX_GUEST_LAYER", layer)];
@@ -240,4 +265,75 @@ fn a_user_who_is_not_set_up_is_told_what_to_do() {
     let output = as_user(UNPREPARED, &run, &unlimited);
     let said = text(&output);
     assert!(output.status.success() && said.contains('2'), "{said}");
+}
+
+/// `cellbox serve` run by the set-up user, driven by E2B's own SDK (run by
+/// root, which has it in its cache): every check of `tests/e2b/test_sdk.py`.
+#[test]
+fn cellbox_serve_runs_as_an_ordinary_user_for_the_e2b_sdk() {
+    if !is_root() {
+        eprintln!("not root: no user to set up (CI runs this as root)");
+        return;
+    }
+    let _turn = one_at_a_time();
+    let python = cellbox_tests::e2b_sdk_python();
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let mut serve = user_command(USER, &["serve"], &user_env())
+        .stdout(std::process::Stdio::null())
+        .stderr(log.reopen().unwrap())
+        .spawn()
+        .expect("runuser");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while !cellbox_tests::http_ok("127.0.0.1:49999", "/health") {
+        let log = std::fs::read_to_string(log.path()).unwrap_or_default();
+        assert!(serve.try_wait().unwrap().is_none(), "serve ended: {log}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "serve never came up: {log}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("e2b/test_sdk.py");
+    let checked = Command::new(python)
+        .arg(script)
+        .env("SDK_TEST_DEADLINE", "600")
+        .output()
+        .expect("the SDK's python");
+    // SIGTERM to serve itself (runuser would kill it two seconds after
+    // passing the signal on): it stops its sandboxes and exits.
+    let children = format!("/proc/{0}/task/{0}/children", serve.id());
+    let server: i32 = std::fs::read_to_string(children)
+        .unwrap()
+        .trim()
+        .parse()
+        .expect("runuser's one child, cellbox serve");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(server),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let stopped = serve.wait().unwrap();
+    let said = text(&checked);
+    assert!(
+        checked.status.success() && said.contains(" passed, 0 failed"),
+        "{said}\n--- serve:\n{}",
+        std::fs::read_to_string(log.path()).unwrap_or_default()
+    );
+    assert!(stopped.success(), "serve ended with {stopped}");
+    assert!(stopped.success(), "serve ended with {stopped}");
+    // Nothing of the user's left (a launcher's child killed with it is
+    // reaped by the host's init a moment later).
+    let running = || {
+        let ps = Command::new("ps")
+            .args(["--no-headers", "-o", "pid,ppid,stat,args", "-u", USER])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&ps.stdout).into_owned()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !running().is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(running(), "", "left running");
+    assert_eq!(sandbox_cgroups(), Vec::<String>::new(), "left behind");
 }
