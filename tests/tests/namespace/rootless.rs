@@ -207,6 +207,69 @@ fn an_ordinary_user_runs_the_namespace_sandbox_after_setup() {
     assert_eq!(sandbox_cgroups(), Vec::<String>::new(), "left behind");
 }
 
+/// The attacks on what the user who started it has: its files, its
+/// processes, and what listens on the host's loopback.
+#[test]
+fn a_rootless_sandbox_reaches_none_of_its_users_files_processes_or_network() {
+    if !is_root() {
+        eprintln!("not root: no user to set up (CI runs this as root)");
+        return;
+    }
+    let _turn = one_at_a_time();
+    let env = user_env();
+    let secret = format!("/home/{USER}/secret");
+    std::fs::write(&secret, "the user's own").unwrap();
+    let account = nix::unistd::User::from_name(USER).unwrap().unwrap();
+    std::os::unix::fs::chown(&secret, Some(account.uid.as_raw()), None).unwrap();
+    let mut sleeper = Command::new("runuser")
+        .args(["-u", USER, "--", "sleep", "300"])
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let children = format!("/proc/{0}/task/{0}/children", sleeper.id());
+    let pid: i32 = std::fs::read_to_string(children)
+        .unwrap()
+        .trim()
+        .parse()
+        .expect("the user's sleep");
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let attack = format!(
+        "import os, socket\n\
+         seen = [os.path.exists({secret:?}), os.path.exists('/proc/{pid}/environ')]\n\
+         try:\n\
+         \x20   os.kill({pid}, 9); seen.append('killed')\n\
+         except OSError as e:\n\
+         \x20   seen.append(type(e).__name__)\n\
+         s = socket.socket(); s.settimeout(5)\n\
+         try:\n\
+         \x20   s.connect(('127.0.0.1', {port})); seen.append('connected')\n\
+         except OSError as e:\n\
+         \x20   seen.append(type(e).__name__)\n\
+         print('seen', seen)"
+    );
+    let output = as_user(
+        USER,
+        &["run", "--backend", "namespace", "-c", &attack],
+        &env,
+    );
+    let said = text(&output);
+    let alive = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok();
+    let accepted = listener.accept().is_ok();
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+    let _ = sleeper.wait();
+    assert!(
+        said.contains("seen [False, False, 'ProcessLookupError', 'ConnectionRefusedError']"),
+        "{said}"
+    );
+    assert!(alive, "the user's process survived");
+    assert!(!accepted, "nothing reached the host's loopback");
+}
+
 /// The control groups of the user's sandboxes (none once they are closed).
 fn sandbox_cgroups() -> Vec<String> {
     let delegated = format!("/sys/fs/cgroup/memory/cellbox-{USER}");
