@@ -170,8 +170,10 @@ fn prepare(
     owned(&layers.upper, id_base)?;
     if !idmapped {
         // What the sandbox's user must be able to write, made in the upper
-        // layer (owners: 0 is the sandbox's root, 1000 its user).
+        // layer (owners: 0 is the sandbox's root, 1000 its user); /etc for
+        // guest-init's resolv.conf.
         for (dir, owner) in [
+            ("etc", 0),
             ("home", 0),
             ("home/user", 1000),
             ("var", 0),

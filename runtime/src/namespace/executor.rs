@@ -112,12 +112,6 @@ impl NamespaceExecutor {
     /// Starts a sandbox (building the guest artefacts first if needed).
     pub async fn start(config: NamespaceConfig) -> Result<NamespaceExecutor> {
         let rootless = Rootless::detect(config.allow_unlimited)?;
-        if rootless.is_some() && config.network.enabled() {
-            return Err(unavailable(
-                "network access for a sandbox started without root is not built yet: \
-                 run it as root, or without network",
-            ));
-        }
         let cache_root = config
             .cache_dir
             .clone()
@@ -178,6 +172,10 @@ impl NamespaceExecutor {
             .arg("--output-limit")
             .arg(config.output_limit.to_string());
         if let Some(rootless) = &rootless {
+            if rules.is_some() {
+                // Its writable layer is made inside: guest-init writes it there.
+                command.arg("--nameserver").arg(DNS_FORWARDER);
+            }
             command
                 .arg("--uid-map")
                 .arg(&rootless.uid_map)
@@ -261,12 +259,19 @@ impl NamespaceExecutor {
         }
         let network = match rules {
             Some(rules) => {
-                let pid = launcher.id().unwrap_or_default();
+                // Without root the network namespace is the launcher's child's.
+                let launcher_pid = launcher.id().unwrap_or_default();
+                let pid = match rootless {
+                    Some(_) => only_child(launcher_pid)?,
+                    None => launcher_pid,
+                };
                 let log = dir.path().join("slirp4netns.log");
-                let attached =
-                    tokio::task::spawn_blocking(move || Network::attach(pid, &rules, &log))
-                        .await
-                        .map_err(|e| unavailable(format!("connecting the network failed: {e}")))?;
+                let rootless = rootless.is_some();
+                let attached = tokio::task::spawn_blocking(move || {
+                    Network::attach(pid, rootless, &rules, &log)
+                })
+                .await
+                .map_err(|e| unavailable(format!("connecting the network failed: {e}")))?;
                 match attached {
                     Ok(network) => Some(network),
                     Err(e) => {
@@ -351,7 +356,7 @@ fn prepare(
     for sub in folders.into_iter().chain([dir.path().join("root")]) {
         std::fs::create_dir(sub).map_err(|e| Error::io("creating the sandbox folder", e))?;
     }
-    if with_dns {
+    if with_dns && rootless.is_none() {
         use_dns_forwarder(&layer.join("upper"))?;
     }
     let name = dir

@@ -218,12 +218,20 @@ fn unavailable(reason: String) -> Error {
 
 impl Network {
     /// Applies `rules` in the network namespace of process `pid` (the
-    /// launcher), then connects it with slirp4netns and waits until it is
-    /// up. `log` receives slirp4netns's messages. Blocking.
-    pub fn attach(pid: u32, rules: &EgressRules, log: &Path) -> Result<Network> {
-        let netns = std::fs::File::open(format!("/proc/{pid}/ns/net"))
-            .map_err(|e| Error::io("opening the sandbox's network namespace", e))?;
-        apply_rules(&netns, rules)?;
+    /// launcher, or without root the launcher's child, whose user namespace
+    /// owns it: `rootless`), then connects it with slirp4netns and waits
+    /// until it is up. `log` receives slirp4netns's messages. Blocking.
+    pub fn attach(pid: u32, rootless: bool, rules: &EgressRules, log: &Path) -> Result<Network> {
+        let open = |ns: &str| {
+            std::fs::File::open(format!("/proc/{pid}/ns/{ns}"))
+                .map_err(|e| Error::io(format!("opening the sandbox's {ns} namespace"), e))
+        };
+        let netns = open("net")?;
+        let userns = match rootless {
+            true => Some(open("user")?),
+            false => None,
+        };
+        apply_rules(userns.as_ref(), &netns, rules)?;
         let (ready_read, ready_write) =
             nix::unistd::pipe().map_err(|e| Error::io("making a pipe", e.into()))?;
         let (exit_read, exit_write) =
@@ -234,7 +242,11 @@ impl Network {
         command
             .args(["--configure", "--mtu=65520", "--disable-host-loopback"])
             .args(["--enable-sandbox", "--enable-seccomp"])
-            .args(["--ready-fd=3", "--exit-fd=4"])
+            .args(["--ready-fd=3", "--exit-fd=4"]);
+        if rootless {
+            command.arg(format!("--userns-path=/proc/{pid}/ns/user"));
+        }
+        command
             .arg(pid.to_string())
             .arg("tap0")
             .stdin(Stdio::null())
@@ -299,18 +311,35 @@ pub(crate) fn pass_fds<const N: usize>(command: &mut Command, fds: [(RawFd, RawF
     }
 }
 
-/// Runs `nft -f -` with `rules` in the network namespace `netns`.
-fn apply_rules(netns: &std::fs::File, rules: &EgressRules) -> Result<()> {
-    let mut command = Command::new("nft");
+/// Runs `nft -f -` with `rules` in the network namespace `netns` (having
+/// entered `userns` first, the one that owns it, when this process is not root).
+fn apply_rules(
+    userns: Option<&std::fs::File>,
+    netns: &std::fs::File,
+    rules: &EgressRules,
+) -> Result<()> {
+    // An ordinary user's PATH often lacks the sbin folders.
+    let nft = ["/usr/sbin/nft", "/sbin/nft"]
+        .into_iter()
+        .find(|path| Path::new(path).exists())
+        .unwrap_or("nft");
+    let mut command = Command::new(nft);
     command
         .args(["-f", "-"])
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
     let fd = netns.as_raw_fd();
-    // SAFETY: setns is async-signal-safe; `netns` outlives the spawn.
+    let user_fd = userns.map(|userns| userns.as_raw_fd());
+    // SAFETY: setns is async-signal-safe; `netns` and `userns` outlive the
+    // spawn, and the child has one thread (as entering a user namespace needs).
     unsafe {
         command.pre_exec(move || {
+            if let Some(user_fd) = user_fd
+                && libc::setns(user_fd, libc::CLONE_NEWUSER) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
             if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
                 return Err(std::io::Error::last_os_error());
             }

@@ -12,11 +12,16 @@
 //!   limits ([`ALLOW_UNLIMITED_ENV`], [`super::NamespaceConfig::allow_unlimited`]).
 //! - **The guest's root file system**: built as root (its files belong to
 //!   many users), shared read-only in [`SHARED_CACHE_DIR`].
+//! - **Network** (when asked for): slirp4netns opens `/dev/net/tun`, which
+//!   must be usable by all (as udev makes it on Debian); the egress rules
+//!   are set by entering the sandbox's outer user namespace.
 //!
 //! What is weaker than as root: the system files show as owned by `nobody`
 //! inside (the sandbox's root cannot change them; `pip install` goes to the
-//! user's site), the disk limit is a tmpfs charged to the sandbox's memory,
-//! and there is no network and no warm template yet (kernels start cold).
+//! user's site), the disk limit is a tmpfs charged to the sandbox's memory
+//! (at most half of it), guest-init shares its control group with user code
+//! (cgroup v1 lets only a process's own uid move a process), and there is
+//! no warm template yet (kernels start cold).
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -166,6 +171,7 @@ pub fn setup(user: &str, cache_root: &Path, progress: &crate::Progress) -> Resul
         account.uid.as_raw(),
         account.gid.as_raw(),
     )?);
+    done.push(tun_device()?);
     done.extend(share_artifacts(cache_root, progress)?);
     Ok(done)
 }
@@ -219,6 +225,23 @@ fn subordinate_ids(user: &str, uid: u32) -> Result<String> {
         user,
     ]))?;
     Ok(format!("gave {user} the subordinate ids {range}"))
+}
+
+/// Network access connects a sandbox through slirp4netns, which opens
+/// `/dev/net/tun` as the user: readable and writable by all, as udev makes it
+/// on Debian (a machine without udev may have it root's only).
+fn tun_device() -> Result<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let tun = Path::new("/dev/net/tun");
+    let Ok(meta) = std::fs::metadata(tun) else {
+        return Ok("no /dev/net/tun: sandboxes without root get no network".into());
+    };
+    if meta.mode() & 0o666 == 0o666 {
+        return Ok("/dev/net/tun is usable by every user".into());
+    }
+    std::fs::set_permissions(tun, std::fs::Permissions::from_mode(0o666))
+        .map_err(|e| Error::io("making /dev/net/tun usable by every user", e))?;
+    Ok("made /dev/net/tun usable by every user (mode 666, as udev makes it on Debian)".into())
 }
 
 /// `cellbox-USER` under each v1 hierarchy, owned by `user`; the kernel gives

@@ -270,6 +270,45 @@ fn a_rootless_sandbox_reaches_none_of_its_users_files_processes_or_network() {
     assert!(!accepted, "nothing reached the host's loopback");
 }
 
+/// Network on request, as for root: slirp4netns joined through the
+/// sandbox's own user namespace, and egress rules that hold.
+#[test]
+fn a_rootless_sandbox_gets_the_network_it_asks_for_and_no_more() {
+    if !is_root() {
+        eprintln!("not root: no user to set up (CI runs this as root)");
+        return;
+    }
+    use cellbox_tests::network_rig::{ALLOWED, DENIED, PORT, servers};
+    let _turn = one_at_a_time();
+    let env = user_env();
+    servers();
+    let fetch = format!(
+        "import urllib.request\n\
+         for host in ({ALLOWED:?}, {DENIED:?}):\n\
+         \x20   try:\n\
+         \x20       print(urllib.request.urlopen(f'http://{{host}}:{PORT}/', timeout=10).read().decode())\n\
+         \x20   except OSError as e:\n\
+         \x20       print(host, 'refused')"
+    );
+    let output = as_user(
+        USER,
+        &[
+            "run",
+            "--backend",
+            "namespace",
+            "--allow-out",
+            ALLOWED,
+            "-c",
+            &fetch,
+        ],
+        &env,
+    );
+    let said = text(&output);
+    assert!(output.status.success(), "{said}");
+    assert!(said.contains(&format!("hello from {ALLOWED}")), "{said}");
+    assert!(said.contains(&format!("{DENIED} refused")), "{said}");
+}
+
 /// The control groups of the user's sandboxes (none once they are closed).
 fn sandbox_cgroups() -> Vec<String> {
     let delegated = format!("/sys/fs/cgroup/memory/cellbox-{USER}");
