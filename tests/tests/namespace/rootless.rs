@@ -17,11 +17,16 @@ fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
 }
 
-/// One test at a time: they share the user and its control groups, which
-/// each checks are empty afterwards.
-fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+/// Every test's start: only as root (which makes the users), and one test
+/// at a time (they share the user and its control groups, which each
+/// checks are empty afterwards). `None`: not root, said on stderr.
+fn as_root_one_at_a_time() -> Option<std::sync::MutexGuard<'static, ()>> {
+    if !is_root() {
+        eprintln!("not root: no user to set up (CI runs this as root)");
+        return None;
+    }
     static TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    TURN.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    Some(TURN.lock().unwrap_or_else(|poisoned| poisoned.into_inner()))
 }
 
 fn ensure_user(name: &str) {
@@ -120,11 +125,9 @@ fn user_env() -> Vec<(&'static str, &'static str)> {
 
 #[test]
 fn an_ordinary_user_runs_the_namespace_sandbox_after_setup() {
-    if !is_root() {
-        eprintln!("not root: no user to set up (CI runs this as root)");
+    let Some(_turn) = as_root_one_at_a_time() else {
         return;
-    }
-    let _turn = one_at_a_time();
+    };
     let env = user_env();
     let checkout = env!("CARGO_MANIFEST_DIR");
     let who = format!(
@@ -211,11 +214,9 @@ fn an_ordinary_user_runs_the_namespace_sandbox_after_setup() {
 /// processes, and what listens on the host's loopback.
 #[test]
 fn a_rootless_sandbox_reaches_none_of_its_users_files_processes_or_network() {
-    if !is_root() {
-        eprintln!("not root: no user to set up (CI runs this as root)");
+    let Some(_turn) = as_root_one_at_a_time() else {
         return;
-    }
-    let _turn = one_at_a_time();
+    };
     let env = user_env();
     let secret = format!("/home/{USER}/secret");
     std::fs::write(&secret, "the user's own").unwrap();
@@ -274,12 +275,10 @@ fn a_rootless_sandbox_reaches_none_of_its_users_files_processes_or_network() {
 /// sandbox's own user namespace, and egress rules that hold.
 #[test]
 fn a_rootless_sandbox_gets_the_network_it_asks_for_and_no_more() {
-    if !is_root() {
-        eprintln!("not root: no user to set up (CI runs this as root)");
-        return;
-    }
     use cellbox_tests::network_rig::{ALLOWED, DENIED, PORT, servers};
-    let _turn = one_at_a_time();
+    let Some(_turn) = as_root_one_at_a_time() else {
+        return;
+    };
     let env = user_env();
     servers();
     let fetch = format!(
@@ -324,11 +323,9 @@ fn sandbox_cgroups() -> Vec<String> {
 
 #[test]
 fn a_user_who_is_not_set_up_is_told_what_to_do() {
-    if !is_root() {
-        eprintln!("not root: no user to set up (CI runs this as root)");
+    let Some(_turn) = as_root_one_at_a_time() else {
         return;
-    }
-    let _turn = one_at_a_time();
+    };
     ensure_user(UNPREPARED);
     let layer = set_up(); // shares the guest with every user
     let env = [("CELLBOX_GUEST_LAYER", layer)];
@@ -373,11 +370,9 @@ fn a_user_who_is_not_set_up_is_told_what_to_do() {
 /// root, which has it in its cache): every check of `tests/e2b/test_sdk.py`.
 #[test]
 fn cellbox_serve_runs_as_an_ordinary_user_for_the_e2b_sdk() {
-    if !is_root() {
-        eprintln!("not root: no user to set up (CI runs this as root)");
+    let Some(_turn) = as_root_one_at_a_time() else {
         return;
-    }
-    let _turn = one_at_a_time();
+    };
     let python = cellbox_tests::e2b_sdk_python();
     let log = tempfile::NamedTempFile::new().unwrap();
     let mut serve = user_command(USER, &["serve"], &user_env())
