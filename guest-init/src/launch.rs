@@ -171,9 +171,10 @@ fn prepare(
     if !idmapped {
         // What the sandbox's user must be able to write, made in the upper
         // layer (owners: 0 is the sandbox's root, 1000 its user); /etc for
-        // guest-init's resolv.conf.
+        // guest-init's resolv.conf, /root for commands run as root.
         for (dir, owner) in [
             ("etc", 0),
+            ("root", 0),
             ("home", 0),
             ("home/user", 1000),
             ("var", 0),
@@ -184,6 +185,11 @@ fn prepare(
             let path = format!("{}/{dir}", layers.upper);
             let _ = std::fs::create_dir(&path);
             owned(&path, id_base + owner)?;
+            if dir == "root" {
+                use std::os::unix::fs::PermissionsExt;
+                let private = std::fs::set_permissions(&path, PermissionsExt::from_mode(0o700));
+                step(format!("making {path} root's only"), io(private))?;
+            }
         }
     }
     let data = format!(
@@ -355,6 +361,39 @@ fn mount_writable_layer(layers: &Layers, bytes: u64) -> Result<(), SetupError> {
         step(format!("creating {dir}"), io(std::fs::create_dir(dir)))?;
     }
     Ok(())
+}
+
+/// Rootless, in the sandbox's PID 1 before it leaves the host's file system:
+/// opens the user control groups' `cgroup.procs` files (which the host lets
+/// anyone open meanwhile). cgroup v1 lets a process be moved only through a
+/// file opened by its own uid, and user processes are started by the
+/// server, whose real uid is [`SERVER_UID`](crate::confine::SERVER_UID): so
+/// they are opened as that uid (root's otherwise, as the host's are).
+pub fn open_user_cgroups(paths: &[String]) -> Result<Vec<OwnedFd>, SetupError> {
+    if paths.is_empty() {
+        return Ok(Vec::new());
+    }
+    let as_server = |uid: u32| {
+        // SAFETY: seteuid with a plain integer; root may take any effective
+        // uid and, its real and saved uids staying 0, take 0 back.
+        let done = unsafe { libc::seteuid(uid) };
+        step(
+            format!("taking the effective uid {uid} to open the user control groups"),
+            nix::errno::Errno::result(done).map(drop),
+        )
+    };
+    as_server(crate::confine::SERVER_UID)?;
+    let opened = paths
+        .iter()
+        .map(|path| {
+            let file = std::fs::OpenOptions::new().write(true).open(path);
+            step(format!("opening {path}"), io(file)).map(OwnedFd::from)
+        })
+        .collect();
+    as_server(0)?;
+    // Credentials changed: ask again to die with the keeper.
+    die_with_parent()?;
+    opened
 }
 
 /// Takes root's ids (0) in the user namespace just entered, with no

@@ -4,7 +4,7 @@
 //! guest-init (--fd N | --vsock PORT) [--python PATH] [--home DIR] [--max-processes N]
 //!            [--namespace-root DIR --lower DIR... --upper DIR --work DIR
 //!             [--id-base N | --uid-map MAP --gid-map MAP --disk-size BYTES]]
-//!            [--user-cgroup-fd N]... [--output-limit BYTES] [--nameserver ADDR] [--zygote-fd N]
+//!            [--user-cgroup-fd N]... [--user-cgroup-path FILE]... [--output-limit BYTES] [--nameserver ADDR] [--zygote-fd N]
 //! guest-init --zygote DIR --lower DIR... --fd N
 //! ```
 //!
@@ -46,6 +46,9 @@ struct Args {
     home: Option<String>,
     max_processes: Option<u32>,
     user_cgroup_fds: Vec<i32>,
+    /// `--user-cgroup-path`: the user groups' `cgroup.procs`, opened by the
+    /// sandbox's PID 1 itself (rootless: see `launch.rs`).
+    user_cgroup_paths: Vec<String>,
     output_limit: Option<usize>,
     nameserver: Option<std::net::IpAddr>,
     zygote_fd: Option<i32>,
@@ -103,6 +106,7 @@ fn parse_args() -> Result<Args, String> {
                         .map_err(|_| "--max-processes takes a number")?,
                 )
             }
+            "--user-cgroup-path" => args.user_cgroup_paths.push(value()?),
             "--user-cgroup-fd" => args.user_cgroup_fds.push(
                 value()?
                     .parse()
@@ -201,7 +205,13 @@ fn main() -> ExitCode {
             .collect()
     };
     let setup = match &args.layers {
-        Some(layers) => pid1::enter_namespace_root(&layers.root).map(|()| passed_cgroup()),
+        Some(layers) => launch::open_user_cgroups(&args.user_cgroup_paths).and_then(|opened| {
+            pid1::enter_namespace_root(&layers.root).map(|()| {
+                let mut fds: Vec<std::os::fd::OwnedFd> = passed_cgroup();
+                fds.extend(opened);
+                fds
+            })
+        }),
         None if is_pid1 => pid1::mount_vm_basics().and_then(|()| {
             pid1::make_user_cgroup(args.max_processes.unwrap_or(DEFAULT_MAX_PROCESSES))
                 .map(|fd| vec![fd])

@@ -93,8 +93,14 @@ async fn a_full_disk_is_enospc_inside_and_costs_the_host_nothing_more() {
 /// as that); the system files keep their owners inside (idmapped layers), so
 /// root may change them and `user` may not.
 #[tokio::test]
+// Only other test threads take its lock: holding it across this test's
+// awaits blocks nothing of its own runtime.
+#[allow(clippy::await_holding_lock)]
 async fn the_sandbox_root_is_not_the_host_root() {
     use cellbox::guest::{CommandOptions, GuestExecutor};
+    // No kernel of a user's sandbox (whose ids are that user's) on the host
+    // meanwhile.
+    let _alone = rootless::alone();
     let mut sandbox = cellbox_tests::namespace_session().await;
     let map = sandbox
         .run("open('/proc/self/uid_map').read().split()")

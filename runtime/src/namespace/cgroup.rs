@@ -173,25 +173,34 @@ impl Cgroup {
     /// The `cgroup.procs` files guest-init's launcher writes "0" to in order
     /// to join the init groups.
     pub fn init_procs_files(&self) -> Vec<CString> {
-        self.procs_files(INIT_CGROUP)
-    }
-
-    /// The user groups' `cgroup.procs` files, for a launcher that puts the
-    /// whole sandbox there: without root, as cgroup v1 lets a process be
-    /// moved only by one of its own uid, and the sandbox's are not the
-    /// host process's.
-    pub fn user_procs_files(&self) -> Vec<CString> {
-        self.procs_files(USER_CGROUP)
-    }
-
-    fn procs_files(&self, child: &str) -> Vec<CString> {
         self.roots
             .iter()
             .filter_map(|d| {
-                let file = d.join(child).join("cgroup.procs");
+                let file = d.join(INIT_CGROUP).join("cgroup.procs");
                 CString::new(file.into_os_string().into_encoded_bytes()).ok()
             })
             .collect()
+    }
+
+    /// Without root: lets the sandbox's own root open the user groups'
+    /// `cgroup.procs` (cgroup v1 lets a process be moved only through a file
+    /// opened by its own uid, and the sandbox's ids are not this user's) for
+    /// as long as the returned guard lives, which should be until the
+    /// sandbox has started. Another user opening one meanwhile could only
+    /// move their own processes into this sandbox's limits.
+    pub fn share_user_procs(&self) -> Result<SharedUserProcs> {
+        use std::os::unix::fs::PermissionsExt;
+        let files: Vec<PathBuf> = self
+            .roots
+            .iter()
+            .map(|d| d.join(USER_CGROUP).join("cgroup.procs"))
+            .collect();
+        let shared = SharedUserProcs(files);
+        for file in &shared.0 {
+            std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o666))
+                .map_err(|e| Error::io(format!("opening {} to the sandbox", file.display()), e))?;
+        }
+        Ok(shared)
     }
 
     /// The user groups' `cgroup.procs`, open for writing, for guest-init to
@@ -225,6 +234,27 @@ impl Cgroup {
                     .collect::<Vec<_>>()
             })
             .collect()
+    }
+}
+
+/// The user groups' `cgroup.procs` files while the sandbox may open them
+/// ([`Cgroup::share_user_procs`]); closed to others again on drop.
+#[derive(Debug)]
+pub struct SharedUserProcs(Vec<PathBuf>);
+
+impl SharedUserProcs {
+    /// The files, for the sandbox's PID 1 to open.
+    pub fn files(&self) -> &[PathBuf] {
+        &self.0
+    }
+}
+
+impl Drop for SharedUserProcs {
+    fn drop(&mut self) {
+        use std::os::unix::fs::PermissionsExt;
+        for file in &self.0 {
+            let _ = std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o644));
+        }
     }
 }
 

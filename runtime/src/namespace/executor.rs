@@ -192,12 +192,18 @@ impl NamespaceExecutor {
             )
             .env("LANG", "C.UTF-8")
             .stdin(std::process::Stdio::null());
-        // Without root everything goes in the user group at once (see
-        // `Cgroup::user_procs_files`).
+        // Without root the sandbox opens the user groups' files itself.
         let user_cgroup = match (&cgroup, &rootless) {
             (Some(cgroup), None) => cgroup.open_user_procs()?,
             _ => Vec::new(),
         };
+        let shared_procs = match (&cgroup, &rootless) {
+            (Some(cgroup), Some(_)) => Some(cgroup.share_user_procs()?),
+            _ => None,
+        };
+        for file in shared_procs.iter().flat_map(|shared| shared.files()) {
+            command.arg("--user-cgroup-path").arg(file);
+        }
         for fd in 4..4 + user_cgroup.len() {
             command.arg("--user-cgroup-fd").arg(fd.to_string());
         }
@@ -218,11 +224,10 @@ impl NamespaceExecutor {
         prepare_child(
             &mut command,
             passed,
-            match (&cgroup, &rootless) {
-                (Some(cgroup), None) => cgroup.init_procs_files(),
-                (Some(cgroup), Some(_)) => cgroup.user_procs_files(),
-                (None, _) => Vec::new(),
-            },
+            cgroup
+                .as_ref()
+                .map(Cgroup::init_procs_files)
+                .unwrap_or_default(),
             config.cpu_time_limit,
         );
         let mut launcher = tokio::process::Command::from(command)
@@ -242,6 +247,8 @@ impl NamespaceExecutor {
                 return Err(unavailable(format!("the sandbox did not start: {e}")));
             }
         };
+        // Opened by the sandbox before it answered: closed to others again.
+        drop(shared_procs);
         if let Some((zygote, connection)) = zygote {
             // Failing, the sandbox's kernels start cold (its end finds no peer).
             let _ = launcher

@@ -19,9 +19,8 @@
 //! What is weaker than as root: the system files show as owned by `nobody`
 //! inside (the sandbox's root cannot change them; `pip install` goes to the
 //! user's site), the disk limit is a tmpfs charged to the sandbox's memory
-//! (at most half of it), guest-init shares its control group with user code
-//! (cgroup v1 lets only a process's own uid move a process), and there is
-//! no warm template yet (kernels start cold).
+//! (at most half of it), and there is no warm template yet (kernels start
+//! cold).
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};

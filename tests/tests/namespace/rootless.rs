@@ -18,15 +18,21 @@ fn is_root() -> bool {
 }
 
 /// Every test's start: only as root (which makes the users), and one test
-/// at a time (they share the user and its control groups, which each
-/// checks are empty afterwards). `None`: not root, said on stderr.
+/// at a time (see [`alone`]). `None`: not root, said on stderr.
 fn as_root_one_at_a_time() -> Option<std::sync::MutexGuard<'static, ()>> {
     if !is_root() {
         eprintln!("not root: no user to set up (CI runs this as root)");
         return None;
     }
+    Some(alone())
+}
+
+/// Held while a test runs rootless sandboxes (they share the user and its
+/// control groups, which each checks are empty afterwards), and by a test
+/// that must see none of their processes.
+pub fn alone() -> std::sync::MutexGuard<'static, ()> {
     static TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    Some(TURN.lock().unwrap_or_else(|poisoned| poisoned.into_inner()))
+    TURN.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn ensure_user(name: &str) {
