@@ -132,7 +132,13 @@ fn a_paused_vm_stays_paused_and_a_stopped_one_cannot_be_saved() {
     vm.snapshot(&dir.path().join("a")).unwrap();
     let cpu = control.cpu_time();
     std::thread::sleep(std::time::Duration::from_millis(100));
-    assert_eq!(control.cpu_time(), cpu, "still paused after the snapshot");
+    // A parked vCPU thread may wake for a few microseconds (10 µs once in
+    // CI), never to run the guest.
+    let used = control.cpu_time().saturating_sub(cpu);
+    assert!(
+        used < std::time::Duration::from_millis(1),
+        "a paused vCPU used {used:?} in 100 ms after the snapshot"
+    );
     control.resume();
     let mut stream = vm.vsock().unwrap().connect(1234, WAIT).unwrap();
     assert_eq!(echo(&mut stream, b"resumed"), b"resumed");
