@@ -264,14 +264,17 @@ impl NamespaceExecutor {
                     zygote.register(pid1, procs, config.cpu_time_limit, connection)
                 });
         }
+        // The process whose namespaces hold the network and the writable
+        // layer: the launcher, or without root its child (root of their
+        // user namespace).
+        let launcher_pid = launcher.id().unwrap_or_default();
+        let holder = match rootless {
+            Some(_) => only_child(launcher_pid)?,
+            None => launcher_pid,
+        };
         let network = match rules {
             Some(rules) => {
-                // Without root the network namespace is the launcher's child's.
-                let launcher_pid = launcher.id().unwrap_or_default();
-                let pid = match rootless {
-                    Some(_) => only_child(launcher_pid)?,
-                    None => launcher_pid,
-                };
+                let pid = holder;
                 let log = dir.path().join("slirp4netns.log");
                 let rootless = rootless.is_some();
                 let attached = tokio::task::spawn_blocking(move || {
@@ -289,15 +292,12 @@ impl NamespaceExecutor {
             }
             None => None,
         };
-        // Without root the writable layer is a tmpfs in the launcher's
-        // child's mount namespace, seen through its /proc root.
-        let disk_path = match (&rootless, launcher.id()) {
-            (Some(_), Some(pid)) => match only_child(pid) {
-                Ok(child) => PathBuf::from(format!("/proc/{child}/root"))
-                    .join(layer.strip_prefix("/").unwrap_or(&layer)),
-                Err(_) => layer,
-            },
-            _ => layer,
+        // Without root the writable layer is a tmpfs in the holder's mount
+        // namespace, seen through its /proc root.
+        let disk_path = match rootless {
+            Some(_) => PathBuf::from(format!("/proc/{holder}/root"))
+                .join(layer.strip_prefix("/").unwrap_or(&layer)),
+            None => layer,
         };
         let control = NamespaceControl {
             cgroup: cgroup.as_ref().map(Cgroup::files),

@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
+use cellbox::namespace::zygote::only_child;
+
 /// The user `cellbox setup` prepares.
 const USER: &str = "cellbox-rootless";
 /// A user with subordinate ids but nothing else: told what is missing.
@@ -233,12 +235,7 @@ fn a_rootless_sandbox_reaches_none_of_its_users_files_processes_or_network() {
         .spawn()
         .unwrap();
     std::thread::sleep(std::time::Duration::from_millis(300));
-    let children = format!("/proc/{0}/task/{0}/children", sleeper.id());
-    let pid: i32 = std::fs::read_to_string(children)
-        .unwrap()
-        .trim()
-        .parse()
-        .expect("the user's sleep");
+    let pid = only_child(sleeper.id()).expect("the user's sleep") as i32;
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.set_nonblocking(true).unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -404,12 +401,7 @@ fn cellbox_serve_runs_as_an_ordinary_user_for_the_e2b_sdk() {
         .expect("the SDK's python");
     // SIGTERM to serve itself (runuser would kill it two seconds after
     // passing the signal on): it stops its sandboxes and exits.
-    let children = format!("/proc/{0}/task/{0}/children", serve.id());
-    let server: i32 = std::fs::read_to_string(children)
-        .unwrap()
-        .trim()
-        .parse()
-        .expect("runuser's one child, cellbox serve");
+    let server = only_child(serve.id()).expect("runuser's one child, cellbox serve") as i32;
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(server),
         nix::sys::signal::Signal::SIGTERM,
