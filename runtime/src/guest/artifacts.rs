@@ -30,7 +30,7 @@ fn running_as_root() -> bool {
 
 /// For a process without root whose own cache lacks `key` (ready when
 /// `ready` exists in it): the copy root shared in [`SHARED_CACHE_DIR`].
-fn shared(cache_root: &Path, key: &Path, ready: &str) -> Option<PathBuf> {
+pub(crate) fn shared(cache_root: &Path, key: &Path, ready: &str) -> Option<PathBuf> {
     if running_as_root() || cache_root.join(key).join(ready).exists() {
         return None;
     }
@@ -103,11 +103,21 @@ impl GuestArtifacts {
                 }
             }
         };
-        let image_dir = cache_root.join("image").join(cache::input_key([
-            ("rootfs", rootfs.as_os_str().as_encoded_bytes()),
-            ("layer", layer.as_os_str().as_encoded_bytes()),
+        // Keyed by the inputs' own keys (their folders' names), not where
+        // they are: root's image is a user's too, whoever holds the tree.
+        let name = |dir: &Path| {
+            dir.file_name()
+                .unwrap_or_default()
+                .as_encoded_bytes()
+                .to_vec()
+        };
+        let image_key = Path::new("image").join(cache::input_key([
+            ("rootfs", name(&rootfs).as_slice()),
+            ("layer", name(&layer).as_slice()),
             ("make-ext4.sh", EXT4_SCRIPT.as_bytes()),
         ]));
+        let image_dir =
+            shared(cache_root, &image_key, IMAGE).unwrap_or_else(|| cache_root.join(&image_key));
         Ok(GuestArtifacts {
             tree: rootfs.join("tree"),
             layer,
@@ -117,8 +127,12 @@ impl GuestArtifacts {
 
     /// The root file system as an ext4 image (the microVM's disk), made on
     /// first use from `tree` and `layer` without loop devices. Blocking.
+    ///
+    /// Without root the image comes from [`SHARED_CACHE_DIR`] (`cellbox
+    /// setup --user NAME` puts it there): making it reads every file of the
+    /// tree, `/etc/shadow` among them.
     pub fn ext4_image(&self, progress: &Progress) -> Result<PathBuf> {
-        let dir = builder::ensure_built(&self.image_dir, "rootfs.ext4", |dir| {
+        let dir = builder::ensure_built(&self.image_dir, IMAGE, |dir| {
             std::fs::create_dir_all(dir)
                 .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
             let partial = dir.join("rootfs.ext4.partial");
@@ -127,11 +141,27 @@ impl GuestArtifacts {
                 &[&self.tree, &self.layer, &partial],
                 progress,
                 "making the ext4 image (guest-init/rootfs/make-ext4.sh)",
-            )?;
-            std::fs::rename(&partial, dir.join("rootfs.ext4"))
+            )
+            .map_err(|e| match running_as_root() {
+                true => e,
+                false => Error::Artifact {
+                    what: "the guest's ext4 image".into(),
+                    reason: format!(
+                        "{e}; making it reads files only root may read: run `sudo cellbox \
+                         setup --user {}` once, which shares root's image",
+                        crate::namespace::rootless::user_name()
+                    ),
+                },
+            })?;
+            std::fs::rename(&partial, dir.join(IMAGE))
                 .map_err(|e| Error::io(format!("finishing {}", dir.display()), e))
         })?;
-        Ok(dir.join("rootfs.ext4"))
+        Ok(dir.join(IMAGE))
+    }
+
+    /// The folder that holds (or will hold) the ext4 image.
+    pub(crate) fn image_dir(&self) -> &Path {
+        &self.image_dir
     }
 }
 
@@ -186,6 +216,9 @@ fn guest_init_sources() -> Result<Vec<(String, Vec<u8>)>> {
         })
         .collect()
 }
+
+/// The ext4 image's name in its folder.
+const IMAGE: &str = "rootfs.ext4";
 
 /// Where `guest-init` goes in a guest layer.
 const INIT: &str = "sbin/init";

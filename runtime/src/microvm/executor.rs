@@ -121,8 +121,9 @@ impl MicroVmExecutor {
             let hint = match unsafe { libc::geteuid() } {
                 0 => "Use --backend namespace (the same guest in Linux namespaces) instead",
                 _ => {
-                    "A user needs /dev/kvm (the kvm group) for the microVM; \
-                     as root, --backend namespace runs the same guest in Linux namespaces"
+                    "A user needs /dev/kvm for the microVM (`sudo cellbox setup --user NAME` \
+                     adds them to the kvm group); --backend namespace runs the same guest in \
+                     Linux namespaces"
                 }
             };
             return Err(unavailable(format!("{reason}. {hint}")));

@@ -154,7 +154,9 @@ fn delegated_cgroup(user: &str, uid: u32) -> Option<String> {
 /// `cellbox setup --user NAME`, as root: gives `user` subordinate ids (when
 /// they have none), a control-group folder under each v1 hierarchy, and the
 /// guest's artefacts in [`SHARED_CACHE_DIR`] (from `cache_root`, built there
-/// first if missing). Returns what it did, a line each.
+/// first if missing); where `/dev/kvm` exists, the microVM too: membership
+/// of the group `kvm`, the guest's kernel and ext4 image. Returns what it
+/// did, a line each.
 pub fn setup(user: &str, cache_root: &Path, progress: &crate::Progress) -> Result<Vec<String>> {
     if !nix::unistd::geteuid().is_root() {
         return Err(unavailable("`cellbox setup` must run as root".into()));
@@ -171,7 +173,11 @@ pub fn setup(user: &str, cache_root: &Path, progress: &crate::Progress) -> Resul
         account.gid.as_raw(),
     )?);
     done.push(tun_device()?);
-    done.extend(share_artifacts(cache_root, progress)?);
+    let kvm = Path::new(KVM_DEVICE).exists();
+    if kvm {
+        done.extend(kvm_access(user)?);
+    }
+    done.extend(share_artifacts(cache_root, kvm, progress)?);
     Ok(done)
 }
 
@@ -243,6 +249,51 @@ fn tun_device() -> Result<String> {
     Ok("made /dev/net/tun usable by every user (mode 666, as udev makes it on Debian)".into())
 }
 
+/// The device through which the microVM runs.
+const KVM_DEVICE: &str = "/dev/kvm";
+/// The group that may open it (udev's rule on Debian).
+const KVM_GROUP: &str = "kvm";
+
+/// The microVM runs for whoever may open `/dev/kvm`: as on Debian with
+/// udev, the device belongs to the group `kvm` (made if missing) with mode
+/// 660, and `user` is made a member.
+fn kvm_access(user: &str) -> Result<Vec<String>> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut done = Vec::new();
+    if nix::unistd::Group::from_name(KVM_GROUP)
+        .ok()
+        .flatten()
+        .is_none()
+    {
+        run(std::process::Command::new("groupadd").args(["--system", KVM_GROUP]))?;
+        done.push(format!("made the group {KVM_GROUP}"));
+    }
+    let group = nix::unistd::Group::from_name(KVM_GROUP)
+        .ok()
+        .flatten()
+        .ok_or_else(|| unavailable(format!("the group {KVM_GROUP} cannot be read back")))?;
+    let device = Path::new(KVM_DEVICE);
+    let meta = std::fs::metadata(device).map_err(|e| Error::io(KVM_DEVICE.to_string(), e))?;
+    if meta.gid() != group.gid.as_raw() || meta.mode() & 0o060 != 0o060 {
+        std::os::unix::fs::chown(device, None, Some(group.gid.as_raw()))
+            .and_then(|()| std::fs::set_permissions(device, std::fs::Permissions::from_mode(0o660)))
+            .map_err(|e| Error::io(format!("giving {KVM_DEVICE} to the group {KVM_GROUP}"), e))?;
+        done.push(format!(
+            "gave {KVM_DEVICE} to the group {KVM_GROUP} (mode 660, as udev does on Debian)"
+        ));
+    }
+    if group.mem.iter().any(|member| member == user) {
+        done.push(format!("{user} is in the group {KVM_GROUP} already"));
+    } else {
+        run(std::process::Command::new("usermod").args(["--append", "--groups", KVM_GROUP, user]))?;
+        done.push(format!(
+            "added {user} to the group {KVM_GROUP}, which may open {KVM_DEVICE} (the microVM; \
+             it takes effect at their next login)"
+        ));
+    }
+    Ok(done)
+}
+
 /// `cellbox-USER` under each v1 hierarchy, owned by `user`; the kernel gives
 /// the groups they make inside to them too.
 fn control_groups(user: &str, uid: u32, gid: u32) -> Result<Vec<String>> {
@@ -276,13 +327,30 @@ fn control_groups(user: &str, uid: u32, gid: u32) -> Result<Vec<String>> {
     Ok(done)
 }
 
-/// The guest's root file system and layer, built in `cache_root` when
-/// missing, copied into [`SHARED_CACHE_DIR`] (hard links where it can).
-fn share_artifacts(cache_root: &Path, progress: &crate::Progress) -> Result<Vec<String>> {
+/// The guest's root file system and layer (and with `microvm` its kernel
+/// and ext4 image), built in `cache_root` when missing, copied into
+/// [`SHARED_CACHE_DIR`] (hard links where it can).
+fn share_artifacts(
+    cache_root: &Path,
+    microvm: bool,
+    progress: &crate::Progress,
+) -> Result<Vec<String>> {
     let artifacts = crate::guest::GuestArtifacts::ensure(cache_root, progress)?;
+    let mut built = vec![
+        (
+            "root file system",
+            artifacts.tree.parent().map(Path::to_path_buf),
+        ),
+        ("layer", Some(artifacts.layer.clone())),
+    ];
+    if microvm {
+        let kernel = crate::guest::GuestKernel::ensure(cache_root, progress)?;
+        artifacts.ext4_image(progress)?;
+        built.push(("kernel", Some(kernel.dir().to_path_buf())));
+        built.push(("ext4 image", Some(artifacts.image_dir().to_path_buf())));
+    }
     let mut done = Vec::new();
-    let tree = artifacts.tree.parent().map(Path::to_path_buf);
-    for (what, built) in [("root file system", tree), ("layer", Some(artifacts.layer))] {
+    for (what, built) in built {
         let Some(built) = built else { continue };
         let relative = built
             .strip_prefix(cache_root)
