@@ -298,6 +298,110 @@ pub const MACHINE_DIED: i32 = 125;
 /// kernel locked up: the console shows a soft lockup).
 pub const MACHINE_TIMED_OUT: i32 = 124;
 
+/// The user the microVM suite runs as, when started by root: an ordinary
+/// member of the group `kvm`, set up by [`prepare_suite_user`].
+pub const SUITE_USER: &str = "cellbox-kvm";
+
+/// Makes [`SUITE_USER`] (this process being root) as a user of the microVM
+/// would be: created if missing, then `cellbox setup --user` (the group
+/// `kvm`, the guest's kernel, image, root file system and layer shared in
+/// `/var/cache/cellbox`), then, as the user, their own cache under their
+/// home: the E2B SDK and the WebAssembly interpreter (built here: the
+/// emulated machine has no network and builds slowly). `cellbox` is the
+/// command to set up with; the user runs a copy of it.
+pub fn prepare_suite_user(cellbox: &Path) {
+    let user = SUITE_USER;
+    let exists = Command::new("id")
+        .arg(user)
+        .output()
+        .expect("id")
+        .status
+        .success();
+    if !exists {
+        check(Command::new("useradd").args(["--create-home", "--shell", "/bin/sh", user]));
+    }
+    check(Command::new(cellbox).args(["setup", "--user", user]));
+    let copy = tempfile::Builder::new()
+        .prefix("cellbox-kvm-user")
+        .tempdir()
+        .expect("a temporary folder");
+    let binary = copy.path().join("cellbox");
+    std::fs::copy(cellbox, &binary).expect("copying cellbox");
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(copy.path(), std::fs::Permissions::from_mode(0o755))
+        .expect("opening the copy's folder");
+    let sdk_script = Path::new(env!("CARGO_MANIFEST_DIR")).join("e2b/install_sdk.sh");
+    check(
+        as_user(user, Path::new("sh"))
+            .args(["-s", "python"])
+            .stdin(std::fs::File::open(sdk_script).expect("install_sdk.sh")),
+    );
+    check(as_user(user, &binary).args(["run", "--backend", "wasm", "-c", "1 + 1"]));
+}
+
+/// `program` run as `user` by `runuser` (from root), with their home and
+/// their cache under it.
+fn as_user(user: &str, program: &Path) -> Command {
+    let mut command = Command::new("sh");
+    command.args(as_user_args(user, program)).current_dir("/");
+    command
+}
+
+/// `sh`'s arguments that run `program` (the arguments after them too) as
+/// `user`: [`AS_USER_SCRIPT`].
+fn as_user_args(user: &str, program: &Path) -> Vec<String> {
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the workspace");
+    let program = program.to_string_lossy().into_owned();
+    [
+        "-c",
+        AS_USER_SCRIPT,
+        "sh",
+        user,
+        &program,
+        &workspace.to_string_lossy(),
+        &program,
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+/// Runs `command`, its output passed on; panics unless it succeeds.
+fn check(command: &mut Command) {
+    let status = command
+        .status()
+        .unwrap_or_else(|e| panic!("running {command:?}: {e}"));
+    assert!(status.success(), "{command:?} failed ({status})");
+}
+
+/// Who runs a suite's tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunAs<'a> {
+    /// This process's user.
+    Me,
+    /// Another user, this process being root (see [`prepare_suite_user`]).
+    User(&'a str),
+}
+
+/// The script that runs `$4 ...` as the user `$1` (this being root), with
+/// their home, their cache under it and their groups, in the emulated
+/// machine or here: there it first makes the folders down to the program (`$2`) and
+/// to this workspace (`$3`) traversable by all (the machine's copy of them:
+/// the host's folders are not changed), as a checkout in root's home would
+/// not be.
+const AS_USER_SCRIPT: &str = r#"
+user=$1 home=/home/$1
+if [ -n "${CELLBOX_EMULATED_KVM:-}" ]; then
+    for path in "$2" "$3"; do
+        while [ "$path" != / ]; do path=$(dirname "$path"); chmod o+x "$path"; done
+    done
+fi
+shift 3
+exec runuser -u "$user" -- env HOME="$home" CELLBOX_CACHE_DIR="$home/.cache/cellbox" \
+    PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin "$@"
+"#;
+
 /// Runs the `#[ignore]`d tests of the test binary `program` one at a time
 /// where KVM runs Linux guests (see [`run`]). If the emulated machine itself
 /// dies or locks up (its kernel, not the tests, as its console then shows),
@@ -306,17 +410,27 @@ pub const MACHINE_TIMED_OUT: i32 = 124;
 /// guest's boot triple-fault, or stalls for many seconds: once an SDK read
 /// timed out after 60 silent seconds) and runs again in a fresh machine; a
 /// test that fails twice fails the suite. [`MACHINES`] machines at most.
+/// `selection` goes on the command line too (`--skip NAME`, or names).
 /// Returns the names of the tests that passed and the last run.
-pub fn run_ignored_tests(program: &Path) -> (Vec<String>, Run) {
+pub fn run_ignored_tests(program: &Path, run_as: RunAs, selection: &[&str]) -> (Vec<String>, Run) {
     let emulated = matches!(KvmHost::detect(), KvmHost::Emulated(_));
     let mut passed: Vec<String> = Vec::new();
     let mut failed_once: Vec<String> = Vec::new();
     for attempt in 1.. {
         let mut args = vec!["--ignored", "--test-threads=1", "--color=never", "--exact"];
+        args.extend(selection);
         for name in &passed {
             args.extend(["--skip", name.as_str()]);
         }
-        let run = run(program, &args);
+        let run = match run_as {
+            RunAs::Me => run(program, &args),
+            RunAs::User(user) => {
+                let mut all = as_user_args(user, program);
+                all.extend(args.iter().map(|arg| arg.to_string()));
+                let all: Vec<&str> = all.iter().map(String::as_str).collect();
+                run(Path::new("sh"), &all)
+            }
+        };
         let now_passed = passed_tests(&run.output);
         let failed: Vec<String> = started_tests(&run.output)
             .into_iter()

@@ -5,7 +5,7 @@
 #   run.sh COMMAND [ARGS...]
 #
 # The command runs as root in the current folder with this shell's exported
-# environment plus CELLBOX_EMULATED_KVM=1, on this host's file system (read-only;
+# environment plus CELLBOX_EMULATED_KVM=1, /dev/kvm open to the group kvm, on this host's file system (read-only;
 # writes land in the machine's memory and are gone afterwards), with a real
 # /dev/kvm (kvm_amd on an emulated AMD CPU). No network but loopback. Its output
 # and the machine's console come out here, with a line "emulated-kvm: alive"
@@ -42,6 +42,8 @@ trap 'rm -rf -- "$RUN"' EXIT
     export -p | grep -vE '^declare -x (PWD|OLDPWD|SHLVL|_)='
     echo "export CELLBOX_EMULATED_KVM=1 HOME=${HOME:-/root}"
     printf 'cd %q || exit 125\n' "$PWD"
+    # /dev/kvm as udev's rule makes it on Debian: the group kvm may open it.
+    echo 'getent group kvm >/dev/null && chgrp kvm /dev/kvm && chmod 660 /dev/kvm'
     # A heartbeat while the machine lives, whatever the command does: the
     # caller tells a machine that locked up from a command that is quiet.
     # shellcheck disable=SC2016

@@ -5,8 +5,10 @@
 //! guest. `vm_suite` runs it on every machine: directly where `/dev/kvm`
 //! can, otherwise inside the emulated-KVM machine (`tests/emulated-kvm/`),
 //! after building on this host what the guest needs (kernel, root image,
-//! the E2B SDK). On such a machine the suite also runs alone:
-//! `cargo test -p cellbox-tests --test vm -- --ignored`.
+//! the E2B SDK). Started by root, it runs as an ordinary member of the group
+//! `kvm` (`kvm_host::SUITE_USER`, set up by `cellbox setup --user`), all but
+//! the network test, whose servers need root. On such a machine the suite
+//! also runs alone: `cargo test -p cellbox-tests --test vm -- --ignored`.
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
@@ -17,7 +19,7 @@ use cellbox::{
     Backend, BackendPolicy, CommandOptions, Error, Executor, HybridConfig, HybridExecutor,
     Language, MicroVmConfig, MicroVmExecutor, RunCodeOptions, Sandbox, SandboxOptions,
 };
-use cellbox_tests::kvm_host::{self, IN_EMULATED_KVM, KvmHost};
+use cellbox_tests::kvm_host::{self, IN_EMULATED_KVM, KvmHost, RunAs};
 use cellbox_tests::wasm_engine;
 
 cellbox_tests::heavy_backend_tests!(Backend::Vm, #[ignore = "needs KVM that runs Linux guests; run by vm_suite"]);
@@ -33,6 +35,9 @@ fn cellbox_binary() -> PathBuf {
     );
     binary
 }
+
+/// The one test of the suite that needs root: its servers' network namespace.
+const NEEDS_ROOT: &str = "network_on_the_microvm";
 
 /// Runs the suite where KVM runs Linux guests, here or emulated, having built
 /// on this machine everything the guest needs (the emulated machine has no
@@ -57,14 +62,36 @@ fn vm_suite() {
     if let KvmHost::Emulated(reason) = KvmHost::detect() {
         eprintln!("{reason}: running the microVM suite in the emulated-KVM machine");
     }
+    // The microVM needs no root: started by root, the suite runs as an
+    // ordinary member of the group kvm, set up as the README says; only
+    // the network test runs as root, for its servers' network namespace.
+    let as_root = nix::unistd::geteuid().is_root();
+    let (user, root_only) = match as_root {
+        true => {
+            kvm_host::prepare_suite_user(&cellbox_binary());
+            (
+                RunAs::User(kvm_host::SUITE_USER),
+                &["--skip", NEEDS_ROOT][..],
+            )
+        }
+        false => (RunAs::Me, &[][..]),
+    };
     // One test at a time: the emulated machine's two CPUs are slow enough
     // for one guest and its host side.
-    let (mut passed, last) = kvm_host::run_ignored_tests(&exe);
+    let (mut passed, last) = kvm_host::run_ignored_tests(&exe, user, root_only);
     assert!(
         last.status.success(),
         "the microVM suite failed ({}); its output is above",
         last.status
     );
+    if as_root {
+        let (network, last) = kvm_host::run_ignored_tests(&exe, RunAs::Me, &[NEEDS_ROOT]);
+        assert!(
+            last.status.success(),
+            "{NEEDS_ROOT} failed; its output is above"
+        );
+        passed.extend(network);
+    }
     expected.sort();
     passed.sort();
     assert_eq!(passed, expected, "every test of the suite passed");
