@@ -398,6 +398,7 @@ if [ -n "${CELLBOX_EMULATED_KVM:-}" ]; then
     done
 fi
 shift 3
+echo "running as: $(runuser -u "$user" -- id)"
 exec runuser -u "$user" -- env HOME="$home" CELLBOX_CACHE_DIR="$home/.cache/cellbox" \
     PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin "$@"
 "#;

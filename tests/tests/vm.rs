@@ -84,6 +84,15 @@ fn vm_suite() {
         "the microVM suite failed ({}); its output is above",
         last.status
     );
+    if let RunAs::User(name) = user {
+        let who = last.output.lines().find(|l| l.starts_with("running as: "));
+        assert!(
+            who.is_some_and(|who| who.contains(&format!("({name})"))
+                && who.contains("(kvm)")
+                && !who.contains("uid=0(")),
+            "the suite ran as {who:?}"
+        );
+    }
     if as_root {
         let (network, last) = kvm_host::run_ignored_tests(&exe, RunAs::Me, &[NEEDS_ROOT]);
         assert!(

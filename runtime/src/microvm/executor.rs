@@ -119,12 +119,13 @@ impl MicroVmExecutor {
         if let Some(reason) = cellbox_vmm::kvm_support::linux_guest_blocker() {
             // SAFETY: geteuid has no preconditions.
             let hint = match unsafe { libc::geteuid() } {
-                0 => "Use --backend namespace (the same guest in Linux namespaces) instead",
-                _ => {
-                    "A user needs /dev/kvm for the microVM (`sudo cellbox setup --user NAME` \
-                     adds them to the kvm group); --backend namespace runs the same guest in \
-                     Linux namespaces"
-                }
+                0 => "Use --backend namespace (the same guest in Linux namespaces) instead".into(),
+                _ => format!(
+                    "A user needs /dev/kvm for the microVM (`sudo cellbox setup --user {}` \
+                     adds them to the group kvm); --backend namespace runs the same guest in \
+                     Linux namespaces",
+                    crate::namespace::rootless::user_name()
+                ),
             };
             return Err(unavailable(format!("{reason}. {hint}")));
         }

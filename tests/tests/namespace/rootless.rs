@@ -367,6 +367,24 @@ fn a_user_who_is_not_set_up_is_told_what_to_do() {
     let output = as_user(UNPREPARED, &run, &unlimited);
     let said = text(&output);
     assert!(output.status.success() && said.contains('2'), "{said}");
+
+    // The microVM: /dev/kvm is the group kvm's, which only set-up users join.
+    if Path::new("/dev/kvm").exists() {
+        let vm = ["run", "--backend", "vm", "-c", "1 + 1"];
+        let output = as_user(UNPREPARED, &vm, &env);
+        let said = text(&output);
+        assert!(!output.status.success(), "{said}");
+        assert!(
+            said.contains("/dev/kvm cannot be opened: Permission denied")
+                && said.contains(&format!("sudo cellbox setup --user {UNPREPARED}")),
+            "{said}"
+        );
+        // The set-up user opens it (here it may still not run a Linux
+        // guest, as on PVM: then that is the reason given).
+        let output = as_user(USER, &vm, &user_env());
+        let said = text(&output);
+        assert!(!said.contains("cannot be opened"), "{said}");
+    }
 }
 
 /// `cellbox serve` run by the set-up user, driven by E2B's own SDK (run by
