@@ -14,10 +14,16 @@
 # OUT_DIR/.cellbox-rootfs (a marker that lets a later run replace OUT_DIR).
 # guest-init's files are added later, when the ext4 image is made (make-ext4.sh).
 #
-# Needs: root (dpkg must create files owned by other users and run maintainer
-# scripts in a chroot), apt-get, network access to deb.debian.org and PyPI, about 4 GiB
-# free beside OUT_DIR (the finished tree is much smaller). mmdebstrap is
-# installed with apt-get when missing. Takes a few minutes, mostly downloading.
+# Needs: apt-get, network access to deb.debian.org and PyPI, about 4 GiB free
+# beside OUT_DIR (the finished tree is much smaller), and either root or
+# subordinate ids (/etc/subuid, /etc/subgid) with newuidmap and newgidmap. As
+# root the tree's files belong to their owners; as an ordinary user
+# mmdebstrap's unshare mode builds it in a user namespace, so they belong to
+# the user's subordinate ids (the guest's root is the first one, its uid N the
+# N+1st: as the rootless namespace sandbox maps them), and every step that
+# touches the tree runs in such a namespace too (in_tree). mmdebstrap is
+# installed with apt-get when missing (root only). Takes a few minutes, mostly
+# downloading.
 #
 # The build goes to OUT_DIR.tmp and is moved to OUT_DIR only when complete, so an
 # interrupted build never leaves a half-built tree at OUT_DIR.
@@ -86,14 +92,38 @@ TMP="$OUT.tmp"
 OLD="$OUT.old"
 START=$SECONDS
 
+# Runs a command as the tree's root: here as root, else in a user namespace
+# whose root is the user's first subordinate id (mmdebstrap's own).
+if [[ $(id -u) -eq 0 ]]; then
+    MODE=root
+    in_tree() { "$@"; }
+else
+    MODE=unshare
+    in_tree() { mmdebstrap --unshare-helper "$@"; }
+fi
+CHROOT="$(PATH="$PATH:/usr/sbin:/sbin" command -v chroot)"
+# Runs a command of the tree in it, with a clean environment whose home is in
+# its /tmp (emptied at the end: nothing a check writes there stays).
+in_chroot() { in_tree "$CHROOT" "$T" /usr/bin/env -i PATH=/usr/bin:/bin HOME=/tmp/build-home "$@"; }
+# Writes standard input to FILE in the tree (appends with -a).
+write_in_tree() {
+    local append=""
+    if [[ "$1" == -a ]]; then append=1; shift; fi
+    in_tree sh -c 'if [ -n "$2" ]; then cat >>"$1"; else cat >"$1"; fi' sh "$1" "$append"
+}
+
 # Removes a directory this script made, refusing when something is still mounted
 # below it (mmdebstrap mounts /proc, /sys and /dev in the chroot while it runs,
-# and rm -rf must never walk into the host's /sys or /dev).
+# and rm -rf must never walk into the host's /sys or /dev). A user's tree is
+# emptied as its root first.
 remove_build_dir() {
     local dir="$1"
     [[ -e "$dir" ]] || return 0
     if findmnt -rn -o TARGET | grep -qF -- "$dir/"; then
         die "something is still mounted below $dir; unmount it (findmnt | grep '$dir') and run again"
+    fi
+    if [[ $MODE == unshare && -d "$dir/tree" ]]; then
+        in_tree find "$dir/tree" -xdev -mindepth 1 -delete
     fi
     rm -rf --one-file-system -- "$dir"
 }
@@ -114,7 +144,17 @@ on_error() {
 trap on_error ERR
 
 step 1 "checking the build host"
-[[ $(id -u) -eq 0 ]] || die "must run as root (dpkg creates files owned by other users and runs maintainer scripts in a chroot); try: sudo $0 $1"
+if [[ $MODE == unshare ]]; then
+    me="$(id -un)"
+    for ids in /etc/subuid /etc/subgid; do
+        grep -qE "^($me|$(id -u)):" "$ids" 2>/dev/null \
+            || die "$me has no subordinate ids in $ids, which an ordinary user's build needs (the tree's files belong to many users); as root run: cellbox setup --user $me"
+    done
+    for tool in newuidmap newgidmap; do
+        command -v "$tool" >/dev/null || die "$tool not found; as root run: apt-get install uidmap"
+    done
+    command -v mmdebstrap >/dev/null || die "mmdebstrap not found; as root run: apt-get install mmdebstrap"
+fi
 command -v apt-get >/dev/null || die "apt-get not found; this script needs a Debian or Ubuntu build host"
 for d in "$OUT" "$TMP" "$OLD"; do
     ours_or_empty "$d" || die "$d exists and was not made by this script; remove it or choose another OUT_DIR"
@@ -156,7 +196,7 @@ step 3 "installing Debian $SUITE with ${PACKAGES[*]} (downloads about 100 MB; ta
 # python3-fonttools that nothing here reads. (The Python test suites cannot be
 # excluded this way: py3compile fails on missing files; step 4 removes them.)
 mmopts=(
-    --mode=root --format=directory --variant=minbase --architectures=amd64
+    --mode="$MODE" --format=directory --variant=minbase --architectures=amd64
     --include="$(IFS=,; echo "${PACKAGES[*]}")"
     --dpkgopt='path-exclude=/usr/share/doc/*'
     --dpkgopt='path-include=/usr/share/doc/*/copyright'
@@ -192,31 +232,31 @@ step 4 "installing E2B's Python packages from PyPI (python-packages.txt; downloa
 # compiled. numpy, pandas and matplotlib come from there too (E2B's versions);
 # build.sh checks below that the tree imports the pinned ones.
 core_versions() {
-    chroot "$T" /usr/bin/python3 -B -c 'import numpy, pandas, matplotlib
+    in_chroot /usr/bin/python3 -B -c 'import numpy, pandas, matplotlib
 print(numpy.__version__, pandas.__version__, matplotlib.__version__)'
 }
 pinned() { sed -n "s/^$1==\([^ ]*\).*/\1/p" "$HERE/python-packages.txt"; }
 wanted_core="$(pinned numpy) $(pinned pandas) $(pinned matplotlib)"
-cp -- "$HERE/python-packages.txt" "$T/tmp/python-packages.txt"
+write_in_tree "$T/tmp/python-packages.txt" <"$HERE/python-packages.txt"
 # pip trusts what the build host trusts (a proxy's CA, say) and goes through its proxy.
 pip_env=(PATH=/usr/bin:/bin HOME=/tmp/pip-home PIP_NO_CACHE_DIR=1)
 host_ca="${PIP_CERT:-${SSL_CERT_FILE:-/etc/ssl/certs/ca-certificates.crt}}"
 if [[ -f "$host_ca" ]]; then
-    cp -- "$host_ca" "$T/tmp/build-host-ca.crt"
+    write_in_tree "$T/tmp/build-host-ca.crt" <"$host_ca"
     pip_env+=(PIP_CERT=/tmp/build-host-ca.crt)
 fi
 for var in HTTPS_PROXY https_proxy HTTP_PROXY http_proxy NO_PROXY no_proxy; do
     if [[ -n "${!var:-}" ]]; then pip_env+=("$var=${!var}"); fi
 done
-chroot "$T" /usr/bin/env -i "${pip_env[@]}" \
+in_tree "$CHROOT" "$T" /usr/bin/env -i "${pip_env[@]}" \
     /usr/bin/python3 -m pip install --quiet --only-binary=:all: --break-system-packages \
     --no-warn-script-location --root-user-action=ignore --progress-bar=off \
     --requirement /tmp/python-packages.txt \
     || die "pip could not install python-packages.txt into the tree (see its messages above)"
-rm -rf -- "$T/tmp/python-packages.txt" "$T/tmp/pip-home" "$T/tmp/build-host-ca.crt"
+in_tree rm -rf -- "$T/tmp/python-packages.txt" "$T/tmp/pip-home" "$T/tmp/build-host-ca.crt"
 [[ "$(core_versions)" == "$wanted_core" ]] \
     || die "the tree imports numpy, pandas and matplotlib $(core_versions), not $wanted_core as python-packages.txt pins them"
-echo "installed $(chroot "$T" /usr/bin/python3 -m pip list --path /usr/local/lib/python3.11/dist-packages 2>/dev/null | tail -n +3 | wc -l) packages into /usr/local ($(du -sh "$T/usr/local" | cut -f1))"
+echo "installed $(in_chroot /usr/bin/python3 -m pip list --path /usr/local/lib/python3.11/dist-packages 2>/dev/null | tail -n +3 | wc -l) packages into /usr/local ($(du -sh "$T/usr/local" | cut -f1))"
 
 step 5 "configuring the tree"
 # mmdebstrap unmounts what it mounted in the chroot; make sure before deleting anything.
@@ -225,34 +265,34 @@ if findmnt -rn -o TARGET | grep -qF -- "$T/"; then
 fi
 # mmdebstrap copies the build host's name and resolver into the tree; the guest
 # has its own name and no network.
-echo cellbox >"$T/etc/hostname"
-printf '127.0.0.1\tlocalhost\n127.0.1.1\tcellbox\n::1\t\tlocalhost ip6-localhost ip6-loopback\n' >"$T/etc/hosts"
-: >"$T/etc/resolv.conf"
+echo cellbox | write_in_tree "$T/etc/hostname"
+printf '127.0.0.1\tlocalhost\n127.0.1.1\tcellbox\n::1\t\tlocalhost ip6-localhost ip6-loopback\n' | write_in_tree "$T/etc/hosts"
+write_in_tree "$T/etc/resolv.conf" </dev/null
 # pip installs where cells and commands ask, as in E2B's sandboxes: into
 # /usr/local as root, ~/.local as user (Debian marks its Python as managed by
 # apt only, PEP 668; Debian's own packages stay under /usr/lib).
-rm -f -- "$T"/usr/lib/python3*/EXTERNALLY-MANAGED
+in_tree rm -f -- "$T"/usr/lib/python3*/EXTERNALLY-MANAGED
 # No display in the guest: plots render with Agg and come back as PNG.
 # Debian's matplotlib reads /etc/matplotlibrc as its system-wide rc file.
-printf '# cellbox: no display in the guest; render with Agg\nbackend: Agg\n' >"$T/etc/matplotlibrc"
+printf '# cellbox: no display in the guest; render with Agg\nbackend: Agg\n' | write_in_tree "$T/etc/matplotlibrc"
 # The account cells and commands run as (E2B's: "user", uid and gid 1000,
 # home /home/user), and the place for guest-init's files.
-echo 'user:x:1000:' >>"$T/etc/group"
-echo 'user:x:1000:1000::/home/user:/bin/bash' >>"$T/etc/passwd"
-if [[ -f "$T/etc/shadow" ]]; then echo 'user:*:20000:0:99999:7:::' >>"$T/etc/shadow"; fi
-mkdir -p "$T/home/user" "$T/usr/lib/cellbox"
-chmod 0755 "$T/home/user" "$T/usr/lib/cellbox"
-chown 1000:1000 "$T/home/user"
+echo 'user:x:1000:' | write_in_tree -a "$T/etc/group"
+echo 'user:x:1000:1000::/home/user:/bin/bash' | write_in_tree -a "$T/etc/passwd"
+if [[ -f "$T/etc/shadow" ]]; then echo 'user:*:20000:0:99999:7:::' | write_in_tree -a "$T/etc/shadow"; fi
+in_tree mkdir -p "$T/home/user" "$T/usr/lib/cellbox"
+in_tree chmod 0755 "$T/home/user" "$T/usr/lib/cellbox"
+in_tree chown 1000:1000 "$T/home/user"
 # mmdebstrap already removed apt's lists and downloaded packages; these are the rest.
-rm -rf "$T"/var/lib/apt/lists/* "$T"/var/cache/apt/*.bin "$T"/var/cache/apt/archives/*.deb \
+in_tree rm -rf "$T"/var/lib/apt/lists/* "$T"/var/cache/apt/*.bin "$T"/var/cache/apt/archives/*.deb \
     "$T"/var/cache/debconf/*-old "$T"/var/lib/dpkg/*-old "$T"/var/log/apt/*
 # The test suites of the Python packages (pandas, sympy, numpy, matplotlib, ...:
 # about 90 MB with their .pyc files) are never imported by user code; pd.test()
 # and np.test() are the only things that lose them. dpkg still lists the files,
 # which does not matter for an image that is rebuilt rather than upgraded.
-find "$T/usr/lib/python3/dist-packages" "$T/usr/local/lib/python3.11/dist-packages" \
+in_tree find "$T/usr/lib/python3/dist-packages" "$T/usr/local/lib/python3.11/dist-packages" \
     -xdev -type d -name tests -prune -exec rm -rf {} +
-if [[ -n "$(find "$T/var/lib/apt/lists" "$T/var/cache/apt/archives" -type f ! -name lock -print -quit)" ]]; then
+if [[ -n "$(in_tree find "$T/var/lib/apt/lists" "$T/var/cache/apt/archives" -type f ! -name lock -print -quit)" ]]; then
     die "apt's package lists or downloaded packages are still in the tree"
 fi
 
@@ -261,35 +301,35 @@ step 6 "checking that Python, Node.js, R, Java and their libraries work in the t
 # throwaway HOME under /tmp keep the tree unchanged, except for matplotlib's
 # font cache, kept in MPLCONFIGDIR: the guest's kernels point there, which
 # saves every new session the font scan (about 0.3 s).
-mkdir -p "$T/tmp/cellbox-check" "$T/var/cache/cellbox/matplotlib"
-versions="$(chroot "$T" /usr/bin/env -i PATH=/usr/bin:/bin HOME=/tmp/cellbox-check \
+in_tree mkdir -p "$T/tmp/cellbox-check" "$T/var/cache/cellbox/matplotlib"
+versions="$(in_tree "$CHROOT" "$T" /usr/bin/env -i PATH=/usr/bin:/bin HOME=/tmp/cellbox-check \
     MPLCONFIGDIR=/var/cache/cellbox/matplotlib /usr/bin/python3 -B -c "$IMPORT_CHECK" 2>&1)" \
     || die "python3 in the new tree cannot do what cellbox needs: $versions"
-node_versions="$(chroot "$T" /usr/bin/env -i PATH=/usr/bin:/bin HOME=/tmp/cellbox-check \
+node_versions="$(in_tree "$CHROOT" "$T" /usr/bin/env -i PATH=/usr/bin:/bin HOME=/tmp/cellbox-check \
     /usr/bin/node -e "$NODE_CHECK" 2>&1)" \
     || die "node in the new tree cannot do what cellbox needs: $node_versions"
-r_versions="$(chroot "$T" /usr/bin/env -i PATH=/usr/bin:/bin HOME=/tmp/cellbox-check \
+r_versions="$(in_tree "$CHROOT" "$T" /usr/bin/env -i PATH=/usr/bin:/bin HOME=/tmp/cellbox-check \
     /usr/bin/Rscript -e "$R_CHECK" 2>&1)" \
-    && chroot "$T" /usr/bin/python3 -B -c 'import jupyter_client' \
+    && in_chroot /usr/bin/python3 -B -c 'import jupyter_client' \
     && [[ -f "$T/usr/share/jupyter/kernels/ir/kernel.json" ]] \
     || die "R in the new tree cannot do what cellbox needs: $r_versions"
 # (Without /proc the loader cannot resolve java's $ORIGIN to find libjli.so;
 # the guest has /proc.)
 JDK=/usr/lib/jvm/java-17-openjdk-amd64
-java_versions="$(chroot "$T" /usr/bin/env -i PATH=/usr/bin:/bin LD_LIBRARY_PATH=$JDK/lib \
+java_versions="$(in_tree "$CHROOT" "$T" /usr/bin/env -i PATH=/usr/bin:/bin LD_LIBRARY_PATH=$JDK/lib \
     /usr/bin/java -XX:+UseSerialGC -version 2>&1)" \
     && [[ -f "$T/usr/share/java/gson.jar" ]] \
     || die "Java in the new tree cannot do what cellbox needs: $java_versions"
-rm -rf "$T/tmp/cellbox-check"
+in_tree rm -rf "$T/tmp/cellbox-check"
 # The kernels run as "user" and matplotlib wants its folder writable.
-chown -R 1000:1000 "$T/var/cache/cellbox/matplotlib"
+in_tree chown -R 1000:1000 "$T/var/cache/cellbox/matplotlib"
 echo "$versions"
 echo "$node_versions"
 echo "$r_versions"
 echo "$java_versions" | head -n 1
 for p in systemd systemd-sysv sysvinit-core runit openrc usrmerge; do
     # shellcheck disable=SC2016 # dpkg-query expands these itself
-    if chroot "$T" dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then
+    if in_chroot dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then
         die "$p was installed into the tree; it must not be (an init system, or usrmerge and Perl)"
     fi
 done
@@ -299,25 +339,25 @@ fi
 
 step 7 "moving the tree into $OUT"
 # shellcheck disable=SC2016 # dpkg-query expands these itself
-chroot "$T" dpkg-query -W -f='${Package} ${Version} ${Architecture}\n' | sort >"$TMP/packages.txt"
+in_chroot dpkg-query -W -f='${Package} ${Version} ${Architecture}\n' | sort >"$TMP/packages.txt"
 # ... and the ones from PyPI, as "pypi:NAME VERSION".
-chroot "$T" /usr/bin/python3 -m pip list --path /usr/local/lib/python3.11/dist-packages --format=freeze 2>/dev/null \
+in_chroot /usr/bin/python3 -m pip list --path /usr/local/lib/python3.11/dist-packages --format=freeze 2>/dev/null \
     | sed 's/^/pypi:/; s/==/ /' | sort >>"$TMP/packages.txt"
 # Empty mount points, made last because programs run in the chroot above create
 # files in them (Python's imports leave a plain file at /dev/null when /dev is
 # empty). The guest mounts proc, sysfs, devtmpfs and tmpfs over them, or the
 # namespace sandbox binds its own.
 for d in proc sys dev run tmp; do
-    mkdir -p "$T/$d"
-    find "$T/$d" -xdev -mindepth 1 -delete
+    in_tree mkdir -p "$T/$d"
+    in_tree find "$T/$d" -xdev -mindepth 1 -delete
 done
-chmod 0555 "$T/proc" "$T/sys"
-chmod 0755 "$T/dev" "$T/run"
-chmod 1777 "$T/tmp"
+in_tree chmod 0555 "$T/proc" "$T/sys"
+in_tree chmod 0755 "$T/dev" "$T/run"
+in_tree chmod 1777 "$T/tmp"
 if [[ -e "$OUT" ]]; then
     mv -- "$OUT" "$OLD"
 fi
 mv -- "$TMP" "$OUT"
 remove_build_dir "$OLD"
 trap - ERR
-echo "rootfs ready: $OUT/tree ($(du -sh --one-file-system "$OUT/tree" | cut -f1), $(wc -l <"$OUT/packages.txt") packages) in $((SECONDS - START)) s"
+echo "rootfs ready: $OUT/tree ($(in_tree du -sh --one-file-system "$OUT/tree" | cut -f1), $(wc -l <"$OUT/packages.txt") packages) in $((SECONDS - START)) s"

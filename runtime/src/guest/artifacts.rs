@@ -23,6 +23,20 @@ pub const PREBUILT_LAYER_ENV: &str = "CELLBOX_GUEST_LAYER";
 /// root owns it.
 pub const SHARED_CACHE_DIR: &str = "/var/cache/cellbox";
 
+/// Names another folder than [`SHARED_CACHE_DIR`]; empty: none (a user then
+/// builds the guest's root file system themselves, its files keeping their
+/// owners).
+pub const SHARED_CACHE_DIR_ENV: &str = "CELLBOX_SHARED_CACHE_DIR";
+
+/// [`SHARED_CACHE_DIR`], or what [`SHARED_CACHE_DIR_ENV`] names.
+pub fn shared_cache_dir() -> Option<PathBuf> {
+    match std::env::var_os(SHARED_CACHE_DIR_ENV) {
+        Some(dir) if dir.is_empty() => None,
+        Some(dir) => Some(PathBuf::from(dir)),
+        None => Some(PathBuf::from(SHARED_CACHE_DIR)),
+    }
+}
+
 fn running_as_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }
@@ -34,7 +48,7 @@ pub(crate) fn shared(cache_root: &Path, key: &Path, ready: &str) -> Option<PathB
     if running_as_root() || cache_root.join(key).join(ready).exists() {
         return None;
     }
-    let dir = Path::new(SHARED_CACHE_DIR).join(key);
+    let dir = shared_cache_dir()?.join(key);
     (dir.join(ready).exists() && cache::check_trusted(&dir).is_ok()).then_some(dir)
 }
 
@@ -56,6 +70,8 @@ impl GuestArtifacts {
     /// Without root, the root file system (and, with no sources at hand, the
     /// guest layer) comes from [`SHARED_CACHE_DIR`] when the own cache lacks
     /// it: `cellbox setup --user NAME`, run once as root, puts them there.
+    /// Where there is none, the user builds it (`build.sh` in a user
+    /// namespace of their subordinate ids).
     pub fn ensure(cache_root: &Path, progress: &Progress) -> Result<GuestArtifacts> {
         let rootfs_files = [
             ("build.sh", ROOTFS_SCRIPT),
@@ -65,7 +81,7 @@ impl GuestArtifacts {
         let rootfs_key = Path::new("rootfs").join(builder::script_key(&rootfs_files));
         let rootfs = match shared(cache_root, &rootfs_key, ROOTFS_READY) {
             Some(shared) => shared,
-            None if running_as_root() => builder::script_build(
+            None => builder::script_build(
                 cache_root,
                 "rootfs",
                 ROOTFS_READY,
@@ -73,18 +89,6 @@ impl GuestArtifacts {
                 "building the guest root file system (guest-init/rootfs/build.sh)",
                 progress,
             )?,
-            None => builder::ensure_built(&cache_root.join(&rootfs_key), ROOTFS_READY, |_| {
-                Err(Error::Artifact {
-                    what: "the guest's root file system".into(),
-                    reason: format!(
-                        "building it needs root (its files belong to many users), and neither \
-                         {} nor {} has it: run `sudo cellbox setup --user {}` once",
-                        cache_root.display(),
-                        SHARED_CACHE_DIR,
-                        crate::namespace::rootless::user_name()
-                    ),
-                })
-            })?,
         };
         let layer = match std::env::var_os(PREBUILT_LAYER_ENV) {
             Some(prebuilt) => install_prebuilt_layer(cache_root, Path::new(&prebuilt))?,

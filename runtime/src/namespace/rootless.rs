@@ -11,7 +11,7 @@
 //!   one, a sandbox starts only when the caller accepts running without those
 //!   limits ([`ALLOW_UNLIMITED_ENV`], [`super::NamespaceConfig::allow_unlimited`]).
 //! - **The guest's root file system**: built as root (its files belong to
-//!   many users), shared read-only in [`SHARED_CACHE_DIR`].
+//!   many users), shared read-only in [`SHARED_CACHE_DIR`](crate::guest::artifacts::SHARED_CACHE_DIR).
 //! - **Network** (when asked for): slirp4netns opens `/dev/net/tun`, which
 //!   must be usable by all (as udev makes it on Debian); the egress rules
 //!   are set by entering the sandbox's outer user namespace.
@@ -27,7 +27,6 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 use crate::executor::Backend;
-use crate::guest::artifacts::SHARED_CACHE_DIR;
 
 /// Set to `1`, a non-root process's sandboxes start without memory, process
 /// and CPU limits when no control group is delegated to its user.
@@ -153,7 +152,7 @@ fn delegated_cgroup(user: &str, uid: u32) -> Option<String> {
 
 /// `cellbox setup --user NAME`, as root: gives `user` subordinate ids (when
 /// they have none), a control-group folder under each v1 hierarchy, and the
-/// guest's artefacts in [`SHARED_CACHE_DIR`] (from `cache_root`, built there
+/// guest's artefacts in [`SHARED_CACHE_DIR`](crate::guest::artifacts::SHARED_CACHE_DIR) (from `cache_root`, built there
 /// first if missing); where `/dev/kvm` exists, the microVM too: membership
 /// of the group `kvm`, the guest's kernel and ext4 image. Returns what it
 /// did, a line each.
@@ -329,12 +328,18 @@ fn control_groups(user: &str, uid: u32, gid: u32) -> Result<Vec<String>> {
 
 /// The guest's root file system and layer (and with `microvm` its kernel
 /// and ext4 image), built in `cache_root` when missing, copied into
-/// [`SHARED_CACHE_DIR`] (hard links where it can).
+/// [`SHARED_CACHE_DIR`](crate::guest::artifacts::SHARED_CACHE_DIR) (hard links where it can).
 fn share_artifacts(
     cache_root: &Path,
     microvm: bool,
     progress: &crate::Progress,
 ) -> Result<Vec<String>> {
+    let shared_root = crate::guest::artifacts::shared_cache_dir().ok_or_else(|| {
+        unavailable(format!(
+            "{} is empty: there is no folder to share the guest in",
+            crate::guest::artifacts::SHARED_CACHE_DIR_ENV
+        ))
+    })?;
     let artifacts = crate::guest::GuestArtifacts::ensure(cache_root, progress)?;
     let mut built = vec![
         (
@@ -355,7 +360,7 @@ fn share_artifacts(
         let relative = built
             .strip_prefix(cache_root)
             .map_err(|_| unavailable(format!("{} is outside the cache", built.display())))?;
-        let shared = Path::new(SHARED_CACHE_DIR).join(relative);
+        let shared = shared_root.join(relative);
         if !shared.exists() {
             copy_tree(&built, &shared)?;
         }

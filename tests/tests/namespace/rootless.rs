@@ -450,3 +450,46 @@ fn cellbox_serve_runs_as_an_ordinary_user_for_the_e2b_sdk() {
     assert_eq!(running(), "", "left running");
     assert_eq!(sandbox_cgroups(), Vec::<String>::new(), "left behind");
 }
+
+/// Where no root file system is shared, the user builds their own without
+/// root (mmdebstrap's unshare mode): its files belong to the user's
+/// subordinate ids, so inside the sandbox they keep their owners (root's
+/// `/etc/shadow`, user's home), and user code still cannot change them.
+/// The first run builds it (minutes, downloading); the user's cache keeps it.
+#[test]
+fn a_user_builds_the_guest_root_file_system_without_root() {
+    let Some(_turn) = as_root_one_at_a_time() else {
+        return;
+    };
+    let mut env: Vec<(&str, &str)> = user_env();
+    env.push(("CELLBOX_SHARED_CACHE_DIR", ""));
+    let cache = format!("/home/{USER}/.cache/cellbox-own-rootfs");
+    env.push(("CELLBOX_CACHE_DIR", &cache));
+    let owners = "import os, pwd, grp\n\
+         owner = lambda p: (pwd.getpwuid(os.stat(p).st_uid).pw_name, grp.getgrgid(os.stat(p).st_gid).gr_name)\n\
+         print(owner('/etc/shadow'), owner('/usr/bin/python3'), owner('/home/user'))\n\
+         try:\n    open('/etc/passwd', 'a').write('x')\nexcept PermissionError:\n    print('refused')";
+    let output = as_user(USER, &["run", "--backend", "namespace", "-c", owners], &env);
+    let said = text(&output);
+    assert!(output.status.success(), "{said}");
+    assert!(
+        said.contains("('root', 'shadow') ('root', 'root') ('user', 'user')"),
+        "{said}"
+    );
+    assert!(said.contains("refused"), "{said}");
+    // The tree is the user's subordinate ids', not the user's nor root's.
+    let tree = std::fs::read_dir(format!("{cache}/rootfs"))
+        .unwrap()
+        .flatten()
+        .map(|entry| entry.path().join("tree/etc/shadow"))
+        .find(|shadow| shadow.exists())
+        .expect("the user's own tree");
+    use std::os::unix::fs::MetadataExt;
+    let uid = std::fs::metadata(&tree).unwrap().uid();
+    let user = nix::unistd::User::from_name(USER).unwrap().unwrap();
+    assert!(
+        uid != 0 && uid != user.uid.as_raw(),
+        "{} is uid {uid}",
+        tree.display()
+    );
+}
