@@ -51,22 +51,23 @@ if [ "$(id -u)" = 0 ]; then
         (cd / && runuser -u "$user" -- env -i HOME="/home/$user" PATH=/usr/bin:/bin LANG=C.UTF-8 \
             CELLBOX_GUEST_LAYER="$layer" "$@")
     }
-    # The namespace backend's suite (every heavy behaviour), from where the
-    # user can run it. Left out: what only root's launch has, which
+    # The namespace backend's suite (every heavy behaviour) and the router's
+    # (its heavy backend then the rootless sandbox), from where the user can
+    # run them. Left out: what only root's launch has, which
     # tests/tests/namespace/rootless.rs checks for the user instead (host
     # ids, the loop disk) or which needs root (the microVM's image of the
     # root-owned tree).
-    suite="$(cargo test -q -p cellbox-tests --test namespace --no-run --message-format=json |
-        python3 -c 'import json, sys
+    cargo test -q -p cellbox-tests --test namespace --test router --no-run --message-format=json |
+        python3 -c 'import json, shutil, sys
 for line in sys.stdin:
     message = json.loads(line)
-    if message.get("executable") and message["target"]["name"] == "namespace":
-        print(message["executable"])')"
-    cp "$suite" "$work/namespace-suite"
+    if message.get("executable") and message["target"]["name"] in ("namespace", "router"):
+        shutil.copy(message["executable"], sys.argv[1] + "/" + message["target"]["name"] + "-suite")' "$work"
     chmod -R a+rX "$work"
     as_user "$work/namespace-suite" --skip the_sandbox_root_is_not_the_host_root \
         --skip a_full_disk_is_enospc_inside_and_costs_the_host_nothing_more \
         --skip the_same_guest_becomes_an_ext4_image
+    as_user "$work/router-suite"
     # The Python package, its heavy sandboxes the namespace sandbox without root.
     as_user env CELLBOX_REQUIRE_HEAVY=1 "$work/venv/bin/python" -m pytest -v -p no:cacheprovider \
         "$work/tests"
