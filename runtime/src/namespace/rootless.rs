@@ -253,41 +253,58 @@ const KVM_DEVICE: &str = "/dev/kvm";
 /// The group that may open it (udev's rule on Debian).
 const KVM_GROUP: &str = "kvm";
 
-/// The microVM runs for whoever may open `/dev/kvm`: as on Debian with
-/// udev, the device belongs to the group `kvm` (made if missing) with mode
-/// 660, and `user` is made a member.
+/// The microVM runs for whoever may open `/dev/kvm`: `user` joins the
+/// device's group. A device of root's group goes to the group `kvm` (made
+/// if missing), as udev's rule on Debian gives it; the group may read and
+/// write it (other bits are kept).
 fn kvm_access(user: &str) -> Result<Vec<String>> {
+    use nix::unistd::{Gid, Group};
     use std::os::unix::fs::PermissionsExt;
     let mut done = Vec::new();
-    if nix::unistd::Group::from_name(KVM_GROUP)
-        .ok()
-        .flatten()
-        .is_none()
-    {
-        run(std::process::Command::new("groupadd").args(["--system", KVM_GROUP]))?;
-        done.push(format!("made the group {KVM_GROUP}"));
-    }
-    let group = nix::unistd::Group::from_name(KVM_GROUP)
-        .ok()
-        .flatten()
-        .ok_or_else(|| unavailable(format!("the group {KVM_GROUP} cannot be read back")))?;
     let device = Path::new(KVM_DEVICE);
     let meta = std::fs::metadata(device).map_err(|e| Error::io(KVM_DEVICE.to_string(), e))?;
-    if meta.gid() != group.gid.as_raw() || meta.mode() & 0o060 != 0o060 {
-        std::os::unix::fs::chown(device, None, Some(group.gid.as_raw()))
-            .and_then(|()| std::fs::set_permissions(device, std::fs::Permissions::from_mode(0o660)))
+    let mut gid = meta.gid();
+    if gid == 0 {
+        if Group::from_name(KVM_GROUP).ok().flatten().is_none() {
+            run(std::process::Command::new("groupadd").args(["--system", KVM_GROUP]))?;
+            done.push(format!("made the group {KVM_GROUP}"));
+        }
+        let kvm = Group::from_name(KVM_GROUP)
+            .ok()
+            .flatten()
+            .ok_or_else(|| unavailable(format!("the group {KVM_GROUP} cannot be read back")))?;
+        gid = kvm.gid.as_raw();
+        std::os::unix::fs::chown(device, None, Some(gid))
             .map_err(|e| Error::io(format!("giving {KVM_DEVICE} to the group {KVM_GROUP}"), e))?;
         done.push(format!(
-            "gave {KVM_DEVICE} to the group {KVM_GROUP} (mode 660, as udev does on Debian)"
+            "gave {KVM_DEVICE} to the group {KVM_GROUP} (as udev does on Debian)"
         ));
     }
-    if group.mem.iter().any(|member| member == user) {
-        done.push(format!("{user} is in the group {KVM_GROUP} already"));
-    } else {
-        run(std::process::Command::new("usermod").args(["--append", "--groups", KVM_GROUP, user]))?;
+    if meta.mode() & 0o060 != 0o060 {
+        let mode = (meta.mode() & 0o7777) | 0o060;
+        std::fs::set_permissions(device, std::fs::Permissions::from_mode(mode))
+            .map_err(|e| Error::io(format!("letting the group of {KVM_DEVICE} open it"), e))?;
         done.push(format!(
-            "added {user} to the group {KVM_GROUP}, which may open {KVM_DEVICE} (the microVM; \
-             it takes effect at their next login)"
+            "made {KVM_DEVICE} mode {mode:o}: its group may open it"
+        ));
+    }
+    let group = Group::from_gid(Gid::from_raw(gid))
+        .ok()
+        .flatten()
+        .ok_or_else(|| unavailable(format!("{KVM_DEVICE}'s group {gid} has no name")))?;
+    if group.mem.iter().any(|member| member == user) {
+        done.push(format!("{user} is in the group {} already", group.name));
+    } else {
+        run(std::process::Command::new("usermod").args([
+            "--append",
+            "--groups",
+            &group.name,
+            user,
+        ]))?;
+        done.push(format!(
+            "added {user} to the group {}, which may open {KVM_DEVICE} (the microVM; \
+             from their next login)",
+            group.name
         ));
     }
     Ok(done)
