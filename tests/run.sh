@@ -45,8 +45,12 @@ if [ "$(id -u)" = 0 ]; then
     echo "== without root: as the user cellbox-rootless, after \`cellbox setup\`"
     user=cellbox-rootless
     id "$user" >/dev/null 2>&1 || useradd --create-home --shell /bin/sh "$user"
-    layer="$(cargo run -q -p cellbox -- setup --user "$user" | tee /dev/stderr |
-        sed -n "s/.*the guest's layer is shared in //p")"
+    # (Shown through this shell's stderr, not `tee /dev/stderr`, which
+    # reopens a log file that stderr goes to and truncates it.)
+    said="$(cargo run -q -p cellbox -- setup --user "$user")"
+    printf '%s\n' "$said" >&2
+    layer="$(printf '%s\n' "$said" | sed -n "s/.*the guest's layer is shared in //p")"
+    [ -n "$layer" ] || { echo "cellbox setup named no shared guest layer" >&2; exit 1; }
     as_user() {
         (cd / && runuser -u "$user" -- env -i HOME="/home/$user" PATH=/usr/bin:/bin LANG=C.UTF-8 \
             CELLBOX_GUEST_LAYER="$layer" "$@")
