@@ -56,6 +56,14 @@ PACKAGES=(
     python3-jupyter-client    # ... which cellbox_kernel_jupyter.py drives
     openjdk-17-jdk-headless   # JShell: the Java kernel (CellboxKernel.java)
     libgoogle-gson-java       # ... which reads and writes JSON with Gson
+    # The tools E2B's templates have, which code written for E2B calls.
+    python-is-python3         # `python`
+    curl
+    ca-certificates           # so that curl, wget and git can check HTTPS
+    wget
+    git
+    procps                    # ps, pgrep, pkill, top, free
+    less
 )
 # What must work in the finished tree: the imports (python-packages.txt's too),
 # Agg as the default backend, a plot rendered to PNG and a table rendered to HTML.

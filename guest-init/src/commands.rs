@@ -199,8 +199,10 @@ impl Commands {
                     .process_group(0);
             }
         }
+        // A relative `cwd` is under the user's home, as in E2B.
         let home = Some(spec.user.home.as_str()).filter(|home| Path::new(home).is_dir());
-        command.current_dir(spec.cwd.or(home).unwrap_or("/"));
+        let home = Path::new(home.unwrap_or("/"));
+        command.current_dir(spec.cwd.map_or(home.to_path_buf(), |cwd| home.join(cwd)));
         crate::confine::apply(&mut command, spec.user);
         let mut child = match command.spawn() {
             Ok(child) => child,
@@ -461,6 +463,16 @@ mod tests {
             }
         }
         stdout
+    }
+
+    #[test]
+    fn a_relative_working_folder_is_under_the_home() {
+        let env = BTreeMap::new();
+        let mut relative = spec("pwd", &env, None, false);
+        relative.cwd = Some("tmp"); // the runner's `User::current` lives in /
+        let mut replies = Vec::new();
+        Commands::new().run(relative, &mut |r| replies.push(r));
+        assert_eq!(stdout(&replies), b"/tmp\n");
     }
 
     #[test]

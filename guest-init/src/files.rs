@@ -88,13 +88,19 @@ pub fn write(path: &str, data: &str, append: bool) -> ReplyBody {
         if let Some(parent) = parent {
             fs::create_dir_all(parent)?;
         }
-        fs::OpenOptions::new()
+        let mut file = fs::OpenOptions::new()
             .create(true)
             .write(true)
             .append(append)
             .truncate(!append)
-            .open(path)?
-            .write_all(&bytes)
+            .open(path)?;
+        if !append {
+            // Given to the user, as E2B's envd does (its watchers see that
+            // change of owner); best effort, the user may not own the file.
+            let user = User::default_user();
+            let _ = std::os::unix::fs::fchown(&file, Some(user.uid), Some(user.gid));
+        }
+        file.write_all(&bytes)
     });
     done(path, written)
 }
@@ -105,7 +111,23 @@ fn as_user<T>(f: impl FnOnce() -> T) -> T {
 }
 
 pub fn stat(path: &str) -> Result<FileStat, ReplyBody> {
-    let meta = as_user(|| fs::symlink_metadata(path)).map_err(|e| failed(path, e))?;
+    stat_named(path, &AccountNames::read())
+}
+
+/// [`stat`] with the account names at hand. A symbolic link is described by
+/// what it points to (as E2B's envd does), with its absolute target.
+fn stat_named(path: &str, names: &AccountNames) -> Result<FileStat, ReplyBody> {
+    let link = as_user(|| fs::symlink_metadata(path)).map_err(|e| failed(path, e))?;
+    let (meta, symlink_target) = if link.file_type().is_symlink() {
+        let target = as_user(|| fs::canonicalize(path))
+            .ok()
+            .map(|t| t.to_string_lossy().into_owned());
+        // A dangling link stays a link.
+        let meta = as_user(|| fs::metadata(path)).unwrap_or(link);
+        (meta, target)
+    } else {
+        (link, None)
+    };
     let name = Path::new(path)
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -117,8 +139,47 @@ pub fn stat(path: &str) -> Result<FileStat, ReplyBody> {
         size: meta.len(),
         mode: meta.permissions().mode(),
         modified: meta.mtime(),
+        owner: names.user(meta.uid()),
+        group: names.group(meta.gid()),
+        symlink_target,
         metadata: as_user(|| crate::metadata::get(path)),
     })
+}
+
+/// The guest's account and group names, read once per request.
+struct AccountNames {
+    passwd: String,
+    group: String,
+}
+
+impl AccountNames {
+    fn read() -> AccountNames {
+        AccountNames {
+            passwd: fs::read_to_string("/etc/passwd").unwrap_or_default(),
+            group: fs::read_to_string("/etc/group").unwrap_or_default(),
+        }
+    }
+
+    fn user(&self, uid: u32) -> String {
+        name_of(&self.passwd, uid)
+    }
+
+    fn group(&self, gid: u32) -> String {
+        name_of(&self.group, gid)
+    }
+}
+
+/// The name with numeric id `id` in a `passwd`/`group`-style table (name
+/// first, id third); the number itself where none has it.
+fn name_of(table: &str, id: u32) -> String {
+    table
+        .lines()
+        .find_map(|line| {
+            let mut fields = line.split(':');
+            let name = fields.next()?;
+            (fields.nth(1)?.parse() == Ok(id)).then(|| name.to_string())
+        })
+        .unwrap_or_else(|| id.to_string())
 }
 
 pub fn list(path: &str) -> ReplyBody {
@@ -126,9 +187,10 @@ pub fn list(path: &str) -> ReplyBody {
         Ok(entries) => entries,
         Err(e) => return failed(path, e),
     };
+    let names = AccountNames::read();
     let mut stats = Vec::new();
     for entry in entries.flatten() {
-        if let Ok(stat) = stat(&entry.path().to_string_lossy()) {
+        if let Ok(stat) = stat_named(&entry.path().to_string_lossy(), &names) {
             stats.push(stat);
         }
     }
@@ -157,10 +219,13 @@ pub fn make_dir(path: &str) -> ReplyBody {
     done(path, as_user(|| fs::create_dir_all(path)))
 }
 
+/// Removes `path` (a folder with its contents); nothing there is no error,
+/// as with E2B's envd (`rm -rf`).
 pub fn remove(path: &str) -> ReplyBody {
     let result = as_user(|| match fs::symlink_metadata(path) {
         Ok(meta) if meta.is_dir() => fs::remove_dir_all(path),
         Ok(_) => fs::remove_file(path),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(e),
     });
     done(path, result)
@@ -173,6 +238,38 @@ pub fn rename(from: &str, to: &str) -> ReplyBody {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ids_are_named_from_the_tables_or_left_as_numbers() {
+        let table = "root:x:0:0:root:/root:/bin/bash\nuser:x:1000:1000::/home/user:/bin/sh\n\
+                     broken\nodd:x:notanumber:1\n";
+        assert_eq!(name_of(table, 0), "root");
+        assert_eq!(name_of(table, 1000), "user");
+        assert_eq!(name_of(table, 4242), "4242");
+        let groups = "root:x:0:\nuser:x:1000:\n";
+        assert_eq!(name_of(groups, 1000), "user");
+    }
+
+    #[test]
+    fn a_link_is_described_by_its_target() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o777)).unwrap();
+        let target = dir.path().join("target.txt");
+        fs::write(&target, "hello").unwrap();
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink("target.txt", &link).unwrap();
+        let stat = stat(link.to_str().unwrap()).unwrap();
+        assert_eq!(stat.name, "link");
+        assert_eq!(stat.size, 5);
+        assert_eq!(stat.mode & 0o170_000, 0o100_000, "the target's type");
+        let real = fs::canonicalize(&target).unwrap();
+        assert_eq!(stat.symlink_target.as_deref(), real.to_str());
+        let dangling = dir.path().join("dangling");
+        std::os::unix::fs::symlink("nowhere", &dangling).unwrap();
+        let stat = super::stat(dangling.to_str().unwrap()).unwrap();
+        assert_eq!(stat.mode & 0o170_000, 0o120_000, "still a link");
+        assert_eq!(stat.symlink_target, None);
+    }
 
     #[test]
     fn write_read_stat_list_rename_remove() {
@@ -254,6 +351,11 @@ mod tests {
         let moved = dir.path().join("b.bin");
         assert_eq!(rename(path, moved.to_str().unwrap()), ReplyBody::Done);
         assert_eq!(remove(sub.to_str().unwrap()), ReplyBody::Done);
+        assert_eq!(
+            remove(sub.to_str().unwrap()),
+            ReplyBody::Done,
+            "gone: no error"
+        );
         assert!(matches!(
             stat(path),
             Err(ReplyBody::Failed {

@@ -294,7 +294,7 @@ pub enum ReplyBody {
     Entries {
         entries: Vec<FileStat>,
     },
-    Stat(FileStat),
+    Stat(Box<FileStat>),
     CommandOutput {
         stream: Stream,
         data: String,
@@ -498,6 +498,16 @@ pub struct FileStat {
     pub mode: u32,
     /// Seconds since the Unix epoch.
     pub modified: i64,
+    /// Its owner's and group's names (their numbers where the guest has
+    /// no name for them).
+    #[serde(default)]
+    pub owner: String,
+    #[serde(default)]
+    pub group: String,
+    /// For a symbolic link, the absolute path it resolves to (the other
+    /// fields describe that file).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub symlink_target: Option<String>,
     /// What was kept on it with [`Op::SetMetadata`].
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub metadata: BTreeMap<String, String>,

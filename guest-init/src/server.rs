@@ -182,7 +182,9 @@ pub fn handle(
         Op::Remove { path } => files::remove(&path),
         Op::Rename { from, to } => files::rename(&from, &to),
         Op::SetMetadata { path, metadata } => files::set_metadata(&path, &metadata),
-        Op::Stat { path } => files::stat(&path).map_or_else(|failed| failed, ReplyBody::Stat),
+        Op::Stat { path } => {
+            files::stat(&path).map_or_else(|failed| failed, |stat| ReplyBody::Stat(Box::new(stat)))
+        }
         Op::RunCommand {
             cmd,
             cwd,

@@ -6,7 +6,7 @@
 # used. Used by runtime/tests/e2b_sdk.rs and benches/benches/e2b_sdk.rs.
 set -eu
 case "${1:-}" in
-    python) sdk="e2b-code-interpreter==2.11.5"; name="e2b-code-interpreter-2.11.5"; result="bin/python" ;;
+    python) sdk="e2b-code-interpreter==2.11.5 e2b==2.63.0"; name="e2b-code-interpreter-2.11.5-e2b-2.63.0"; result="bin/python" ;;
     node) sdk="@e2b/code-interpreter@2.8.0"; name="js-code-interpreter-2.8.0"; result="node_modules" ;;
     *) echo "usage: install_sdk.sh python|node" >&2; exit 2 ;;
 esac
@@ -20,7 +20,7 @@ if [ ! -e "$dir/$result" ]; then
             echo "python3 -m venv failed (Debian: apt install python3-venv)" >&2
             exit 1
         }
-        "$dir.partial/bin/pip" install --quiet "$sdk" >&2
+        "$dir.partial/bin/pip" install --quiet $sdk >&2
     else
         (cd "$dir.partial" && npm install --silent --no-audit --no-fund "$sdk" >&2)
     fi

@@ -7,6 +7,7 @@ Usage: E2B_API_URL=http://localhost:49980 E2B_SANDBOX_URL=http://localhost:49980
        E2B_API_KEY=... python test_sandboxes.py   (with `cellbox serve` running)
 Prints one line per check and `N passed, M failed`; exits 1 if anything failed.
 """
+import datetime
 import os
 import sys
 import time
@@ -114,6 +115,61 @@ info = a.get_info()
 check("get_info", info.sandbox_id == a.sandbox_id and info.state == SandboxState.RUNNING
       and info.metadata.get("who") == "a" and info.template_id == "code-interpreter-v1"
       and info.end_at > info.started_at, info)
+
+# ---- as E2B's own suites expect (issue 26) ----------------------------------------------------
+newest_first = [s.sandbox_id for s in Sandbox.list(query=SandboxQuery(metadata={"run": RUN})).next_items()]
+oldest_first = [s.sandbox_id for s in Sandbox.list(query=SandboxQuery(metadata={"run": RUN}), order="asc").next_items()]
+check("list: newest first by default, oldest first with order=asc",
+      newest_first == [b.sandbox_id, a.sandbox_id] and oldest_first == [a.sandbox_id, b.sandbox_id],
+      (newest_first, oldest_first))
+started = b.get_info().started_at
+check("list: started_after", ids(started_after=started) == [b.sandbox_id]
+      and ids(started_after=started + datetime.timedelta(seconds=1)) == [], started)
+check("list: by template", ids(template=info.template_id) == sorted([a.sandbox_id, b.sandbox_id])
+      and ids(template="unknown-template") == [])
+a.files.make_dir("tree/one/deep")
+a.files.make_dir("tree/two")
+a.files.write("tree/file.txt", "x")
+a.commands.run("ln -s file.txt link.txt", cwd="tree")         # a relative cwd is under the home
+entries = {e.name: e for e in a.files.list("tree")}
+link = entries.get("link.txt")
+check("files: owner, group, permissions; a link is its target's type, with the absolute target",
+      (entries["file.txt"].owner, entries["file.txt"].group, entries["file.txt"].permissions) == ("user", "user", "-rw-r--r--")
+      and entries["one"].permissions == "drwxr-xr-x" and link is not None and link.type.value == "file"
+      and link.symlink_target == "/home/user/tree/file.txt", entries)
+check("files: a deep list puts each folder before its contents",
+      [e.path[len("/home/user/tree/"):] for e in a.files.list("tree", depth=3)]
+      == ["file.txt", "link.txt", "one", "one/deep", "two"])
+a.files.remove("tree/missing.txt")
+check("files: removing what is not there is no error", not a.files.exists("tree/missing.txt"))
+watcher = a.files.watch_dir("tree", include_entry=True)
+a.files.write("tree/new.txt", "first")
+a.files.write("tree/file.txt", "second")
+seen = []
+eventually(lambda: seen.extend(watcher.get_new_events()) or any(e.name == "file.txt" for e in seen), 10)
+watcher.stop()
+kinds = [(e.name, e.type.value) for e in seen]
+check("watch: an upload is a create, chmod and write of its file (as E2B's envd shows it), with entries",
+      kinds[:3] == [("new.txt", "create"), ("new.txt", "chmod"), ("new.txt", "write")]
+      and ("file.txt", "write") in kinds and not any("cellbox" in name for name, _ in kinds)
+      and all(e.entry is not None and e.entry.path == "/home/user/tree/" + e.name for e in seen), kinds)
+tools = a.commands.run("python --version && curl --version && git --version && wget --version && ps -e && pgrep -f sleep || true")
+check("the template has python, curl, git, wget and procps",
+      "Python 3" in tools.stdout and "curl " in tools.stdout and "git version" in tools.stdout
+      and "PID" in tools.stdout, tools)
+secure = Sandbox.create(metadata={"run": RUN, "who": "secure"}, secure=True)
+secure.files.write("secret.txt", "signed")
+signed = secure.download_url("secret.txt", "user", use_signature_expiration=60)
+r = httpx.get(signed)
+check("a signed download URL works without headers", r.status_code == 200 and r.text == "signed", (r.status_code, r.text))
+r = httpx.get(signed.replace("secret.txt", "other.txt"))
+check("... for that path only", r.status_code == 401 and r.json()["message"] == "invalid signature", r.text)
+r = httpx.get(secure.download_url("secret.txt", "user", use_signature_expiration=-120))
+check("an expired signature is refused as E2B refuses it",
+      r.status_code == 401 and r.json() == {"code": 401, "message": "signature is already expired"}, r.text)
+r = httpx.post(secure.upload_url("up.txt", "user"), files={"file": ("up.txt", b"uploaded")})
+check("a signed upload URL", r.status_code == 200 and secure.files.read("up.txt") == "uploaded", r.text)
+secure.kill()
 
 # ---- tokens and keys -------------------------------------------------------------------------
 r = httpx.post(f"{API}/execute", json={"code": "1"},

@@ -74,6 +74,7 @@ def test_files_round_trip_and_cells_see_them(sandbox):
     listed = {entry.name: entry for entry in files.list("/home/user/data")}
     assert set(listed) == {"notes.txt", "blob.bin"}
     assert listed["blob.bin"].size == 256 and listed["blob.bin"].type is FileType.FILE
+    assert (listed["blob.bin"].owner, listed["blob.bin"].group) == ("user", "user")
     assert files.make_dir("/home/user/data/sub") is True
     assert files.make_dir("/home/user/data/sub") is False
     assert files.get_info("/home/user/data/sub").type is FileType.DIR

@@ -202,7 +202,7 @@ impl GuestClient {
     /// What is at `path` (a symbolic link is described, not followed).
     pub async fn stat(&self, path: &str) -> Result<FileStat> {
         match self.call(Op::Stat { path: path.into() }).await? {
-            ReplyBody::Stat(stat) => Ok(stat),
+            ReplyBody::Stat(stat) => Ok(*stat),
             other => Err(failure(other)),
         }
     }

@@ -1,5 +1,10 @@
 //! Times as RFC 3339 text in UTC, the form both APIs send (Jupyter's message
-//! dates, proto3's JSON `Timestamp`).
+//! dates, proto3's JSON `Timestamp`), and read back.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
 
 /// `seconds` since the Unix epoch, with `micros` as a fraction if given.
 pub fn rfc3339(seconds: i64, micros: Option<u32>) -> String {
@@ -24,6 +29,18 @@ pub fn rfc3339(seconds: i64, micros: Option<u32>) -> String {
     )
 }
 
+/// An RFC 3339 time (any offset) as a system time; `None` if it is not one.
+pub fn parse_rfc3339(text: &str) -> Option<SystemTime> {
+    let time = OffsetDateTime::parse(text, &Rfc3339).ok()?;
+    let nanos = time.unix_timestamp_nanos();
+    let since_epoch = Duration::from_nanos(u64::try_from(nanos.unsigned_abs()).ok()?);
+    if nanos >= 0 {
+        UNIX_EPOCH.checked_add(since_epoch)
+    } else {
+        UNIX_EPOCH.checked_sub(since_epoch)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -35,5 +52,24 @@ mod tests {
         assert_eq!(rfc3339(1_795_312_496, None), "2026-11-22T01:54:56Z");
         assert_eq!(rfc3339(-1, None), "1969-12-31T23:59:59Z");
         assert_eq!(rfc3339(1, Some(42)), "1970-01-01T00:00:01.000042Z");
+    }
+
+    #[test]
+    fn times_are_read_with_any_offset() {
+        let at = |s| UNIX_EPOCH + Duration::from_secs(s);
+        assert_eq!(
+            parse_rfc3339("2026-11-22T01:54:56Z"),
+            Some(at(1_795_312_496))
+        );
+        assert_eq!(
+            parse_rfc3339("2026-11-22T02:54:56.5+01:00"),
+            Some(at(1_795_312_496) + Duration::from_millis(500))
+        );
+        assert_eq!(
+            parse_rfc3339(&rfc3339(1_795_312_496, Some(7))),
+            Some(at(1_795_312_496) + Duration::from_micros(7))
+        );
+        assert_eq!(parse_rfc3339("yesterday"), None);
+        assert_eq!(parse_rfc3339("2026-11-22"), None);
     }
 }

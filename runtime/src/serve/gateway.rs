@@ -16,6 +16,7 @@ use tower::ServiceExt as _;
 use super::fleet::{Entry, Fleet, Missing, State as SandboxState};
 use super::guard::same_token;
 use super::sandbox_log::Level;
+use super::signed_url::{Refused, SignedFileUrl};
 
 /// The header naming the sandbox a request is for.
 pub const SANDBOX_ID: &str = "e2b-sandbox-id";
@@ -30,7 +31,11 @@ pub const ENVD_PORT: u16 = 49983;
 /// the others to their sandbox.
 pub async fn route(State(fleet): State<Arc<Fleet>>, request: Request, next: Next) -> Response {
     let Some(id) = request.headers().get(SANDBOX_ID) else {
-        return next.run(request).await;
+        let uri = request.uri();
+        return match SignedFileUrl::parse(request.method().as_str(), uri.path(), uri.query()) {
+            Some(signed) => signed_files(&fleet, &signed, request).await,
+            None => next.run(request).await,
+        };
     };
     let Ok(id) = id.to_str().map(str::to_owned) else {
         return unavailable("the sandbox id is not text");
@@ -93,6 +98,31 @@ pub async fn route(State(fleet): State<Arc<Fleet>>, request: Request, next: Next
         ),
     );
     response
+}
+
+/// A signed file URL (E2B's `download_url`/`upload_url`), which names no
+/// sandbox: served by envd of the sandbox whose token signed it.
+async fn signed_files(fleet: &Fleet, signed: &SignedFileUrl, request: Request) -> Response {
+    let sandboxes = fleet.list();
+    let signer = signed.signer(sandboxes.iter().map(|e| (e.token.as_str(), e)));
+    let entry = match signer {
+        Ok(entry) => entry.clone(),
+        Err(refused) => {
+            let message = match refused {
+                Refused::Expired => "signature is already expired",
+                Refused::NoMatch => "invalid signature",
+            };
+            let body = serde_json::json!({"code": 401, "message": message});
+            return (StatusCode::UNAUTHORIZED, axum::Json(body)).into_response();
+        }
+    };
+    if let Err(response) = wake(&entry).await {
+        return response;
+    }
+    match entry.envd.clone().oneshot(request).await {
+        Ok(response) => response,
+        Err(never) => match never {},
+    }
 }
 
 /// A paused sandbox resumes on traffic if it was created to; otherwise the

@@ -27,6 +27,7 @@ pub mod fleet;
 pub mod gateway;
 pub mod guard;
 pub mod sandbox_log;
+mod signed_url;
 pub mod snapshots;
 pub mod status;
 

@@ -78,9 +78,7 @@ class EntryInfo(WriteInfo):
     mode: int = 0
     permissions: str = ""
     owner: str = ""
-    """Not reported by cellbox yet (empty)."""
     group: str = ""
-    """Not reported by cellbox yet (empty)."""
     modified_time: Optional[datetime] = None
     symlink_target: Optional[str] = None
 
@@ -144,7 +142,10 @@ def _entry(raw: dict) -> EntryInfo:
         size=int(raw.get("size", 0)),
         mode=mode & 0o7777,
         permissions=stat.filemode(type_bits | (mode & 0o7777)),
+        owner=raw.get("owner", ""),
+        group=raw.get("group", ""),
         modified_time=datetime.fromtimestamp(int(raw.get("modified", 0)), tz=timezone.utc),
+        symlink_target=raw.get("symlink_target"),
     )
 
 

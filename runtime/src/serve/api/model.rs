@@ -12,9 +12,10 @@ use super::super::sandbox_log::LogEntry;
 use super::super::snapshots::Label;
 use crate::sandbox::SandboxMetrics;
 
-/// envd's version as the SDKs see it: what cellbox's envd implements (file
-/// metadata, 0.6.2, yes; entry info in watch events, 0.6.3, not yet).
-pub const ENVD_VERSION: &str = "0.6.2";
+/// envd's version as the SDKs see it: cellbox's envd has every feature the
+/// SDKs gate on up to it (file metadata, 0.6.2; entry info in watch events,
+/// 0.6.3; watches that allow network mounts, 0.6.4).
+pub const ENVD_VERSION: &str = "0.6.4";
 /// Who created the sandboxes (E2B's `clientID`).
 pub const CLIENT_ID: &str = "cellbox";
 

@@ -16,6 +16,7 @@ use super::model::{
     TimeoutRequest, state_name,
 };
 use super::{Api, ApiError, error, page};
+use crate::serve::clock::parse_rfc3339;
 use crate::serve::fleet::{Entry, Fleet, Missing, OnTimeout, Spec};
 use crate::serve::sandbox_log::Level;
 use crate::serve::status::status_of;
@@ -142,6 +143,12 @@ pub struct ListQuery {
     metadata: Option<String>,
     /// `running,paused`.
     state: Option<String>,
+    /// `asc` (oldest first) or `desc` (newest first, the default).
+    order: Option<String>,
+    /// Only sandboxes started at or after this RFC 3339 time.
+    started_after: Option<String>,
+    /// Only sandboxes of this template (its id or name).
+    template: Option<String>,
     next_token: Option<String>,
     limit: Option<usize>,
 }
@@ -169,7 +176,27 @@ pub async fn list(State(api): State<Api>, Query(query): Query<ListQuery>) -> Res
                 .collect()
         })
         .unwrap_or_default();
-    let matching: Vec<_> = api
+    let newest_first = match query.order.as_deref() {
+        None | Some("desc") => true,
+        Some("asc") => false,
+        Some(other) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("order must be asc or desc, not {other:?}"),
+            );
+        }
+    };
+    let started_after = match query.started_after.as_deref().map(parse_rfc3339) {
+        None => None,
+        Some(Some(time)) => Some(time),
+        Some(None) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "startedAfter must be an RFC 3339 time, such as 2026-01-02T03:04:05Z",
+            );
+        }
+    };
+    let mut matching: Vec<_> = api
         .fleet
         .list()
         .into_iter()
@@ -179,7 +206,16 @@ pub async fn list(State(api): State<Api>, Query(query): Query<ListQuery>) -> Res
                 .iter()
                 .all(|(k, v)| e.spec.metadata.get(k) == Some(v))
         })
+        .filter(|e| started_after.is_none_or(|after| e.started_at >= after))
+        .filter(|e| {
+            query.template.as_deref().is_none_or(|t| {
+                e.spec.template == t || e.spec.custom_template.as_deref() == Some(t)
+            })
+        })
         .collect();
+    if newest_first {
+        matching.reverse();
+    }
     let (headers, page) = page(&matching, query.next_token.as_deref(), query.limit, |e| {
         &e.id
     });

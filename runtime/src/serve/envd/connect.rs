@@ -206,7 +206,15 @@ fn framed(flags: u8, message: &Value) -> Bytes {
 /// [`end_of_stream`]).
 pub fn stream_response(frames: impl Stream<Item = Bytes> + Send + 'static) -> Response {
     use futures_util::StreamExt as _;
-    let body = Body::from_stream(frames.map(Ok::<_, std::convert::Infallible>));
+    fallible_stream_response(frames.map(Ok))
+}
+
+/// [`stream_response`] whose frames may end in an error, which aborts the
+/// response (the client's connection fails mid-request).
+pub fn fallible_stream_response(
+    frames: impl Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static,
+) -> Response {
+    let body = Body::from_stream(frames);
     let headers = [(header::CONTENT_TYPE, "application/connect+json")];
     (StatusCode::OK, headers, body).into_response()
 }

@@ -272,6 +272,10 @@ struct Target<'a> {
     metadata: &'a BTreeMap<String, String>,
 }
 
+/// The name an upload is written to before it is renamed into place
+/// (watchers see its changes as the destination's: [`super::watch`]).
+pub const UPLOAD_SUFFIX: &str = ".cellbox-upload";
+
 async fn write(
     target: &Target<'_>,
     path: &str,
@@ -283,7 +287,7 @@ async fn write(
     let files = sandbox.files();
     let mut partial = Partial {
         sandbox: sandbox.clone(),
-        path: Some(format!("{path}.cellbox-upload")),
+        path: Some(format!("{path}{UPLOAD_SUFFIX}")),
     };
     let aside = partial.path.clone().unwrap_or_default();
     files

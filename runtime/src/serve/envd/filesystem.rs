@@ -2,8 +2,6 @@
 //! paths in the sandbox (relative paths are under `/home/user`); watching
 //! folders is in [`super::watch`].
 
-use std::collections::VecDeque;
-
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
@@ -69,7 +67,7 @@ pub async fn call(
                 Ok(json!({}))
             }
             "CreateWatcher" => super::watch::create(&envd, &request).await,
-            "GetWatcherEvents" => super::watch::events(&envd, &request),
+            "GetWatcherEvents" => super::watch::events(&envd, &request).await,
             "RemoveWatcher" => super::watch::remove(&envd, &request),
             other => Err(RpcError::new(
                 Code::Unimplemented,
@@ -81,25 +79,29 @@ pub async fn call(
     connect::unary(result)
 }
 
-/// The entries under `path`, `depth` levels deep, breadth first.
+/// The entries under `path`, `depth` levels deep, each folder followed by
+/// its contents (as E2B lists them).
 async fn list(sandbox: &Sandbox, path: &str, depth: u32) -> Result<Vec<Value>, RpcError> {
     let files = sandbox.files();
     if !files.stat(path).await?.is_dir {
         return Err(RpcError::invalid(format!("{path} is not a folder")));
     }
     let mut entries = Vec::new();
-    let mut folders = VecDeque::from([(path.to_string(), 1)]);
-    while let Some((folder, level)) = folders.pop_front() {
-        for stat in files.list(&folder).await? {
-            if stat.is_dir && level < depth {
-                folders.push_back((stat.path.clone(), level + 1));
-            }
-            entries.push(entry(&stat));
-            if entries.len() > MAX_ENTRIES {
-                return Err(RpcError::invalid(format!(
-                    "{path} has more than {MAX_ENTRIES} entries at depth {depth}; list less deep"
-                )));
-            }
+    // What is still to list, the next last; with the level it is at.
+    let mut pending: Vec<(FileStat, u32)> = Vec::new();
+    let push_contents = |pending: &mut Vec<_>, contents: Vec<FileStat>, level| {
+        pending.extend(contents.into_iter().rev().map(|stat| (stat, level)));
+    };
+    push_contents(&mut pending, files.list(path).await?, 1);
+    while let Some((stat, level)) = pending.pop() {
+        if stat.is_dir && stat.symlink_target.is_none() && level < depth {
+            push_contents(&mut pending, files.list(&stat.path).await?, level + 1);
+        }
+        entries.push(entry(&stat));
+        if entries.len() > MAX_ENTRIES {
+            return Err(RpcError::invalid(format!(
+                "{path} has more than {MAX_ENTRIES} entries at depth {depth}; list less deep"
+            )));
         }
     }
     Ok(entries)
@@ -124,8 +126,13 @@ pub fn entry(stat: &FileStat) -> Value {
         "size": stat.size.to_string(),
         "mode": stat.mode & 0o777,
         "permissions": permissions(stat.mode),
+        "owner": stat.owner,
+        "group": stat.group,
         "modifiedTime": rfc3339(stat.modified, None),
     });
+    if let Some(target) = &stat.symlink_target {
+        entry["symlinkTarget"] = json!(target);
+    }
     if !stat.metadata.is_empty() {
         entry["metadata"] = json!(stat.metadata);
     }
@@ -162,6 +169,9 @@ mod tests {
             size: 12,
             mode,
             modified: 0,
+            owner: "user".into(),
+            group: "user".into(),
+            symlink_target: None,
             metadata: Default::default(),
         };
         let file = entry(&stat(0o100_644, false));
@@ -170,6 +180,11 @@ mod tests {
         assert_eq!(file["permissions"], "-rw-r--r--");
         assert_eq!(file["mode"], 0o644);
         assert_eq!(file["size"], "12");
+        assert_eq!(
+            (&file["owner"], &file["group"]),
+            (&json!("user"), &json!("user"))
+        );
+        assert!(file.get("symlinkTarget").is_none(), "only for a link");
         let folder = entry(&stat(0o040_755, true));
         assert_eq!(folder["type"], "FILE_TYPE_DIRECTORY");
         assert_eq!(folder["permissions"], "drwxr-xr-x");

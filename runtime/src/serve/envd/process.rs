@@ -340,13 +340,18 @@ async fn follow(envd: Envd, tracked: Arc<Tracked>, handle: CommandHandle) {
         tracked.publish(json!({"data": {key: BASE64.encode(text)}}));
     };
     let end = match handle.wait_with_output(&mut on_output).await {
-        Ok(result) => json!({"exitCode": result.exit_code, "exited": true,
-            "status": format!("exit status {}", result.exit_code)}),
-        Err(error) => json!({"exitCode": -1, "exited": false, "status": "error",
-            "error": error.to_string()}),
+        Ok(result) => Some(json!({"exitCode": result.exit_code, "exited": true,
+            "status": format!("exit status {}", result.exit_code)})),
+        // The sandbox went (killed, timed out): its streams are cut without
+        // an end, as a VM's connections are when it goes (see `pump`).
+        Err(Error::SandboxDied { .. }) => None,
+        Err(error) => Some(json!({"exitCode": -1, "exited": false, "status": "error",
+            "error": error.to_string()})),
     };
     lock(&envd.processes.0).remove(&tracked.pid);
-    tracked.publish(json!({"end": end}));
+    if let Some(end) = end {
+        tracked.publish(json!({"end": end}));
+    }
     lock(&tracked.watchers).clear();
 }
 
@@ -360,10 +365,15 @@ fn stream(
     owns_command: bool,
 ) -> Response {
     let (frames, receiver) = mpsc::channel(FRAME_BACKLOG);
+    let (cut, cut_off) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(async move {
         let ending = pump(pid, events, &frames, deadline).await;
         let error = match ending {
             Ending::Ended => None,
+            Ending::Cut => {
+                let _ = cut.send(());
+                return;
+            }
             Ending::Deadline => Some(RpcError::new(
                 Code::DeadlineExceeded,
                 format!(
@@ -388,15 +398,31 @@ fn stream(
             let _ = frames.send(connect::end_of_stream(error.as_ref())).await;
         }
     });
-    let body = futures_util::stream::unfold(receiver, |mut receiver| async move {
-        receiver.recv().await.map(|frame| (frame, receiver))
-    });
-    connect::stream_response(body)
+    // The frames, then (if the stream was cut) an error, which aborts the
+    // response: the client sees its connection fail mid-request.
+    let body = futures_util::stream::unfold(
+        (receiver, Some(cut_off)),
+        |(mut receiver, cut_off)| async move {
+            if let Some(frame) = receiver.recv().await {
+                return Some((Ok(frame), (receiver, cut_off)));
+            }
+            match cut_off?.await {
+                Ok(()) => Some((
+                    Err(std::io::Error::other("the sandbox went")),
+                    (receiver, None),
+                )),
+                Err(_) => None,
+            }
+        },
+    );
+    connect::fallible_stream_response(body)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Ending {
     Ended,
+    /// The command's events stopped without an end: the sandbox went.
+    Cut,
     Deadline,
     ClientGone,
 }
@@ -424,7 +450,7 @@ async fn pump(
         let event = tokio::select! {
             event = events.recv() => match event {
                 Some(event) => event,
-                None => return Ending::Ended,
+                None => return Ending::Cut,
             },
             () = &mut expired => return Ending::Deadline,
             _ = keepalive.tick() => json!({"keepalive": {}}),
