@@ -117,8 +117,25 @@ public class CellboxKernel {
             buffer.reset();
             buffer.write(held, end, held.length - end);
             if (end == 0) return;
+            // A line and its newline go as two texts, as E2B's Java kernel
+            // (IJava) sends what `println` writes.
+            String text = new String(held, 0, end, StandardCharsets.UTF_8);
+            int from = 0;
+            while (from < text.length()) {
+                int newline = text.indexOf('\n', from);
+                if (newline < 0) {
+                    send(text.substring(from));
+                    break;
+                }
+                if (newline > from) send(text.substring(from, newline));
+                send("\n");
+                from = newline + 1;
+            }
+        }
+
+        private void send(String text) {
             JsonObject event = event(kind);
-            event.addProperty("text", new String(held, 0, end, StandardCharsets.UTF_8));
+            event.addProperty("text", text);
             emit(event);
         }
 
@@ -151,15 +168,33 @@ public class CellboxKernel {
         err = new PrintStream(new EventStream("stderr"), false, StandardCharsets.UTF_8);
         System.setOut(out);
         System.setErr(err);
+        // The sandbox's environment (its `envs` among it) as system
+        // properties too, as E2B's Java kernel gives them; the JVM's own win.
+        for (Map.Entry<String, String> e : System.getenv().entrySet()) {
+            if (System.getProperty(e.getKey()) == null) System.setProperty(e.getKey(), e.getValue());
+        }
         shell = JShell.builder().executionEngine("local").out(out).err(err).build();
     }
 
-    /** Runs one cell: its output, result and error as events. */
+    /** Sets (value) or clears (null) a system property. */
+    static void setProperty(String key, String value) {
+        if (value == null) System.clearProperty(key);
+        else System.setProperty(key, value);
+    }
+
+    /**
+     * Runs one cell: its output, result and error as events. Its `env` is
+     * seen by System.getenv and, as in E2B's Java kernel, System.getProperty,
+     * both restored afterwards.
+     */
     void run(String code, Map<String, String> env) throws ReflectiveOperationException {
         Map<String, String> old = new HashMap<>();
+        Map<String, String> oldProperties = new HashMap<>();
         for (Map.Entry<String, String> e : env.entrySet()) {
             old.put(e.getKey(), System.getenv(e.getKey()));
+            oldProperties.put(e.getKey(), System.getProperty(e.getKey()));
             setenv(e.getKey(), e.getValue());
+            setProperty(e.getKey(), e.getValue());
         }
         interrupted = false;
         try {
@@ -168,6 +203,7 @@ public class CellboxKernel {
             out.flush();
             err.flush();
             for (Map.Entry<String, String> e : old.entrySet()) setenv(e.getKey(), e.getValue());
+            for (Map.Entry<String, String> e : oldProperties.entrySet()) setProperty(e.getKey(), e.getValue());
         }
     }
 

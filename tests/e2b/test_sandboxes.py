@@ -76,6 +76,8 @@ check("each has its own files", a.files.exists("only-a.txt") and not b.files.exi
 check("create's envs reach code and commands",
       b.run_code("import os; os.environ.get('WHO')").text == "b"
       and b.commands.run("echo $WHO").stdout == "b\n" and a.commands.run("echo -n $WHO").stdout == "")
+java = b.run_code('System.getenv("WHO") + System.getProperty("WHO")', language="java")
+check("... and Java cells, as environment and system properties (as in E2B)", java.text == "bb", java)
 
 # ---- file metadata ---------------------------------------------------------------------------
 written = a.files.write("tagged.txt", "data", metadata={"Owner": "ada", "version": "2"})

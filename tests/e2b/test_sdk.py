@@ -132,6 +132,12 @@ if not os.environ.get("SKIP_R_AND_JAVA"):    # the microVM suite skips them for 
     check("java: a method and its value", e.text == "49", e)
     e = sbx.run_code('"Hello, " + System.getenv("FOO")', envs={"FOO": "Java"}, language="java")
     check("java: a String shown as itself, per-run envs", e.text == "Hello, Java", e)
+    e = sbx.run_code('System.getProperty("FOO") + " " + System.getProperty("FOO", "gone")', envs={"FOO": "bar"}, language="java")
+    after = sbx.run_code('System.getProperty("FOO", "gone")', language="java")
+    check("java: envs are system properties too, for the run only (as E2B's kernel has them)",
+          e.text == "bar bar" and after.text == "gone", (e, after))
+    e = sbx.run_code('System.out.println("Hello, World!"); System.out.print("a\\nb")', language="java")
+    check("java: a line and its newline are two texts, as E2B's", e.logs.stdout == ["Hello, World!", "\n", "a", "\n", "b"], e.logs)
 languages = {c.language for c in sbx.list_code_contexts()}
 check("python and javascript contexts are listed", {"python", "javascript"} <= languages, languages)
 js_ctx = sbx.create_code_context(cwd="/tmp", language="js")

@@ -3,7 +3,7 @@
 //! `e2b-code-interpreter` SDKs send and expect.
 
 use std::collections::{BTreeMap, HashMap};
-use std::convert::Infallible;
+use std::io;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -181,7 +181,7 @@ async fn execute(
     let queue_id = context.id.clone();
     tracing::info!(context = %queue_id, bytes = request.code.len(), "POST /execute");
 
-    let (lines, received) = mpsc::unbounded_channel::<String>();
+    let (lines, received) = mpsc::unbounded_channel::<io::Result<String>>();
     let queue = app.queue(&queue_id);
     let ticket = queue.ticket();
     tokio::spawn(async move {
@@ -192,11 +192,9 @@ async fn execute(
             run_cell(app, request, context, lines).await;
         }
     });
+    // A line that is an error aborts the response (see `run_cell`).
     let stream = futures_util::stream::unfold(received, |mut received| async move {
-        received
-            .recv()
-            .await
-            .map(|line| (Ok::<_, Infallible>(line), received))
+        received.recv().await.map(|line| (line, received))
     });
     Response::builder()
         .header(header::CONTENT_TYPE, "application/x-ndjson")
@@ -210,19 +208,22 @@ async fn execute(
 }
 
 /// Runs one cell (its turn in the queue has come), writing its events as JSON lines.
-/// A client that goes away interrupts the cell.
+/// A client that goes away interrupts the cell. If the sandbox went (killed,
+/// timed out) meanwhile, the response is cut after the cell's last line, as
+/// E2B's is when its VM goes: the SDK then asks whether the sandbox runs and
+/// says it was killed.
 async fn run_cell(
     app: App,
     request: ExecuteRequest,
     context: ContextInfo,
-    lines: mpsc::UnboundedSender<String>,
+    lines: mpsc::UnboundedSender<io::Result<String>>,
 ) {
     let interrupt = Interrupt::new();
     let send = {
         let lines = lines.clone();
         let interrupt = interrupt.clone();
         move |value: Value| {
-            if lines.send(format!("{value}\n")).is_err() {
+            if lines.send(Ok(format!("{value}\n"))).is_err() {
                 interrupt.interrupt();
             }
         }
@@ -252,6 +253,7 @@ async fn run_cell(
             _ = ticks.tick() => send(json!({"type": "keepalive"})),
         }
     };
+    let gone = !app.sandbox.is_running().await;
     match outcome {
         Ok(execution) => {
             if let Some(count) = execution.execution_count {
@@ -259,6 +261,10 @@ async fn run_cell(
             }
         }
         Err(error) => send(sandbox_error_json(&error)),
+    }
+    if gone {
+        let _ = lines.send(Err(io::Error::other("the sandbox went")));
+        return;
     }
     send(json!({"type": "end_of_execution"}));
 }
