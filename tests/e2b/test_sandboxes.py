@@ -173,6 +173,15 @@ r = httpx.post(secure.upload_url("up.txt", "user"), files={"file": ("up.txt", b"
 check("a signed upload URL", r.status_code == 200 and secure.files.read("up.txt") == "uploaded", r.text)
 secure.kill()
 
+victim = Sandbox.create(metadata={"run": RUN, "who": "victim"})
+victim.commands.run("true")                               # its cells now run in the heavy guest
+victim.run_code("v = 1")
+died = victim.run_code("import os; os.kill(os.getpid(), 9)")
+after = victim.run_code("'v' in globals(), 2 + 2")
+check("a kernel that dies is that cell's error; the next cell gets a fresh kernel",
+      died.error is not None and "kernel died" in died.error.value and after.text == "(False, 4)", (died, after))
+victim.kill()
+
 # ---- tokens and keys -------------------------------------------------------------------------
 r = httpx.post(f"{API}/execute", json={"code": "1"},
                headers={"E2b-Sandbox-Id": a.sandbox_id, "E2b-Sandbox-Port": "49999"})
