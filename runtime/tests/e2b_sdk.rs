@@ -4,6 +4,7 @@
 //! into the cache on first run. Both run twice: in their debug mode (one
 //! sandbox on the fixed ports; `tests/e2b/test_sdk.*`) and as against E2B's
 //! cloud (many sandboxes through the control plane; `test_sandboxes.*`).
+//! Where Node.js is, E2B's own CLI (`@e2b/cli`) runs too (`test_cli.py`).
 //! Root is needed (the heavy backend is the namespace sandbox here).
 
 use std::io::{Read, Write};
@@ -185,9 +186,16 @@ fn the_official_e2b_sdks_run_against_cellbox_serve() {
                 .arg(e2b_dir().join("test_sandboxes.cjs"))
                 .env("NODE_PATH", &node_modules),
         ));
+        // E2B's CLI, driven from Python (which makes its sandboxes).
+        let e2b_cli = installed("cli");
+        passes(cloud(
+            Command::new(&python)
+                .arg(e2b_dir().join("test_cli.py"))
+                .arg(&e2b_cli),
+        ));
     } else {
         eprintln!(
-            "skipping the JavaScript SDK: it needs Node.js 20.18 or newer and npm, not found here"
+            "skipping the JavaScript SDK and E2B's CLI: they need Node.js 20.18 or newer and npm, not found here"
         );
     }
     // A command stream left open does not hold up shutdown for long.

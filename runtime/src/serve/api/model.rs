@@ -301,6 +301,22 @@ impl From<&LogEntry> for LogLine {
     }
 }
 
+impl LogLine {
+    /// The entry as the JSON object envd writes as a log line, which E2B's
+    /// CLI (`e2b sandbox logs`) parses: level, logger, message and fields.
+    pub fn envd_line(&self) -> String {
+        let mut line = serde_json::json!({
+            "level": self.level,
+            "logger": "cellbox",
+            "message": self.message,
+        });
+        for (key, value) in &self.fields {
+            line[key] = serde_json::json!(value);
+        }
+        line.to_string()
+    }
+}
+
 /// RFC 3339 in UTC with microseconds.
 pub fn timestamp(time: SystemTime) -> String {
     let since = time.duration_since(UNIX_EPOCH).unwrap_or_default();

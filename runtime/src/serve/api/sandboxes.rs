@@ -421,7 +421,7 @@ pub async fn logs_v1(
         Ok(lines) => {
             let logs: Vec<_> = lines
                 .iter()
-                .map(|l| serde_json::json!({"timestamp": l.timestamp, "line": l.message}))
+                .map(|l| serde_json::json!({"timestamp": l.timestamp, "line": l.envd_line()}))
                 .collect();
             Json(serde_json::json!({"logs": logs, "logEntries": lines})).into_response()
         }

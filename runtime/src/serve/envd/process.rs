@@ -175,10 +175,15 @@ fn input_bytes(input: &Message) -> Result<Vec<u8>, RpcError> {
     }
 }
 
-/// A `PTY` message's `size` (`cols`, `rows`), each 1 to 1000.
+/// A `PTY` message's `size` (`cols`, `rows`), each 1 to 1000; an unknown
+/// size (0 × 0, what a client without a terminal sends, as E2B's CLI does
+/// under `script`) is 80 × 24.
 fn pty_size(pty: &Message) -> Result<(u16, u16), RpcError> {
     let size = pty.message("size")?;
-    let (cols, rows) = (size.u32("cols")?, size.u32("rows")?);
+    let (cols, rows) = match (size.u32("cols")?, size.u32("rows")?) {
+        (0, 0) => (80, 24),
+        given => given,
+    };
     let valid = |n: u32| (1..=1000).contains(&n);
     if !valid(cols) || !valid(rows) {
         return Err(RpcError::invalid(format!(
