@@ -161,6 +161,8 @@ fn the_official_e2b_sdks_run_against_cellbox_serve() {
         Command::new(env!("CARGO_BIN_EXE_cellbox"))
             .args(["serve", "--api-key", API_KEY, "--snapshot-dir"])
             .arg(&snapshots)
+            .arg("--secrets-file")
+            .arg(snapshots.join("secrets.json"))
             .stdout(Stdio::null())
             .spawn()
             .expect("starting cellbox serve"),

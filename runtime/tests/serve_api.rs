@@ -13,6 +13,7 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use cellbox::serve::api_app;
 use cellbox::serve::fleet::Fleet;
+use cellbox::serve::secrets::Secrets;
 use cellbox::serve::snapshots::Snapshots;
 use cellbox::{BackendPolicy, SandboxOptions};
 use serde_json::{Value, json};
@@ -40,8 +41,9 @@ impl Api {
         let base = SandboxOptions::default().with_backend(BackendPolicy::Wasm);
         let fleet: Arc<Fleet> = Fleet::new(base, max_sandboxes);
         let snapshots = Arc::new(Snapshots::open(dir).unwrap());
+        let secrets = Arc::new(Secrets::open(&dir.join("secrets.json")).unwrap());
         Api {
-            app: api_app(fleet, snapshots, KEY),
+            app: api_app(fleet, snapshots, secrets, KEY),
         }
     }
 

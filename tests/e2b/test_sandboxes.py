@@ -182,6 +182,36 @@ check("a kernel that dies is that cell's error; the next cell gets a fresh kerne
       died.error is not None and "kernel died" in died.error.value and after.text == "(False, 4)", (died, after))
 victim.kill()
 
+# ---- secrets: values go in, never come out ----------------------------------------------------
+from e2b import Secret  # noqa: E402
+from e2b.exceptions import SecretException  # noqa: E402
+
+value = f"sk-{RUN}-do-not-show"
+made = Secret.create(f"key-{RUN}", value, metadata={"team": "a"})
+check("Secret.create", made.name == f"key-{RUN}" and made.version == 1 and made.metadata == {"team": "a"}
+      and not hasattr(made, "value"), made)
+check("a second secret of that name is refused",
+      raises(lambda: Secret.create(f"key-{RUN}", "x"), SecretException) is not None)
+check("a name that cannot go into ${e2b.secrets.NAME} is refused",
+      raises(lambda: Secret.create("bad}name", "x")) is not None)
+other = Secret.create(f"other-{RUN}", "v")
+updated = Secret.update(f"key-{RUN}", value + "-2")
+check("Secret.update makes a new version, by name or id",
+      updated.version == 2 and Secret.get_info(made.secret_id).version == 2
+      and Secret.get_info(f"key-{RUN}").secret_id == made.secret_id, updated)
+pages, paginator = [], Secret.list(limit=1)
+while paginator.has_next:
+    pages.append([s.name for s in paginator.next_items()])
+names = [n for page in pages for n in page]
+check("Secret.list in pages", f"key-{RUN}" in names and f"other-{RUN}" in names
+      and all(len(page) <= 1 for page in pages), pages)
+raw = api.get("/secrets").text + api.get(f"/secrets/{made.secret_id}").text
+check("no answer holds a value", "do-not-show" not in raw and '"value"' not in raw, raw)
+check("Secret.exists", Secret.exists(f"key-{RUN}") and not Secret.exists(f"none-{RUN}"))
+check("Secret.destroy, once", Secret.destroy(made.secret_id) and not Secret.destroy(made.secret_id)
+      and not Secret.exists(f"key-{RUN}"))
+Secret.destroy(other.secret_id)
+
 # ---- tokens and keys -------------------------------------------------------------------------
 r = httpx.post(f"{API}/execute", json={"code": "1"},
                headers={"E2b-Sandbox-Id": a.sandbox_id, "E2b-Sandbox-Port": "49999"})

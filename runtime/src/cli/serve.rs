@@ -48,6 +48,9 @@ pub struct ServeArgs {
     /// Where snapshots are kept (default: ~/.local/share/cellbox/snapshots).
     #[arg(long, env = "CELLBOX_SNAPSHOT_DIR")]
     snapshot_dir: Option<std::path::PathBuf>,
+    /// The file secrets are kept in, private (default: ~/.local/share/cellbox/secrets.json).
+    #[arg(long, env = "CELLBOX_SECRETS_FILE")]
+    secrets_file: Option<std::path::PathBuf>,
     /// Port of the debug sandbox's code-interpreter API (E2B's SDK uses 49999 with E2B_DEBUG=true; 0: no debug sandbox, nor its envd).
     #[arg(long, default_value_t = 49999)]
     port: u16,
@@ -120,6 +123,9 @@ pub async fn run(args: ServeArgs) -> u8 {
         snapshot_dir: args
             .snapshot_dir
             .unwrap_or_else(crate::serve::snapshots::default_snapshot_dir),
+        secrets_file: args
+            .secrets_file
+            .unwrap_or_else(|| crate::serve::data_dir().join("secrets.json")),
         code_port: some(args.port),
         // No debug sandbox, no envd for it.
         envd_port: some(args.envd_port).filter(|_| args.port != 0),

@@ -27,6 +27,7 @@ pub mod fleet;
 pub mod gateway;
 pub mod guard;
 pub mod sandbox_log;
+pub mod secrets;
 mod signed_url;
 pub mod snapshots;
 pub mod status;
@@ -70,6 +71,8 @@ pub struct ServeConfig {
     pub max_sandboxes: usize,
     /// Where snapshots are kept (they outlive the server).
     pub snapshot_dir: std::path::PathBuf,
+    /// The file secrets are kept in (they outlive the server).
+    pub secrets_file: std::path::PathBuf,
     /// The debug sandbox's code-interpreter port (E2B's SDK expects 49999
     /// in debug mode); `None`: no debug sandbox.
     pub code_port: Option<u16>,
@@ -91,7 +94,8 @@ impl ServeConfig {
             api_port: Some(DEFAULT_API_PORT),
             api_key: api_key.into(),
             max_sandboxes: 64,
-            snapshot_dir: snapshots::default_snapshot_dir(),
+            snapshot_dir: data_dir().join("snapshots"),
+            secrets_file: data_dir().join("secrets.json"),
             code_port: Some(49999),
             envd_port: Some(49983),
             sandbox: SandboxOptions::default().with_inactivity_timeout(None),
@@ -131,7 +135,8 @@ pub async fn serve(
     let mut servers: Vec<BoxFuture<'static, Result<()>>> = Vec::new();
     if let Some(port) = config.api_port {
         let snapshots = Arc::new(snapshots::Snapshots::open(&config.snapshot_dir)?);
-        let api = api_app(fleet.clone(), snapshots, &config.api_key);
+        let secrets = Arc::new(secrets::Secrets::open(&config.secrets_file)?);
+        let api = api_app(fleet.clone(), snapshots, secrets, &config.api_key);
         // Sandbox traffic carries each sandbox's own token, the control
         // plane the API key: the server's access token is not asked for.
         let access = Access {
@@ -184,11 +189,13 @@ pub async fn serve(
 pub fn api_app(
     fleet: Arc<fleet::Fleet>,
     snapshots: Arc<snapshots::Snapshots>,
+    secrets: Arc<secrets::Secrets>,
     api_key: &str,
 ) -> axum::Router {
     api::router(api::Api {
         fleet: fleet.clone(),
         snapshots,
+        secrets,
         api_key: Arc::from(api_key),
     })
     .layer(middleware::from_fn_with_state(fleet, gateway::route))
@@ -235,4 +242,17 @@ pub(crate) fn random_bytes<const N: usize>(what: &str) -> Result<[u8; N]> {
         .and_then(|mut random| std::io::Read::read_exact(&mut random, &mut bytes))
         .map_err(|e| Error::io(format!("reading /dev/urandom for {what}"), e))?;
     Ok(bytes)
+}
+
+/// Where the server keeps what outlives it (snapshots, secrets):
+/// `$XDG_DATA_HOME/cellbox`, else `~/.local/share/cellbox`.
+pub fn data_dir() -> std::path::PathBuf {
+    std::env::var_os("XDG_DATA_HOME")
+        .map(std::path::PathBuf::from)
+        .filter(|p| p.is_absolute())
+        .or_else(|| {
+            std::env::var_os("HOME").map(|home| std::path::PathBuf::from(home).join(".local/share"))
+        })
+        .unwrap_or_else(|| std::path::PathBuf::from("/var/tmp"))
+        .join("cellbox")
 }

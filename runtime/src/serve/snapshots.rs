@@ -24,13 +24,7 @@ pub const MAX_SNAPSHOTS: usize = 100;
 
 /// `$XDG_DATA_HOME/cellbox/snapshots`, else `~/.local/share/cellbox/snapshots`.
 pub fn default_snapshot_dir() -> PathBuf {
-    std::env::var_os("XDG_DATA_HOME")
-        .map(PathBuf::from)
-        .filter(|p| p.is_absolute())
-        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".local/share")))
-        .unwrap_or_else(|| PathBuf::from("/var/tmp"))
-        .join("cellbox")
-        .join("snapshots")
+    super::data_dir().join("snapshots")
 }
 
 /// How the API knows a snapshot.

@@ -1,16 +1,18 @@
 //! E2B's control-plane API (`api.e2b.app`) for the sandboxes of one
 //! `cellbox serve`: what the SDKs' `Sandbox.create`, `list`, `connect`,
 //! `kill`, `set_timeout`, `pause`, `get_info`, `get_metrics`, `fork` and
-//! `create_snapshot` call, and
+//! `create_snapshot` call, `Secret`'s calls, and
 //! the sandbox logs the CLI reads. Every route needs the server's API key
 //! in `X-API-Key`.
 //!
-//! - [`sandboxes`]: the sandboxes' routes; [`snapshots`]: forks and snapshots
+//! - [`sandboxes`]: the sandboxes' routes; [`snapshots`]: forks and snapshots;
+//!   [`secrets`]: secrets (write-only values)
 //! - [`model`]: their JSON
 
 pub mod key;
 pub mod model;
 pub mod sandboxes;
+pub mod secrets;
 pub mod snapshots;
 pub mod templates;
 
@@ -25,6 +27,7 @@ use axum::routing::{delete, get, post};
 
 use super::fleet::Fleet;
 use super::guard::same_token;
+use super::secrets::Secrets;
 use super::snapshots::Snapshots;
 
 /// The state behind the routes.
@@ -32,6 +35,7 @@ use super::snapshots::Snapshots;
 pub struct Api {
     pub fleet: Arc<Fleet>,
     pub snapshots: Arc<Snapshots>,
+    pub secrets: Arc<Secrets>,
     pub api_key: Arc<str>,
 }
 
@@ -54,6 +58,13 @@ pub fn router(api: Api) -> Router {
         .route("/sandboxes/{id}/fork", post(snapshots::fork))
         .route("/sandboxes/{id}/snapshots", post(snapshots::take))
         .route("/snapshots", get(snapshots::list))
+        .route("/secrets", post(secrets::create).get(secrets::list))
+        .route(
+            "/secrets/{key}",
+            get(secrets::get)
+                .post(secrets::update)
+                .delete(secrets::destroy),
+        )
         .route("/templates", get(templates::list))
         .route("/templates/{id}", delete(templates::delete))
         .layer(middleware::from_fn_with_state(api.clone(), check_api_key))
