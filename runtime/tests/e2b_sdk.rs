@@ -148,14 +148,49 @@ fn healthy() -> bool {
 #[test]
 fn the_official_e2b_sdks_run_against_cellbox_serve() {
     let python = installed("python");
-    // The custom template test_sandboxes.py uses.
-    let built = Command::new(env!("CARGO_BIN_EXE_cellbox"))
-        .args(["template", "build", "--name", "sdk-test", "--path"])
-        .arg(e2b_dir().join("template"))
-        .env("CELLBOX_CACHE_DIR", cellbox::default_cache_dir())
-        .status()
-        .expect("running cellbox template build");
-    assert!(built.success(), "cellbox template build failed");
+    // The custom template test_sandboxes.py uses, with E2B's template
+    // options; built from a copy, since the build writes e2b.toml there.
+    let folder = tempfile::tempdir().unwrap();
+    for file in ["e2b.Dockerfile", "hello.txt"] {
+        std::fs::copy(
+            e2b_dir().join("template").join(file),
+            folder.path().join(file),
+        )
+        .unwrap();
+    }
+    let build = |options: &[&str]| {
+        let built = Command::new(env!("CARGO_BIN_EXE_cellbox"))
+            .args(["template", "build", "--path"])
+            .arg(folder.path())
+            .args(options)
+            .env("CELLBOX_CACHE_DIR", cellbox::default_cache_dir())
+            .status()
+            .expect("running cellbox template build");
+        assert!(built.success(), "cellbox template build failed");
+        std::fs::read_to_string(folder.path().join("e2b.toml")).unwrap()
+    };
+    let written = build(&[
+        "--name",
+        "sdk-test",
+        "--cmd",
+        "python3 -m http.server 8000",
+        "--ready-cmd",
+        "curl -sf localhost:8000",
+        "--cpu-count",
+        "2",
+        "--memory-mb",
+        "1024",
+    ]);
+    for line in [
+        "template_name = \"sdk-test\"",
+        "start_cmd = \"python3 -m http.server 8000\"",
+        "cpu_count = 2",
+        "dockerfile = \"e2b.Dockerfile\"",
+    ] {
+        assert!(written.contains(line), "e2b.toml lacks {line}: {written}");
+    }
+    // The next build takes everything from e2b.toml (as E2B's CLI does).
+    assert_eq!(build(&[]), written);
     let snapshots = std::env::temp_dir().join(format!("cellbox-e2b-sdk-{}", std::process::id()));
     let mut server = Server(
         Command::new(env!("CARGO_BIN_EXE_cellbox"))

@@ -354,7 +354,8 @@ check("network: ... and nothing else", e.error is not None and e.error.name == "
 bad = raises(lambda: Sandbox.create(network={"deny_out": ["example.com"]}), SandboxException)
 check("network: a domain in deny_out is a clear error", bad is not None and "example.com" in str(bad) and "denied" in str(bad), bad)
 
-# A custom template (tests/e2b/template/e2b.Dockerfile, built before the server started).
+# A custom template (tests/e2b/template/e2b.Dockerfile, built before the server started with
+# --cmd "python3 -m http.server 8000" --ready-cmd "curl -sf localhost:8000" --cpu-count 2 --memory-mb 1024).
 listed = httpx.get(f"{API}/templates", headers={"X-API-Key": KEY}).json()
 check("GET /templates lists the default and the built template",
       [t["templateID"] for t in listed][:1] == ["code-interpreter-v1"]
@@ -365,6 +366,13 @@ check("a sandbox from a built template has its files, ENV and WORKDIR",
       e.text == "('/home/user/project', 'yes', 'hello from the template\\n', 'built\\n')", e)
 r = custom.commands.run("cat hello.txt; echo $FROM_TEMPLATE")
 check("... and so do its commands", r.stdout == "hello from the template\nyes\n", r)
+r = custom.commands.run("curl -s localhost:8000/hello.txt")
+info = custom.get_info()
+check("its start command runs, ready (its ready command passed) when create returns",
+      r.stdout == "hello from the template\n", r)
+check("... with the template's vCPUs and memory", (info.cpu_count, info.memory_mb) == (2, 1024), info)
+check("GET /templates shows them", [(t["cpuCount"], t["memoryMB"]) for t in listed if t["templateID"] == "sdk-test"]
+      == [(2, 1024)], listed)
 
 for sandbox in [a, kept, sleepy, fork1, fork2, one, two, online, denied, only, custom]:
     sandbox.kill()

@@ -1,6 +1,7 @@
 //! The `cellbox` command line (feature `cli`): argument parsing and the
 //! runtime setup shared by the subcommands. [`run`] is the whole program.
 
+mod e2b_toml;
 mod notebook;
 mod render;
 mod run;

@@ -74,6 +74,15 @@ enum SandboxCommand {
         #[arg(long, value_enum, default_value_t = Format::Pretty)]
         format: Format,
     },
+    /// A sandbox's CPU, memory and disk use, sampled every few seconds.
+    Metrics {
+        id: String,
+        /// Keep printing new samples until the sandbox ends.
+        #[arg(short, long)]
+        follow: bool,
+        #[arg(long, value_enum, default_value_t = Format::Pretty)]
+        format: Format,
+    },
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -212,6 +221,9 @@ pub async fn run(args: SandboxArgs) -> u8 {
         } => logs(&client, &id, follow, level, format)
             .await
             .map(|()| None),
+        SandboxCommand::Metrics { id, follow, format } => {
+            metrics(&client, &id, follow, format).await.map(|()| None)
+        }
         SandboxCommand::Spawn {
             template,
             timeout,
@@ -432,5 +444,51 @@ async fn logs(
             return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Prints the samples of `id` newer than those printed; following, until
+/// the sandbox ends.
+async fn metrics(client: &Client, id: &str, follow: bool, format: Format) -> Result<(), Failure> {
+    let path = format!("/sandboxes/{id}/metrics");
+    let mut last_seen = 0;
+    loop {
+        let samples = match client.call(reqwest::Method::GET, &path, &[]).await {
+            Ok(answer) => answer
+                .and_then(|v| v.as_array().cloned())
+                .unwrap_or_default(),
+            // Following ends with the sandbox.
+            Err(_) if follow && last_seen > 0 => return Ok(()),
+            Err(failure) => return Err(failure),
+        };
+        let mut out = std::io::stdout().lock();
+        for sample in &samples {
+            let at = sample["timestampUnix"].as_u64().unwrap_or(0);
+            if at <= last_seen {
+                continue;
+            }
+            last_seen = at;
+            let mib = |key: &str| sample[key].as_u64().unwrap_or(0) >> 20;
+            let _ = match format {
+                Format::Json => writeln!(out, "{sample}"),
+                Format::Pretty => writeln!(
+                    out,
+                    "{}  CPU {:>6.2}% of {} | memory {:>5} / {} MiB | disk {:>5} / {} MiB",
+                    sample["timestamp"].as_str().unwrap_or(""),
+                    sample["cpuUsedPct"].as_f64().unwrap_or(0.0),
+                    sample["cpuCount"].as_u64().unwrap_or(0),
+                    mib("memUsed"),
+                    mib("memTotal"),
+                    mib("diskUsed"),
+                    mib("diskTotal"),
+                ),
+            };
+        }
+        let _ = out.flush();
+        drop(out);
+        if !follow {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }

@@ -8,7 +8,9 @@ use std::path::PathBuf;
 use clap::{Args, Subcommand};
 
 use crate::Progress;
-use crate::template::{self, BuildOptions, TemplateStore};
+use crate::template::{self, BuildOptions, SandboxDefaults, TemplateStore};
+
+use super::e2b_toml::{self, E2bToml};
 
 use super::{EXIT_OK, EXIT_SANDBOX_ERROR};
 
@@ -25,11 +27,12 @@ enum TemplateCommand {
         #[arg(long, value_name = "DIR", default_value = ".")]
         path: PathBuf,
     },
-    /// Build a template from an e2b.Dockerfile (cached by content; network during the build only).
+    /// Build a template from an e2b.Dockerfile (cached by content; network during the build
+    /// only). Options not given come from the folder's e2b.toml (E2B's), which the build writes.
     Build {
         /// The template's name (`cellbox run --template NAME`, E2B's templateID).
         #[arg(long, short = 'n')]
-        name: String,
+        name: Option<String>,
         /// The build context: the folder COPY reads from and the Dockerfile is in.
         #[arg(long, value_name = "DIR", default_value = ".")]
         path: PathBuf,
@@ -39,6 +42,18 @@ enum TemplateCommand {
         /// A value for one of the Dockerfile's ARGs; repeat for more.
         #[arg(long, value_name = "NAME=VALUE")]
         build_arg: Vec<String>,
+        /// A command started in the background in each new sandbox (E2B's start command).
+        #[arg(long, short = 'c', value_name = "COMMAND")]
+        cmd: Option<String>,
+        /// A command run until it succeeds before a new sandbox is handed over.
+        #[arg(long, value_name = "COMMAND")]
+        ready_cmd: Option<String>,
+        /// vCPUs of each sandbox.
+        #[arg(long, value_parser = clap::value_parser!(u8).range(1..=64))]
+        cpu_count: Option<u8>,
+        /// Memory of each sandbox, in MiB.
+        #[arg(long, value_parser = clap::value_parser!(u32).range(128..=65536))]
+        memory_mb: Option<u32>,
     },
     /// List the built templates.
     List {
@@ -84,7 +99,28 @@ async fn execute(command: TemplateCommand) -> Result<(), String> {
             path,
             dockerfile,
             build_arg,
+            cmd,
+            ready_cmd,
+            cpu_count,
+            memory_mb,
         } => {
+            let mut config = E2bToml::read(&path)?;
+            let name = name
+                .or_else(|| config.template_name.clone())
+                .or_else(|| config.template_id.clone())
+                .ok_or(format!(
+                    "name the template: --name NAME (or template_name in {})",
+                    path.join(e2b_toml::FILE).display()
+                ))?;
+            let dockerfile = dockerfile
+                .or_else(|| config.dockerfile.as_ref().map(|d| path.join(d)))
+                .unwrap_or_else(|| path.join("e2b.Dockerfile"));
+            let defaults = SandboxDefaults {
+                start_cmd: cmd.or_else(|| config.start_cmd.clone()),
+                ready_cmd: ready_cmd.or_else(|| config.ready_cmd.clone()),
+                cpu_count: cpu_count.or(config.cpu_count),
+                memory_mb: memory_mb.or(config.memory_mb),
+            };
             let mut build_args = BTreeMap::new();
             for pair in build_arg {
                 let (key, value) = pair
@@ -92,14 +128,23 @@ async fn execute(command: TemplateCommand) -> Result<(), String> {
                     .ok_or(format!("--build-arg {pair}: not NAME=VALUE"))?;
                 build_args.insert(key.to_string(), value.to_string());
             }
-            let mut options = BuildOptions::new(
-                name,
-                dockerfile.unwrap_or_else(|| path.join("e2b.Dockerfile")),
-            );
-            options.context = Some(path);
+            let mut options = BuildOptions::new(name, &dockerfile);
+            options.context = Some(path.clone());
             options.build_args = build_args;
+            options.defaults = defaults.clone();
             options.progress = Progress::new(|line| eprintln!("cellbox: {line}"));
             let info = template::build(options).await.map_err(|e| e.to_string())?;
+            config.template_id = Some(info.name.clone());
+            config.template_name = Some(info.name.clone());
+            config.dockerfile = Some(match dockerfile.strip_prefix(&path) {
+                Ok(inside) => inside.display().to_string(),
+                Err(_) => dockerfile.display().to_string(),
+            });
+            config.start_cmd = defaults.start_cmd;
+            config.ready_cmd = defaults.ready_cmd;
+            config.cpu_count = defaults.cpu_count;
+            config.memory_mb = defaults.memory_mb;
+            config.write(&path)?;
             let _ = writeln!(
                 out,
                 "template {} built; use it with `cellbox run --template {}` or Sandbox.create(\"{}\")",

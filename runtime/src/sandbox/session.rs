@@ -14,7 +14,7 @@ use crate::error::{Error, Result};
 use crate::event::Event;
 use crate::execution::Execution;
 use crate::executor::{Backend, EventCallback, Executor, Interrupt, RunOptions};
-use crate::guest::{ContextInfo, ControlSlot, GuestClient, Language, Usage};
+use crate::guest::{CommandOptions, ContextInfo, ControlSlot, GuestClient, Language, Usage};
 use crate::microvm::MicroVmConfig;
 use crate::router::{HybridConfig, HybridExecutor};
 use crate::wasm::{WasmEngine, WasmSessionOptions};
@@ -164,8 +164,10 @@ impl Sandbox {
     }
 
     /// Creates a sandbox (the WebAssembly engine is loaded once per process).
+    /// A template's start command is started in it, and its ready command
+    /// has succeeded, before it is handed over.
     pub async fn create(mut options: SandboxOptions) -> Result<Sandbox> {
-        let template = match &options.template {
+        let (template, defaults) = match &options.template {
             Some(name) => {
                 let template =
                     crate::template::TemplateStore::open(&crate::default_cache_dir()).get(name)?;
@@ -178,9 +180,12 @@ impl Sandbox {
                 if options.cwd.is_none() {
                     options.cwd.clone_from(&template.info.workdir);
                 }
-                template.layers
+                let defaults = template.info.defaults.clone();
+                options.vcpus = defaults.cpu_count.unwrap_or(options.vcpus);
+                options.memory_mib = defaults.memory_mb.unwrap_or(options.memory_mib);
+                (template.layers, defaults)
             }
-            None => Vec::new(),
+            None => (Vec::new(), Default::default()),
         };
         let engine = engine(&options).await?;
         let config = hybrid_config(&options, template)?;
@@ -197,7 +202,50 @@ impl Sandbox {
                 )));
             }
         }
-        Ok(Sandbox::around(session, options))
+        let sandbox = Sandbox::around(session, options);
+        if let Err(error) = sandbox.start_up(&defaults).await {
+            let _ = sandbox.close().await;
+            return Err(error);
+        }
+        Ok(sandbox)
+    }
+
+    /// Starts a template's start command, then runs its ready command until
+    /// it succeeds (at most [`crate::template::READY_WITHIN`]).
+    async fn start_up(&self, defaults: &crate::template::SandboxDefaults) -> Result<()> {
+        let commands = self.commands();
+        let options = CommandOptions::default();
+        if let Some(start) = &defaults.start_cmd {
+            commands.start(start, &options).await?;
+        }
+        let Some(ready) = &defaults.ready_cmd else {
+            return Ok(());
+        };
+        let deadline = Instant::now() + crate::template::READY_WITHIN;
+        let mut last = None;
+        while Instant::now() < deadline {
+            let attempt = CommandOptions {
+                timeout: Some(Duration::from_secs(10)),
+                ..CommandOptions::default()
+            };
+            match commands.run(ready, &attempt).await {
+                Ok(result) if result.exit_code == 0 => return Ok(()),
+                Ok(result) => {
+                    last = Some(format!(
+                        "exit status {}: {}",
+                        result.exit_code,
+                        result.stderr.trim()
+                    ))
+                }
+                Err(error) => last = Some(error.to_string()),
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        Err(Error::InvalidArgument(format!(
+            "the template's ready command `{ready}` did not succeed within {:?} (last: {})",
+            crate::template::READY_WITHIN,
+            last.unwrap_or_default()
+        )))
     }
 
     /// A new sandbox around a running `session`.

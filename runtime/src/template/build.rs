@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use super::dockerfile::{Dockerfile, Instruction};
-use super::store::{TemplateInfo, TemplateStore, check_name};
+use super::store::{SandboxDefaults, TemplateInfo, TemplateStore, check_name};
 use crate::error::{Error, Result};
 use crate::guest::{CommandOptions, GuestArtifacts, GuestClient, GuestExecutor};
 use crate::namespace::{NamespaceConfig, NamespaceExecutor, NetworkPolicy};
@@ -32,6 +32,8 @@ pub struct BuildOptions {
     /// Memory and disk of the build's sandbox, in MiB.
     pub memory_mib: u32,
     pub disk_mib: u32,
+    /// What the template's sandboxes start with and get.
+    pub defaults: SandboxDefaults,
     /// Each step's progress and output lines.
     pub progress: Progress,
 }
@@ -47,6 +49,7 @@ impl BuildOptions {
             cache_dir: None,
             memory_mib: 4096,
             disk_mib: 16384,
+            defaults: SandboxDefaults::default(),
             progress: Progress::default(),
         }
     }
@@ -173,6 +176,7 @@ pub async fn build(options: BuildOptions) -> Result<TemplateInfo> {
         base: file.base.clone(),
         env,
         workdir,
+        defaults: options.defaults.clone(),
         created: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),

@@ -12,7 +12,7 @@ pub mod dockerfile;
 pub mod store;
 
 pub use build::{BuildOptions, build};
-pub use store::{Template, TemplateInfo, TemplateStore};
+pub use store::{READY_WITHIN, SandboxDefaults, Template, TemplateInfo, TemplateStore};
 
 /// The `e2b.Dockerfile` that `cellbox template init` writes.
 pub const STARTER_DOCKERFILE: &str = "\

@@ -26,6 +26,9 @@ pub struct TemplateInfo {
     pub env: BTreeMap<String, String>,
     /// Working folder of its sandboxes (`WORKDIR`).
     pub workdir: Option<String>,
+    /// What its sandboxes start with and get (E2B's template options).
+    #[serde(default)]
+    pub defaults: SandboxDefaults,
     /// Seconds since the Unix epoch.
     pub created: u64,
     /// Bytes its own layer takes.
@@ -33,6 +36,23 @@ pub struct TemplateInfo {
     /// How long its build took, in seconds (0 when it came from the cache).
     pub build_seconds: f64,
 }
+
+/// What each sandbox of a template starts with and gets: E2B's template
+/// options (`e2b template build --cmd --ready-cmd --cpu-count --memory-mb`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SandboxDefaults {
+    /// Started in the background (as `user`, `timeout 0`) in each new sandbox.
+    pub start_cmd: Option<String>,
+    /// Run until it succeeds before a new sandbox is handed over (at most
+    /// [`READY_WITHIN`]).
+    pub ready_cmd: Option<String>,
+    /// vCPUs and memory of its sandboxes (the server's defaults otherwise).
+    pub cpu_count: Option<u8>,
+    pub memory_mb: Option<u32>,
+}
+
+/// How long a template's ready command may take to succeed.
+pub const READY_WITHIN: std::time::Duration = std::time::Duration::from_secs(120);
 
 /// A template, ready for a sandbox: its layers' folders, top first.
 #[derive(Debug, Clone)]
@@ -210,6 +230,7 @@ mod tests {
             base: base.map(str::to_string),
             env: BTreeMap::new(),
             workdir: None,
+            defaults: SandboxDefaults::default(),
             created: 0,
             size: 0,
             build_seconds: 0.0,

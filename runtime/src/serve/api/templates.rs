@@ -64,8 +64,13 @@ fn listed(api: &Api, info: Option<&TemplateInfo>) -> Listed {
         build_status: "ready",
         created_at: super::model::timestamp(created),
         updated_at: super::model::timestamp(created),
-        memory_mb: base.memory_mib,
-        cpu_count: u32::from(base.vcpus),
+        memory_mb: info
+            .and_then(|t| t.defaults.memory_mb)
+            .unwrap_or(base.memory_mib),
+        cpu_count: u32::from(
+            info.and_then(|t| t.defaults.cpu_count)
+                .unwrap_or(base.vcpus),
+        ),
         disk_size_mb: u64::from(base.disk_mib).max(size),
     }
 }
