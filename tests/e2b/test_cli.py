@@ -18,20 +18,11 @@ import uuid
 os.environ.pop("E2B_DEBUG", None)
 
 from e2b import Sandbox, SandboxQuery  # noqa: E402
+from checks import check, eventually, raises, report  # noqa: E402  (beside this file)
 
 E2B = sys.argv[1]
 RUN = uuid.uuid4().hex[:8]
-passed, failed = 0, 0
 
-
-def check(name, condition, detail=""):
-    global passed, failed
-    if condition:
-        passed += 1
-        print(f"ok   {name}", flush=True)
-    else:
-        failed += 1
-        print(f"FAIL {name}: {detail}", flush=True)
 
 
 def cli(*args, timeout=60):
@@ -99,5 +90,4 @@ check("sandbox kill", status == 0 and sid not in ids(), out)
 status, out = cli("sandbox", "kill", "no-such-sandbox")
 check("sandbox kill of an unknown one says so", "found" in out, out)
 
-print(f"{passed} passed, {failed} failed")
-sys.exit(1 if failed else 0)
+report()

@@ -19,38 +19,14 @@ import httpx  # noqa: E402  (comes with the SDK)
 from e2b import PtySize, SandboxQuery, SandboxState  # noqa: E402
 from e2b.exceptions import AuthenticationException, NotFoundException, SandboxException  # noqa: E402
 from e2b_code_interpreter import Sandbox  # noqa: E402
+from checks import check, eventually, raises, report  # noqa: E402  (beside this file)
 
 API = os.environ["E2B_API_URL"]
 KEY = os.environ["E2B_API_KEY"]
 RUN = uuid.uuid4().hex[:8]          # this run's sandboxes carry it in their metadata
-passed, failed = 0, 0
 
 
-def check(name, condition, detail=""):
-    global passed, failed
-    if condition:
-        passed += 1
-        print(f"ok   {name}", flush=True)
-    else:
-        failed += 1
-        print(f"FAIL {name}: {detail}", flush=True)
 
-
-def eventually(condition, seconds=15):
-    deadline = time.time() + seconds
-    while not condition():
-        if time.time() > deadline:
-            return False
-        time.sleep(0.25)
-    return True
-
-
-def raises(call, kind=Exception):
-    try:
-        call()
-    except kind as e:
-        return e
-    return None
 
 
 def ids(**query):
@@ -377,5 +353,4 @@ check("GET /templates shows them", [(t["cpuCount"], t["memoryMB"]) for t in list
 for sandbox in [a, kept, sleepy, fork1, fork2, one, two, online, denied, only, custom]:
     sandbox.kill()
 check("all gone", ids() == [], ids())
-print(f"{passed} passed, {failed} failed")
-sys.exit(1 if failed else 0)
+report()

@@ -18,6 +18,7 @@ from e2b.exceptions import NotFoundException, TimeoutException  # noqa: E402
 from e2b.sandbox.commands.command_handle import CommandExitException  # noqa: E402
 from e2b.sandbox.filesystem.filesystem import WriteEntry  # noqa: E402
 from e2b_code_interpreter import Sandbox  # noqa: E402
+from checks import check, eventually, raises, report  # noqa: E402  (beside this file)
 
 # Past this many seconds (when set) the run is hung: print where, and exit.
 if os.environ.get("SDK_TEST_DEADLINE"):
@@ -25,28 +26,8 @@ if os.environ.get("SDK_TEST_DEADLINE"):
     faulthandler.dump_traceback_later(int(os.environ["SDK_TEST_DEADLINE"]), exit=True)
 
 URL = "http://localhost:49999"
-passed, failed = 0, 0
 
 
-def check(name, condition, detail=""):
-    global passed, failed
-    if condition:
-        passed += 1
-        print(f"ok   {name}")
-    else:
-        failed += 1
-        print(f"FAIL {name}: {detail}")
-
-
-def eventually(condition, seconds=10):
-    """Whether `condition()` becomes true within `seconds` (for effects that
-    land shortly after a call returns, such as a clean-up or a kill)."""
-    deadline = time.time() + seconds
-    while not condition():
-        if time.time() > deadline:
-            return False
-        time.sleep(0.2)
-    return True
 
 
 sbx = Sandbox.create()
@@ -302,5 +283,4 @@ with httpx.Client(base_url="http://localhost:49983", timeout=30) as envd:
     check("envd: an upload of another content type is refused", r.status_code == 415, r.text)
     check("envd: health", envd.get("/health").status_code == 204)
 
-print(f"{passed} passed, {failed} failed")
-sys.exit(1 if failed else 0)
+report()
