@@ -4,8 +4,7 @@
 //! [`SecretValue`], which no `Debug` or log shows.
 
 use std::collections::BTreeMap;
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -189,29 +188,17 @@ impl Secrets {
         Ok(true)
     }
 
-    /// Writes `kept` aside (mode 600, its folder 700) and renames it into place.
+    /// Writes `kept` aside (mode 600, a new folder 700) and renames it into place.
     fn save(&self, kept: &[Secret]) -> Result<()> {
-        let failed = |what: &str, e| Error::io(format!("{what} {}", self.file.display()), e);
         if let Some(dir) = self.file.parent() {
             std::fs::DirBuilder::new()
                 .recursive(true)
                 .mode(0o700)
                 .create(dir)
-                .map_err(|e| failed("making the folder of", e))?;
+                .map_err(|e| Error::io(format!("making {}", dir.display()), e))?;
         }
-        let aside = self.file.with_extension("partial");
         let bytes = serde_json::to_vec(kept).map_err(|e| Error::InvalidArgument(e.to_string()))?;
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&aside)
-            .map_err(|e| failed("writing", e))?;
-        file.write_all(&bytes)
-            .and_then(|()| file.sync_all())
-            .map_err(|e| failed("writing", e))?;
-        std::fs::rename(&aside, &self.file).map_err(|e| failed("replacing", e))
+        crate::cache::write_private_atomically(&self.file, &bytes)
     }
 }
 
