@@ -84,7 +84,7 @@ check("sandbox resume", status == 0 and sandbox.get_info().state.value == "runni
 status, out = in_terminal(f"{E2B} sandbox create base", ["echo spawned-$((6*7))", "exit"])
 check("sandbox create (spawns one and connects a terminal)", "spawned-42" in out, out)
 status, out = cli("template", "list")
-check("template list", status == 0 and "code-interpreter-v1" in out, out)
+check("template list (with the envd version)", status == 0 and "code-interpreter-v1" in out and "0.6.4" in out, out)
 status, out = cli("sandbox", "kill", sid)
 check("sandbox kill", status == 0 and sid not in ids(), out)
 status, out = cli("sandbox", "kill", "no-such-sandbox")

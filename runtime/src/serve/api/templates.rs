@@ -32,6 +32,7 @@ struct Listed {
     cpu_count: u32,
     #[serde(rename = "diskSizeMB")]
     disk_size_mb: u64,
+    envd_version: &'static str,
 }
 
 fn store() -> TemplateStore {
@@ -72,6 +73,7 @@ fn listed(api: &Api, info: Option<&TemplateInfo>) -> Listed {
                 .unwrap_or(base.vcpus),
         ),
         disk_size_mb: u64::from(base.disk_mib).max(size),
+        envd_version: super::model::ENVD_VERSION,
     }
 }
 
