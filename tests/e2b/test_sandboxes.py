@@ -9,6 +9,7 @@ Prints one line per check and `N passed, M failed`; exits 1 if anything failed.
 """
 import datetime
 import os
+import threading
 import sys
 import time
 import uuid
@@ -156,7 +157,13 @@ died = victim.run_code("import os; os.kill(os.getpid(), 9)")
 after = victim.run_code("'v' in globals(), 2 + 2")
 check("a kernel that dies is that cell's error; the next cell gets a fresh kernel",
       died.error is not None and "kernel died" in died.error.value and after.text == "(False, 4)", (died, after))
-victim.kill()
+sleeper = victim.commands.run("sleep 60", background=True)
+threading.Timer(1.0, victim.kill).start()
+cell = raises(lambda: victim.run_code("import time; time.sleep(60)", timeout=120))
+gone = raises(sleeper.wait)
+check("a sandbox killed under a running cell or command: both requests fail saying so (E2B's words)",
+      cell is not None and "sandbox was killed" in str(cell)
+      and gone is not None and "sandbox was killed" in str(gone), (cell, gone))
 
 # ---- secrets: values go in, never come out ----------------------------------------------------
 from e2b import Secret  # noqa: E402

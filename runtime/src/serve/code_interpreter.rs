@@ -25,6 +25,7 @@ use crate::guest::ContextInfo;
 use crate::guest::Language;
 use crate::lock;
 use crate::sandbox::{RunCodeOptions, Sandbox};
+use crate::serve::reset::Reset;
 
 /// Largest request body (a cell's code and its variables).
 const BODY_LIMIT: usize = 16 << 20;
@@ -155,8 +156,10 @@ fn default_context(language: Language) -> ContextInfo {
 
 async fn execute(
     State(app): State<App>,
+    connection: Option<axum::Extension<axum::extract::ConnectInfo<Reset>>>,
     body: Result<axum::Json<ExecuteRequest>, JsonRejection>,
 ) -> Response {
+    let reset = connection.map(|axum::Extension(axum::extract::ConnectInfo(reset))| reset);
     let request = match body {
         Ok(axum::Json(request)) => request,
         Err(rejection) => return bad_json(rejection),
@@ -189,7 +192,7 @@ async fn execute(
         let _turn = Turn(&queue, ticket);
         // A client that left while waiting gets nothing run.
         if !lines.is_closed() {
-            run_cell(app, request, context, lines).await;
+            run_cell(app, request, context, lines, reset).await;
         }
     });
     // A line that is an error aborts the response (see `run_cell`).
@@ -217,6 +220,7 @@ async fn run_cell(
     request: ExecuteRequest,
     context: ContextInfo,
     lines: mpsc::UnboundedSender<io::Result<String>>,
+    reset: Option<Reset>,
 ) {
     let interrupt = Interrupt::new();
     let send = {
@@ -263,6 +267,9 @@ async fn run_cell(
         Err(error) => send(sandbox_error_json(&error)),
     }
     if gone {
+        if let Some(reset) = &reset {
+            reset.reset();
+        }
         let _ = lines.send(Err(io::Error::other("the sandbox went")));
         return;
     }

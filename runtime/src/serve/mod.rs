@@ -26,6 +26,7 @@ pub mod envd;
 pub mod fleet;
 pub mod gateway;
 pub mod guard;
+pub mod reset;
 pub mod sandbox_log;
 pub mod secrets;
 mod signed_url;
@@ -37,7 +38,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::middleware;
-use axum::serve::{Listener, ListenerExt as _};
 use futures_util::FutureExt as _;
 use futures_util::future::BoxFuture;
 use tower_http::timeout::RequestBodyTimeoutLayer;
@@ -213,6 +213,7 @@ async fn server(
     let listener = listen(address).await?;
     tracing::info!(%address, "{what} listening");
     Ok(async move {
+        let app = app.into_make_service_with_connect_info::<reset::Reset>();
         axum::serve(listener, app)
             .with_graceful_shutdown(shutdown)
             .await
@@ -222,17 +223,13 @@ async fn server(
 }
 
 /// A listener whose connections send small writes (JSON lines, stream
-/// frames) at once: with Nagle's algorithm each answer waited ~40 ms for the
-/// client's delayed ACK.
-async fn listen(address: SocketAddr) -> Result<impl Listener<Addr = SocketAddr>> {
+/// frames) at once (with Nagle's algorithm each answer waited ~40 ms for the
+/// client's delayed ACK), and which a request may end with a reset.
+async fn listen(address: SocketAddr) -> Result<reset::ResettingListener> {
     let listener = tokio::net::TcpListener::bind(address)
         .await
         .map_err(|e| Error::io(format!("listening on {address}"), e))?;
-    Ok(listener.tap_io(|tcp| {
-        if let Err(error) = tcp.set_nodelay(true) {
-            tracing::warn!(%error, "could not set TCP_NODELAY");
-        }
-    }))
+    Ok(reset::ResettingListener(listener))
 }
 
 /// `N` random bytes from the kernel, for `what` (a token, an id).

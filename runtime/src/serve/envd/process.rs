@@ -11,8 +11,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use axum::Extension;
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{ConnectInfo, Path, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
 use base64::Engine as _;
@@ -26,6 +27,7 @@ use super::connect::{self, Code, Message, RpcError};
 use crate::error::Error;
 use crate::guest::{CommandHandle, CommandOptions, Stream};
 use crate::lock;
+use crate::serve::reset::Reset;
 
 /// How often an idle stream says it is alive (which is also how soon a
 /// client that went away is noticed).
@@ -80,16 +82,18 @@ impl Processes {
 pub async fn call(
     State(envd): State<Envd>,
     Path(method): Path<String>,
+    connection: Option<Extension<ConnectInfo<Reset>>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    let reset = connection.map(|Extension(ConnectInfo(reset))| reset);
     match method.as_str() {
         "Start" | "Connect" | "StreamInput" => {
             let result = async {
                 let messages = connect::stream_request(&headers, &body)?;
                 match method.as_str() {
-                    "Start" => start(&envd, &single(messages)?, &headers).await,
-                    "Connect" => watch(&envd, &single(messages)?, &headers),
+                    "Start" => start(&envd, &single(messages)?, &headers, reset).await,
+                    "Connect" => watch(&envd, &single(messages)?, &headers, reset),
                     _ => stream_input(&envd, &messages).await,
                 }
             }
@@ -223,7 +227,12 @@ fn basic_auth_user(headers: &HeaderMap) -> Option<String> {
 }
 
 /// `Start`: runs the command and streams its events until it ends.
-async fn start(envd: &Envd, request: &Message, headers: &HeaderMap) -> Result<Response, RpcError> {
+async fn start(
+    envd: &Envd,
+    request: &Message,
+    headers: &HeaderMap,
+    reset: Option<Reset>,
+) -> Result<Response, RpcError> {
     let pty = match request.has("pty") {
         true => Some(pty_size(&request.message("pty")?)?),
         false => None,
@@ -280,6 +289,7 @@ async fn start(envd: &Envd, request: &Message, headers: &HeaderMap) -> Result<Re
         events,
         connect::deadline(headers),
         true,
+        reset,
     ))
 }
 
@@ -297,7 +307,12 @@ fn config_json(
 }
 
 /// `Connect`: streams the events of a running command from now on.
-fn watch(envd: &Envd, request: &Message, headers: &HeaderMap) -> Result<Response, RpcError> {
+fn watch(
+    envd: &Envd,
+    request: &Message,
+    headers: &HeaderMap,
+    reset: Option<Reset>,
+) -> Result<Response, RpcError> {
     let pid = selected(envd, request)?;
     let tracked = envd.processes.get(pid).ok_or_else(|| {
         RpcError::new(
@@ -312,6 +327,7 @@ fn watch(envd: &Envd, request: &Message, headers: &HeaderMap) -> Result<Response
         events,
         connect::deadline(headers),
         false,
+        reset,
     ))
 }
 
@@ -368,6 +384,7 @@ fn stream(
     events: mpsc::UnboundedReceiver<Value>,
     deadline: Option<Duration>,
     owns_command: bool,
+    reset: Option<Reset>,
 ) -> Response {
     let (frames, receiver) = mpsc::channel(FRAME_BACKLOG);
     let (cut, cut_off) = tokio::sync::oneshot::channel::<()>();
@@ -376,6 +393,9 @@ fn stream(
         let error = match ending {
             Ending::Ended => None,
             Ending::Cut => {
+                if let Some(reset) = &reset {
+                    reset.reset();
+                }
                 let _ = cut.send(());
                 return;
             }
@@ -404,7 +424,8 @@ fn stream(
         }
     });
     // The frames, then (if the stream was cut) an error, which aborts the
-    // response: the client sees its connection fail mid-request.
+    // response with a reset of its connection: the client sees the
+    // connection fail mid-request, as when a sandbox's VM goes.
     let body = futures_util::stream::unfold(
         (receiver, Some(cut_off)),
         |(mut receiver, cut_off)| async move {

@@ -1,0 +1,132 @@
+//! Connections that a response can end with a reset (TCP RST), the way a
+//! connection through E2B's edge ends when its sandbox's VM goes. The SDKs
+//! take a reset mid-request for a transport failure, ask whether the sandbox
+//! still runs, and then say it was killed; a plain close of an HTTP/1.1
+//! response is a protocol error to them instead.
+//!
+//! [`listen`] accepts [`Resettable`] connections; each request carries its
+//! connection's [`Reset`] as `ConnectInfo` (the app is served with
+//! `into_make_service_with_connect_info::<Reset>()`).
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
+
+use axum::extract::connect_info::Connected;
+use axum::serve::{IncomingStream, Listener};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+
+/// Accepts connections that may be reset; no Nagle delay on them (small
+/// writes, JSON lines and stream frames, go at once).
+#[derive(Debug)]
+pub struct ResettingListener(pub TcpListener);
+
+impl Listener for ResettingListener {
+    type Io = Resettable;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Resettable, SocketAddr) {
+        let (stream, peer) = Listener::accept(&mut self.0).await;
+        if let Err(error) = stream.set_nodelay(true) {
+            tracing::warn!(%error, "could not set TCP_NODELAY");
+        }
+        let io = Resettable {
+            stream,
+            reset: Arc::default(),
+        };
+        (io, peer)
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.0.local_addr()
+    }
+}
+
+/// A connection that ends with a reset once its [`Reset`] was asked to.
+#[derive(Debug)]
+pub struct Resettable {
+    stream: TcpStream,
+    reset: Arc<AtomicBool>,
+}
+
+impl Drop for Resettable {
+    fn drop(&mut self) {
+        if self.reset.load(Ordering::SeqCst) {
+            // Lingering for no time makes the close a reset (and cannot block).
+            let linger = libc::linger {
+                l_onoff: 1,
+                l_linger: 0,
+            };
+            let _ = nix::sys::socket::setsockopt(
+                &self.stream,
+                nix::sys::socket::sockopt::Linger,
+                &linger,
+            );
+        }
+    }
+}
+
+/// A request's handle on its connection: [`Reset::reset`] makes the
+/// connection end with a reset when it closes.
+#[derive(Debug, Clone, Default)]
+pub struct Reset(Arc<AtomicBool>);
+
+impl Reset {
+    pub fn reset(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+impl Connected<IncomingStream<'_, ResettingListener>> for Reset {
+    fn connect_info(stream: IncomingStream<'_, ResettingListener>) -> Reset {
+        Reset(stream.io().reset.clone())
+    }
+}
+
+impl AsyncRead for Resettable {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Resettable {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.reset.load(Ordering::SeqCst) {
+            // No orderly end (FIN) before the reset.
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+}
