@@ -98,16 +98,16 @@ impl CacheLock {
 /// Writes `bytes` to `path` through a temporary file and a rename, so a
 /// reader never sees half a file.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    replace(path, bytes, 0o666)
+    replace(path, bytes, false)
 }
 
 /// [`write_atomically`], the file readable by its owner only (mode 600)
 /// and on disk before it replaces the old one.
 pub fn write_private_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    replace(path, bytes, 0o600)
+    replace(path, bytes, true)
 }
 
-fn replace(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
+fn replace(path: &Path, bytes: &[u8], private: bool) -> Result<()> {
     use std::io::Write as _;
     use std::os::unix::fs::OpenOptionsExt as _;
     let tmp = path.with_extension("partial");
@@ -115,16 +115,16 @@ fn replace(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
         .write(true)
         .create(true)
         .truncate(true)
-        .mode(mode)
+        .mode(if private { 0o600 } else { 0o666 })
         .open(&tmp)
         .and_then(|mut file| {
-            if mode == 0o600 {
+            if private {
                 // (A left-over temporary file keeps its mode otherwise.)
                 use std::os::unix::fs::PermissionsExt as _;
                 file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
             }
             file.write_all(bytes)?;
-            if mode == 0o600 {
+            if private {
                 file.sync_all()?;
             }
             Ok(())

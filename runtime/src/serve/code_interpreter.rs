@@ -156,10 +156,9 @@ fn default_context(language: Language) -> ContextInfo {
 
 async fn execute(
     State(app): State<App>,
-    connection: Option<axum::Extension<axum::extract::ConnectInfo<Reset>>>,
+    reset: Reset,
     body: Result<axum::Json<ExecuteRequest>, JsonRejection>,
 ) -> Response {
-    let reset = connection.map(|axum::Extension(axum::extract::ConnectInfo(reset))| reset);
     let request = match body {
         Ok(axum::Json(request)) => request,
         Err(rejection) => return bad_json(rejection),
@@ -220,7 +219,7 @@ async fn run_cell(
     request: ExecuteRequest,
     context: ContextInfo,
     lines: mpsc::UnboundedSender<io::Result<String>>,
-    reset: Option<Reset>,
+    reset: Reset,
 ) {
     let interrupt = Interrupt::new();
     let send = {
@@ -267,9 +266,7 @@ async fn run_cell(
         Err(error) => send(sandbox_error_json(&error)),
     }
     if gone {
-        if let Some(reset) = &reset {
-            reset.reset();
-        }
+        reset.reset();
         let _ = lines.send(Err(io::Error::other("the sandbox went")));
         return;
     }

@@ -4,9 +4,10 @@
 //! still runs, and then say it was killed; a plain close of an HTTP/1.1
 //! response is a protocol error to them instead.
 //!
-//! [`listen`] accepts [`Resettable`] connections; each request carries its
-//! connection's [`Reset`] as `ConnectInfo` (the app is served with
-//! `into_make_service_with_connect_info::<Reset>()`).
+//! [`ResettingListener`] accepts [`Resettable`] connections; each request
+//! carries its connection's [`Reset`] as `ConnectInfo` (the app is served
+//! with `into_make_service_with_connect_info::<Reset>()`), which handlers
+//! take as an extractor.
 
 use std::io;
 use std::net::SocketAddr;
@@ -16,6 +17,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 
 use axum::extract::connect_info::Connected;
+use axum::extract::{ConnectInfo, FromRequestParts};
+use axum::http::request::Parts;
 use axum::serve::{IncomingStream, Listener};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
@@ -78,6 +81,20 @@ pub struct Reset(Arc<AtomicBool>);
 impl Reset {
     pub fn reset(&self) {
         self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+/// The request's connection's; one that resets nothing where the request
+/// came some other way (a test's `oneshot`).
+impl<S: Send + Sync> FromRequestParts<S> for Reset {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Reset, Self::Rejection> {
+        Ok(parts
+            .extensions
+            .get::<ConnectInfo<Reset>>()
+            .map(|info| info.0.clone())
+            .unwrap_or_default())
     }
 }
 

@@ -19,7 +19,8 @@ pub const MAX_SECRETS: usize = 1000;
 /// Longest value, in bytes.
 pub const MAX_VALUE: usize = 64 * 1024;
 
-/// A secret's value: shown as `<secret>` wherever it is formatted.
+/// A secret's value: shown as `<secret>` wherever it is formatted, from the
+/// request that brings it to the file that keeps it.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct SecretValue(String);
@@ -119,10 +120,10 @@ impl Secrets {
     pub fn create(
         &self,
         name: &str,
-        value: String,
+        value: SecretValue,
         metadata: BTreeMap<String, String>,
     ) -> Result<Result<Secret, Refusal>> {
-        if let Some(why) = invalid_name(name).or_else(|| invalid_value(&value)) {
+        if let Some(why) = invalid_name(name).or_else(|| value.invalid()) {
             return Ok(Err(Refusal::Invalid(why)));
         }
         let mut kept = lock(&self.kept);
@@ -144,7 +145,7 @@ impl Secrets {
             metadata,
             created_at: at,
             updated_at: at,
-            value: SecretValue(value),
+            value,
         };
         kept.push(secret.clone());
         self.save(&kept)?;
@@ -155,17 +156,17 @@ impl Secrets {
     pub fn update(
         &self,
         key: &str,
-        value: String,
+        value: SecretValue,
         metadata: Option<BTreeMap<String, String>>,
     ) -> Result<Result<Secret, Refusal>> {
-        if let Some(why) = invalid_value(&value) {
+        if let Some(why) = value.invalid() {
             return Ok(Err(Refusal::Invalid(why)));
         }
         let mut kept = lock(&self.kept);
         let Some(secret) = kept.iter_mut().find(|s| s.id == key || s.name == key) else {
             return Ok(Err(Refusal::NotFound(format!("secret {key} not found"))));
         };
-        secret.value = SecretValue(value);
+        secret.value = value;
         secret.version += 1;
         secret.updated_at = now().max(secret.updated_at);
         if let Some(metadata) = metadata {
@@ -202,13 +203,20 @@ impl Secrets {
     }
 }
 
-fn invalid_value(value: &str) -> Option<String> {
-    (value.len() > MAX_VALUE).then(|| format!("a secret's value is at most {MAX_VALUE} bytes"))
+impl SecretValue {
+    /// Why it cannot be kept (`None`: it can).
+    fn invalid(&self) -> Option<String> {
+        (self.0.len() > MAX_VALUE).then(|| format!("a secret's value is at most {MAX_VALUE} bytes"))
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn value(text: &str) -> SecretValue {
+        SecretValue(text.into())
+    }
 
     #[test]
     fn secrets_are_kept_write_only_and_outlive_the_store() {
@@ -216,7 +224,7 @@ mod tests {
         let file = dir.path().join("data/secrets.json");
         let secrets = Secrets::open(&file).unwrap();
         let made = secrets
-            .create("openai-key", "sk-1".into(), BTreeMap::new())
+            .create("openai-key", value("sk-1"), BTreeMap::new())
             .unwrap()
             .unwrap();
         assert_eq!(made.version, 1);
@@ -226,18 +234,18 @@ mod tests {
         );
         assert!(matches!(
             secrets
-                .create("openai-key", "x".into(), BTreeMap::new())
+                .create("openai-key", value("x"), BTreeMap::new())
                 .unwrap(),
             Err(Refusal::NameTaken(_))
         ));
         assert!(matches!(
             secrets
-                .create("bad}name", "x".into(), BTreeMap::new())
+                .create("bad}name", value("x"), BTreeMap::new())
                 .unwrap(),
             Err(Refusal::Invalid(_))
         ));
         let updated = secrets
-            .update(&made.id, "sk-2".into(), None)
+            .update(&made.id, value("sk-2"), None)
             .unwrap()
             .unwrap();
         assert_eq!((updated.version, updated.name.as_str()), (2, "openai-key"));
@@ -247,10 +255,7 @@ mod tests {
         // Another server on the same file sees them.
         let again = Secrets::open(&file).unwrap();
         assert_eq!(again.get("openai-key").unwrap().id, made.id);
-        assert_eq!(
-            again.value_of("openai-key"),
-            Some(SecretValue("sk-2".into()))
-        );
+        assert_eq!(again.value_of("openai-key"), Some(value("sk-2")));
         assert!(again.destroy("openai-key").unwrap());
         assert!(!again.destroy("openai-key").unwrap());
         assert!(Secrets::open(&file).unwrap().list().is_empty());

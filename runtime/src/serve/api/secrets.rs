@@ -15,13 +15,13 @@ use serde_json::{Value, json};
 use super::sandboxes::parse;
 use super::{Api, error, page};
 use crate::serve::clock::rfc3339;
-use crate::serve::secrets::{Refusal, Secret};
+use crate::serve::secrets::{Refusal, Secret, SecretValue};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct NewSecret {
     name: String,
-    value: String,
+    value: SecretValue,
     #[serde(default)]
     metadata: BTreeMap<String, String>,
 }
@@ -29,7 +29,7 @@ struct NewSecret {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct SecretUpdate {
-    value: String,
+    value: SecretValue,
     metadata: Option<BTreeMap<String, String>>,
 }
 

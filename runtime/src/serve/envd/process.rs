@@ -11,9 +11,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::Extension;
 use axum::body::Bytes;
-use axum::extract::{ConnectInfo, Path, State};
+use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
 use base64::Engine as _;
@@ -82,11 +81,10 @@ impl Processes {
 pub async fn call(
     State(envd): State<Envd>,
     Path(method): Path<String>,
-    connection: Option<Extension<ConnectInfo<Reset>>>,
+    reset: Reset,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let reset = connection.map(|Extension(ConnectInfo(reset))| reset);
     match method.as_str() {
         "Start" | "Connect" | "StreamInput" => {
             let result = async {
@@ -231,7 +229,7 @@ async fn start(
     envd: &Envd,
     request: &Message,
     headers: &HeaderMap,
-    reset: Option<Reset>,
+    reset: Reset,
 ) -> Result<Response, RpcError> {
     let pty = match request.has("pty") {
         true => Some(pty_size(&request.message("pty")?)?),
@@ -311,7 +309,7 @@ fn watch(
     envd: &Envd,
     request: &Message,
     headers: &HeaderMap,
-    reset: Option<Reset>,
+    reset: Reset,
 ) -> Result<Response, RpcError> {
     let pid = selected(envd, request)?;
     let tracked = envd.processes.get(pid).ok_or_else(|| {
@@ -384,19 +382,21 @@ fn stream(
     events: mpsc::UnboundedReceiver<Value>,
     deadline: Option<Duration>,
     owns_command: bool,
-    reset: Option<Reset>,
+    reset: Reset,
 ) -> Response {
-    let (frames, receiver) = mpsc::channel(FRAME_BACKLOG);
-    let (cut, cut_off) = tokio::sync::oneshot::channel::<()>();
+    // The frames, then (if the stream was cut) an error, which aborts the
+    // response with a reset of its connection: the client sees the
+    // connection fail mid-request, as when a sandbox's VM goes.
+    let (frames, receiver) = mpsc::channel::<std::io::Result<Bytes>>(FRAME_BACKLOG);
     tokio::spawn(async move {
         let ending = pump(pid, events, &frames, deadline).await;
         let error = match ending {
             Ending::Ended => None,
             Ending::Cut => {
-                if let Some(reset) = &reset {
-                    reset.reset();
-                }
-                let _ = cut.send(());
+                reset.reset();
+                let _ = frames
+                    .send(Err(std::io::Error::other("the sandbox went")))
+                    .await;
                 return;
             }
             Ending::Deadline => Some(RpcError::new(
@@ -420,27 +420,14 @@ fn stream(
             }
         }
         if ending != Ending::ClientGone {
-            let _ = frames.send(connect::end_of_stream(error.as_ref())).await;
+            let _ = frames
+                .send(Ok(connect::end_of_stream(error.as_ref())))
+                .await;
         }
     });
-    // The frames, then (if the stream was cut) an error, which aborts the
-    // response with a reset of its connection: the client sees the
-    // connection fail mid-request, as when a sandbox's VM goes.
-    let body = futures_util::stream::unfold(
-        (receiver, Some(cut_off)),
-        |(mut receiver, cut_off)| async move {
-            if let Some(frame) = receiver.recv().await {
-                return Some((Ok(frame), (receiver, cut_off)));
-            }
-            match cut_off?.await {
-                Ok(()) => Some((
-                    Err(std::io::Error::other("the sandbox went")),
-                    (receiver, None),
-                )),
-                Err(_) => None,
-            }
-        },
-    );
+    let body = futures_util::stream::unfold(receiver, |mut receiver| async move {
+        receiver.recv().await.map(|frame| (frame, receiver))
+    });
     connect::fallible_stream_response(body)
 }
 
@@ -456,10 +443,10 @@ enum Ending {
 async fn pump(
     pid: u32,
     mut events: mpsc::UnboundedReceiver<Value>,
-    frames: &mpsc::Sender<Bytes>,
+    frames: &mpsc::Sender<std::io::Result<Bytes>>,
     deadline: Option<Duration>,
 ) -> Ending {
-    let send = |event: Value| frames.send(connect::envelope(&json!({"event": event})));
+    let send = |event: Value| frames.send(Ok(connect::envelope(&json!({"event": event}))));
     if send(json!({"start": {"pid": pid}})).await.is_err() {
         return Ending::ClientGone;
     }
