@@ -169,6 +169,10 @@ impl AccountNames {
     }
 }
 
+/// The longest account name shown; the tables are the sandbox's to write,
+/// and a longer name (hostile or broken) is shown as its number.
+const MAX_NAME: usize = 64;
+
 /// The name with numeric id `id` in a `passwd`/`group`-style table (name
 /// first, id third); the number itself where none has it.
 fn name_of(table: &str, id: u32) -> String {
@@ -177,9 +181,10 @@ fn name_of(table: &str, id: u32) -> String {
         .find_map(|line| {
             let mut fields = line.split(':');
             let name = fields.next()?;
-            (fields.nth(1)?.parse() == Ok(id)).then(|| name.to_string())
+            (fields.nth(1)?.parse() == Ok(id)).then_some(name)
         })
-        .unwrap_or_else(|| id.to_string())
+        .filter(|name| name.len() <= MAX_NAME)
+        .map_or_else(|| id.to_string(), str::to_string)
 }
 
 pub fn list(path: &str) -> ReplyBody {
@@ -248,6 +253,8 @@ mod tests {
         assert_eq!(name_of(table, 4242), "4242");
         let groups = "root:x:0:\nuser:x:1000:\n";
         assert_eq!(name_of(groups, 1000), "user");
+        let hostile = format!("{}:x:7:7::/:/bin/sh\n", "a".repeat(10_000));
+        assert_eq!(name_of(&hostile, 7), "7", "an overlong name is its number");
     }
 
     #[test]

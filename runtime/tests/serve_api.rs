@@ -386,3 +386,75 @@ async fn forks_and_snapshots_are_checked_and_kept() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[tokio::test]
+async fn secrets_signed_urls_and_list_filters_refuse_misuse() {
+    let api = Api::new(4);
+    // Secrets: a value never comes back; bad names, huge values, duplicates
+    // and unknown ids are refused without harm; no key, no secrets.
+    let (status, made) = api
+        .control("POST", "/secrets", r#"{"name": "k", "value": "hunter2"}"#)
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{made}");
+    let no_key = Request::get("/secrets").body(Body::empty()).unwrap();
+    assert_eq!(api.call(no_key).await.0, StatusCode::UNAUTHORIZED);
+    let huge = json!({"name": "big", "value": "x".repeat(70_000)}).to_string();
+    for (body, status) in [
+        (r#"{"name": "k", "value": "again"}"#, StatusCode::CONFLICT),
+        (r#"{"name": "a}b", "value": "v"}"#, StatusCode::BAD_REQUEST),
+        (r#"{"name": "", "value": "v"}"#, StatusCode::BAD_REQUEST),
+        (r#"{"name": "n"}"#, StatusCode::BAD_REQUEST),
+        (huge.as_str(), StatusCode::BAD_REQUEST),
+    ] {
+        assert_eq!(
+            api.control("POST", "/secrets", body).await.0,
+            status,
+            "{body:.60}"
+        );
+    }
+    for (method, path) in [("GET", "/secrets/none"), ("DELETE", "/secrets/none")] {
+        assert_eq!(api.control(method, path, "").await.0, StatusCode::NOT_FOUND);
+    }
+    let (_, listed) = api.control("GET", "/secrets", "").await;
+    let (_, one) = api.control("GET", "/secrets/k", "").await;
+    assert!(
+        !listed.contains("hunter2") && !one.contains("hunter2") && !made.contains("hunter2"),
+        "{listed} {one} {made}"
+    );
+
+    // A signed file URL that no sandbox's token made, or an expired one, is
+    // refused as E2B refuses it; without a signature it is the control plane's.
+    api.create(json!({"templateID": "base"})).await;
+    let signed = |query: &str| {
+        Request::get(format!("/files?{query}"))
+            .body(Body::empty())
+            .unwrap()
+    };
+    let (status, text) = api
+        .call(signed("path=/etc/passwd&username=root&signature=v1_forged"))
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(text.contains("invalid signature"), "{text}");
+    let (status, text) = api
+        .call(signed("path=a&signature=v1_x&signature_expiration=1"))
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(text.contains("signature is already expired"), "{text}");
+    assert_eq!(api.call(signed("path=a")).await.0, StatusCode::UNAUTHORIZED);
+
+    // List filters that are not what they claim are a 400, not a panic.
+    for query in [
+        "order=sideways",
+        "startedAfter=yesterday",
+        "startedAfter=2026-13-40T00:00:00Z",
+    ] {
+        let (status, text) = api
+            .control("GET", &format!("/v2/sandboxes?{query}"), "")
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{query}: {text}");
+    }
+    let (status, text) = api
+        .control("GET", "/v2/sandboxes?template=unknown&order=asc", "")
+        .await;
+    assert_eq!((status, text.as_str()), (StatusCode::OK, "[]"));
+}
