@@ -13,6 +13,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// The test servers of the namespace and microVM suites (a network
+/// namespace of their own: nothing leaves this machine), shared by path.
+#[path = "../../tests/network_rig.rs"]
+#[allow(dead_code)] // (its helpers for Rust sandboxes are not used here)
+mod network_rig;
+
 /// Installs the SDK for `language` (once; `tests/e2b/install_sdk.sh`);
 /// returns the path the script prints.
 fn installed(language: &str) -> PathBuf {
@@ -53,14 +59,19 @@ fn node_is_recent() -> bool {
 /// The server's API key in these tests.
 const API_KEY: &str = "e2b_a-key-for-the-sdk-tests-0123456789";
 
-/// `command` with the SDK pointed at `cellbox serve` as its cloud.
+/// `command` with the SDK pointed at `cellbox serve` as its cloud, and told
+/// the test servers its sandboxes' network checks reach.
 fn cloud(command: &mut Command) -> &mut Command {
     let url = format!("http://localhost:{}", cellbox::serve::DEFAULT_API_PORT);
+    network_rig::servers();
     command
         .env_remove("E2B_DEBUG")
         .env("E2B_API_URL", &url)
         .env("E2B_SANDBOX_URL", &url)
         .env("E2B_API_KEY", API_KEY)
+        .env("CELLBOX_TEST_ALLOWED", network_rig::ALLOWED)
+        .env("CELLBOX_TEST_DENIED", network_rig::DENIED)
+        .env("CELLBOX_TEST_PORT", network_rig::PORT.to_string())
 }
 
 /// Runs an SDK test script; asserts that every check passed.
