@@ -9,6 +9,8 @@
 # newuidmap and newgidmap. The guest kernel from linux-source-6.1 with the usual
 # kernel build tools. The SDK tests and the Python package's tests make
 # virtualenvs; a user builds the WebAssembly interpreter with Debian's pip.
+# libnss-myhostname resolves names under localhost (8000-<id>.localhost, where
+# `cellbox serve` reaches servers in sandboxes) without systemd's resolver.
 # The microVM suite runs in the emulated-KVM machine (QEMU,
 # busybox and Debian's kernel with its modules; tests/emulated-kvm/) where the
 # host's KVM cannot run Linux. (Each build script also installs what it lacks.)
@@ -17,7 +19,7 @@ APT_PACKAGES=(
     clang-19 lld-19 wasi-libc libclang-rt-19-dev-wasm32
     mmdebstrap e2fsprogs slirp4netns nftables iproute2 passt uidmap
     linux-source-6.1 build-essential bc bison flex libelf-dev libssl-dev cpio xz-utils
-    python3 python3-venv python3-pip
+    python3 python3-venv python3-pip libnss-myhostname
     qemu-system-x86 busybox-static kmod
 )
 if dpkg -s "${APT_PACKAGES[@]}" >/dev/null 2>&1; then

@@ -3,7 +3,8 @@
 //!
 //! - [`protocol`], [`frame`]: the messages and how they are framed
 //! - [`server`]: answers requests; [`contexts`] and [`kernel`] run Python,
-//!   [`files`] and [`commands`] the rest; [`output`] bounds what they print
+//!   [`files`] and [`commands`] the rest, [`ports`] tunnels to servers in
+//!   the sandbox; [`output`] bounds what they print
 //! - [`transport`]: the host connection (a passed-in fd, or vsock in a VM)
 //! - [`pid1`]: mounts, reaping and shutdown when running as PID 1;
 //!   [`seccomp`]: the system-call filter everything after setup runs under;
@@ -21,6 +22,7 @@ pub mod launch;
 pub mod metadata;
 pub mod output;
 pub mod pid1;
+pub mod ports;
 pub mod protocol;
 pub mod reseed;
 pub mod seccomp;

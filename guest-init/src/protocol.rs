@@ -10,13 +10,21 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 /// The protocol version; `Hello` checks both sides agree.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 
 /// File data moves in chunks of at most this many bytes.
 pub const FILE_CHUNK: usize = 1 << 20;
 
 /// The context that exists from the start.
 pub const DEFAULT_CONTEXT: &str = "default";
+
+/// A tunnel's data moves in chunks of at most this many bytes.
+pub const PORT_CHUNK: usize = 32 << 10;
+
+/// How many [`ReplyBody::PortData`] chunks guest-init sends ahead of the
+/// host's [`Op::PortAck`]s: a host that reads slowly holds up that tunnel
+/// only (the host queues more replies per request than this).
+pub const PORT_WINDOW: u32 = 8;
 
 /// The vsock port guest-init listens on inside the microVM.
 pub const VSOCK_PORT: u32 = 1024;
@@ -179,6 +187,33 @@ pub enum Op {
     /// The running commands, started and foreground; answered with
     /// [`ReplyBody::Commands`].
     ListCommands,
+    /// Connects to `port` on the guest's loopback (a server started in the
+    /// sandbox): [`ReplyBody::PortOpened`], then [`ReplyBody::PortData`] as
+    /// the server sends (at most [`PORT_WINDOW`] chunks ahead of the host's
+    /// [`Op::PortAck`]s), then [`ReplyBody::Done`] once it stops sending.
+    OpenPort {
+        port: u16,
+    },
+    /// Writes `data` (base64) to a tunnel, then ends what is sent through it
+    /// if `eof`; answered with [`ReplyBody::Done`].
+    PortSend {
+        tunnel: u32,
+        #[serde(default)]
+        data: String,
+        #[serde(default)]
+        eof: bool,
+    },
+    /// The host passed on `chunks` more of a tunnel's [`ReplyBody::PortData`];
+    /// answered with [`ReplyBody::Done`].
+    PortAck {
+        tunnel: u32,
+        chunks: u32,
+    },
+    /// Closes a tunnel both ways; answered with [`ReplyBody::Done`] (its
+    /// [`Op::OpenPort`] request then ends).
+    ClosePort {
+        tunnel: u32,
+    },
     /// Stops every kernel and powers the guest off (or exits, in a namespace).
     Shutdown,
 }
@@ -311,6 +346,14 @@ pub enum ReplyBody {
     FsEvents {
         events: Vec<FsEvent>,
     },
+    /// A tunnel [`Op::OpenPort`] opened.
+    PortOpened {
+        tunnel: u32,
+    },
+    /// Data (base64) a tunnel's server sent.
+    PortData {
+        data: String,
+    },
     /// The command ended with this code (128 + the signal if killed).
     CommandExit {
         code: i32,
@@ -338,6 +381,8 @@ impl ReplyBody {
                 | ReplyBody::CommandStarted { .. }
                 | ReplyBody::WatchStarted { .. }
                 | ReplyBody::FsEvents { .. }
+                | ReplyBody::PortOpened { .. }
+                | ReplyBody::PortData { .. }
                 | ReplyBody::FileChunk { eof: false, .. }
         )
     }

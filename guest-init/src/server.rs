@@ -10,6 +10,7 @@ use crate::confine::{DEFAULT_USER, User};
 use crate::contexts::Contexts;
 use crate::files;
 use crate::frame::{self, FrameError};
+use crate::ports::Ports;
 use crate::protocol::{BootClock, Failure, Op, Reply, ReplyBody, Request, VERSION};
 use crate::reseed;
 use crate::watch::Watches;
@@ -30,14 +31,16 @@ pub fn serve(stream: File, contexts: Arc<Contexts>, boot: Option<BootClock>) -> 
     let ended = serve_with(stream, &contexts, &connection, boot);
     connection.commands.kill_all();
     connection.watches.stop_all();
+    connection.ports.close_all();
     ended
 }
 
-/// What one host connection started: commands and folder watches.
+/// What one host connection started: commands, folder watches, tunnels.
 #[derive(Debug, Default)]
 pub struct Connection {
     pub commands: Commands,
     pub watches: Watches,
+    pub ports: Ports,
 }
 
 fn serve_with(
@@ -223,6 +226,10 @@ pub fn handle(
         Op::SendStdin { pid, data, eof } => commands.send_stdin(pid, &data, eof),
         Op::KillCommand { pid } => commands.kill(pid),
         Op::ListCommands => commands.list(),
+        Op::OpenPort { port } => return connection.ports.open(port, send),
+        Op::PortSend { tunnel, data, eof } => connection.ports.send(tunnel, &data, eof),
+        Op::PortAck { tunnel, chunks } => connection.ports.ack(tunnel, chunks),
+        Op::ClosePort { tunnel } => connection.ports.close(tunnel),
         Op::Shutdown => ReplyBody::Done,
     };
     send(reply);

@@ -163,9 +163,10 @@ async fn sandbox_traffic_needs_its_own_token_and_an_open_port() {
         api.execute(&a, "49999", Some(&token_b)).await.0,
         StatusCode::UNAUTHORIZED
     );
+    // Other ports are the sandbox's own servers (none on WebAssembly).
     let (status, body) = api.execute(&a, "8080", Some(&token_a)).await;
     assert_eq!(status, StatusCode::BAD_GATEWAY);
-    assert!(body.contains("port is not open"), "{body}");
+    assert!(body.contains("port 8080"), "{body}");
     let (status, body) = api.execute("nosuchsandbox", "49999", Some(&token_a)).await;
     assert_eq!(status, StatusCode::BAD_GATEWAY);
     assert!(body.contains("was not found"), "{body}");
@@ -192,6 +193,59 @@ async fn sandbox_traffic_needs_its_own_token_and_an_open_port() {
         log.contains("code run") && !log.contains(r#""level":"debug""#),
         "{log}"
     );
+}
+
+/// A sandbox's own servers, named by host (`{port}-{id}.{domain}`): open to
+/// anyone by default, only with the traffic token when the sandbox allows no
+/// public traffic; the envd token is not the traffic token.
+#[tokio::test]
+async fn own_servers_are_named_by_host_and_private_ones_need_the_traffic_token() {
+    let api = Api::new(4);
+    let (status, text) = api
+        .control(
+            "POST",
+            "/v2/sandboxes",
+            r#"{"templateID": "base", "network": {"allowPublicTraffic": false}}"#,
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{text}");
+    let private: Value = serde_json::from_str(&text).unwrap();
+    let (id, envd_token) = (
+        private["sandboxID"].as_str().unwrap(),
+        private["envdAccessToken"].as_str().unwrap(),
+    );
+    let traffic = private["trafficAccessToken"].as_str().unwrap();
+    assert_ne!(traffic, envd_token);
+    let (public, _) = api.create(json!({"templateID": "base"})).await;
+    let get = |host: String, token: Option<&str>| {
+        let mut request = Request::get("/").header("host", host);
+        if let Some(token) = token {
+            request = request.header("e2b-traffic-access-token", token);
+        }
+        api.call(request.body(Body::empty()).unwrap())
+    };
+    let host = format!("8080-{id}.localhost:49980");
+    for token in [
+        None,
+        Some(envd_token),
+        Some("0123456789abcdef0123456789abcdef"),
+    ] {
+        let (status, body) = get(host.clone(), token).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{token:?}: {body}");
+    }
+    // Past the token check, the WebAssembly sandbox has no servers.
+    let (status, body) = get(host.clone(), Some(traffic)).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
+    assert!(body.contains("port 8080"), "{body}");
+    let (status, body) = get(format!("8080-{public}.localhost:49980"), None).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
+    assert!(body.contains("port 8080"), "{body}");
+    // envd by host still needs the envd token; an unknown sandbox is named.
+    let (status, _) = get(format!("49983-{id}.localhost:49980"), Some(traffic)).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, body) = get("8080-nosuchsandbox.localhost".into(), None).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    assert!(body.contains("was not found"), "{body}");
 }
 
 #[tokio::test]

@@ -208,6 +208,90 @@ check("a wrong API key is refused",
 check("an unknown template is refused",
       raises(lambda: Sandbox.create(template="no-such-template"), SandboxException) is not None)
 
+# ---- servers in the sandbox, at get_host(port) -------------------------------------------------
+# A server on the sandbox's loopback that shows the headers it got, echoes bodies and, asked
+# to upgrade, echoes raw bytes in upper case (a WebSocket's way of taking over the connection).
+ECHO_SERVER = r"""
+import http.server, json
+class Echo(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def answer(self, body):
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def do_GET(self):
+        if self.headers.get("Upgrade"):
+            self.send_response(101)
+            self.send_header("Upgrade", self.headers["Upgrade"])
+            self.send_header("Connection", "Upgrade")
+            self.end_headers()
+            self.wfile.flush()
+            while data := self.rfile.read1(65536):
+                self.wfile.write(data.upper())
+                self.wfile.flush()
+            self.close_connection = True
+            return
+        self.answer(json.dumps(dict(self.headers)).encode())
+    def do_POST(self):
+        self.answer(self.rfile.read(int(self.headers["Content-Length"])))
+http.server.ThreadingHTTPServer(("127.0.0.1", 8123), Echo).serve_forever()
+"""
+
+
+def answers(url, **kwargs):
+    try:
+        return httpx.get(url, timeout=10, **kwargs).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+import socket  # noqa: E402
+
+API_PORT = API.rsplit(":", 1)[1]
+a.files.write("/tmp/echo_server.py", ECHO_SERVER)
+echo = a.commands.run("python3 /tmp/echo_server.py", background=True)
+host = a.get_host(8123)
+check("get_host names the port and the sandbox under localhost",
+      host == f"8123-{a.sandbox_id}.localhost:{API_PORT}", host)
+addresses = {info[4][0] for info in socket.getaddrinfo(host.split(":")[0], None)}
+check("... a name that resolves to this machine only (libnss-myhostname without systemd)",
+      addresses and addresses <= {"127.0.0.1", "::1"}, addresses)
+url = f"http://{host}"
+check("a server on the sandbox's loopback answers there", eventually(lambda: answers(url)))
+seen = httpx.get(f"{url}/headers", headers={"X-Access-Token": a._envd_access_token}).json()
+check("it sees its own host and no token of cellbox's",
+      seen.get("host") == host and not {"x-access-token", "e2b-traffic-access-token"} & set(seen), seen)
+payload = os.urandom(3 << 20)
+r = httpx.post(f"{url}/echo", content=payload, timeout=60)
+check("3 MiB up and back", r.status_code == 200 and r.content == payload, (r.status_code, len(r.content)))
+with socket.create_connection(("127.0.0.1", int(API_PORT)), timeout=10) as conn:
+    conn.sendall(f"GET /upgrade HTTP/1.1\r\nHost: {host}\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n".encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += conn.recv(4096)
+    conn.sendall(b"ping")
+    upgraded = conn.recv(4096)
+check("an upgraded connection carries bytes both ways", head.startswith(b"HTTP/1.1 101") and upgraded == b"PING",
+      (head, upgraded))
+r = httpx.get(f"http://{a.get_host(8124)}/")
+check("a port nothing listens on is E2B's 502", r.status_code == 502
+      and r.json()["message"] == "The sandbox is running but port is not open", r.text)
+r = httpx.get(f"{API}/headers", headers={"E2b-Sandbox-Id": a.sandbox_id, "E2b-Sandbox-Port": "8123"})
+check("E2B's routing headers reach it too", r.status_code == 200 and r.json().get("e2b-sandbox-port") == "8123", r.text)
+check("a public sandbox has no traffic token (as in E2B)", a.traffic_access_token is None, a.traffic_access_token)
+echo.kill()
+private = Sandbox.create(network={"allow_public_traffic": False}, metadata={"run": RUN, "who": "private"})
+private.files.write("/tmp/echo_server.py", ECHO_SERVER)
+private_server = private.commands.run("python3 /tmp/echo_server.py", background=True)
+private_url = f"http://{private.get_host(8123)}"
+token = {"E2B-Traffic-Access-Token": private.traffic_access_token}
+check("allow_public_traffic=False: answers with its traffic token", eventually(lambda: answers(private_url, headers=token)))
+check("... 403 without it, or with its envd token",
+      httpx.get(private_url).status_code == 403
+      and httpx.get(private_url, headers={"E2B-Traffic-Access-Token": private._envd_access_token}).status_code == 403)
+private.kill()
+
 # ---- metrics and logs ------------------------------------------------------------------------
 metrics = a.get_metrics()
 check("metrics", len(metrics) >= 1 and metrics[-1].mem_total > 0 and metrics[-1].cpu_count >= 1
@@ -271,6 +355,12 @@ check("auto-pause: paused at its timeout",
       eventually(lambda: sleepy.get_info().state == SandboxState.PAUSED))
 check("auto-resume: traffic resumes it with its state", sleepy.run_code("y * 6").text == "42"
       and sleepy.get_info().state == SandboxState.RUNNING)
+sleepy_server = sleepy.commands.run("python3 -m http.server 8000 >/dev/null 2>&1", background=True)  # kept: envd kills a command whose stream ends
+sleepy_url = f"http://{sleepy.get_host(8000)}"
+check("... and a server in it answers", eventually(lambda: answers(sleepy_url)))
+check("paused again at its timeout", eventually(lambda: sleepy.get_info().state == SandboxState.PAUSED))
+check("auto-resume: a request to its server resumes it (as in E2B)",
+      answers(sleepy_url) and sleepy.get_info().state == SandboxState.RUNNING)
 
 # ---- fork and snapshots ----------------------------------------------------------------------
 parent = Sandbox.create(metadata={"run": RUN, "who": "parent"})

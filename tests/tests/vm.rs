@@ -321,6 +321,7 @@ async fn serve_forks_on_the_microvm_are_whole_copies() {
         metadata: Default::default(),
         env_vars: Default::default(),
         network: Default::default(),
+        public_traffic: true,
         custom_template: None,
         snapshot: None,
     };

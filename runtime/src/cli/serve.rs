@@ -39,6 +39,9 @@ pub struct ServeArgs {
     /// The key the control plane requires in X-API-Key (E2B_API_KEY); by default one made on first start and kept in ~/.config/cellbox/api-key.
     #[arg(long, env = "CELLBOX_API_KEY", hide_env_values = true)]
     api_key: Option<String>,
+    /// Where servers started in sandboxes are reached: {port}-{sandbox id}.{domain}, E2B's get_host(port) (default: localhost:{api port}; a name under localhost resolves to this machine).
+    #[arg(long, value_name = "DOMAIN")]
+    sandbox_domain: Option<String>,
     /// Most sandboxes at once through the API.
     #[arg(long, default_value_t = 64)]
     max_sandboxes: usize,
@@ -120,6 +123,7 @@ pub async fn run(args: ServeArgs) -> u8 {
         api_key,
         max_sandboxes: args.max_sandboxes,
         spares: args.spares,
+        sandbox_domain: args.sandbox_domain,
         snapshot_dir: args
             .snapshot_dir
             .unwrap_or_else(crate::serve::snapshots::default_snapshot_dir),

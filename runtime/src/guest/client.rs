@@ -25,6 +25,9 @@ type Pending = Arc<Mutex<HashMap<u64, ReplySender>>>;
 /// its pipes: push-back from the reader of the output to the printer.
 const REPLY_QUEUE: usize = 16;
 
+// A tunnel's data never fills its queue: the guest waits for acks first.
+const _: () = assert!((cellbox_guest_init::protocol::PORT_WINDOW as usize) < REPLY_QUEUE);
+
 /// Where one request's replies go.
 #[derive(Clone)]
 enum ReplySender {
@@ -83,7 +86,7 @@ impl std::fmt::Debug for GuestClient {
     }
 }
 
-fn died(reason: impl Into<String>) -> Error {
+pub(crate) fn died(reason: impl Into<String>) -> Error {
     Error::SandboxDied {
         reason: reason.into(),
     }

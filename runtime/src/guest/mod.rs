@@ -4,7 +4,7 @@
 //!
 //! A [`GuestClient`] (from [`GuestExecutor::guest`]) reaches the guest's
 //! files ([`files`]), shell commands ([`commands`]) and contexts
-//! ([`contexts`]).
+//! ([`contexts`]) and servers listening in it ([`ports`]).
 
 pub mod artifacts;
 pub mod client;
@@ -13,6 +13,7 @@ pub mod contexts;
 pub mod control;
 pub mod files;
 pub mod kernel;
+pub mod ports;
 pub mod session;
 pub mod watch;
 

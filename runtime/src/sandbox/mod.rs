@@ -5,13 +5,15 @@
 //!   close, inactivity timeout
 //! - [`Snapshot`]: `sandbox.snapshot(dir)`, `Sandbox::from_snapshot`,
 //!   `sandbox.fork()`
-//! - [`Files`] (`sandbox.files()`), [`Commands`] (`sandbox.commands()`)
+//! - [`Files`] (`sandbox.files()`), [`Commands`] (`sandbox.commands()`),
+//!   servers in the sandbox (`sandbox.open_port(port)`)
 //! - [`SandboxOptions`], [`RunCodeOptions`], [`BackendPolicy`]
 
 mod commands;
 mod files;
 mod metrics;
 mod options;
+mod ports;
 mod session;
 mod snapshot;
 

@@ -49,6 +49,9 @@ pub struct Spec {
     pub env_vars: BTreeMap<String, String>,
     /// What it may reach on the network.
     pub network: crate::NetworkPolicy,
+    /// Whether its own servers answer requests without its traffic token
+    /// (E2B's `allowPublicTraffic`, true by default).
+    pub public_traffic: bool,
     /// The template built with `cellbox template build` it is made from
     /// (`None`: the default template).
     pub custom_template: Option<String>,
@@ -67,9 +70,11 @@ pub enum State {
 #[derive(Debug)]
 pub struct Entry {
     pub id: String,
-    /// Its secret for sandbox traffic (envd's `X-Access-Token`, the
-    /// code-interpreter's `E2B-Traffic-Access-Token`).
+    /// Its secret for envd and the code interpreter (`X-Access-Token`).
     pub token: String,
+    /// The secret its own servers ask for when it allows no public traffic
+    /// (`E2B-Traffic-Access-Token`); `None`: they answer anyone.
+    pub traffic_token: Option<String>,
     pub spec: Spec,
     pub sandbox: Sandbox,
     /// The code-interpreter API (E2B's port 49999) of this sandbox.
@@ -159,6 +164,8 @@ pub struct Fleet {
     base: SandboxOptions,
     /// Most sandboxes at once (running and paused).
     max_sandboxes: usize,
+    /// Where the sandboxes' own servers are reached (E2B's sandbox domain).
+    domain: std::sync::OnceLock<String>,
 }
 
 impl Fleet {
@@ -170,9 +177,21 @@ impl Fleet {
             ended: Mutex::default(),
             base,
             max_sandboxes,
+            domain: std::sync::OnceLock::new(),
         });
         tokio::spawn(reap(Arc::downgrade(&fleet)));
         fleet
+    }
+
+    /// Names the domain under which the sandboxes' servers are reached:
+    /// `{port}-{id}.{domain}` (the first name given stays).
+    pub fn set_domain(&self, domain: impl Into<String>) {
+        let _ = self.domain.set(domain.into());
+    }
+
+    /// The domain the sandboxes' servers are reached under, once known.
+    pub fn domain(&self) -> Option<&str> {
+        self.domain.get().map(String::as_str)
     }
 
     /// The options every sandbox starts from.
@@ -263,6 +282,10 @@ impl Fleet {
         let now = SystemTime::now();
         let entry = Arc::new(Entry {
             token: super::guard::Access::generate_token()?,
+            traffic_token: match spec.public_traffic {
+                true => None,
+                false => Some(super::guard::Access::generate_token()?),
+            },
             code: super::code_interpreter::router(sandbox.clone()),
             envd: super::envd::router(sandbox.clone()),
             sandbox,

@@ -1,20 +1,23 @@
 //! Sandbox traffic on the API port. E2B's client proxy routes each request
 //! by the headers the SDKs send with it (`E2b-Sandbox-Id`,
-//! `E2b-Sandbox-Port`), and so does this: to the sandbox's code-interpreter
-//! API (49999) or its envd (49983), once the request shows that sandbox's
-//! token. Every request lands in the sandbox's log.
+//! `E2b-Sandbox-Port`) or by its host (`{port}-{id}.{domain}`), and so does
+//! this: to the sandbox's code-interpreter API (49999) or its envd (49983),
+//! once the request shows that sandbox's token (`X-Access-Token`), and to
+//! any other port to the server listening there ([`super::ports`]). Every
+//! request lands in the sandbox's log.
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use axum::extract::{Request, State};
-use axum::http::StatusCode;
+use axum::http::{StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use tower::ServiceExt as _;
 
 use super::fleet::{Entry, Fleet, Missing, State as SandboxState};
 use super::guard::same_token;
+use super::ports;
 use super::sandbox_log::Level;
 use super::signed_url::{Refused, SignedFileUrl};
 
@@ -27,18 +30,19 @@ pub const CODE_PORT: u16 = 49999;
 /// envd's port.
 pub const ENVD_PORT: u16 = 49983;
 
-/// Passes requests without [`SANDBOX_ID`] on (to the control plane); routes
+/// Passes requests that name no sandbox on (to the control plane); routes
 /// the others to their sandbox.
 pub async fn route(State(fleet): State<Arc<Fleet>>, request: Request, next: Next) -> Response {
-    let Some(id) = request.headers().get(SANDBOX_ID) else {
-        let uri = request.uri();
-        return match SignedFileUrl::parse(request.method().as_str(), uri.path(), uri.query()) {
-            Some(signed) => signed_files(&fleet, &signed, request).await,
-            None => next.run(request).await,
-        };
-    };
-    let Ok(id) = id.to_str().map(str::to_owned) else {
-        return unavailable("the sandbox id is not text");
+    let (id, port) = match addressee(&request) {
+        Addressee::Control => {
+            let uri = request.uri();
+            return match SignedFileUrl::parse(request.method().as_str(), uri.path(), uri.query()) {
+                Some(signed) => signed_files(&fleet, &signed, request).await,
+                None => next.run(request).await,
+            };
+        }
+        Addressee::Sandbox { id, port } => (id, port),
+        Addressee::Garbled => return unavailable("the sandbox id is not text"),
     };
     let entry = match fleet.get(&id) {
         Ok(entry) => entry,
@@ -49,30 +53,23 @@ pub async fn route(State(fleet): State<Arc<Fleet>>, request: Request, next: Next
         }
         Err(Missing::Unknown) => return unavailable(format!("The sandbox {id} was not found")),
     };
-    if !carries_token(&request, &entry.token) {
-        return (
-            StatusCode::UNAUTHORIZED,
-            format!(
-                "sandbox {id}: a valid X-Access-Token (or E2B-Traffic-Access-Token) is required"
-            ),
-        )
-            .into_response();
-    }
-    let port = request
-        .headers()
-        .get(SANDBOX_PORT)
-        .and_then(|p| p.to_str().ok())
-        .and_then(|p| p.parse::<u16>().ok());
     let service = match port {
         Some(CODE_PORT) => entry.code.clone(),
         Some(ENVD_PORT) => entry.envd.clone(),
-        _ => {
+        Some(port) => return own_server(&entry, port, request).await,
+        None => {
             return unavailable(format!(
-                "sandbox {id}: port is not open ({port:?}; cellbox sandboxes serve the code interpreter, \
-                 {CODE_PORT}, and envd, {ENVD_PORT})"
+                "sandbox {id}: no port named (E2b-Sandbox-Port, or the host {{port}}-{id}.{{domain}})"
             ));
         }
     };
+    if !same_token(request.headers().get("x-access-token"), &entry.token) {
+        return (
+            StatusCode::UNAUTHORIZED,
+            format!("sandbox {id}: a valid X-Access-Token is required"),
+        )
+            .into_response();
+    }
     if let Err(response) = wake(&entry).await {
         return response;
     }
@@ -97,6 +94,64 @@ pub async fn route(State(fleet): State<Arc<Fleet>>, request: Request, next: Next
             started.elapsed()
         ),
     );
+    response
+}
+
+/// Who a request is for.
+enum Addressee {
+    /// The control plane (or a signed file URL).
+    Control,
+    Sandbox {
+        id: String,
+        port: Option<u16>,
+    },
+    /// A sandbox id that is not text.
+    Garbled,
+}
+
+/// The sandbox and port E2B's headers name, else those the `Host` names.
+fn addressee(request: &Request) -> Addressee {
+    let headers = request.headers();
+    if let Some(id) = headers.get(SANDBOX_ID) {
+        let Ok(id) = id.to_str() else {
+            return Addressee::Garbled;
+        };
+        let port = headers
+            .get(SANDBOX_PORT)
+            .and_then(|p| p.to_str().ok())
+            .and_then(|p| p.parse::<u16>().ok());
+        let id = id.to_owned();
+        return Addressee::Sandbox { id, port };
+    }
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+    match host.and_then(ports::named_by_host) {
+        Some((port, id)) => Addressee::Sandbox {
+            id: id.to_ascii_lowercase(),
+            port: Some(port),
+        },
+        None => Addressee::Control,
+    }
+}
+
+/// A request for a server started in the sandbox.
+async fn own_server(entry: &Entry, port: u16, request: Request) -> Response {
+    if !ports::admits(entry, &request) {
+        return ports::refused(&entry.id);
+    }
+    if let Err(response) = wake(entry).await {
+        return response;
+    }
+    let (method, path) = (request.method().clone(), request.uri().path().to_owned());
+    let response = ports::forward(entry, port, request).await;
+    let status = response.status();
+    let level = if status.is_server_error() {
+        Level::Warn
+    } else {
+        Level::Info
+    };
+    entry
+        .log
+        .push(level, format!("port {port}: {method} {path}: {status}"));
     response
 }
 
@@ -141,12 +196,6 @@ async fn wake(entry: &Entry) -> Result<(), Response> {
         .await
         .map(drop)
         .map_err(|e| unavailable(format!("sandbox {} could not resume: {e}", entry.id)))
-}
-
-fn carries_token(request: &Request, token: &str) -> bool {
-    let headers = request.headers();
-    same_token(headers.get("x-access-token"), token)
-        || same_token(headers.get("e2b-traffic-access-token"), token)
 }
 
 /// E2B's proxy answers 502 for a sandbox it cannot reach; the SDKs turn

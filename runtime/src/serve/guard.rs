@@ -2,8 +2,11 @@
 //! pages its user opens.
 //!
 //! - Without an access token, the `Host` header must name loopback
-//!   (`localhost`, `127.0.0.1`, `[::1]`), the bound address or an allowed
-//!   host: a page whose DNS name was rebound to 127.0.0.1 still sends its own.
+//!   (`localhost` or a name under it, `127.0.0.1`, `[::1]`), the bound
+//!   address or an allowed host (or a name under it): a page whose DNS name
+//!   was rebound to 127.0.0.1 still sends its own.
+//! - A page a sandbox serves (`http://8000-{id}.localhost:49980`) is an
+//!   origin of its own: it may call its own server, nothing else here.
 //! - A request a browser sent for another site's page (`Origin`, or
 //!   `Sec-Fetch-Site: cross-site`/`same-site`) is refused unless its origin is
 //!   allowed; allowed origins also get CORS answers (preflight included). A
@@ -119,13 +122,14 @@ impl Guard {
             return false;
         };
         let name = strip_port(host).to_ascii_lowercase();
-        if name == "localhost"
-            || self
-                .access
-                .allowed_hosts
-                .iter()
-                .any(|h| h.eq_ignore_ascii_case(&name))
-        {
+        let is_or_under = |domain: &str| {
+            let domain = domain.to_ascii_lowercase();
+            name == domain
+                || name
+                    .strip_suffix(&domain)
+                    .is_some_and(|sub| sub.ends_with('.'))
+        };
+        if is_or_under("localhost") || self.access.allowed_hosts.iter().any(|h| is_or_under(h)) {
             return true;
         }
         let literal = name.trim_start_matches('[').trim_end_matches(']');
@@ -145,21 +149,29 @@ impl Guard {
         }
         let site = headers.get("sec-fetch-site").and_then(|s| s.to_str().ok());
         let cross_site = matches!(site, Some("cross-site" | "same-site"));
+        let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
         match origin {
             // Browsers send "null" from sandboxed frames and files.
-            Some(origin) if cross_site || !self.is_own_origin(origin) => Some(origin.to_string()),
+            Some(origin) if cross_site || !self.is_own_origin(origin, host) => {
+                Some(origin.to_string())
+            }
             None if cross_site => Some("another site".to_string()),
             _ => None,
         }
     }
 
-    /// Whether `origin` is a page of this server itself (it serves none, but
-    /// a same-origin request is no attack).
-    fn is_own_origin(&self, origin: &str) -> bool {
+    /// Whether `origin` is the page's own server (`host`, a sandbox's
+    /// server serving its own pages), or this server (it serves no pages: no
+    /// attack), not a sandbox's page calling anything else.
+    fn is_own_origin(&self, origin: &str, host: Option<&str>) -> bool {
         let Some(rest) = origin.strip_prefix("http://") else {
             return false;
         };
-        HeaderValue::from_str(rest).is_ok_and(|host| self.allows_host(&host)) && !rest.contains('/')
+        if rest.contains('/') || !HeaderValue::from_str(rest).is_ok_and(|h| self.allows_host(&h)) {
+            return false;
+        }
+        host.is_some_and(|host| host.eq_ignore_ascii_case(rest))
+            || super::ports::named_by_host(rest).is_none()
     }
 }
 
@@ -216,6 +228,8 @@ mod tests {
             "[::1]:49999",
             "[::1]",
             "box.internal:1",
+            "8000-abc123.localhost:49980",
+            "8000-abc123.box.internal",
         ] {
             assert!(g.allows_host(&host(ok)), "{ok}");
         }
@@ -225,6 +239,8 @@ mod tests {
             "10.0.0.1",
             "[::2]:1",
             "127.0.0.1.nip.io",
+            "evillocalhost",
+            "evilbox.internal",
             "",
         ] {
             assert!(!g.allows_host(&host(bad)), "{bad}");
@@ -269,6 +285,19 @@ mod tests {
             ])),
             None
         );
+        // A sandbox's page calls its own server, and nothing else.
+        let page = "http://8000-abc123.localhost:49980";
+        let own = headers(&[("origin", page), ("host", "8000-abc123.localhost:49980")]);
+        assert_eq!(g.foreign_origin(&own), None);
+        for elsewhere in [
+            "localhost:49980",
+            "8000-other1.localhost:49980",
+            "8001-abc123.localhost:49980",
+        ] {
+            let mut call = headers(&[("origin", page)]);
+            call.insert("host", HeaderValue::from_str(elsewhere).unwrap());
+            assert!(g.foreign_origin(&call).is_some(), "{elsewhere}");
+        }
     }
 
     #[test]

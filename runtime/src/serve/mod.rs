@@ -7,7 +7,8 @@
 //!   timeouts; [`sandbox_log`] what each did; [`snapshots`] the snapshots
 //!   kept in the server's folder.
 //! - [`gateway`]: sandbox traffic on the same port, routed by E2B's
-//!   `E2b-Sandbox-Id`/`E2b-Sandbox-Port` headers, with each sandbox's token.
+//!   `E2b-Sandbox-Id`/`E2b-Sandbox-Port` headers or by host name, with each
+//!   sandbox's token; [`ports`]: servers started in sandboxes.
 //! - [`code_interpreter`]: `GET /health`, `POST /execute` (a stream of JSON
 //!   lines), `POST/GET /contexts`, `POST /contexts/{id}/restart`,
 //!   `DELETE /contexts/{id}` — E2B's port 49999.
@@ -26,6 +27,7 @@ pub mod envd;
 pub mod fleet;
 pub mod gateway;
 pub mod guard;
+pub mod ports;
 pub mod reset;
 pub mod sandbox_log;
 pub mod secrets;
@@ -80,6 +82,9 @@ pub struct ServeConfig {
     pub envd_port: Option<u16>,
     /// Options of every sandbox.
     pub sandbox: SandboxOptions,
+    /// Where the sandboxes' own servers are reached: `{port}-{id}.{domain}`
+    /// (E2B's sandbox domain); `None`: `localhost:{api port}`.
+    pub sandbox_domain: Option<String>,
     /// Spare sandboxes kept running for the next creates, where the heavy
     /// backend is the namespace sandbox ([`crate::NamespacePool`]; 0: none).
     pub spares: usize,
@@ -99,6 +104,7 @@ impl ServeConfig {
             code_port: Some(49999),
             envd_port: Some(49983),
             sandbox: SandboxOptions::default().with_inactivity_timeout(None),
+            sandbox_domain: None,
             spares: 1,
         }
     }
@@ -144,7 +150,13 @@ pub async fn serve(
             ..config.access.clone()
         };
         let app = guarded(api, &access);
-        servers.push(server("the API", config.bind, port, app, shutdown.clone()).await?);
+        let listener = listen(SocketAddr::new(config.bind, port)).await?;
+        let port = listener.local_port()?;
+        fleet.set_domain(match &config.sandbox_domain {
+            Some(domain) => domain.clone(),
+            None => format!("localhost:{port}"),
+        });
+        servers.push(serve_on(listener, "the API", app, shutdown.clone()));
     }
     if let Some(debug) = &debug {
         let access = &config.access;
@@ -209,17 +221,28 @@ async fn server(
     app: axum::Router,
     shutdown: futures_util::future::Shared<BoxFuture<'static, ()>>,
 ) -> Result<BoxFuture<'static, Result<()>>> {
-    let address = SocketAddr::new(bind, port);
-    let listener = listen(address).await?;
-    tracing::info!(%address, "{what} listening");
-    Ok(async move {
+    let listener = listen(SocketAddr::new(bind, port)).await?;
+    Ok(serve_on(listener, what, app, shutdown))
+}
+
+/// Serves `app` on `listener` until `shutdown`.
+fn serve_on(
+    listener: reset::ResettingListener,
+    what: &'static str,
+    app: axum::Router,
+    shutdown: futures_util::future::Shared<BoxFuture<'static, ()>>,
+) -> BoxFuture<'static, Result<()>> {
+    if let Ok(address) = listener.0.local_addr() {
+        tracing::info!(%address, "{what} listening");
+    }
+    async move {
         let app = app.into_make_service_with_connect_info::<reset::Reset>();
         axum::serve(listener, app)
             .with_graceful_shutdown(shutdown)
             .await
             .map_err(|e| Error::io(format!("serving {what}"), e))
     }
-    .boxed())
+    .boxed()
 }
 
 /// A listener whose connections send small writes (JSON lines, stream

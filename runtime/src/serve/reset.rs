@@ -28,6 +28,16 @@ use tokio::net::{TcpListener, TcpStream};
 #[derive(Debug)]
 pub struct ResettingListener(pub TcpListener);
 
+impl ResettingListener {
+    /// The port it listens on (the one the kernel chose for port 0).
+    pub fn local_port(&self) -> crate::error::Result<u16> {
+        let address = self.0.local_addr();
+        address
+            .map(|a| a.port())
+            .map_err(|e| crate::error::Error::io("reading the listening address", e))
+    }
+}
+
 impl Listener for ResettingListener {
     type Io = Resettable;
     type Addr = SocketAddr;

@@ -38,8 +38,9 @@ pub struct NewSandbox {
     pub network: Option<NetworkConfig>,
 }
 
-/// `network`: E2B's egress lists (the other fields are not supported and
-/// are ignored).
+/// `network`: E2B's egress lists and whether the sandbox's servers answer
+/// without its traffic token (the other fields are not supported and are
+/// ignored).
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct NetworkConfig {
@@ -47,6 +48,7 @@ pub struct NetworkConfig {
     pub allow_out: Vec<String>,
     #[serde(default)]
     pub deny_out: Vec<String>,
+    pub allow_public_traffic: Option<bool>,
 }
 
 impl NewSandbox {
@@ -60,6 +62,14 @@ impl NewSandbox {
             allow_out: lists.map(|n| n.allow_out.clone()).unwrap_or_default(),
             deny_out: lists.map(|n| n.deny_out.clone()).unwrap_or_default(),
         }
+    }
+}
+
+impl NewSandbox {
+    /// Whether the sandbox's own servers answer anyone (E2B's default).
+    pub fn public_traffic(&self) -> bool {
+        let asked = self.network.as_ref().and_then(|n| n.allow_public_traffic);
+        asked.unwrap_or(true)
     }
 }
 
@@ -163,20 +173,21 @@ pub struct SandboxCreated {
     client_id: &'static str,
     envd_version: &'static str,
     envd_access_token: String,
-    traffic_access_token: String,
+    traffic_access_token: Option<String>,
     domain: Option<String>,
 }
 
 impl SandboxCreated {
-    pub fn of(entry: &Entry) -> SandboxCreated {
+    /// `entry`, its servers reached under `domain`.
+    pub fn of(entry: &Entry, domain: Option<&str>) -> SandboxCreated {
         SandboxCreated {
             template_id: entry.spec.template.clone(),
             sandbox_id: entry.id.clone(),
             client_id: CLIENT_ID,
             envd_version: ENVD_VERSION,
             envd_access_token: entry.token.clone(),
-            traffic_access_token: entry.token.clone(),
-            domain: None,
+            traffic_access_token: entry.traffic_token.clone(),
+            domain: domain.map(str::to_owned),
         }
     }
 }

@@ -115,6 +115,7 @@ pub async fn create(State(api): State<Api>, body: Bytes) -> Response {
         );
     }
     let network = request.network_policy();
+    let public_traffic = request.public_traffic();
     let spec = Spec {
         template: request.template_id,
         timeout,
@@ -126,12 +127,17 @@ pub async fn create(State(api): State<Api>, body: Bytes) -> Response {
         auto_resume,
         metadata: request.metadata,
         network,
+        public_traffic,
         env_vars: request.env_vars,
         custom_template,
         snapshot,
     };
     match api.fleet.create(spec).await {
-        Ok(entry) => (StatusCode::CREATED, Json(SandboxCreated::of(&entry))).into_response(),
+        Ok(entry) => (
+            StatusCode::CREATED,
+            Json(SandboxCreated::of(&entry, api.fleet.domain())),
+        )
+            .into_response(),
         Err(e) => failed(&e),
     }
 }
@@ -343,7 +349,7 @@ pub async fn connect(State(api): State<Api>, Path(id): Path<String>, body: Bytes
             } else {
                 StatusCode::OK
             };
-            (status, Json(SandboxCreated::of(&entry))).into_response()
+            (status, Json(SandboxCreated::of(&entry, api.fleet.domain()))).into_response()
         }
         Err(e) => failed(&e),
     }

@@ -77,7 +77,7 @@ pub async fn fork(State(api): State<Api>, Path(id): Path<String>, body: Bytes) -
                     .log
                     .push(Level::Info, format!("forked into sandbox {}", entry.id));
                 ForkResult {
-                    sandbox: Some(SandboxCreated::of(&entry)),
+                    sandbox: Some(SandboxCreated::of(&entry, api.fleet.domain())),
                     error: None,
                 }
             }
