@@ -46,6 +46,7 @@ macro_rules! heavy_backend_tests {
             printing_forever_costs_the_host_nothing,
             pause_stops_everything_and_resume_goes_on,
             a_command_runs_in_its_own_terminal,
+            a_server_in_the_guest_is_reached_through_its_channel,
             a_watched_folder_reports_its_changes,
             files_keep_their_metadata,
             state_and_files_carry_into_another_session,
@@ -491,6 +492,62 @@ pub async fn a_command_runs_in_its_own_terminal(backend: Backend) {
         screen.contains("typed") && screen.contains("got typed"),
         "echoed and read: {screen}"
     );
+}
+
+/// A server listening on the guest's loopback is reached through the guest
+/// channel (`GuestClient::open_port`), without a network card: both ways,
+/// many at once, and a port nothing listens on is not found.
+pub async fn a_server_in_the_guest_is_reached_through_its_channel(backend: Backend) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let sandbox = start(backend).await;
+    let guest = sandbox.guest().unwrap();
+    // Answers each connection with what it read, upper-cased, then 1 MiB.
+    let server = "import socketserver\n\
+        class Echo(socketserver.StreamRequestHandler):\n\
+        \x20   def handle(self):\n\
+        \x20       self.wfile.write(self.rfile.readline().upper() + b'x' * (1 << 20))\n\
+        socketserver.ThreadingTCPServer(('127.0.0.1', 7070), Echo).serve_forever()\n";
+    guest
+        .write_file("/tmp/echo.py", server.as_bytes())
+        .await
+        .unwrap();
+    let _running = guest
+        .start_command("python3 /tmp/echo.py", &CommandOptions::default())
+        .await
+        .unwrap();
+    let mut waited = 0;
+    let connect = loop {
+        match guest.open_port(7070).await {
+            Err(Error::NotFound(_)) if waited < 100 => {
+                waited += 1;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            other => break other,
+        }
+    };
+    drop(connect.expect("the server listens"));
+    let talks: Vec<_> = (0..4)
+        .map(|i| {
+            let guest = guest.clone();
+            tokio::spawn(async move {
+                let mut stream = guest.open_port(7070).await.unwrap();
+                let hello = format!("hello {i}\n");
+                stream.write_all(hello.as_bytes()).await.unwrap();
+                let mut answer = Vec::new();
+                stream.read_to_end(&mut answer).await.unwrap();
+                answer
+            })
+        })
+        .collect();
+    for (i, talk) in talks.into_iter().enumerate() {
+        let answer = talk.await.unwrap();
+        let head = format!("HELLO {i}\n");
+        let start = &answer[..20.min(answer.len())];
+        assert!(answer.starts_with(head.as_bytes()), "{start:?}");
+        assert_eq!(answer.len(), head.len() + (1 << 20));
+    }
+    let closed = guest.open_port(7071).await.unwrap_err();
+    assert!(matches!(closed, Error::NotFound(_)), "{closed:?}");
 }
 
 /// A watched folder reports what commands do in it, below it too.

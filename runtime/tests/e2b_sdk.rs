@@ -59,8 +59,13 @@ fn node_is_recent() -> bool {
 /// The server's API key in these tests.
 const API_KEY: &str = "e2b_a-key-for-the-sdk-tests-0123456789";
 
+/// The folder of the server the tests start: snapshots, secrets, its CA.
+fn server_dir() -> PathBuf {
+    std::env::temp_dir().join(format!("cellbox-e2b-sdk-{}", std::process::id()))
+}
+
 /// `command` with the SDK pointed at `cellbox serve` as its cloud, and told
-/// the test servers its sandboxes' network checks reach.
+/// the test servers its sandboxes' network checks reach and the server's CA.
 fn cloud(command: &mut Command) -> &mut Command {
     let url = format!("http://localhost:{}", cellbox::serve::DEFAULT_API_PORT);
     network_rig::servers();
@@ -72,6 +77,7 @@ fn cloud(command: &mut Command) -> &mut Command {
         .env("CELLBOX_TEST_ALLOWED", network_rig::ALLOWED)
         .env("CELLBOX_TEST_DENIED", network_rig::DENIED)
         .env("CELLBOX_TEST_PORT", network_rig::PORT.to_string())
+        .env("CELLBOX_TEST_CA", server_dir().join("tls/ca.pem"))
 }
 
 /// Runs an SDK test script; asserts that every check passed.
@@ -202,13 +208,15 @@ fn the_official_e2b_sdks_run_against_cellbox_serve() {
     }
     // The next build takes everything from e2b.toml (as E2B's CLI does).
     assert_eq!(build(&[]), written);
-    let snapshots = std::env::temp_dir().join(format!("cellbox-e2b-sdk-{}", std::process::id()));
+    let dir = server_dir();
     let mut server = Server(
         Command::new(env!("CARGO_BIN_EXE_cellbox"))
             .args(["serve", "--api-key", API_KEY, "--snapshot-dir"])
-            .arg(&snapshots)
+            .arg(&dir)
             .arg("--secrets-file")
-            .arg(snapshots.join("secrets.json"))
+            .arg(dir.join("secrets.json"))
+            .arg("--tls-dir")
+            .arg(dir.join("tls"))
             .stdout(Stdio::null())
             .spawn()
             .expect("starting cellbox serve"),
@@ -250,5 +258,5 @@ fn the_official_e2b_sdks_run_against_cellbox_serve() {
     let _open = open_command_stream();
     let took = server.stop();
     assert!(took < Duration::from_secs(15), "shutdown took {took:?}");
-    let _ = std::fs::remove_dir_all(&snapshots);
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -9,6 +9,9 @@ Prints one line per check and `N passed, M failed`; exits 1 if anything failed.
 """
 import datetime
 import os
+import socket
+import ssl
+import subprocess
 import threading
 import sys
 import time
@@ -246,8 +249,6 @@ def answers(url, **kwargs):
         return False
 
 
-import socket  # noqa: E402
-
 API_PORT = API.rsplit(":", 1)[1]
 a.files.write("/tmp/echo_server.py", ECHO_SERVER)
 echo = a.commands.run("python3 /tmp/echo_server.py", background=True)
@@ -280,6 +281,28 @@ check("a port nothing listens on is E2B's 502", r.status_code == 502
 r = httpx.get(f"{API}/headers", headers={"E2b-Sandbox-Id": a.sandbox_id, "E2b-Sandbox-Port": "8123"})
 check("E2B's routing headers reach it too", r.status_code == 200 and r.json().get("e2b-sandbox-port") == "8123", r.text)
 check("a public sandbox has no traffic token (as in E2B)", a.traffic_access_token is None, a.traffic_access_token)
+CA = os.environ["CELLBOX_TEST_CA"]   # the server's own CA (serve --tls-dir)
+r = httpx.get(f"https://{host}/headers", verify=ssl.create_default_context(cafile=CA))
+check("HTTPS at the same host and port, certified by the server's own CA",
+      r.status_code == 200 and r.json().get("host") == host, r.text)
+with socket.create_connection(("127.0.0.1", int(API_PORT)), timeout=10) as raw:
+    refused = raises(lambda: ssl.create_default_context(cafile=CA).wrap_socket(raw, server_hostname="example.com"),
+                     ssl.SSLError)
+check("... and no certificate for a name outside localhost", refused is not None, refused)
+# E2B's SDK as against its cloud, without E2B_SANDBOX_URL: every sandbox URL is built from the
+# sandbox's domain, https://{port}-{id}.localhost:{api port}.
+ALONE = f"""
+from e2b_code_interpreter import Sandbox
+s = Sandbox.create(metadata={{"run": "{RUN}"}})
+s.files.write("note.txt", "over https")
+print(s.run_code("6 * 7").text, s.commands.run("cat note.txt").stdout.strip().replace(" ", "-"))
+s.kill()
+"""
+alone = {k: v for k, v in os.environ.items() if k != "E2B_SANDBOX_URL"}
+alone["SSL_CERT_FILE"] = CA
+out = subprocess.run([sys.executable, "-c", ALONE], env=alone, capture_output=True, text=True, timeout=300)
+check("E2B's SDK without E2B_SANDBOX_URL: code, files and commands over HTTPS at the sandbox's domain",
+      out.stdout.split() == ["42", "over-https"], (out.stdout, out.stderr[-3000:]))
 echo.kill()
 private = Sandbox.create(network={"allow_public_traffic": False}, metadata={"run": RUN, "who": "private"})
 private.files.write("/tmp/echo_server.py", ECHO_SERVER)

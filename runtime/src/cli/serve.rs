@@ -42,6 +42,12 @@ pub struct ServeArgs {
     /// Where servers started in sandboxes are reached: {port}-{sandbox id}.{domain}, E2B's get_host(port) (default: localhost:{api port}; a name under localhost resolves to this machine).
     #[arg(long, value_name = "DOMAIN")]
     sandbox_domain: Option<String>,
+    /// Where the API port's certificate authority for HTTPS is kept, made on first start (default: ~/.local/share/cellbox/tls; trust its ca.pem with SSL_CERT_FILE or NODE_EXTRA_CA_CERTS).
+    #[arg(long, env = "CELLBOX_TLS_DIR", conflicts_with = "no_tls")]
+    tls_dir: Option<std::path::PathBuf>,
+    /// Serve plain HTTP only on the API port.
+    #[arg(long)]
+    no_tls: bool,
     /// Most sandboxes at once through the API.
     #[arg(long, default_value_t = 64)]
     max_sandboxes: usize,
@@ -124,6 +130,13 @@ pub async fn run(args: ServeArgs) -> u8 {
         max_sandboxes: args.max_sandboxes,
         spares: args.spares,
         sandbox_domain: args.sandbox_domain,
+        tls_dir: match args.no_tls {
+            true => None,
+            false => Some(
+                args.tls_dir
+                    .unwrap_or_else(|| crate::serve::data_dir().join("tls")),
+            ),
+        },
         snapshot_dir: args
             .snapshot_dir
             .unwrap_or_else(crate::serve::snapshots::default_snapshot_dir),
@@ -141,6 +154,15 @@ pub async fn run(args: ServeArgs) -> u8 {
              E2B_API_KEY=<the key in ~/.config/cellbox/api-key, or --api-key>",
             args.bind
         );
+        if let Some(dir) = &config.tls_dir {
+            let ca = dir.join("ca.pem");
+            eprintln!(
+                "cellbox: HTTPS on the same port, with certificates of the local CA {0} for names under localhost \
+                 (trust it: SSL_CERT_FILE={0} for Python, NODE_EXTRA_CA_CERTS={0} for Node.js); \
+                 servers in sandboxes at http(s)://PORT-SANDBOXID.localhost:{port}",
+                ca.display()
+            );
+        }
     }
     if let Some(port) = config.code_port {
         eprintln!(

@@ -16,6 +16,7 @@
 //!   49983.
 //! - Debug mode (`E2B_DEBUG=true`): one default sandbox on the fixed ports
 //!   49999 and 49983.
+//! - [`tls`]: HTTPS on the API port too, with the server's own CA.
 //! - [`guard`]: all of it for this machine's programs only (`Host`,
 //!   `Origin`, the optional access token); [`status`]: one mapping from
 //!   errors to HTTP statuses.
@@ -34,6 +35,7 @@ pub mod secrets;
 mod signed_url;
 pub mod snapshots;
 pub mod status;
+pub mod tls;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -82,6 +84,9 @@ pub struct ServeConfig {
     pub envd_port: Option<u16>,
     /// Options of every sandbox.
     pub sandbox: SandboxOptions,
+    /// Where the API port's certificate authority is kept (HTTPS beside
+    /// HTTP, [`tls`]); `None`: HTTP only.
+    pub tls_dir: Option<std::path::PathBuf>,
     /// Where the sandboxes' own servers are reached: `{port}-{id}.{domain}`
     /// (E2B's sandbox domain); `None`: `localhost:{api port}`.
     pub sandbox_domain: Option<String>,
@@ -105,6 +110,7 @@ impl ServeConfig {
             envd_port: Some(49983),
             sandbox: SandboxOptions::default().with_inactivity_timeout(None),
             sandbox_domain: None,
+            tls_dir: Some(data_dir().join("tls")),
             spares: 1,
         }
     }
@@ -150,7 +156,12 @@ pub async fn serve(
             ..config.access.clone()
         };
         let app = guarded(api, &access);
-        let listener = listen(SocketAddr::new(config.bind, port)).await?;
+        let mut listener = listen(SocketAddr::new(config.bind, port)).await?;
+        if let Some(dir) = &config.tls_dir {
+            let ca = Arc::new(tls::LocalCa::open(dir)?);
+            tracing::info!(ca = %ca.ca_file().display(), "HTTPS too on the API port");
+            listener.tls = Some(ca.acceptor());
+        }
         let port = listener.local_port()?;
         fleet.set_domain(match &config.sandbox_domain {
             Some(domain) => domain.clone(),
@@ -232,7 +243,7 @@ fn serve_on(
     app: axum::Router,
     shutdown: futures_util::future::Shared<BoxFuture<'static, ()>>,
 ) -> BoxFuture<'static, Result<()>> {
-    if let Ok(address) = listener.0.local_addr() {
+    if let Ok(address) = listener.listener.local_addr() {
         tracing::info!(%address, "{what} listening");
     }
     async move {
@@ -252,7 +263,10 @@ async fn listen(address: SocketAddr) -> Result<reset::ResettingListener> {
     let listener = tokio::net::TcpListener::bind(address)
         .await
         .map_err(|e| Error::io(format!("listening on {address}"), e))?;
-    Ok(reset::ResettingListener(listener))
+    Ok(reset::ResettingListener {
+        listener,
+        tls: None,
+    })
 }
 
 /// `N` random bytes from the kernel, for `what` (a token, an id).

@@ -4,7 +4,8 @@
 //! still runs, and then say it was killed; a plain close of an HTTP/1.1
 //! response is a protocol error to them instead.
 //!
-//! [`ResettingListener`] accepts [`Resettable`] connections; each request
+//! [`ResettingListener`] accepts [`Resettable`] connections (plain or TLS,
+//! [`super::tls::MaybeTls`]); each request
 //! carries its connection's [`Reset`] as `ConnectInfo` (the app is served
 //! with `into_make_service_with_connect_info::<Reset>()`), which handlers
 //! take as an extractor.
@@ -21,17 +22,32 @@ use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::request::Parts;
 use axum::serve::{IncomingStream, Listener};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+
+use super::tls::MaybeTls;
 
 /// Accepts connections that may be reset; no Nagle delay on them (small
-/// writes, JSON lines and stream frames, go at once).
-#[derive(Debug)]
-pub struct ResettingListener(pub TcpListener);
+/// writes, JSON lines and stream frames, go at once). With an acceptor,
+/// connections that open with a TLS handshake are served over TLS.
+pub struct ResettingListener {
+    pub listener: TcpListener,
+    pub tls: Option<TlsAcceptor>,
+}
+
+impl std::fmt::Debug for ResettingListener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResettingListener")
+            .field("listener", &self.listener)
+            .field("tls", &self.tls.is_some())
+            .finish()
+    }
+}
 
 impl ResettingListener {
     /// The port it listens on (the one the kernel chose for port 0).
     pub fn local_port(&self) -> crate::error::Result<u16> {
-        let address = self.0.local_addr();
+        let address = self.listener.local_addr();
         address
             .map(|a| a.port())
             .map_err(|e| crate::error::Error::io("reading the listening address", e))
@@ -43,42 +59,40 @@ impl Listener for ResettingListener {
     type Addr = SocketAddr;
 
     async fn accept(&mut self) -> (Resettable, SocketAddr) {
-        let (stream, peer) = Listener::accept(&mut self.0).await;
+        let (stream, peer) = Listener::accept(&mut self.listener).await;
         if let Err(error) = stream.set_nodelay(true) {
             tracing::warn!(%error, "could not set TCP_NODELAY");
         }
         let io = Resettable {
-            stream,
+            stream: MaybeTls::new(stream, self.tls.clone()),
             reset: Arc::default(),
         };
         (io, peer)
     }
 
     fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.0.local_addr()
+        self.listener.local_addr()
     }
 }
 
 /// A connection that ends with a reset once its [`Reset`] was asked to.
 #[derive(Debug)]
 pub struct Resettable {
-    stream: TcpStream,
+    stream: MaybeTls,
     reset: Arc<AtomicBool>,
 }
 
 impl Drop for Resettable {
     fn drop(&mut self) {
-        if self.reset.load(Ordering::SeqCst) {
+        if let Some(tcp) = self.stream.tcp()
+            && self.reset.load(Ordering::SeqCst)
+        {
             // Lingering for no time makes the close a reset (and cannot block).
             let linger = libc::linger {
                 l_onoff: 1,
                 l_linger: 0,
             };
-            let _ = nix::sys::socket::setsockopt(
-                &self.stream,
-                nix::sys::socket::sockopt::Linger,
-                &linger,
-            );
+            let _ = nix::sys::socket::setsockopt(tcp, nix::sys::socket::sockopt::Linger, &linger);
         }
     }
 }
@@ -143,17 +157,5 @@ impl AsyncWrite for Resettable {
             return Poll::Ready(Ok(()));
         }
         Pin::new(&mut self.stream).poll_shutdown(cx)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.stream.is_write_vectored()
     }
 }
