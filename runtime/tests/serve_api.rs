@@ -217,6 +217,25 @@ async fn own_servers_are_named_by_host_and_private_ones_need_the_traffic_token()
     let traffic = private["trafficAccessToken"].as_str().unwrap();
     assert_ne!(traffic, envd_token);
     let (public, _) = api.create(json!({"templateID": "base"})).await;
+    // Code runs with either token (E2B's code-interpreter SDK sends only the
+    // traffic token for contexts), envd only with its own.
+    let contexts = |token_header: &'static str, token: &str| {
+        let request = Request::get("/contexts")
+            .header("e2b-sandbox-id", id)
+            .header("e2b-sandbox-port", "49999")
+            .header(token_header, token);
+        api.call(request.body(Body::empty()).unwrap())
+    };
+    assert_eq!(
+        contexts("x-access-token", envd_token).await.0,
+        StatusCode::OK
+    );
+    let (status, body) = contexts("e2b-traffic-access-token", traffic).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        contexts("e2b-traffic-access-token", envd_token).await.0,
+        StatusCode::UNAUTHORIZED
+    );
     let get = |host: String, token: Option<&str>| {
         let mut request = Request::get("/").header("host", host);
         if let Some(token) = token {

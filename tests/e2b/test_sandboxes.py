@@ -280,7 +280,7 @@ check("a port nothing listens on is E2B's 502", r.status_code == 502
       and r.json()["message"] == "The sandbox is running but port is not open", r.text)
 r = httpx.get(f"{API}/headers", headers={"E2b-Sandbox-Id": a.sandbox_id, "E2b-Sandbox-Port": "8123"})
 check("E2B's routing headers reach it too", r.status_code == 200 and r.json().get("e2b-sandbox-port") == "8123", r.text)
-check("a public sandbox has no traffic token (as in E2B)", a.traffic_access_token is None, a.traffic_access_token)
+check("its traffic token is its own, not the envd token", a.traffic_access_token not in (None, a._envd_access_token))
 CA = os.environ["CELLBOX_TEST_CA"]   # the server's own CA (serve --tls-dir)
 r = httpx.get(f"https://{host}/headers", verify=ssl.create_default_context(cafile=CA))
 check("HTTPS at the same host and port, certified by the server's own CA",
@@ -292,17 +292,20 @@ check("... and no certificate for a name outside localhost", refused is not None
 # E2B's SDK as against its cloud, without E2B_SANDBOX_URL: every sandbox URL is built from the
 # sandbox's domain, https://{port}-{id}.localhost:{api port}.
 ALONE = f"""
+import httpx
 from e2b_code_interpreter import Sandbox
 s = Sandbox.create(metadata={{"run": "{RUN}"}})
 s.files.write("note.txt", "over https")
-print(s.run_code("6 * 7").text, s.commands.run("cat note.txt").stdout.strip().replace(" ", "-"))
+signed = s.download_url("note.txt", use_signature_expiration=60)
+print(s.run_code("6 * 7").text, s.commands.run("cat note.txt").stdout.strip().replace(" ", "-"),
+      httpx.get(signed).text.replace(" ", "-"), signed.split("/")[2] == s.get_host(49983))
 s.kill()
 """
 alone = {k: v for k, v in os.environ.items() if k != "E2B_SANDBOX_URL"}
 alone["SSL_CERT_FILE"] = CA
 out = subprocess.run([sys.executable, "-c", ALONE], env=alone, capture_output=True, text=True, timeout=300)
-check("E2B's SDK without E2B_SANDBOX_URL: code, files and commands over HTTPS at the sandbox's domain",
-      out.stdout.split() == ["42", "over-https"], (out.stdout, out.stderr[-3000:]))
+check("E2B's SDK without E2B_SANDBOX_URL: code, files, commands and a signed file URL over HTTPS at the sandbox's domain",
+      out.stdout.split() == ["42", "over-https", "over-https", "True"], (out.stdout, out.stderr[-3000:]))
 echo.kill()
 private = Sandbox.create(network={"allow_public_traffic": False}, metadata={"run": RUN, "who": "private"})
 private.files.write("/tmp/echo_server.py", ECHO_SERVER)

@@ -72,9 +72,10 @@ pub struct Entry {
     pub id: String,
     /// Its secret for envd and the code interpreter (`X-Access-Token`).
     pub token: String,
-    /// The secret its own servers ask for when it allows no public traffic
-    /// (`E2B-Traffic-Access-Token`); `None`: they answer anyone.
-    pub traffic_token: Option<String>,
+    /// Its secret for traffic to its ports (`E2B-Traffic-Access-Token`):
+    /// the code interpreter's (E2B's code-interpreter SDK sends only it for
+    /// contexts), and its own servers' when it allows no public traffic.
+    pub traffic_token: String,
     pub spec: Spec,
     pub sandbox: Sandbox,
     /// The code-interpreter API (E2B's port 49999) of this sandbox.
@@ -282,10 +283,7 @@ impl Fleet {
         let now = SystemTime::now();
         let entry = Arc::new(Entry {
             token: super::guard::Access::generate_token()?,
-            traffic_token: match spec.public_traffic {
-                true => None,
-                false => Some(super::guard::Access::generate_token()?),
-            },
+            traffic_token: super::guard::Access::generate_token()?,
             code: super::code_interpreter::router(sandbox.clone()),
             envd: super::envd::router(sandbox.clone()),
             sandbox,

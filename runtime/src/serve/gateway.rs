@@ -2,7 +2,9 @@
 //! by the headers the SDKs send with it (`E2b-Sandbox-Id`,
 //! `E2b-Sandbox-Port`) or by its host (`{port}-{id}.{domain}`), and so does
 //! this: to the sandbox's code-interpreter API (49999) or its envd (49983),
-//! once the request shows that sandbox's token (`X-Access-Token`), and to
+//! once the request shows that sandbox's token (`X-Access-Token`; for the
+//! code interpreter its traffic token will do too, as the SDK sends only
+//! that for contexts), and to
 //! any other port to the server listening there ([`super::ports`]). Every
 //! request lands in the sandbox's log.
 
@@ -63,12 +65,25 @@ pub async fn route(State(fleet): State<Arc<Fleet>>, request: Request, next: Next
             ));
         }
     };
-    if !same_token(request.headers().get("x-access-token"), &entry.token) {
-        return (
-            StatusCode::UNAUTHORIZED,
-            format!("sandbox {id}: a valid X-Access-Token is required"),
-        )
-            .into_response();
+    let code_by_traffic_token =
+        port == Some(CODE_PORT) && ports::carries_traffic_token(&entry, &request);
+    if !same_token(request.headers().get("x-access-token"), &entry.token) && !code_by_traffic_token
+    {
+        // A signed file URL at the sandbox's own host carries no token.
+        let uri = request.uri();
+        let signed = SignedFileUrl::parse(request.method().as_str(), uri.path(), uri.query())
+            .filter(|_| port == Some(ENVD_PORT));
+        match signed.map(|signed| signed.signer([(entry.token.as_str(), ())])) {
+            Some(Ok(())) => {}
+            Some(Err(refused)) => return signature_refused(refused),
+            None => {
+                return (
+                    StatusCode::UNAUTHORIZED,
+                    format!("sandbox {id}: a valid X-Access-Token is required"),
+                )
+                    .into_response();
+            }
+        }
     }
     if let Err(response) = wake(&entry).await {
         return response;
@@ -162,14 +177,7 @@ async fn signed_files(fleet: &Fleet, signed: &SignedFileUrl, request: Request) -
     let signer = signed.signer(sandboxes.iter().map(|e| (e.token.as_str(), e)));
     let entry = match signer {
         Ok(entry) => entry.clone(),
-        Err(refused) => {
-            let message = match refused {
-                Refused::Expired => "signature is already expired",
-                Refused::NoMatch => "invalid signature",
-            };
-            let body = serde_json::json!({"code": 401, "message": message});
-            return (StatusCode::UNAUTHORIZED, axum::Json(body)).into_response();
-        }
+        Err(refused) => return signature_refused(refused),
     };
     if let Err(response) = wake(&entry).await {
         return response;
@@ -178,6 +186,16 @@ async fn signed_files(fleet: &Fleet, signed: &SignedFileUrl, request: Request) -
         Ok(response) => response,
         Err(never) => match never {},
     }
+}
+
+/// E2B's answer to a file URL whose signature does not hold.
+fn signature_refused(refused: Refused) -> Response {
+    let message = match refused {
+        Refused::Expired => "signature is already expired",
+        Refused::NoMatch => "invalid signature",
+    };
+    let body = serde_json::json!({"code": 401, "message": message});
+    (StatusCode::UNAUTHORIZED, axum::Json(body)).into_response()
 }
 
 /// A paused sandbox resumes on traffic if it was created to; otherwise the

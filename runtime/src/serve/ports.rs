@@ -37,10 +37,12 @@ pub fn named_by_host(host: &str) -> Option<(u16, &str)> {
 
 /// Whether `request` may reach `entry`'s own servers.
 pub fn admits(entry: &Entry, request: &Request) -> bool {
-    match &entry.traffic_token {
-        None => true,
-        Some(token) => super::guard::same_token(request.headers().get(TRAFFIC_TOKEN), token),
-    }
+    entry.spec.public_traffic || carries_traffic_token(entry, request)
+}
+
+/// Whether `request` carries `entry`'s traffic token.
+pub fn carries_traffic_token(entry: &Entry, request: &Request) -> bool {
+    super::guard::same_token(request.headers().get(TRAFFIC_TOKEN), &entry.traffic_token)
 }
 
 /// Passes `request` on to the server listening on `port` in `entry`'s

@@ -173,7 +173,7 @@ pub struct SandboxCreated {
     client_id: &'static str,
     envd_version: &'static str,
     envd_access_token: String,
-    traffic_access_token: Option<String>,
+    traffic_access_token: String,
     domain: Option<String>,
 }
 
