@@ -276,6 +276,37 @@ mod tests {
     }
 
     #[test]
+    fn open_tunnels_are_capped_and_the_cap_frees_up_as_they_close() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        // Accepts and holds every connection.
+        std::thread::spawn(move || {
+            let held: Vec<_> = listener.incoming().collect();
+            drop(held);
+        });
+        let ports = Arc::new(Ports::default());
+        let mut tunnels = Vec::new();
+        for _ in 0..MAX_TUNNELS {
+            let replies = run(ports.clone(), port);
+            let ReplyBody::PortOpened { tunnel } = replies.recv().unwrap() else {
+                panic!("not opened");
+            };
+            tunnels.push((tunnel, replies));
+        }
+        let refused = run(ports.clone(), port).recv().unwrap();
+        assert!(
+            matches!(&refused, ReplyBody::Failed { failure: Failure::Io, message } if message.contains("tunnels are open")),
+            "{refused:?}"
+        );
+        let (first, replies) = tunnels.remove(0);
+        assert_eq!(ports.close(first), ReplyBody::Done);
+        assert_eq!(replies.recv().unwrap(), ReplyBody::Done);
+        let again = run(ports.clone(), port).recv().unwrap();
+        assert!(matches!(again, ReplyBody::PortOpened { .. }), "{again:?}");
+        ports.close_all();
+    }
+
+    #[test]
     fn a_closed_port_is_not_found() {
         let port = TcpListener::bind("127.0.0.1:0")
             .unwrap()
