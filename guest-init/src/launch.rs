@@ -60,13 +60,42 @@ pub const DEFAULT_ID_BASE: u32 = 1_000_000_000;
 pub const ROOTLESS_ID_BASE: u32 = 1;
 
 /// The sandbox's root file system: read-only `lowers` (top first) under a
-/// writable `upper`, mounted on `root`.
+/// writable `upper`, mounted on `root`, with host folders (`volumes`) shown
+/// in it.
 #[derive(Debug, Clone)]
 pub struct Layers {
     pub root: String,
     pub lowers: Vec<String>,
     pub upper: String,
     pub work: String,
+    pub volumes: Vec<Volume>,
+}
+
+/// A host folder shown in the sandbox at `target`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Volume {
+    source: String,
+    target: String,
+}
+
+impl Volume {
+    /// Checks `target`: absolute, plain names only, outside the kernel's
+    /// own file systems (`/proc`, `/sys`, `/dev`) and not `/` itself.
+    pub fn new(source: String, target: String) -> Result<Volume, String> {
+        let steps: Vec<&str> = target.split('/').skip(1).collect();
+        let plain = target.starts_with('/')
+            && !steps.is_empty()
+            && steps
+                .iter()
+                .all(|s| !s.is_empty() && *s != "." && *s != "..");
+        let kernel = matches!(steps.first(), Some(&("proc" | "sys" | "dev")));
+        if !plain || kernel {
+            return Err(format!(
+                "a volume's path must be an absolute path of plain names outside /proc, /sys and /dev, not {target:?}"
+            ));
+        }
+        Ok(Volume { source, target })
+    }
 }
 
 /// Who starts the sandbox, which decides how its ids map to the host's.
@@ -207,7 +236,61 @@ fn prepare(
             MsFlags::empty(),
             Some(data.as_str()),
         ),
-    )
+    )?;
+    layers
+        .volumes
+        .iter()
+        .try_for_each(|volume| mount_volume(&layers.root, volume))
+}
+
+/// Binds `volume`'s folder on its path under `root` (the folders on the way
+/// made if missing, no link followed: a template cannot aim the mount
+/// elsewhere), without set-uid programs or devices.
+fn mount_volume(root: &str, volume: &Volume) -> Result<(), SetupError> {
+    use nix::fcntl::{OFlag, openat};
+    use nix::sys::stat::Mode;
+    let what = format!("mounting the volume {} on {}", volume.source, volume.target);
+    let flags = OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    let mut parent = step(&what, nix::fcntl::open(root, flags, Mode::empty()))?;
+    let mut steps = volume.target.split('/').skip(1).peekable();
+    while let Some(name) = steps.next() {
+        match nix::sys::stat::mkdirat(&parent, name, Mode::from_bits_truncate(0o755)) {
+            Ok(()) | Err(nix::errno::Errno::EEXIST) => {}
+            Err(e) => return step(&what, Err(e)),
+        }
+        let folder = step(&what, openat(&parent, name, flags, Mode::empty()))?;
+        if steps.peek().is_none() {
+            let at = format!("/proc/self/fd/{}", folder.as_raw_fd());
+            let source = volume.source.as_str();
+            step(
+                &what,
+                mount(
+                    Some(source),
+                    at.as_str(),
+                    None::<&str>,
+                    MsFlags::MS_BIND,
+                    None::<&str>,
+                ),
+            )?;
+            // The new mount, opened afresh, to lock down.
+            let mounted = step(&what, openat(&parent, name, flags, Mode::empty()))?;
+            let at = format!("/proc/self/fd/{}", mounted.as_raw_fd());
+            let locked =
+                MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+            return step(
+                &what,
+                mount(
+                    None::<&str>,
+                    at.as_str(),
+                    None::<&str>,
+                    locked,
+                    None::<&str>,
+                ),
+            );
+        }
+        parent = folder;
+    }
+    Ok(())
 }
 
 /// Mounts over `dir` (in the launcher's own mount namespace) a copy of it

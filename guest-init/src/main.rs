@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! guest-init (--fd N | --vsock PORT) [--python PATH] [--home DIR] [--max-processes N]
-//!            [--namespace-root DIR --lower DIR... --upper DIR --work DIR
+//!            [--namespace-root DIR --lower DIR... --upper DIR --work DIR [--volume HOST_DIR PATH]...
 //!             [--id-base N | --uid-map MAP --gid-map MAP --disk-size BYTES]]
 //!            [--user-cgroup-fd N]... [--user-cgroup-path FILE]... [--output-limit BYTES] [--nameserver ADDR] [--zygote-fd N]
 //! guest-init --zygote DIR --lower DIR... --fd N
@@ -67,6 +67,7 @@ const DEFAULT_MAX_PROCESSES: u32 = 256;
 fn parse_args() -> Result<Args, String> {
     let mut args = Args::default();
     let (mut root, mut lowers, mut upper, mut work) = (None, Vec::new(), None, None);
+    let mut volumes = Vec::new();
     let (mut uid_map, mut gid_map, mut disk_size) = (None, None, None);
     let mut words = std::env::args().skip(1);
     while let Some(flag) = words.next() {
@@ -88,6 +89,11 @@ fn parse_args() -> Result<Args, String> {
             }
             "--warm" => args.warm = true,
             "--upper" => upper = Some(value()?),
+            "--volume" => {
+                let source = value()?;
+                let target = value()?;
+                volumes.push(launch::Volume::new(source, target)?);
+            }
             "--work" => work = Some(value()?),
             "--id-base" => {
                 args.id_base = Some(value()?.parse().map_err(|_| "--id-base takes a number")?)
@@ -160,8 +166,9 @@ fn parse_args() -> Result<Args, String> {
             lowers,
             upper,
             work,
+            volumes,
         }),
-        (None, None, None) if lowers.is_empty() => None,
+        (None, None, None) if lowers.is_empty() && volumes.is_empty() => None,
         _ => return Err("--namespace-root goes with --lower, --upper and --work".into()),
     };
     Ok(args)

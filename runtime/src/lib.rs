@@ -56,7 +56,9 @@ pub use guest::{
     CommandHandle, CommandInfo, CommandOptions, CommandResult, ContextInfo, FileStat, Language,
 };
 pub use microvm::{BootTimeline, MicroVmConfig, MicroVmExecutor};
-pub use namespace::{NamespaceConfig, NamespaceExecutor, NamespacePool, NetworkPolicy};
+pub use namespace::{
+    NamespaceConfig, NamespaceExecutor, NamespacePool, NetworkPolicy, VolumeMount,
+};
 pub use progress::Progress;
 pub use router::{HeavyChoice, HybridConfig, HybridExecutor};
 pub use sandbox::{

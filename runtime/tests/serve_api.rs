@@ -11,10 +11,12 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
+use cellbox::serve::api::Stores;
 use cellbox::serve::api_app;
 use cellbox::serve::fleet::Fleet;
 use cellbox::serve::secrets::Secrets;
 use cellbox::serve::snapshots::Snapshots;
+use cellbox::serve::volumes::Volumes;
 use cellbox::{BackendPolicy, SandboxOptions};
 use serde_json::{Value, json};
 use tower::ServiceExt as _;
@@ -42,8 +44,14 @@ impl Api {
         let fleet: Arc<Fleet> = Fleet::new(base, max_sandboxes);
         let snapshots = Arc::new(Snapshots::open(dir).unwrap());
         let secrets = Arc::new(Secrets::open(&dir.join("secrets.json")).unwrap());
+        let volumes = Arc::new(Volumes::open(&dir.join("volumes")).unwrap());
+        let stores = Stores {
+            snapshots,
+            secrets,
+            volumes,
+        };
         Api {
-            app: api_app(fleet, snapshots, secrets, KEY),
+            app: api_app(fleet, stores, KEY),
         }
     }
 
@@ -530,4 +538,100 @@ async fn secrets_signed_urls_and_list_filters_refuse_misuse() {
         .control("GET", "/v2/sandboxes?template=unknown&order=asc", "")
         .await;
     assert_eq!((status, text.as_str()), (StatusCode::OK, "[]"));
+}
+
+/// Volumes: the control plane with the API key, the content API with the
+/// volume's own token only; paths and names checked; a volume is mounted on
+/// the namespace backend only.
+#[tokio::test]
+async fn volumes_need_their_own_token_and_keep_to_themselves() {
+    let dir = snapshot_dir("volumes");
+    let api = Api::with_snapshots(4, &dir);
+    let created = |name: &str| {
+        let body = json!({ "name": name }).to_string();
+        let api = &api;
+        async move { api.control("POST", "/volumes", &body).await }
+    };
+    let (status, text) = created("scratch").await;
+    assert_eq!(status, StatusCode::CREATED, "{text}");
+    let scratch: Value = serde_json::from_str(&text).unwrap();
+    let (id, token) = (
+        scratch["volumeID"].as_str().unwrap(),
+        scratch["token"].as_str().unwrap(),
+    );
+    let (_, text) = created("other").await;
+    let other: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(created("scratch").await.0, StatusCode::CONFLICT);
+    assert_eq!(created("no/slashes").await.0, StatusCode::BAD_REQUEST);
+    let content = |method: &str, route: &str, token: &str, body: &'static str| {
+        let request = Request::builder()
+            .method(method)
+            .uri(format!("/volumecontent/{id}/{route}"))
+            .header("authorization", format!("Bearer {token}"))
+            .body(Body::from(body))
+            .unwrap();
+        api.call(request)
+    };
+    let other_token = other["token"].as_str().unwrap();
+    for wrong in [other_token, "nonsense", ""] {
+        let (status, _) = content("PUT", "file?path=/a.txt", wrong, "x").await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{wrong}");
+    }
+    let (status, text) = content("PUT", "file?path=/a.txt&mode=384", token, "hello").await;
+    assert_eq!(status, StatusCode::CREATED, "{text}");
+    let stat: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(
+        (stat["size"].as_i64(), stat["mode"].as_u64()),
+        (Some(5), Some(0o600))
+    );
+    assert_eq!(
+        content("GET", "file?path=/a.txt", token, "").await.1,
+        "hello"
+    );
+    let (status, _) = content("PUT", "file?path=/missing/a.txt", token, "x").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = content("POST", "dir?path=/deep/er&force=true", token, "").await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (_, listing) = content("GET", "dir?path=/&depth=2", token, "").await;
+    let paths: Vec<String> = serde_json::from_str::<Vec<Value>>(&listing)
+        .unwrap()
+        .iter()
+        .map(|e| e["path"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(paths, ["/a.txt", "/deep", "/deep/er"], "{listing}");
+    // `..` stays inside the volume.
+    let (status, _) = content("GET", "file?path=/../../../../etc/hostname", token, "").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = content("DELETE", "path?path=/deep", token, "").await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, _) = content("GET", "path?path=/deep/er", token, "").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    // Mounting: names and paths checked, and the WebAssembly backend refused.
+    for (mounts, status) in [
+        (
+            json!([{"name": "nope", "path": "/data"}]),
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            json!([{"name": "scratch", "path": "/proc/x"}]),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            json!([{"name": "scratch", "path": "relative"}]),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            json!([{"name": "scratch", "path": "/data"}]),
+            StatusCode::BAD_REQUEST,
+        ),
+    ] {
+        let body = json!({"templateID": "base", "volumeMounts": mounts}).to_string();
+        let (got, text) = api.control("POST", "/v2/sandboxes", &body).await;
+        assert_eq!(got, status, "{mounts}: {text}");
+    }
+    let (status, _) = api.control("DELETE", &format!("/volumes/{id}"), "").await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, _) = content("GET", "file?path=/a.txt", token, "").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let _ = std::fs::remove_dir_all(&dir);
 }

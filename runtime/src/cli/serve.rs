@@ -60,6 +60,9 @@ pub struct ServeArgs {
     /// The file secrets are kept in, private (default: ~/.local/share/cellbox/secrets.json).
     #[arg(long, env = "CELLBOX_SECRETS_FILE")]
     secrets_file: Option<std::path::PathBuf>,
+    /// Where volumes are kept (default: ~/.local/share/cellbox/volumes).
+    #[arg(long, env = "CELLBOX_VOLUMES_DIR")]
+    volumes_dir: Option<std::path::PathBuf>,
     /// Port of the debug sandbox's code-interpreter API (E2B's SDK uses 49999 with E2B_DEBUG=true; 0: no debug sandbox, nor its envd).
     #[arg(long, default_value_t = 49999)]
     port: u16,
@@ -143,6 +146,9 @@ pub async fn run(args: ServeArgs) -> u8 {
         secrets_file: args
             .secrets_file
             .unwrap_or_else(|| crate::serve::data_dir().join("secrets.json")),
+        volumes_dir: args
+            .volumes_dir
+            .unwrap_or_else(|| crate::serve::data_dir().join("volumes")),
         code_port: some(args.port),
         // No debug sandbox, no envd for it.
         envd_port: some(args.envd_port).filter(|_| args.port != 0),

@@ -47,6 +47,8 @@ pub struct NamespaceConfig {
     /// A template's layers (top first), laid over the guest's root file
     /// system (see [`crate::template`]).
     pub template_layers: Vec<PathBuf>,
+    /// Host folders shown in the sandbox (`cellbox serve`'s volumes).
+    pub volumes: Vec<VolumeMount>,
     /// Fork Python kernels from the warm template (IPython, numpy, pandas
     /// and matplotlib already imported; [`super::zygote`]) instead of
     /// starting them: the default. The first warm sandbox of a process
@@ -57,6 +59,14 @@ pub struct NamespaceConfig {
     /// process and CPU limits (default: refuse, unless
     /// `CELLBOX_ALLOW_UNLIMITED=1`).
     pub allow_unlimited: bool,
+}
+
+/// A host folder shown in the sandbox at `target` (an absolute path), as
+/// it is: what the sandbox writes there lands in the folder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VolumeMount {
+    pub source: PathBuf,
+    pub target: String,
 }
 
 impl Default for NamespaceConfig {
@@ -72,6 +82,7 @@ impl Default for NamespaceConfig {
             disk_limit: 4 << 30,
             network: NetworkPolicy::default(),
             template_layers: Vec::new(),
+            volumes: Vec::new(),
             warm: true,
             allow_unlimited: std::env::var_os(ALLOW_UNLIMITED_ENV).is_some_and(|v| v == "1"),
         }
@@ -171,6 +182,12 @@ impl NamespaceExecutor {
             .arg(layer.join("work"))
             .arg("--output-limit")
             .arg(config.output_limit.to_string());
+        for volume in &config.volumes {
+            command
+                .arg("--volume")
+                .arg(&volume.source)
+                .arg(&volume.target);
+        }
         if let Some(rootless) = &rootless {
             if rules.is_some() {
                 // Its writable layer is made inside: guest-init writes it there.

@@ -17,6 +17,6 @@ pub mod pool;
 pub mod rootless;
 pub mod zygote;
 
-pub use executor::{NamespaceConfig, NamespaceExecutor};
+pub use executor::{NamespaceConfig, NamespaceExecutor, VolumeMount};
 pub use network::NetworkPolicy;
 pub use pool::NamespacePool;

@@ -114,6 +114,7 @@ impl NamespacePool {
             && own.disk_limit == config.disk_limit
             && own.network == config.network
             && own.template_layers == config.template_layers
+            && own.volumes == config.volumes
             && own.warm == config.warm
     }
 

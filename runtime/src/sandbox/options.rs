@@ -25,26 +25,27 @@ pub enum BackendPolicy {
 }
 
 impl BackendPolicy {
-    /// Where cells of a sandbox with `network` (and a template, if
-    /// `template`) may run: everywhere without them; with network, on a
-    /// heavy backend only (the fast path has none); with a template, on the
-    /// namespace backend only (the microVM does not stack template layers yet).
+    /// Where cells of a sandbox with `network` (and a template or volumes,
+    /// if `namespace_only`) may run: everywhere without them; with network,
+    /// on a heavy backend only (the fast path has none); with a template or
+    /// volumes, on the namespace backend only (the microVM does not stack
+    /// template layers or mount volumes yet).
     pub(crate) fn split_for(
         self,
         network: &NetworkPolicy,
-        template: bool,
+        namespace_only: bool,
     ) -> crate::Result<(Policy, HeavyChoice)> {
         network.check()?;
         let refuse = |what: &str| Err(crate::Error::InvalidArgument(what.into()));
-        match (self, template) {
-            _ if !network.enabled() && !template => Ok(self.split()),
+        match (self, namespace_only) {
+            _ if !network.enabled() && !namespace_only => Ok(self.split()),
             (BackendPolicy::Wasm, false) => refuse(
                 "network access needs a heavy backend (microVM or namespace); \
                  the WebAssembly fast path has no network",
             ),
             (BackendPolicy::Wasm | BackendPolicy::Vm, true) => refuse(
-                "custom templates need the namespace backend; \
-                 the microVM and the fast path run the default template only",
+                "custom templates and volumes need the namespace backend; \
+                 the microVM and the fast path run the default template only, without volumes",
             ),
             (BackendPolicy::Auto, false) => Ok((Policy::HeavyOnly, HeavyChoice::Auto)),
             (BackendPolicy::Vm, false) => Ok((Policy::HeavyOnly, HeavyChoice::Vm)),
@@ -97,6 +98,9 @@ pub struct SandboxOptions {
     /// namespace backend; its `ENV` and `WORKDIR` are the sandbox's
     /// defaults.
     pub template: Option<String>,
+    /// Host folders shown in the sandbox (`cellbox serve`'s volumes); a
+    /// sandbox with them runs every cell on the namespace backend.
+    pub volumes: Vec<crate::VolumeMount>,
     /// Spare namespace sandboxes to take the heavy backend from, when they
     /// match these options (`cellbox serve` keeps one; see [`NamespacePool`]).
     pub namespace_pool: Option<Arc<NamespacePool>>,
@@ -119,6 +123,7 @@ impl Default for SandboxOptions {
             prestart: true,
             network: NetworkPolicy::default(),
             template: None,
+            volumes: Vec::new(),
             namespace_pool: None,
             progress: Progress::default(),
         }
@@ -140,17 +145,22 @@ impl SandboxOptions {
             default_timeout: self.timeout,
             network: self.network.clone(),
             template_layers: layers,
+            volumes: self.volumes.clone(),
             ..Default::default()
         }
+    }
+
+    /// Whether only the namespace backend can run these options: a custom
+    /// template or volumes.
+    pub(crate) fn namespace_only(&self) -> bool {
+        self.template.is_some() || !self.volumes.is_empty()
     }
 
     /// Whether these options' heavy backend is the namespace sandbox here
     /// (and can start: as root, or as a user set up for it), so that a
     /// [`NamespacePool`] of [`SandboxOptions::namespace_config`] can serve them.
     pub fn heavy_is_namespace(&self) -> bool {
-        let split = self
-            .backend
-            .split_for(&self.network, self.template.is_some());
+        let split = self.backend.split_for(&self.network, self.namespace_only());
         let startable =
             crate::namespace::rootless::can_start(NamespaceConfig::default().allow_unlimited);
         startable

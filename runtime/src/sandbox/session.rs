@@ -125,7 +125,7 @@ fn hybrid_config(
 ) -> Result<HybridConfig> {
     let (policy, heavy) = options
         .backend
-        .split_for(&options.network, options.template.is_some())?;
+        .split_for(&options.network, options.namespace_only())?;
     Ok(HybridConfig {
         policy,
         heavy,

@@ -52,6 +52,8 @@ pub struct Spec {
     /// Whether its own servers answer requests without its traffic token
     /// (E2B's `allowPublicTraffic`, true by default).
     pub public_traffic: bool,
+    /// Volumes shown in it (their folders on the host, and where).
+    pub volumes: Vec<crate::VolumeMount>,
     /// The template built with `cellbox template build` it is made from
     /// (`None`: the default template).
     pub custom_template: Option<String>,
@@ -208,6 +210,7 @@ impl Fleet {
         options.env_vars.extend(spec.env_vars.clone());
         options.network = spec.network.clone();
         options.template = spec.custom_template.clone();
+        options.volumes = spec.volumes.clone();
         let sandbox = match &spec.snapshot {
             Some(snapshot) => Sandbox::from_snapshot(snapshot, options).await?,
             None => Sandbox::create(options).await?,

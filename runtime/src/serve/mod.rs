@@ -17,6 +17,8 @@
 //! - Debug mode (`E2B_DEBUG=true`): one default sandbox on the fixed ports
 //!   49999 and 49983.
 //! - [`tls`]: HTTPS on the API port too, with the server's own CA.
+//! - [`volumes`]: volumes kept by the server, mounted into namespace
+//!   sandboxes; [`volume_files`]: their content, reached safely.
 //! - [`guard`]: all of it for this machine's programs only (`Host`,
 //!   `Origin`, the optional access token); [`status`]: one mapping from
 //!   errors to HTTP statuses.
@@ -36,6 +38,8 @@ mod signed_url;
 pub mod snapshots;
 pub mod status;
 pub mod tls;
+pub mod volume_files;
+pub mod volumes;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -77,6 +81,8 @@ pub struct ServeConfig {
     pub snapshot_dir: std::path::PathBuf,
     /// The file secrets are kept in (they outlive the server).
     pub secrets_file: std::path::PathBuf,
+    /// Where volumes are kept (they outlive the server).
+    pub volumes_dir: std::path::PathBuf,
     /// The debug sandbox's code-interpreter port (E2B's SDK expects 49999
     /// in debug mode); `None`: no debug sandbox.
     pub code_port: Option<u16>,
@@ -106,6 +112,7 @@ impl ServeConfig {
             max_sandboxes: 64,
             snapshot_dir: data_dir().join("snapshots"),
             secrets_file: data_dir().join("secrets.json"),
+            volumes_dir: data_dir().join("volumes"),
             code_port: Some(49999),
             envd_port: Some(49983),
             sandbox: SandboxOptions::default().with_inactivity_timeout(None),
@@ -148,7 +155,13 @@ pub async fn serve(
     if let Some(port) = config.api_port {
         let snapshots = Arc::new(snapshots::Snapshots::open(&config.snapshot_dir)?);
         let secrets = Arc::new(secrets::Secrets::open(&config.secrets_file)?);
-        let api = api_app(fleet.clone(), snapshots, secrets, &config.api_key);
+        let volumes = Arc::new(volumes::Volumes::open(&config.volumes_dir)?);
+        let stores = api::Stores {
+            snapshots,
+            secrets,
+            volumes,
+        };
+        let api = api_app(fleet.clone(), stores, &config.api_key);
         // Sandbox traffic carries each sandbox's own token, the control
         // plane the API key: the server's access token is not asked for.
         let access = Access {
@@ -209,16 +222,12 @@ pub async fn serve(
 
 /// The API port's routes: sandbox traffic (by its headers) to `fleet`'s
 /// sandboxes, everything else to the control plane.
-pub fn api_app(
-    fleet: Arc<fleet::Fleet>,
-    snapshots: Arc<snapshots::Snapshots>,
-    secrets: Arc<secrets::Secrets>,
-    api_key: &str,
-) -> axum::Router {
+pub fn api_app(fleet: Arc<fleet::Fleet>, stores: api::Stores, api_key: &str) -> axum::Router {
     api::router(api::Api {
         fleet: fleet.clone(),
-        snapshots,
-        secrets,
+        snapshots: stores.snapshots,
+        secrets: stores.secrets,
+        volumes: stores.volumes,
         api_key: Arc::from(api_key),
     })
     .layer(middleware::from_fn_with_state(fleet, gateway::route))

@@ -1,12 +1,13 @@
 //! E2B's control-plane API (`api.e2b.app`) for the sandboxes of one
 //! `cellbox serve`: what the SDKs' `Sandbox.create`, `list`, `connect`,
 //! `kill`, `set_timeout`, `pause`, `get_info`, `get_metrics`, `fork` and
-//! `create_snapshot` call, `Secret`'s calls, and
+//! `create_snapshot` call, `Secret`'s and `Volume`'s calls, and
 //! the sandbox logs the CLI reads. Every route needs the server's API key
-//! in `X-API-Key`.
+//! in `X-API-Key`, but for a volume's content (its own token).
 //!
 //! - [`sandboxes`]: the sandboxes' routes; [`snapshots`]: forks and snapshots;
-//!   [`secrets`]: secrets (write-only values)
+//!   [`secrets`]: secrets (write-only values); [`volumes`]: volumes and
+//!   their content
 //! - [`model`]: their JSON
 
 pub mod key;
@@ -15,6 +16,7 @@ pub mod sandboxes;
 pub mod secrets;
 pub mod snapshots;
 pub mod templates;
+pub mod volumes;
 
 use std::sync::Arc;
 
@@ -29,6 +31,15 @@ use super::fleet::Fleet;
 use super::guard::same_token;
 use super::secrets::Secrets;
 use super::snapshots::Snapshots;
+use super::volumes::Volumes;
+
+/// What the server keeps beyond its sandboxes.
+#[derive(Debug, Clone)]
+pub struct Stores {
+    pub snapshots: Arc<Snapshots>,
+    pub secrets: Arc<Secrets>,
+    pub volumes: Arc<Volumes>,
+}
 
 /// The state behind the routes.
 #[derive(Debug, Clone)]
@@ -36,6 +47,7 @@ pub struct Api {
     pub fleet: Arc<Fleet>,
     pub snapshots: Arc<Snapshots>,
     pub secrets: Arc<Secrets>,
+    pub volumes: Arc<Volumes>,
     pub api_key: Arc<str>,
 }
 
@@ -67,7 +79,24 @@ pub fn router(api: Api) -> Router {
         )
         .route("/templates", get(templates::list))
         .route("/templates/{id}", delete(templates::delete))
+        .route("/volumes", post(volumes::create).get(volumes::list))
+        .route("/volumes/{id}", get(volumes::get).delete(volumes::destroy))
         .layer(middleware::from_fn_with_state(api.clone(), check_api_key))
+        // The content API asks for each volume's own token instead.
+        .route(
+            "/volumecontent/{id}/path",
+            get(volumes::stat)
+                .patch(volumes::change)
+                .delete(volumes::remove),
+        )
+        .route(
+            "/volumecontent/{id}/dir",
+            get(volumes::list_dir).post(volumes::make_dir),
+        )
+        .route(
+            "/volumecontent/{id}/file",
+            get(volumes::read).put(volumes::write),
+        )
         .with_state(api)
 }
 

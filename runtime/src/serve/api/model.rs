@@ -36,6 +36,15 @@ pub struct NewSandbox {
     #[serde(rename = "allow_internet_access")]
     pub allow_internet_access: Option<bool>,
     pub network: Option<NetworkConfig>,
+    #[serde(default)]
+    pub volume_mounts: Vec<VolumeMountRequest>,
+}
+
+/// `volumeMounts[]`: a volume by name, and where the sandbox sees it.
+#[derive(Debug, Deserialize)]
+pub struct VolumeMountRequest {
+    pub name: String,
+    pub path: String,
 }
 
 /// `network`: E2B's egress lists and whether the sandbox's servers answer

@@ -116,6 +116,23 @@ pub async fn create(State(api): State<Api>, body: Bytes) -> Response {
     }
     let network = request.network_policy();
     let public_traffic = request.public_traffic();
+    let mut volumes = Vec::new();
+    for mount in &request.volume_mounts {
+        let checked = cellbox_guest_init::launch::Volume::new(String::new(), mount.path.clone());
+        if let Err(why) = checked {
+            return error(StatusCode::BAD_REQUEST, why);
+        }
+        match api.volumes.get(&mount.name) {
+            Ok(volume) => volumes.push(crate::VolumeMount {
+                source: api.volumes.folder(&volume.id),
+                target: mount.path.clone(),
+            }),
+            Err(_) => {
+                let message = format!("volume {} not found", mount.name);
+                return error(StatusCode::NOT_FOUND, message);
+            }
+        }
+    }
     let spec = Spec {
         template: request.template_id,
         timeout,
@@ -128,6 +145,7 @@ pub async fn create(State(api): State<Api>, body: Bytes) -> Response {
         metadata: request.metadata,
         network,
         public_traffic,
+        volumes,
         env_vars: request.env_vars,
         custom_template,
         snapshot,
