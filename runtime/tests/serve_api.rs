@@ -34,6 +34,11 @@ fn snapshot_dir(test: &str) -> PathBuf {
     dir
 }
 
+/// Where `Api::with_snapshots(_, dir)` keeps its volumes.
+fn volume_dir(dir: &Path) -> PathBuf {
+    PathBuf::from(format!("{}-volumes", dir.display()))
+}
+
 impl Api {
     fn new(max_sandboxes: usize) -> Api {
         Api::with_snapshots(max_sandboxes, &snapshot_dir("none"))
@@ -44,7 +49,8 @@ impl Api {
         let fleet: Arc<Fleet> = Fleet::new(base, max_sandboxes);
         let snapshots = Arc::new(Snapshots::open(dir).unwrap());
         let secrets = Arc::new(Secrets::open(&dir.join("secrets.json")).unwrap());
-        let volumes = Arc::new(Volumes::open(&dir.join("volumes")).unwrap());
+        // Beside the snapshot folder, which is made only with a snapshot.
+        let volumes = Arc::new(Volumes::open(&volume_dir(dir)).unwrap());
         let stores = Stores {
             snapshots,
             secrets,
@@ -633,5 +639,5 @@ async fn volumes_need_their_own_token_and_keep_to_themselves() {
     assert_eq!(status, StatusCode::NO_CONTENT);
     let (status, _) = content("GET", "file?path=/a.txt", token, "").await;
     assert_eq!(status, StatusCode::NOT_FOUND);
-    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(volume_dir(&dir));
 }
