@@ -31,6 +31,7 @@ pub mod fleet;
 pub mod gateway;
 pub mod guard;
 pub mod ports;
+pub mod refusal;
 pub mod reset;
 pub mod sandbox_log;
 pub mod secrets;

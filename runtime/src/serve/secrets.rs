@@ -45,14 +45,7 @@ pub struct Secret {
     value: SecretValue,
 }
 
-/// Why a secret call failed.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Refusal {
-    Invalid(String),
-    NotFound(String),
-    NameTaken(String),
-    Full,
-}
+pub use super::refusal::Refusal;
 
 /// The secrets of one server.
 #[derive(Debug)]
@@ -133,7 +126,9 @@ impl Secrets {
             ))));
         }
         if kept.len() >= MAX_SECRETS {
-            return Ok(Err(Refusal::Full));
+            return Ok(Err(Refusal::Full(format!(
+                "this server keeps at most {MAX_SECRETS} secrets"
+            ))));
         }
         let bytes: [u8; 16] = super::random_bytes("a secret id")?;
         let id = bytes.iter().map(|b| format!("{b:02x}")).collect();

@@ -155,6 +155,18 @@ impl ApiError {
     }
 }
 
+impl From<super::refusal::Refusal> for ApiError {
+    fn from(refusal: super::refusal::Refusal) -> ApiError {
+        use super::refusal::Refusal::*;
+        match refusal {
+            Invalid(why) => ApiError::new(StatusCode::BAD_REQUEST, why),
+            NotFound(why) => ApiError::new(StatusCode::NOT_FOUND, why),
+            NameTaken(why) => ApiError::new(StatusCode::CONFLICT, why),
+            Full(why) => ApiError::new(StatusCode::TOO_MANY_REQUESTS, why),
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, message) = *self.0;

@@ -13,7 +13,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::sandboxes::parse;
-use super::{Api, error, page};
+use super::{Api, ApiError, error, page};
 use crate::serve::clock::rfc3339;
 use crate::serve::secrets::{Refusal, Secret, SecretValue};
 
@@ -61,18 +61,7 @@ fn answer(status: StatusCode, outcome: crate::Result<Result<Secret, Refusal>>) -
 }
 
 fn refused(refusal: Refusal) -> Response {
-    match refusal {
-        Refusal::Invalid(why) => error(StatusCode::BAD_REQUEST, why),
-        Refusal::NotFound(why) => error(StatusCode::NOT_FOUND, why),
-        Refusal::NameTaken(why) => error(StatusCode::CONFLICT, why),
-        Refusal::Full => error(
-            StatusCode::TOO_MANY_REQUESTS,
-            format!(
-                "this server keeps at most {} secrets",
-                crate::serve::secrets::MAX_SECRETS
-            ),
-        ),
-    }
+    ApiError::from(refusal).into_response()
 }
 
 pub async fn create(State(api): State<Api>, body: Bytes) -> Response {

@@ -5,8 +5,9 @@
 
 use axum::Json;
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, Query, Request, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::extract::{FromRequestParts, Path, Query, Request, State};
+use axum::http::request::Parts;
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt as _;
 use serde::Deserialize;
@@ -34,22 +35,7 @@ fn with_token(volume: &Volume, domain: Option<&str>) -> serde_json::Value {
 }
 
 fn refused(refusal: Refusal) -> ApiError {
-    let (status, message) = match refusal {
-        Refusal::Invalid(why) => (StatusCode::BAD_REQUEST, why),
-        Refusal::NotFound(what) => (StatusCode::NOT_FOUND, format!("volume {what} not found")),
-        Refusal::NameTaken(name) => (
-            StatusCode::CONFLICT,
-            format!("a volume named {name} exists already"),
-        ),
-        Refusal::Full => (
-            StatusCode::TOO_MANY_REQUESTS,
-            format!(
-                "{} volumes are kept already: destroy one first",
-                crate::serve::volumes::MAX_VOLUMES
-            ),
-        ),
-    };
-    ApiError::new(status, message)
+    ApiError::from(refusal)
 }
 
 /// `POST /volumes`.
@@ -140,20 +126,33 @@ struct Change {
     mode: Option<u32>,
 }
 
-/// The volume a content request is for, once its bearer token is shown.
-fn opened(api: &Api, id: &str, headers: &HeaderMap) -> Result<VolumeRoot, ApiError> {
-    let volume = api.volumes.get(id).map_err(refused)?;
-    let bearer = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    if volume.id != id || !bearer.is_some_and(|token| volume.token_is(token)) {
-        return Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            format!("volume {id}: its token is required (Authorization: Bearer ...)"),
-        ));
+/// The volume a content request is for, opened once its bearer token is
+/// shown.
+#[derive(Debug)]
+pub struct Opened(VolumeRoot);
+
+impl FromRequestParts<Api> for Opened {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, api: &Api) -> Result<Opened, ApiError> {
+        let Path(id) = Path::<String>::from_request_parts(parts, api)
+            .await
+            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.to_string()))?;
+        let volume = api.volumes.get(&id).map_err(refused)?;
+        let bearer = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if volume.id != id || !bearer.is_some_and(|token| volume.token_is(token)) {
+            return Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                format!("volume {id}: its token is required (Authorization: Bearer ...)"),
+            ));
+        }
+        let root = VolumeRoot::open(&api.volumes.folder(&volume.id)).map_err(|e| failed(&e))?;
+        Ok(Opened(root))
     }
-    VolumeRoot::open(&api.volumes.folder(&volume.id)).map_err(|e| failed(&e))
 }
 
 /// An error of the file system as E2B's answer.
@@ -184,16 +183,7 @@ async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) 
 }
 
 /// `GET /volumecontent/{id}/path`.
-pub async fn stat(
-    State(api): State<Api>,
-    Path(id): Path<String>,
-    Query(query): Query<ContentQuery>,
-    headers: HeaderMap,
-) -> Response {
-    let root = match opened(&api, &id, &headers) {
-        Ok(root) => root,
-        Err(response) => return response.into_response(),
-    };
+pub async fn stat(Opened(root): Opened, Query(query): Query<ContentQuery>) -> Response {
     stat_answer(
         StatusCode::OK,
         blocking(move || root.stat(&query.path)).await,
@@ -202,16 +192,10 @@ pub async fn stat(
 
 /// `PATCH /volumecontent/{id}/path`.
 pub async fn change(
-    State(api): State<Api>,
-    Path(id): Path<String>,
+    Opened(root): Opened,
     Query(query): Query<ContentQuery>,
-    headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let root = match opened(&api, &id, &headers) {
-        Ok(root) => root,
-        Err(response) => return response.into_response(),
-    };
     let change: Change = match parse(&body) {
         Ok(change) => change,
         Err(response) => return response.into_response(),
@@ -228,16 +212,7 @@ pub async fn change(
 }
 
 /// `DELETE /volumecontent/{id}/path`.
-pub async fn remove(
-    State(api): State<Api>,
-    Path(id): Path<String>,
-    Query(query): Query<ContentQuery>,
-    headers: HeaderMap,
-) -> Response {
-    let root = match opened(&api, &id, &headers) {
-        Ok(root) => root,
-        Err(response) => return response.into_response(),
-    };
+pub async fn remove(Opened(root): Opened, Query(query): Query<ContentQuery>) -> Response {
     match blocking(move || root.remove(&query.path)).await {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
         Err(e) => failed(&e).into_response(),
@@ -245,16 +220,7 @@ pub async fn remove(
 }
 
 /// `GET /volumecontent/{id}/dir`.
-pub async fn list_dir(
-    State(api): State<Api>,
-    Path(id): Path<String>,
-    Query(query): Query<ContentQuery>,
-    headers: HeaderMap,
-) -> Response {
-    let root = match opened(&api, &id, &headers) {
-        Ok(root) => root,
-        Err(response) => return response.into_response(),
-    };
+pub async fn list_dir(Opened(root): Opened, Query(query): Query<ContentQuery>) -> Response {
     let depth = query.depth.unwrap_or(1);
     match blocking(move || root.list(&query.path, depth)).await {
         Ok(entries) => Json(entries).into_response(),
@@ -263,32 +229,14 @@ pub async fn list_dir(
 }
 
 /// `POST /volumecontent/{id}/dir`.
-pub async fn make_dir(
-    State(api): State<Api>,
-    Path(id): Path<String>,
-    Query(query): Query<ContentQuery>,
-    headers: HeaderMap,
-) -> Response {
-    let root = match opened(&api, &id, &headers) {
-        Ok(root) => root,
-        Err(response) => return response.into_response(),
-    };
+pub async fn make_dir(Opened(root): Opened, Query(query): Query<ContentQuery>) -> Response {
     let (new, parents) = (query.new_entry(), query.force == Some(true));
     let made = blocking(move || root.make_dir(&query.path, new, parents)).await;
     stat_answer(StatusCode::CREATED, made)
 }
 
 /// `GET /volumecontent/{id}/file`: the file, streamed.
-pub async fn read(
-    State(api): State<Api>,
-    Path(id): Path<String>,
-    Query(query): Query<ContentQuery>,
-    headers: HeaderMap,
-) -> Response {
-    let root = match opened(&api, &id, &headers) {
-        Ok(root) => root,
-        Err(response) => return response.into_response(),
-    };
+pub async fn read(Opened(root): Opened, Query(query): Query<ContentQuery>) -> Response {
     let file = match blocking(move || root.open_read(&query.path)).await {
         Ok(file) => file,
         Err(e) => return failed(&e).into_response(),
@@ -304,15 +252,10 @@ pub async fn read(
 /// `PUT /volumecontent/{id}/file`: written aside, renamed into place once
 /// whole (a broken upload changes nothing).
 pub async fn write(
-    State(api): State<Api>,
-    Path(id): Path<String>,
+    Opened(root): Opened,
     Query(query): Query<ContentQuery>,
     request: Request,
 ) -> Response {
-    let root = match opened(&api, &id, request.headers()) {
-        Ok(root) => root,
-        Err(response) => return response.into_response(),
-    };
     let path = query.path.clone();
     let pending = match blocking(move || root.start_write(&path)).await {
         Ok(pending) => pending,
