@@ -411,12 +411,14 @@ impl Kernel {
                 }
                 let _ = child.kill();
                 let _ = child.wait();
+                wait_for_group(child.id() as i32);
             }
             Process::Forked {
                 pid,
                 pidfd: Some(pidfd),
             } => {
-                if !exited(pidfd) {
+                let killed = !exited(pidfd);
+                if killed {
                     // SAFETY: kill(2) on the group the live kernel leads (it
                     // called setsid), then pidfd_send_signal on our pidfd.
                     unsafe {
@@ -436,10 +438,28 @@ impl Kernel {
                     }
                     std::thread::sleep(Duration::from_millis(10));
                 }
+                if killed {
+                    wait_for_group(*pid);
+                }
             }
             // Not ready yet: it dies with its pipes (it exits on a closed fd 4).
             Process::Forked { pidfd: None, .. } => {}
         }
+    }
+}
+
+/// Waits (a second at most) until the killed group `pgid` is gone, its
+/// members reaped too: until then they count against the sandbox's process
+/// limit, and the next cell's first command could find no room (a fork
+/// bomb's hundreds of processes take a moment to reap).
+fn wait_for_group(pgid: i32) {
+    for _ in 0..200 {
+        // SAFETY: kill(2) with signal 0 sends nothing; it only says whether
+        // the group still has a member (a zombie included).
+        if unsafe { libc::kill(-pgid, 0) } != 0 {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(5));
     }
 }
 
