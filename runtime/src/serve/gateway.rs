@@ -55,9 +55,9 @@ pub async fn route(State(fleet): State<Arc<Fleet>>, request: Request, next: Next
         }
         Err(Missing::Unknown) => return unavailable(format!("The sandbox {id} was not found")),
     };
-    let service = match port {
-        Some(CODE_PORT) => entry.code.clone(),
-        Some(ENVD_PORT) => entry.envd.clone(),
+    let (service, port) = match port {
+        Some(CODE_PORT) => (entry.code.clone(), CODE_PORT),
+        Some(ENVD_PORT) => (entry.envd.clone(), ENVD_PORT),
         Some(port) => return own_server(&entry, port, request).await,
         None => {
             return unavailable(format!(
@@ -65,25 +65,8 @@ pub async fn route(State(fleet): State<Arc<Fleet>>, request: Request, next: Next
             ));
         }
     };
-    let code_by_traffic_token =
-        port == Some(CODE_PORT) && ports::carries_traffic_token(&entry, &request);
-    if !same_token(request.headers().get("x-access-token"), &entry.token) && !code_by_traffic_token
-    {
-        // A signed file URL at the sandbox's own host carries no token.
-        let uri = request.uri();
-        let signed = SignedFileUrl::parse(request.method().as_str(), uri.path(), uri.query())
-            .filter(|_| port == Some(ENVD_PORT));
-        match signed.map(|signed| signed.signer([(entry.token.as_str(), ())])) {
-            Some(Ok(())) => {}
-            Some(Err(refused)) => return signature_refused(refused),
-            None => {
-                return (
-                    StatusCode::UNAUTHORIZED,
-                    format!("sandbox {id}: a valid X-Access-Token is required"),
-                )
-                    .into_response();
-            }
-        }
+    if let Some(refusal) = token_refusal(&entry, port, &request) {
+        return refusal;
     }
     if let Err(response) = wake(&entry).await {
         return response;
@@ -110,6 +93,33 @@ pub async fn route(State(fleet): State<Arc<Fleet>>, request: Request, next: Next
         ),
     );
     response
+}
+
+/// The answer refusing `request` to `entry`'s code interpreter or envd
+/// (`port`), if it lacks a credential: the envd token; for the code
+/// interpreter, its traffic token too; for envd's files, a file URL this
+/// sandbox signed.
+fn token_refusal(entry: &Entry, port: u16, request: &Request) -> Option<Response> {
+    let headers = request.headers();
+    if same_token(headers.get("x-access-token"), &entry.token)
+        || (port == CODE_PORT && ports::carries_traffic_token(entry, request))
+    {
+        return None;
+    }
+    let uri = request.uri();
+    let signed = SignedFileUrl::parse(request.method().as_str(), uri.path(), uri.query())
+        .filter(|_| port == ENVD_PORT);
+    match signed.map(|signed| signed.signer([(entry.token.as_str(), ())])) {
+        Some(Ok(())) => None,
+        Some(Err(refused)) => Some(signature_refused(refused)),
+        None => Some(
+            (
+                StatusCode::UNAUTHORIZED,
+                format!("sandbox {}: a valid X-Access-Token is required", entry.id),
+            )
+                .into_response(),
+        ),
+    }
 }
 
 /// Who a request is for.
