@@ -336,6 +336,8 @@ r = one.commands.run("cat /mnt/data/notes/hello.txt; echo; echo from-sandbox > /
                      "stat -c %U /mnt/data/notes/back.txt")
 check("a sandbox sees the volume at its path and writes to it as user", r.stdout == "from the API\nuser\n", r)
 check("... what it wrote, the volume API reads", vol.read_file("/notes/back.txt") == "from-sandbox\n")
+check("its info names its volumes", one.get_info().volume_mounts == [{"name": vol.name, "path": "/mnt/data"}],
+      one.get_info().volume_mounts)
 two = Sandbox.create(volume_mounts={"/data": vol.name}, metadata={"run": RUN, "who": "volume-2"})
 check("a second sandbox mounts it at once, by name, and sees the first's writes",
       two.files.read("/data/notes/back.txt") == "from-sandbox\n")

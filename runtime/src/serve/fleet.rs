@@ -52,13 +52,21 @@ pub struct Spec {
     /// Whether its own servers answer requests without its traffic token
     /// (E2B's `allowPublicTraffic`, true by default).
     pub public_traffic: bool,
-    /// Volumes shown in it (their folders on the host, and where).
-    pub volumes: Vec<crate::VolumeMount>,
+    /// Volumes shown in it.
+    pub volumes: Vec<MountedVolume>,
     /// The template built with `cellbox template build` it is made from
     /// (`None`: the default template).
     pub custom_template: Option<String>,
     /// What it starts from, if not the template itself.
     pub snapshot: Option<Snapshot>,
+}
+
+/// A volume shown in a sandbox: its name (as E2B's `volumeMounts` give
+/// it) and its folder on the host, and where the sandbox sees it.
+#[derive(Debug, Clone)]
+pub struct MountedVolume {
+    pub name: String,
+    pub mount: crate::VolumeMount,
 }
 
 /// Running or paused.
@@ -210,7 +218,7 @@ impl Fleet {
         options.env_vars.extend(spec.env_vars.clone());
         options.network = spec.network.clone();
         options.template = spec.custom_template.clone();
-        options.volumes = spec.volumes.clone();
+        options.volumes = spec.volumes.iter().map(|v| v.mount.clone()).collect();
         let sandbox = match &spec.snapshot {
             Some(snapshot) => Sandbox::from_snapshot(snapshot, options).await?,
             None => Sandbox::create(options).await?,

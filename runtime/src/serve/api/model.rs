@@ -224,8 +224,16 @@ pub struct SandboxInfo {
     metadata: BTreeMap<String, String>,
     allow_internet_access: bool,
     lifecycle: Lifecycle,
+    volume_mounts: Vec<VolumeMountInfo>,
     #[serde(skip_serializing_if = "Option::is_none")]
     envd_access_token: Option<String>,
+}
+
+/// E2B's `SandboxVolumeMount`.
+#[derive(Debug, Serialize)]
+struct VolumeMountInfo {
+    name: String,
+    path: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -257,6 +265,12 @@ impl SandboxInfo {
                 },
                 auto_resume: entry.spec.auto_resume,
             },
+            volume_mounts: (entry.spec.volumes.iter())
+                .map(|v| VolumeMountInfo {
+                    name: v.name.clone(),
+                    path: v.mount.target.clone(),
+                })
+                .collect(),
             envd_access_token: with_token.then(|| entry.token.clone()),
         }
     }

@@ -17,7 +17,7 @@ use super::model::{
 };
 use super::{Api, ApiError, error, page};
 use crate::serve::clock::parse_rfc3339;
-use crate::serve::fleet::{Entry, Fleet, Missing, OnTimeout, Spec};
+use crate::serve::fleet::{Entry, Fleet, Missing, MountedVolume, OnTimeout, Spec};
 use crate::serve::sandbox_log::Level;
 use crate::serve::status::status_of;
 use crate::template::TemplateStore;
@@ -123,9 +123,12 @@ pub async fn create(State(api): State<Api>, body: Bytes) -> Response {
             return error(StatusCode::BAD_REQUEST, why);
         }
         match api.volumes.get(&mount.name) {
-            Ok(volume) => volumes.push(crate::VolumeMount {
-                source: api.volumes.folder(&volume.id),
-                target: mount.path.clone(),
+            Ok(volume) => volumes.push(MountedVolume {
+                mount: crate::VolumeMount {
+                    source: api.volumes.folder(&volume.id),
+                    target: mount.path.clone(),
+                },
+                name: volume.name,
             }),
             Err(_) => {
                 let message = format!("volume {} not found", mount.name);

@@ -83,7 +83,7 @@ pub async fn destroy(State(api): State<Api>, Path(id): Path<String>) -> Response
         .fleet
         .list()
         .iter()
-        .filter(|e| e.spec.volumes.iter().any(|m| m.source == folder))
+        .filter(|e| e.spec.volumes.iter().any(|v| v.mount.source == folder))
         .map(|e| e.id.clone())
         .collect();
     if !users.is_empty() {
