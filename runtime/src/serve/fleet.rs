@@ -288,7 +288,7 @@ impl Fleet {
             memory_mib: sandbox.options().memory_mib,
             disk_mib: sandbox.options().disk_mib,
         };
-        let id = new_id()?;
+        let id = super::random_id("a sandbox id")?;
         let log = SandboxLog::default();
         log.push(Level::Info, format!("sandbox {id} started from {origin}"));
         let now = SystemTime::now();
@@ -492,14 +492,4 @@ async fn reap(fleet: std::sync::Weak<Fleet>) {
         };
         fleet.reap_once().await;
     }
-}
-
-/// A new sandbox id: 20 lower-case letters and digits, like E2B's.
-fn new_id() -> Result<String> {
-    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
-    let bytes: [u8; 20] = super::random_bytes("a sandbox id")?;
-    Ok(bytes
-        .iter()
-        .map(|b| char::from(ALPHABET[usize::from(*b) % ALPHABET.len()]))
-        .collect())
 }

@@ -186,11 +186,19 @@ fn strip_port(host: &str) -> &str {
     }
 }
 
-/// Compares in time independent of where the first difference is.
+/// Whether the header `given` is `token`, compared in constant time.
 pub(crate) fn same_token(given: Option<&HeaderValue>, token: &str) -> bool {
-    let Some(given) = given else { return false };
-    let (given, token) = (given.as_bytes(), token.as_bytes());
-    given.len() == token.len() && given.iter().zip(token).fold(0, |acc, (a, b)| acc | (a ^ b)) == 0
+    given.is_some_and(|given| same_secret(given.as_bytes(), token.as_bytes()))
+}
+
+/// Compares secrets in time independent of where the first difference is.
+pub(crate) fn same_secret(given: &[u8], expected: &[u8]) -> bool {
+    given.len() == expected.len()
+        && given
+            .iter()
+            .zip(expected)
+            .fold(0, |acc, (a, b)| acc | (a ^ b))
+            == 0
 }
 
 fn refuse(status: StatusCode, message: impl Into<String>) -> Response {

@@ -288,6 +288,17 @@ pub(crate) fn random_bytes<const N: usize>(what: &str) -> Result<[u8; N]> {
     Ok(bytes)
 }
 
+/// 20 random lower-case letters and digits, for `what` (a sandbox id, like
+/// E2B's; a volume's id and token).
+pub(crate) fn random_id(what: &str) -> Result<String> {
+    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    let bytes: [u8; 20] = random_bytes(what)?;
+    Ok(bytes
+        .iter()
+        .map(|b| char::from(ALPHABET[usize::from(*b) % ALPHABET.len()]))
+        .collect())
+}
+
 /// Where the server keeps what outlives it (snapshots, secrets):
 /// `$XDG_DATA_HOME/cellbox`, else `~/.local/share/cellbox`.
 pub fn data_dir() -> std::path::PathBuf {

@@ -228,12 +228,13 @@ impl PendingWrite {
     }
 
     /// Drops what was written (a broken upload changes nothing).
-    pub fn abandon(self) {
-        let _ = unlinkat(
+    pub fn abandon(self) -> io::Result<()> {
+        unlinkat(
             &self.folder,
             self.aside.as_str(),
             UnlinkatFlags::NoRemoveDir,
-        );
+        )
+        .map_err(errno)
     }
 }
 

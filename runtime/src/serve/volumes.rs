@@ -36,8 +36,7 @@ pub struct Volume {
 impl Volume {
     /// Whether `given` is this volume's token (in constant time).
     pub fn token_is(&self, given: &str) -> bool {
-        let (a, b) = (given.as_bytes(), self.token.as_bytes());
-        a.len() == b.len() && a.iter().zip(b).fold(0, |acc, (x, y)| acc | (x ^ y)) == 0
+        super::guard::same_secret(given.as_bytes(), self.token.as_bytes())
     }
 
     pub fn token(&self) -> &str {
@@ -102,9 +101,9 @@ impl Volumes {
         }
         let failed = |e: Error| Refusal::Invalid(e.to_string());
         let volume = Volume {
-            id: random_name("vol-", "a volume id").map_err(failed)?,
+            id: format!("vol-{}", super::random_id("a volume id").map_err(failed)?),
             name: name.into(),
-            token: random_name("", "a volume token").map_err(failed)?,
+            token: super::random_id("a volume token").map_err(failed)?,
         };
         let folder = self.folder(&volume.id);
         std::fs::create_dir(&folder)
@@ -159,17 +158,6 @@ impl Volumes {
         let bytes = serde_json::to_vec_pretty(&all).expect("volumes serialize");
         crate::cache::write_private_atomically(&self.dir.join("volumes.json"), &bytes)
     }
-}
-
-/// `prefix` and 20 random lower-case letters and digits.
-fn random_name(prefix: &str, what: &str) -> Result<String> {
-    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
-    let bytes: [u8; 20] = super::random_bytes(what)?;
-    let name: String = bytes
-        .iter()
-        .map(|b| char::from(ALPHABET[usize::from(*b) % ALPHABET.len()]))
-        .collect();
-    Ok(format!("{prefix}{name}"))
 }
 
 #[cfg(test)]

@@ -175,11 +175,17 @@ fn stat_answer(status: StatusCode, stat: std::io::Result<EntryStat>) -> Response
     }
 }
 
-/// Runs blocking file work off the async threads.
-async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
-    tokio::task::spawn_blocking(work)
-        .await
-        .expect("volume file work does not panic")
+/// Runs blocking file work off the async threads (a panic in it is this
+/// request's error, not the server's end).
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> std::io::Result<T> {
+    let done = tokio::task::spawn_blocking(work).await;
+    done.unwrap_or_else(|e| {
+        Err(std::io::Error::other(format!(
+            "volume file work failed: {e}"
+        )))
+    })
 }
 
 /// `GET /volumecontent/{id}/path`.
@@ -264,7 +270,7 @@ pub async fn write(
     let mut out = match pending.file.try_clone() {
         Ok(file) => tokio::fs::File::from_std(file),
         Err(e) => {
-            blocking(move || pending.abandon()).await;
+            let _ = blocking(move || pending.abandon()).await;
             return failed(&e).into_response();
         }
     };
@@ -284,7 +290,7 @@ pub async fn write(
     }
     drop(out);
     if let Err(e) = written {
-        blocking(move || pending.abandon()).await;
+        let _ = blocking(move || pending.abandon()).await;
         return failed(&e).into_response();
     }
     let new = query.new_entry();
