@@ -20,7 +20,7 @@ pub const DENIED: &str = "198.51.100.2";
 /// Both servers' port.
 pub const PORT: u16 = 18_080;
 /// The servers' network namespace (`ip netns`).
-const SERVERS_NETNS: &str = "cellbox-test-servers";
+pub const SERVERS_NETNS: &str = "cellbox-test-servers";
 
 fn ip(args: &[&str]) -> std::process::Output {
     std::process::Command::new("ip")
@@ -126,6 +126,7 @@ pub async fn check_allowed_reached_denied_refused(backend: BackendPolicy) {
             allow_internet_access: true,
             allow_out: vec![ALLOWED.into()],
             deny_out: vec![format!("{DENIED}/32")],
+            ..Default::default()
         },
     )
     .await;

@@ -40,11 +40,13 @@ pub mod guest;
 pub mod microvm;
 pub mod namespace;
 pub mod progress;
+mod relay;
 pub mod router;
 pub mod sandbox;
 #[cfg(feature = "serve")]
 pub mod serve;
 pub mod template;
+pub mod tls;
 pub mod wasm;
 
 pub use cache::default_cache_dir;
@@ -57,7 +59,8 @@ pub use guest::{
 };
 pub use microvm::{BootTimeline, MicroVmConfig, MicroVmExecutor};
 pub use namespace::{
-    NamespaceConfig, NamespaceExecutor, NamespacePool, NetworkPolicy, VolumeMount,
+    HostRule, NamespaceConfig, NamespaceExecutor, NamespacePool, NetworkPolicy, SecretSource,
+    VolumeMount,
 };
 pub use progress::Progress;
 pub use router::{HeavyChoice, HybridConfig, HybridExecutor};

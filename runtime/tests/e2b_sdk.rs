@@ -13,6 +13,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// Named HTTP and HTTPS servers beside them, for the egress proxy's rules.
+#[path = "../../tests/egress_rig.rs"]
+mod egress_rig;
 /// The test servers of the namespace and microVM suites (a network
 /// namespace of their own: nothing leaves this machine), shared by path.
 #[path = "../../tests/network_rig.rs"]
@@ -69,6 +72,7 @@ fn server_dir() -> PathBuf {
 fn cloud(command: &mut Command) -> &mut Command {
     let url = format!("http://localhost:{}", cellbox::serve::DEFAULT_API_PORT);
     network_rig::servers();
+    let egress = egress_rig::egress_servers();
     command
         .env_remove("E2B_DEBUG")
         .env("E2B_API_URL", &url)
@@ -78,6 +82,10 @@ fn cloud(command: &mut Command) -> &mut Command {
         .env("CELLBOX_TEST_DENIED", network_rig::DENIED)
         .env("CELLBOX_TEST_PORT", network_rig::PORT.to_string())
         .env("CELLBOX_TEST_CA", server_dir().join("tls/ca.pem"))
+        .env("CELLBOX_TEST_SEEN", &egress.seen)
+        .env("CELLBOX_TEST_EGRESS_CA", &egress.ca)
+        .env("CELLBOX_TEST_API_NAME", egress_rig::API_NAME)
+        .env("CELLBOX_TEST_OTHER_NAME", egress_rig::OTHER_NAME)
 }
 
 /// Runs an SDK test script; asserts that every check passed.
@@ -209,8 +217,17 @@ fn the_official_e2b_sdks_run_against_cellbox_serve() {
     // The next build takes everything from e2b.toml (as E2B's CLI does).
     assert_eq!(build(&[]), written);
     let dir = server_dir();
+    // The server resolves the egress rig's names from its hosts file (bound
+    // over /etc/hosts in a mount namespace of the server's own) and trusts
+    // the rig's CA, as its sandboxes' egress proxies dial them.
+    let egress = egress_rig::egress_servers();
     let mut server = Server(
-        Command::new(env!("CARGO_BIN_EXE_cellbox"))
+        Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "sh", "-c"])
+            .arg("mount --bind \"$0\" /etc/hosts && exec \"$@\"")
+            .arg(&egress.hosts)
+            .arg(env!("CARGO_BIN_EXE_cellbox"))
+            .env("SSL_CERT_FILE", &egress.ca)
             .args(["serve", "--api-key", API_KEY, "--snapshot-dir"])
             .arg(&dir)
             .arg("--secrets-file")

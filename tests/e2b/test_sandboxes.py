@@ -506,6 +506,93 @@ check("network: ... and nothing else", e.error is not None and e.error.name == "
 bad = raises(lambda: Sandbox.create(network={"deny_out": ["example.com"]}), SandboxException)
 check("network: a domain in deny_out is a clear error", bad is not None and "example.com" in str(bad) and "denied" in str(bad), bad)
 
+# Egress by host name, per-host header rules and secrets (E2B's network `rules`,
+# Secret.fill, update_network). The servers: tests/egress_rig.rs, HTTP and HTTPS named
+# api.cellbox.test (SERVER) and other.cellbox.test (OTHER), which the server resolves from
+# its own hosts file; each logs the request heads it gets to SEEN (which the sandbox cannot
+# read). The sandboxes learn the names from their /etc/hosts: their egress proxy never uses
+# the sandbox's own answers, it resolves each name itself.
+from e2b import ALL_TRAFFIC  # noqa: E402
+from e2b.sandbox.commands.command_handle import CommandExitException  # noqa: E402
+API_NAME = os.environ["CELLBOX_TEST_API_NAME"]
+OTHER_NAME = os.environ["CELLBOX_TEST_OTHER_NAME"]
+SEEN = os.environ["CELLBOX_TEST_SEEN"]
+RIG_CA = "/tmp/rig-ca.pem"  # in the sandbox: the servers' own CA, for connections passed through
+
+
+def seen_since(mark):
+    with open(SEEN, encoding="utf-8", errors="replace") as f:
+        return f.read()[mark:]
+
+
+def mark():
+    return len(open(SEEN, encoding="utf-8", errors="replace").read())
+
+
+def curl(sbx, *args):
+    """(exit code, output) of curl in the sandbox."""
+    try:
+        r = sbx.commands.run("curl -sS -m 10 " + " ".join(args), timeout=30)
+        return r.exit_code, r.stdout
+    except CommandExitException as e:
+        return e.exit_code, e.stdout + e.stderr
+
+
+secret_name = f"egress-{RUN}"
+Secret.create(secret_name, f"tok-{RUN}-one")
+rules = {API_NAME: [{"transform": {"headers": {"Authorization": f"Bearer {Secret.fill(secret_name)}"}}}]}
+egress = Sandbox.create(allow_internet_access=True, metadata={"run": RUN, "who": "egress"},
+                        network={"allow_out": [API_NAME], "deny_out": [ALL_TRAFFIC], "rules": rules})
+egress.commands.run(f"printf '{SERVER} {API_NAME}\\n{OTHER} {OTHER_NAME}\\n' >> /etc/hosts", user="root")
+egress.files.write(RIG_CA, open(os.environ["CELLBOX_TEST_EGRESS_CA"]).read())
+m = mark()
+code, out = curl(egress, f"https://{API_NAME}/")
+head = seen_since(m)
+check("egress: HTTPS to an allowed name, verified against the sandbox's own CA", (code, out) == (0, f"hello from {SERVER}"), (code, out))
+check("egress: ... and the rule's header carries the secret, filled in outside the sandbox",
+      f"authorization: bearer tok-{RUN}-one" in head.lower(), head)
+code, out = curl(egress, f"http://{API_NAME}/")
+check("egress: plain HTTP by Host too", (code, out) == (0, f"hello from {SERVER}") and f"tok-{RUN}-one" in seen_since(m), (code, out))
+Secret.update(secret_name, f"tok-{RUN}-two")
+m = mark()
+curl(egress, f"https://{API_NAME}/")
+check("egress: an updated secret counts at the next request", f"Bearer tok-{RUN}-two" in seen_since(m), seen_since(m))
+r = egress.commands.run(f"(env; cat /etc/hosts /etc/ssl/certs/ca-certificates.crt; ls -a /tmp /root) 2>&1 | grep -c tok-{RUN} || true", user="root")
+check("egress: the secret's value is nowhere inside the sandbox", r.stdout.strip() == "0", r.stdout)
+code, out = curl(egress, "--cacert", RIG_CA, f"https://{OTHER_NAME}/")
+check("egress: HTTPS to a name not allowed is refused", code != 0 and "hello" not in out, (code, out))
+code, out = curl(egress, f"http://{OTHER_NAME}/")
+check("egress: plain HTTP to it too (403 from the proxy)", "not allowed" in out and "hello" not in out, (code, out))
+for literal in (f"http://{OTHER}/", f"http://{SERVER}/"):
+    code, out = curl(egress, literal)
+    check(f"egress: an address instead of the name is refused ({literal})", "hello" not in out, (code, out))
+code, out = curl(egress, "-k", f"https://{SERVER}/")
+check("egress: ... over TLS too (no server name)", code != 0 and "hello" not in out, (code, out))
+code, out = curl(egress, "-w ' %{http_code}'", f"https://{API_NAME}/", "-H", f"'Host: {OTHER_NAME}'")
+check("egress: a Host other than the TLS server name is refused (421)", out.endswith(" 421") and "hello" not in out, (code, out))
+m = mark()
+code, out = curl(egress, "--resolve", f"{API_NAME}:443:{OTHER}", f"https://{API_NAME}/")
+check("egress: the sandbox's own DNS answer (the denied address) is not followed",
+      out == f"hello from {SERVER}" and f"to {OTHER}" not in seen_since(m), (code, out))
+check("egress: get_info shows the rules with placeholders, not values",
+      api.get(f"/sandboxes/{egress.sandbox_id}").json()["network"]["rules"][API_NAME][0]["transform"]["headers"]["Authorization"]
+      == f"Bearer {Secret.fill(secret_name)}")
+egress.update_network({"allow_out": [OTHER_NAME], "deny_out": [ALL_TRAFFIC]})
+code, out = curl(egress, "--cacert", RIG_CA, f"https://{OTHER_NAME}/")
+check("egress: update_network lets the newly allowed name through at once", (code, out) == (0, f"hello from {OTHER}"), (code, out))
+code, out = curl(egress, f"http://{API_NAME}/")
+check("egress: ... and refuses the name no longer allowed", "not allowed" in out, (code, out))
+m = mark()
+placeholder = "${e2b.secrets." + secret_name + "}"
+curl(egress, f"http://{OTHER_NAME}/", "-H", f"'X-Steal: {placeholder}'")
+check("egress: a placeholder the sandbox writes itself is not filled", f"tok-{RUN}" not in seen_since(m) and placeholder in seen_since(m), seen_since(m))
+egress.update_network({"allow_out": ["*.cellbox.test"], "deny_out": [ALL_TRAFFIC]})
+check("egress: a wildcard allows every name under it",
+      [curl(egress, "--cacert", RIG_CA, f"https://{n}/")[1] for n in (API_NAME, OTHER_NAME)] == [f"hello from {SERVER}", f"hello from {OTHER}"])
+bad = raises(lambda: Sandbox.create(network={"egress_proxy": {"address": "127.0.0.1:1080"}}), SandboxException)
+check("egress: a SOCKS5 egress_proxy is a clear error", bad is not None and "egressProxy" in str(bad), bad)
+egress.kill()
+
 # A custom template (tests/e2b/template/e2b.Dockerfile, built before the server started with
 # --cmd "python3 -m http.server 8000" --ready-cmd "curl -sf localhost:8000" --cpu-count 2 --memory-mb 1024).
 listed = httpx.get(f"{API}/templates", headers={"X-API-Key": KEY}).json()

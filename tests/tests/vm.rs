@@ -322,6 +322,7 @@ async fn serve_forks_on_the_microvm_are_whole_copies() {
         env_vars: Default::default(),
         network: Default::default(),
         public_traffic: true,
+        mask_request_host: None,
         volumes: Vec::new(),
         custom_template: None,
         snapshot: None,

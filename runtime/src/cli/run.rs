@@ -158,6 +158,7 @@ impl RunArgs {
             allow_internet_access: self.allow_internet_access,
             allow_out: self.allow_out.clone(),
             deny_out: self.deny_out.clone(),
+            ..Default::default()
         }
     }
 }

@@ -36,6 +36,15 @@ pub trait GuestControl: Send + Sync + std::fmt::Debug {
     fn resume(&self) -> Result<()>;
     /// What it uses now.
     fn usage(&self) -> Result<Usage>;
+    /// Replaces the running guest's network rules (blocking: it may look
+    /// names up and run `nft`). Only the namespace backend can, and only
+    /// for a sandbox started with network access.
+    fn update_network(&self, policy: &crate::NetworkPolicy) -> Result<()> {
+        let _ = policy;
+        Err(crate::Error::InvalidArgument(
+            "changing a running sandbox's network rules needs the namespace backend".into(),
+        ))
+    }
 }
 
 /// Where a session's heavy guest puts its [`GuestControl`] once started,

@@ -108,7 +108,7 @@ pub struct NamespaceExecutor {
     // Unmounted after the control group killed everything, before the folder
     // goes. None without root: the launcher's tmpfs goes with the sandbox.
     _disk: Option<Disk>,
-    _network: Option<Network>,
+    _network: Option<std::sync::Arc<Network>>,
     _dir: tempfile::TempDir,
 }
 
@@ -294,13 +294,20 @@ impl NamespaceExecutor {
                 let pid = holder;
                 let log = dir.path().join("slirp4netns.log");
                 let rootless = rootless.is_some();
+                let (policy, runtime) = (config.network.clone(), tokio::runtime::Handle::current());
                 let attached = tokio::task::spawn_blocking(move || {
-                    Network::attach(pid, rootless, &rules, &log)
+                    Network::attach(pid, rootless, &policy, rules, &log, &runtime)
                 })
                 .await
                 .map_err(|e| unavailable(format!("connecting the network failed: {e}")))?;
+                let attached = match attached {
+                    Ok(network) => trust_egress_ca(&client, network.ca_pem())
+                        .await
+                        .map(|()| network),
+                    Err(e) => Err(e),
+                };
                 match attached {
-                    Ok(network) => Some(network),
+                    Ok(network) => Some(std::sync::Arc::new(network)),
                     Err(e) => {
                         let _ = launcher.kill().await;
                         return Err(e);
@@ -321,6 +328,7 @@ impl NamespaceExecutor {
             disk: disk_path,
             memory_limit: config.memory_limit,
             rootless: rootless.is_some(),
+            network: network.as_ref().map(std::sync::Arc::downgrade),
         };
         Ok(NamespaceExecutor {
             session: GuestSession::new(client, config.default_timeout),
@@ -516,6 +524,31 @@ impl GuestBackend for NamespaceExecutor {
 
 /// Pauses the sandbox with its control group's freezer; reads its usage
 /// from the control group and its disk.
+/// Debian's bundle of trusted CAs in the sandbox (curl, OpenSSL, Python's
+/// `ssl`, Debian's `requests` read it).
+const CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
+
+/// Adds the sandbox's egress CA to the sandbox's trusted CAs (as root: a
+/// PEM has no quotes to escape).
+async fn trust_egress_ca(client: &crate::guest::GuestClient, pem: &str) -> Result<()> {
+    let options = crate::guest::CommandOptions {
+        user: Some("root".into()),
+        timeout: Some(Duration::from_secs(30)),
+        ..Default::default()
+    };
+    let command = format!("printf '%s\\n' '{}' >> {CA_BUNDLE}", pem.trim());
+    let done = client
+        .run_command(&command, &options, &mut |_, _| {})
+        .await?;
+    match done.exit_code {
+        0 => Ok(()),
+        _ => Err(unavailable(format!(
+            "adding the egress CA to the sandbox's trusted CAs failed: {}",
+            done.stderr.trim()
+        ))),
+    }
+}
+
 #[derive(Debug)]
 struct NamespaceControl {
     /// None: a sandbox without limits (started without root, as accepted).
@@ -525,6 +558,8 @@ struct NamespaceControl {
     memory_limit: u64,
     /// Started without root ([`super::rootless`]).
     rootless: bool,
+    /// The sandbox's network, while it runs (none: started without).
+    network: Option<std::sync::Weak<Network>>,
 }
 
 impl NamespaceControl {
@@ -536,6 +571,18 @@ impl NamespaceControl {
 }
 
 impl GuestControl for NamespaceControl {
+    fn update_network(&self, policy: &NetworkPolicy) -> Result<()> {
+        let network = self.network.as_ref().and_then(std::sync::Weak::upgrade);
+        let network = network.ok_or_else(|| {
+            Error::InvalidArgument(
+                "the sandbox was started without network access: its rules cannot change \
+                 (create it with network access, then narrow it)"
+                    .into(),
+            )
+        })?;
+        network.update(policy)
+    }
+
     fn pause(&self) -> Result<()> {
         self.cgroup()?.freeze(true)
     }

@@ -11,6 +11,7 @@
 
 pub mod cgroup;
 pub mod disk;
+pub mod egress;
 pub mod executor;
 pub mod network;
 pub mod pool;
@@ -18,5 +19,5 @@ pub mod rootless;
 pub mod zygote;
 
 pub use executor::{NamespaceConfig, NamespaceExecutor, VolumeMount};
-pub use network::NetworkPolicy;
+pub use network::{HostRule, NetworkPolicy, SecretSource};
 pub use pool::NamespacePool;

@@ -12,6 +12,7 @@
 //! then everything else is allowed with `allow_internet_access`, refused
 //! without. Domain names in `allow_out` are resolved when the sandbox starts.
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, ToSocketAddrs};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
@@ -20,20 +21,73 @@ use std::process::{Command, Stdio};
 
 use ipnet::IpNet;
 
+use super::egress::{EgressPolicy, EgressProxy};
 use crate::error::{Error, Result};
 
 /// What a sandbox may reach on the network; the default is nothing.
-/// `allow_internet_access` and `allow_out`/`deny_out` are E2B's options.
+/// `allow_internet_access`, `allow_out`/`deny_out` and `rules` are E2B's
+/// options. HTTP (port 80) and TLS (port 443) go through the sandbox's
+/// egress proxy, which decides by the host name the request or handshake
+/// names (`namespace::egress`); other ports by address only.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct NetworkPolicy {
     /// Reach everything but `deny_out` (and the host itself).
     pub allow_internet_access: bool,
-    /// Addresses, CIDR blocks or domain names always reachable, even those
-    /// `deny_out` covers; without `allow_internet_access`, the only ones.
+    /// Addresses, CIDR blocks, host names or `*.name` wildcards always
+    /// reachable, even those `deny_out` covers; without
+    /// `allow_internet_access`, the only ones. Names count by name on
+    /// ports 80 and 443, by the addresses they resolve to when the sandbox
+    /// starts elsewhere (wildcards: on 80 and 443 only).
     pub allow_out: Vec<String>,
     /// Addresses or CIDR blocks never reachable (unless in `allow_out`).
     pub deny_out: Vec<String>,
+    /// Headers set on the sandbox's HTTP and HTTPS requests to a host (a
+    /// name, `*.name` or an address, as in `allow_out`), E2B's per-host
+    /// `rules`; values may hold `${e2b.secrets.NAME}` placeholders, filled
+    /// from [`NetworkPolicy::secrets`] as the request leaves. Rules allow
+    /// nothing by themselves.
+    pub rules: BTreeMap<String, Vec<HostRule>>,
+    /// Where placeholders' secrets come from (none: a placeholder fails the
+    /// request that needs it).
+    pub secrets: Option<SecretSource>,
 }
+
+/// One rule of [`NetworkPolicy::rules`]: E2B's `{"transform": {"headers"}}`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HostRule {
+    /// Headers set (replacing the request's own of the same name).
+    pub headers: BTreeMap<String, String>,
+}
+
+/// Secret values by name, asked for only when a request needs one.
+#[derive(Clone)]
+pub struct SecretSource(std::sync::Arc<dyn Fn(&str) -> Option<String> + Send + Sync>);
+
+impl SecretSource {
+    /// Secrets from `lookup` (name to value).
+    pub fn new(lookup: std::sync::Arc<dyn Fn(&str) -> Option<String> + Send + Sync>) -> Self {
+        SecretSource(lookup)
+    }
+
+    /// The secret named `name`.
+    pub fn value(&self, name: &str) -> Option<String> {
+        (self.0)(name)
+    }
+}
+
+impl std::fmt::Debug for SecretSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SecretSource(<secrets>)")
+    }
+}
+
+impl PartialEq for SecretSource {
+    fn eq(&self, other: &Self) -> bool {
+        std::sync::Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for SecretSource {}
 
 impl NetworkPolicy {
     /// Internet access, less `deny_out`.
@@ -49,6 +103,12 @@ impl NetworkPolicy {
         self.allow_internet_access || !self.allow_out.is_empty()
     }
 
+    /// Whether some rule works by host name only (header rules, `*.`
+    /// wildcards): the namespace sandbox's egress proxy is needed.
+    pub fn by_host_name(&self) -> bool {
+        !self.rules.is_empty() || self.allow_out.iter().any(|e| e.trim().starts_with("*."))
+    }
+
     /// Checks every entry's form (without looking names up).
     pub fn check(&self) -> Result<()> {
         for entry in &self.allow_out {
@@ -56,6 +116,18 @@ impl NetworkPolicy {
         }
         for entry in &self.deny_out {
             parse_entry(entry, false)?;
+        }
+        for (host, rules) in &self.rules {
+            parse_entry(host, true)?;
+            for (name, value) in rules.iter().flat_map(|rule| &rule.headers) {
+                let bad_name = hyper::header::HeaderName::from_bytes(name.as_bytes()).is_err();
+                if bad_name || value.chars().any(char::is_control) {
+                    return Err(invalid(
+                        host,
+                        &format!("header `{name}` is not a valid header"),
+                    ));
+                }
+            }
         }
         Ok(())
     }
@@ -67,7 +139,9 @@ impl NetworkPolicy {
         for entry in &self.allow_out {
             allow.extend(match parse_entry(entry, true)? {
                 Entry::Net(net) => vec![net],
-                Entry::Name(name) => resolve_name(name)?,
+                // Not found now: on ports 80 and 443 the name still counts.
+                Entry::Name(name) => resolve_name(name).unwrap_or_default(),
+                Entry::Wildcard => Vec::new(),
             });
         }
         let mut deny = Vec::new();
@@ -91,6 +165,8 @@ impl NetworkPolicy {
 enum Entry<'a> {
     Net(IpNet),
     Name(&'a str),
+    /// `*.name`.
+    Wildcard,
 }
 
 fn invalid(entry: &str, why: &str) -> Error {
@@ -115,23 +191,18 @@ fn parse_entry(entry: &str, names: bool) -> Result<Entry<'_>> {
             "only addresses and CIDR blocks can be denied",
         ));
     }
-    if entry.starts_with("*.") {
-        return Err(invalid(
-            entry,
-            "wildcard domains are not supported (name each host)",
-        ));
-    }
-    let valid = !entry.is_empty()
-        && entry.len() <= 253
-        && entry.split('.').all(|l| {
-            !l.is_empty()
-                && l.len() <= 63
-                && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
-        });
-    if !valid {
+    let (wildcard, name) = match entry.strip_prefix("*.") {
+        Some(name) => (true, name),
+        None => (false, entry),
+    };
+    if name.is_empty() || !crate::tls::valid_name(name) {
         return Err(invalid(entry, "not an address, CIDR block or domain name"));
     }
-    Ok(Entry::Name(entry))
+    Ok(if wildcard {
+        Entry::Wildcard
+    } else {
+        Entry::Name(entry)
+    })
 }
 
 /// A domain name's addresses, as the host resolves them now.
@@ -165,8 +236,11 @@ fn host_addresses() -> Vec<IpNet> {
 /// enforcers: nftables here, the VMM's frame filter for microVMs).
 pub use cellbox_vmm::EgressRules;
 
-/// `rules` as an `nft -f` script (one table, `inet cellbox`).
-pub fn nft_script(rules: &EgressRules) -> String {
+/// `rules` as an `nft -f` script: one table, `inet cellbox`, put in place of
+/// any earlier one in a single step. TCP to ports 80 and 443 goes to the
+/// egress proxy listening on `proxy_port` (loopback); the rest is filtered
+/// by address.
+pub fn nft_script(rules: &EgressRules, proxy_port: u16) -> String {
     let set = |name: &str, kind: &str, nets: &[IpNet], v6: bool| {
         let elements: Vec<String> = nets
             .iter()
@@ -180,13 +254,19 @@ pub fn nft_script(rules: &EgressRules) -> String {
         };
         format!("  set {name} {{ type {kind}; flags interval; auto-merge;{elements} }}\n")
     };
-    let mut script = String::from("table inet cellbox {\n");
+    let mut script =
+        String::from("table inet cellbox {}\ndelete table inet cellbox\ntable inet cellbox {\n");
     script += &set("allow4", "ipv4_addr", &rules.allow, false);
     script += &set("allow6", "ipv6_addr", &rules.allow, true);
     script += &set("deny4", "ipv4_addr", &rules.deny, false);
     script += &set("deny6", "ipv6_addr", &rules.deny, true);
+    script += "  chain to_proxy {\n    type nat hook output priority -100; policy accept;\n";
+    script += &format!(
+        "    ip daddr != 127.0.0.0/8 tcp dport {{ 80, 443 }} redirect to :{proxy_port}\n  }}\n"
+    );
     script += "  chain egress {\n    type filter hook output priority 0; policy accept;\n";
-    script += "    oifname \"lo\" accept\n";
+    // Redirected to the proxy: the hook still names the first route's device.
+    script += "    oifname \"lo\" accept\n    ip daddr 127.0.0.0/8 accept\n";
     script +=
         &format!("    ip daddr {DNS_FORWARDER} meta l4proto {{ tcp, udp }} th dport 53 accept\n");
     script += "    ip daddr @allow4 accept\n    ip6 daddr @allow6 accept\n";
@@ -202,11 +282,16 @@ pub fn nft_script(rules: &EgressRules) -> String {
 pub const DNS_FORWARDER: &str = "10.0.2.3";
 
 /// The running network: slirp4netns, stopped with the sandbox (and by
-/// itself if this process dies: it watches a pipe of ours).
+/// itself if this process dies: it watches a pipe of ours), and the
+/// sandbox's egress proxy.
 #[derive(Debug)]
 pub struct Network {
     slirp: std::process::Child,
     _exit_pipe: OwnedFd,
+    proxy: EgressProxy,
+    proxy_port: u16,
+    netns: std::fs::File,
+    userns: Option<std::fs::File>,
 }
 
 fn unavailable(reason: String) -> Error {
@@ -217,11 +302,20 @@ fn unavailable(reason: String) -> Error {
 }
 
 impl Network {
-    /// Applies `rules` in the network namespace of process `pid` (the
-    /// launcher, or without root the launcher's child, whose user namespace
-    /// owns it: `rootless`), then connects it with slirp4netns and waits
-    /// until it is up. `log` receives slirp4netns's messages. Blocking.
-    pub fn attach(pid: u32, rootless: bool, rules: &EgressRules, log: &Path) -> Result<Network> {
+    /// Starts the egress proxy (on `runtime`) for `policy`, whose address
+    /// sets are `rules`, and applies them in the network namespace of
+    /// process `pid` (the launcher, or without root the launcher's child,
+    /// whose user namespace owns it: `rootless`), then connects it with
+    /// slirp4netns and waits until it is up. `log` receives slirp4netns's
+    /// messages. Blocking.
+    pub fn attach(
+        pid: u32,
+        rootless: bool,
+        policy: &NetworkPolicy,
+        rules: EgressRules,
+        log: &Path,
+        runtime: &tokio::runtime::Handle,
+    ) -> Result<Network> {
         let open = |ns: &str| {
             std::fs::File::open(format!("/proc/{pid}/ns/{ns}"))
                 .map_err(|e| Error::io(format!("opening the sandbox's {ns} namespace"), e))
@@ -231,7 +325,13 @@ impl Network {
             true => Some(open("user")?),
             false => None,
         };
-        apply_rules(userns.as_ref(), &netns, rules)?;
+        let listener = super::egress::listen_in(pid, rootless)?;
+        let proxy_port = listener
+            .local_addr()
+            .map_err(|e| Error::io("reading the egress proxy's port", e))?
+            .port();
+        apply_rules(userns.as_ref(), &netns, &nft_script(&rules, proxy_port))?;
+        let proxy = EgressProxy::start(listener, EgressPolicy::new(policy, rules), runtime)?;
         let (ready_read, ready_write) =
             nix::unistd::pipe().map_err(|e| Error::io("making a pipe", e.into()))?;
         let (exit_read, exit_write) =
@@ -276,7 +376,27 @@ impl Network {
         Ok(Network {
             slirp,
             _exit_pipe: exit_write,
+            proxy,
+            proxy_port,
+            netns,
+            userns,
         })
+    }
+
+    /// Replaces the rules of the running sandbox with `policy`'s: first the
+    /// proxy's, then the addresses' (each in one step). Blocking.
+    pub fn update(&self, policy: &NetworkPolicy) -> Result<()> {
+        policy.check()?;
+        let rules = policy.resolve()?;
+        let script = nft_script(&rules, self.proxy_port);
+        self.proxy.update(EgressPolicy::new(policy, rules));
+        apply_rules(self.userns.as_ref(), &self.netns, &script)
+    }
+
+    /// The certificate (PEM) of the CA the sandbox must trust for the
+    /// hosts whose requests its rules change.
+    pub fn ca_pem(&self) -> &str {
+        self.proxy.ca_pem()
     }
 }
 
@@ -311,13 +431,9 @@ pub(crate) fn pass_fds<const N: usize>(command: &mut Command, fds: [(RawFd, RawF
     }
 }
 
-/// Runs `nft -f -` with `rules` in the network namespace `netns` (having
+/// Runs `nft -f -` with `script` in the network namespace `netns` (having
 /// entered `userns` first, the one that owns it, when this process is not root).
-fn apply_rules(
-    userns: Option<&std::fs::File>,
-    netns: &std::fs::File,
-    rules: &EgressRules,
-) -> Result<()> {
+fn apply_rules(userns: Option<&std::fs::File>, netns: &std::fs::File, script: &str) -> Result<()> {
     // An ordinary user's PATH often lacks the sbin folders.
     let nft = ["/usr/sbin/nft", "/sbin/nft"]
         .into_iter()
@@ -351,7 +467,6 @@ fn apply_rules(
             "network rules need nft (Debian: apt-get install nftables): {e}"
         ))
     })?;
-    let script = nft_script(rules);
     if let Some(mut stdin) = nft.stdin.take() {
         std::io::Write::write_all(&mut stdin, script.as_bytes())
             .map_err(|e| Error::io("writing the network rules to nft", e))?;
@@ -382,12 +497,15 @@ mod tests {
             parse_entry(" example.com", true).unwrap(),
             Entry::Name("example.com")
         );
+        assert_eq!(parse_entry("*.example.com", true).unwrap(), Entry::Wildcard);
         let local = resolve_name("localhost").unwrap();
         assert!(local.iter().any(|n| n.addr().is_loopback()), "{local:?}");
         for (bad, names) in [
             ("10.0.0.0/33", true),
             ("example.com", false),
-            ("*.example.com", true),
+            ("*.example.com", false),
+            ("*.", true),
+            ("a.*.example.com", true),
             ("a b", true),
             ("", true),
         ] {
@@ -402,10 +520,16 @@ mod tests {
             allow_internet_access: false,
             allow_out: vec!["198.51.100.1".into(), "2001:db8::/32".into()],
             deny_out: vec!["0.0.0.0/0".into()],
+            ..Default::default()
         }
         .resolve()
         .unwrap();
-        let script = nft_script(&rules);
+        let script = nft_script(&rules, 4242);
+        assert!(script.starts_with("table inet cellbox {}\ndelete table inet cellbox\n"));
+        assert!(
+            script.contains("tcp dport { 80, 443 } redirect to :4242"),
+            "{script}"
+        );
         assert!(script.contains("set allow4 { type ipv4_addr; flags interval; auto-merge; elements = { 198.51.100.1/32 }; }"), "{script}");
         assert!(script.contains("elements = { 2001:db8::/32 }"), "{script}");
         assert!(script.contains("169.254.0.0/16"), "{script}");
@@ -413,7 +537,7 @@ mod tests {
         let deny = script.find("@deny4 reject").unwrap();
         assert!(allow < deny);
         assert!(script.contains("    reject\n  }"), "{script}");
-        let open = nft_script(&NetworkPolicy::internet().resolve().unwrap());
+        let open = nft_script(&NetworkPolicy::internet().resolve().unwrap(), 4242);
         assert!(!open.contains("    reject\n"), "{open}");
         assert!(!NetworkPolicy::default().enabled());
         assert!(NetworkPolicy::internet().enabled());

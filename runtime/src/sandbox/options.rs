@@ -36,6 +36,8 @@ impl BackendPolicy {
         namespace_only: bool,
     ) -> crate::Result<(Policy, HeavyChoice)> {
         network.check()?;
+        // Host-name rules live in the namespace sandbox's egress proxy.
+        let namespace_only = namespace_only || (network.enabled() && network.by_host_name());
         let refuse = |what: &str| Err(crate::Error::InvalidArgument(what.into()));
         match (self, namespace_only) {
             _ if !network.enabled() && !namespace_only => Ok(self.split()),
@@ -44,8 +46,9 @@ impl BackendPolicy {
                  the WebAssembly fast path has no network",
             ),
             (BackendPolicy::Wasm | BackendPolicy::Vm, true) => refuse(
-                "custom templates and volumes need the namespace backend; \
-                 the microVM and the fast path run the default template only, without volumes",
+                "custom templates, volumes and per-host network rules (`rules`, `*.` \
+                 wildcards) need the namespace backend; the microVM and the fast path run \
+                 the default template only, without volumes, and filter by address only",
             ),
             (BackendPolicy::Auto, false) => Ok((Policy::HeavyOnly, HeavyChoice::Auto)),
             (BackendPolicy::Vm, false) => Ok((Policy::HeavyOnly, HeavyChoice::Vm)),
@@ -330,5 +333,16 @@ mod tests {
             ..Default::default()
         };
         assert!(split(BackendPolicy::Namespace, &bad, false).is_err());
+        // Rules by host name: the namespace backend's proxy only.
+        let by_name = NetworkPolicy {
+            allow_out: vec!["*.example.com".into()],
+            ..Default::default()
+        };
+        assert_eq!(
+            split(BackendPolicy::Auto, &by_name, false).unwrap(),
+            (Policy::HeavyOnly, HeavyChoice::Namespace)
+        );
+        let vm = split(BackendPolicy::Vm, &by_name, false).unwrap_err();
+        assert!(vm.to_string().contains("wildcards"), "{vm}");
     }
 }

@@ -16,6 +16,7 @@ use crate::execution::Execution;
 use crate::executor::{Backend, EventCallback, Executor, Interrupt, RunOptions};
 use crate::guest::{CommandOptions, ContextInfo, ControlSlot, GuestClient, Language, Usage};
 use crate::microvm::MicroVmConfig;
+use crate::namespace::NetworkPolicy;
 use crate::router::{HybridConfig, HybridExecutor};
 use crate::wasm::{WasmEngine, WasmSessionOptions};
 
@@ -488,6 +489,26 @@ impl Sandbox {
             self.side.paused.store(false, Ordering::SeqCst);
         }
         paused
+    }
+
+    /// Replaces the network rules of the running sandbox with `network`'s
+    /// (E2B's `update_network`): from the next connection on, and for each
+    /// request through a connection its egress proxy opened. The namespace
+    /// backend only, for a sandbox started with network access (its heavy
+    /// guest is started first if it has not yet).
+    pub async fn update_network(&self, network: NetworkPolicy) -> Result<()> {
+        self.check_open()?;
+        network.check()?;
+        self.heavy_client().await?;
+        let control = self.side.control.get().ok_or_else(|| Error::Unavailable {
+            backend: crate::Backend::Namespace,
+            reason: "the sandbox's heavy guest is not running".into(),
+        })?;
+        tokio::task::spawn_blocking(move || control.update_network(&network))
+            .await
+            .map_err(|e| Error::SandboxDied {
+                reason: format!("updating the network panicked: {e}"),
+            })?
     }
 
     /// Resumes a paused sandbox where it stopped (nothing if it runs).

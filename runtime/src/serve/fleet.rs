@@ -52,6 +52,9 @@ pub struct Spec {
     /// Whether its own servers answer requests without its traffic token
     /// (E2B's `allowPublicTraffic`, true by default).
     pub public_traffic: bool,
+    /// The `Host` its servers see (E2B's `maskRequestHost`; `${PORT}`: the
+    /// port's number); `None`: the one the request came with.
+    pub mask_request_host: Option<String>,
     /// Volumes shown in it.
     pub volumes: Vec<MountedVolume>,
     /// The template built with `cellbox template build` it is made from
@@ -93,6 +96,8 @@ pub struct Entry {
     /// envd (E2B's port 49983) of this sandbox.
     pub envd: Router,
     pub started_at: SystemTime,
+    /// What it may reach now (its spec's, until `update_network`).
+    network: Mutex<crate::NetworkPolicy>,
     pub log: SandboxLog,
     pub limits: Limits,
     timing: Mutex<Timing>,
@@ -116,6 +121,18 @@ struct Timing {
 }
 
 impl Entry {
+    /// What it may reach on the network now.
+    pub fn network(&self) -> crate::NetworkPolicy {
+        lock(&self.network).clone()
+    }
+
+    /// Replaces its network rules while it runs.
+    pub async fn update_network(&self, network: crate::NetworkPolicy) -> Result<()> {
+        self.sandbox.update_network(network.clone()).await?;
+        *lock(&self.network) = network;
+        Ok(())
+    }
+
     /// Running or paused.
     pub fn state(&self) -> State {
         lock(&self.timing).state
@@ -299,6 +316,7 @@ impl Fleet {
             envd: super::envd::router(sandbox.clone()),
             sandbox,
             started_at: now,
+            network: Mutex::new(spec.network.clone()),
             log,
             limits,
             timing: Mutex::new(Timing {

@@ -172,8 +172,8 @@ pub async fn serve(
         let app = guarded(api, &access);
         let mut listener = listen(SocketAddr::new(config.bind, port)).await?;
         if let Some(dir) = &config.tls_dir {
-            let ca = Arc::new(tls::LocalCa::open(dir)?);
-            tracing::info!(ca = %ca.ca_file().display(), "HTTPS too on the API port");
+            let ca = Arc::new(crate::tls::CertAuthority::open(dir)?);
+            tracing::info!(ca = %dir.join("ca.pem").display(), "HTTPS too on the API port");
             listener.tls = Some(ca.acceptor());
         }
         let port = listener.local_port()?;

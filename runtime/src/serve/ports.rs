@@ -6,15 +6,17 @@
 //! sandbox without network is reached too and nothing else on the host can
 //! reach it; WebSocket and other upgrades are passed on both ways.
 //!
+//! With `maskRequestHost` the server sees that `Host` (`${PORT}` replaced by
+//! the port's number) instead of the one the request came with.
+//!
 //! A sandbox created with `allowPublicTraffic: false` answers only requests
 //! carrying its traffic token (`E2B-Traffic-Access-Token`); neither that nor
 //! the envd token is passed on to the server in the sandbox.
 
 use axum::body::Body;
 use axum::extract::Request;
-use axum::http::{HeaderName, StatusCode, header};
+use axum::http::{HeaderName, StatusCode};
 use axum::response::{IntoResponse, Response};
-use hyper_util::rt::TokioIo;
 
 use super::fleet::Entry;
 use crate::error::Error;
@@ -53,46 +55,17 @@ pub async fn forward(entry: &Entry, port: u16, mut request: Request) -> Response
         Err(Error::NotFound(_)) => return not_open(&entry.id, port),
         Err(e) => return bad_gateway(&entry.id, port, &e.to_string()),
     };
-    let (mut sender, connection) =
-        match hyper::client::conn::http1::handshake(TokioIo::new(stream)).await {
-            Ok(pair) => pair,
-            Err(e) => return bad_gateway(&entry.id, port, &e.to_string()),
-        };
-    tokio::spawn(async move {
-        if let Err(e) = connection.with_upgrades().await {
-            tracing::debug!("a connection to a server in a sandbox ended: {e}");
-        }
-    });
     for name in CREDENTIALS {
         request.headers_mut().remove(HeaderName::from_static(name));
     }
-    let upgrade = wants_upgrade(&request).then(|| hyper::upgrade::on(&mut request));
-    let mut response = match sender.send_request(request).await {
-        Ok(response) => response,
-        Err(e) => return bad_gateway(&entry.id, port, &e.to_string()),
-    };
-    if let (StatusCode::SWITCHING_PROTOCOLS, Some(client)) = (response.status(), upgrade) {
-        let server = hyper::upgrade::on(&mut response);
-        tokio::spawn(async move {
-            let (Ok(client), Ok(server)) = tokio::join!(client, server) else {
-                return;
-            };
-            let (mut client, mut server) = (TokioIo::new(client), TokioIo::new(server));
-            let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
-        });
+    let mask = entry.spec.mask_request_host.as_ref();
+    if let Some(Ok(host)) = mask.map(|m| m.replace("${PORT}", &port.to_string()).try_into()) {
+        request.headers_mut().insert(axum::http::header::HOST, host);
     }
-    response.map(Body::new)
-}
-
-fn wants_upgrade(request: &Request) -> bool {
-    request
-        .headers()
-        .get(header::CONNECTION)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| {
-            v.split(',')
-                .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
-        })
+    match crate::relay::relay(stream, request).await {
+        Ok(response) => response.map(Body::new),
+        Err(e) => bad_gateway(&entry.id, port, &e.to_string()),
+    }
 }
 
 /// E2B's answer for a port nothing listens on.

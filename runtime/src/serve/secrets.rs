@@ -199,6 +199,11 @@ impl Secrets {
 }
 
 impl SecretValue {
+    /// The value itself: for the request the egress proxy sends on only.
+    pub fn reveal(&self) -> &str {
+        &self.0
+    }
+
     /// Why it cannot be kept (`None`: it can).
     fn invalid(&self) -> Option<String> {
         (self.0.len() > MAX_VALUE).then(|| format!("a secret's value is at most {MAX_VALUE} bytes"))

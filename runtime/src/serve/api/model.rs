@@ -47,9 +47,8 @@ pub struct VolumeMountRequest {
     pub path: String,
 }
 
-/// `network`: E2B's egress lists and whether the sandbox's servers answer
-/// without its traffic token (the other fields are not supported and are
-/// ignored).
+/// `network`: E2B's egress lists and per-host rules, whether the sandbox's
+/// servers answer without its traffic token, and the `Host` they see.
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct NetworkConfig {
@@ -57,24 +56,143 @@ pub struct NetworkConfig {
     pub allow_out: Vec<String>,
     #[serde(default)]
     pub deny_out: Vec<String>,
+    #[serde(default)]
+    pub rules: BTreeMap<String, Vec<NetworkRule>>,
     pub allow_public_traffic: Option<bool>,
+    pub mask_request_host: Option<String>,
+    /// E2B's "bring your own SOCKS5 proxy" (refused: not supported).
+    pub egress_proxy: Option<serde_json::Value>,
 }
+
+/// `PUT /sandboxes/{id}/network`: the egress fields, all replaced.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NetworkUpdate {
+    #[serde(default)]
+    pub allow_out: Vec<String>,
+    #[serde(default)]
+    pub deny_out: Vec<String>,
+    #[serde(default)]
+    pub rules: BTreeMap<String, Vec<NetworkRule>>,
+    pub egress_proxy: Option<serde_json::Value>,
+    #[serde(rename = "allow_internet_access")]
+    pub allow_internet_access: Option<bool>,
+}
+
+/// One of `rules`' entries (E2B's `SandboxNetworkRule`).
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+pub struct NetworkRule {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transform: Option<NetworkTransform>,
+}
+
+/// E2B's `SandboxNetworkTransform`: headers set on matching requests.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+pub struct NetworkTransform {
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+}
+
+/// E2B's rules as the library's.
+fn host_rules(
+    rules: &BTreeMap<String, Vec<NetworkRule>>,
+) -> BTreeMap<String, Vec<crate::namespace::network::HostRule>> {
+    rules
+        .iter()
+        .map(|(host, rules)| {
+            let rules = rules
+                .iter()
+                .map(|rule| crate::namespace::network::HostRule {
+                    headers: rule
+                        .transform
+                        .as_ref()
+                        .map(|t| t.headers.clone())
+                        .unwrap_or_default(),
+                })
+                .collect();
+            (host.clone(), rules)
+        })
+        .collect()
+}
+
+/// The refusal of E2B's SOCKS5 egress proxy option.
+pub const NO_EGRESS_PROXY: &str = "network.egressProxy (tunnelling through a SOCKS5 proxy) \
+     is not supported by cellbox serve";
 
 impl NewSandbox {
     /// What the sandbox may reach: nothing unless internet access is asked
     /// for or `allowOut` names something (E2B's default is open; cellbox's
-    /// is closed).
-    pub fn network_policy(&self) -> crate::NetworkPolicy {
-        let lists = self.network.as_ref();
+    /// is closed). `secrets` fill the rules' placeholders.
+    pub fn network_policy(&self, secrets: crate::SecretSource) -> crate::NetworkPolicy {
+        let config = self.network.as_ref();
         crate::NetworkPolicy {
             allow_internet_access: self.allow_internet_access == Some(true),
-            allow_out: lists.map(|n| n.allow_out.clone()).unwrap_or_default(),
-            deny_out: lists.map(|n| n.deny_out.clone()).unwrap_or_default(),
+            allow_out: config.map(|n| n.allow_out.clone()).unwrap_or_default(),
+            deny_out: config.map(|n| n.deny_out.clone()).unwrap_or_default(),
+            rules: config.map(|n| host_rules(&n.rules)).unwrap_or_default(),
+            secrets: Some(secrets),
+        }
+    }
+}
+
+impl NetworkUpdate {
+    /// The sandbox's new rules. Omitted fields are cleared, as E2B does:
+    /// internet access is then allowed (`denyOut` narrows it).
+    pub fn network_policy(&self, secrets: crate::SecretSource) -> crate::NetworkPolicy {
+        crate::NetworkPolicy {
+            allow_internet_access: self.allow_internet_access.unwrap_or(true),
+            allow_out: self.allow_out.clone(),
+            deny_out: self.deny_out.clone(),
+            rules: host_rules(&self.rules),
+            secrets: Some(secrets),
+        }
+    }
+}
+
+/// E2B's `SandboxNetworkConfig` in a sandbox's details.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NetworkInfo {
+    allow_out: Vec<String>,
+    deny_out: Vec<String>,
+    rules: BTreeMap<String, Vec<NetworkRule>>,
+    allow_public_traffic: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mask_request_host: Option<String>,
+}
+
+impl NetworkInfo {
+    fn of(entry: &Entry) -> NetworkInfo {
+        let network = entry.network();
+        let rules = (network.rules.iter())
+            .map(|(host, rules)| {
+                let rules = rules
+                    .iter()
+                    .map(|rule| NetworkRule {
+                        transform: Some(NetworkTransform {
+                            headers: rule.headers.clone(),
+                        }),
+                    })
+                    .collect();
+                (host.clone(), rules)
+            })
+            .collect();
+        NetworkInfo {
+            allow_out: network.allow_out,
+            deny_out: network.deny_out,
+            rules,
+            allow_public_traffic: entry.spec.public_traffic,
+            mask_request_host: entry.spec.mask_request_host.clone(),
         }
     }
 }
 
 impl NewSandbox {
+    /// The `Host` the sandbox's servers see (`${PORT}`: the port's number).
+    pub fn mask_request_host(&self) -> Option<String> {
+        self.network.as_ref()?.mask_request_host.clone()
+    }
+
     /// Whether the sandbox's own servers answer anyone (E2B's default).
     pub fn public_traffic(&self) -> bool {
         let asked = self.network.as_ref().and_then(|n| n.allow_public_traffic);
@@ -223,6 +341,7 @@ pub struct SandboxInfo {
     envd_version: &'static str,
     metadata: BTreeMap<String, String>,
     allow_internet_access: bool,
+    network: NetworkInfo,
     lifecycle: Lifecycle,
     volume_mounts: Vec<VolumeMountInfo>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -257,7 +376,8 @@ impl SandboxInfo {
             state: state_name(entry.state()),
             envd_version: ENVD_VERSION,
             metadata: entry.spec.metadata.clone(),
-            allow_internet_access: entry.spec.network.allow_internet_access,
+            allow_internet_access: entry.network().allow_internet_access,
+            network: NetworkInfo::of(entry),
             lifecycle: Lifecycle {
                 on_timeout: match entry.spec.on_timeout {
                     super::super::fleet::OnTimeout::Kill => "kill",

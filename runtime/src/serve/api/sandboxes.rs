@@ -1,6 +1,7 @@
 //! The control plane's sandbox routes.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
 use axum::Json;
@@ -12,12 +13,12 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
 use super::model::{
-    ConnectRequest, LogLine, Metric, NewSandbox, RefreshRequest, SandboxCreated, SandboxInfo,
-    TimeoutRequest, state_name,
+    ConnectRequest, LogLine, Metric, NO_EGRESS_PROXY, NetworkUpdate, NewSandbox, RefreshRequest,
+    SandboxCreated, SandboxInfo, TimeoutRequest, state_name,
 };
 use super::{Api, ApiError, error, page};
 use crate::serve::clock::parse_rfc3339;
-use crate::serve::fleet::{Entry, Fleet, Missing, MountedVolume, OnTimeout, Spec};
+use crate::serve::fleet::{Entry, Fleet, Missing, MountedVolume, OnTimeout, Spec, State as Run};
 use crate::serve::sandbox_log::Level;
 use crate::serve::status::status_of;
 use crate::template::TemplateStore;
@@ -114,8 +115,19 @@ pub async fn create(State(api): State<Api>, body: Bytes) -> Response {
             "autoResume needs autoPause (a sandbox that is killed at its timeout cannot resume)",
         );
     }
-    let network = request.network_policy();
+    if request
+        .network
+        .as_ref()
+        .is_some_and(|n| n.egress_proxy.is_some())
+    {
+        return error(StatusCode::BAD_REQUEST, NO_EGRESS_PROXY);
+    }
+    let network = request.network_policy(secret_source(&api));
+    if let Err(e) = network.check() {
+        return error(StatusCode::BAD_REQUEST, e.to_string());
+    }
     let public_traffic = request.public_traffic();
+    let mask_request_host = request.mask_request_host();
     let mut volumes = Vec::new();
     for mount in &request.volume_mounts {
         let checked = cellbox_guest_init::launch::Volume::new(String::new(), mount.path.clone());
@@ -148,6 +160,7 @@ pub async fn create(State(api): State<Api>, body: Bytes) -> Response {
         metadata: request.metadata,
         network,
         public_traffic,
+        mask_request_host,
         volumes,
         env_vars: request.env_vars,
         custom_template,
@@ -291,6 +304,42 @@ pub async fn kill(State(api): State<Api>, Path(id): Path<String>) -> Response {
     match find(&api, &id) {
         Ok(_) => StatusCode::NO_CONTENT.into_response(),
         Err(response) => response.into_response(),
+    }
+}
+
+/// The server's secrets, for the rules' placeholders (looked up as each
+/// request leaves, so an updated secret counts at once).
+fn secret_source(api: &Api) -> crate::SecretSource {
+    let secrets = api.secrets.clone();
+    crate::SecretSource::new(Arc::new(move |name: &str| {
+        secrets.value_of(name).map(|v| v.reveal().to_owned())
+    }))
+}
+
+/// `PUT /sandboxes/{id}/network`: replaces a running sandbox's egress rules.
+pub async fn update_network(
+    State(api): State<Api>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Response {
+    let (entry, request) = match (find(&api, &id), parse::<NetworkUpdate>(&body)) {
+        (Ok(entry), Ok(request)) => (entry, request),
+        (Err(response), _) | (_, Err(response)) => return response.into_response(),
+    };
+    if request.egress_proxy.is_some() {
+        return error(StatusCode::BAD_REQUEST, NO_EGRESS_PROXY);
+    }
+    if entry.state() == Run::Paused {
+        let why = format!("sandbox {id} is paused: resume it to change its network");
+        return error(StatusCode::CONFLICT, why);
+    }
+    match entry
+        .update_network(request.network_policy(secret_source(&api)))
+        .await
+    {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(e @ crate::Error::InvalidArgument(_)) => error(StatusCode::BAD_REQUEST, e.to_string()),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }
 
