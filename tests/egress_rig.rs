@@ -1,21 +1,21 @@
 //! Named servers for the egress proxy's checks, beside the network rig's
-//! (`network_rig.rs`, whose namespace they share: nothing leaves this
-//! machine): HTTP on port 80 and HTTPS on port 443 on both of its
+//! (`network_rig.rs`, whose namespace and HTTP servers on port 80 they
+//! share: nothing leaves this machine): HTTPS on port 443 on both of its
 //! addresses, `api.cellbox.test` naming the allowed one and
 //! `other.cellbox.test` the denied one in a hosts file of their own (the
 //! test starts `cellbox serve` with it over `/etc/hosts`, in a mount
 //! namespace of its own), with a certificate from a CA of their own (the
 //! server trusts it through `SSL_CERT_FILE`). Each answers `hello from
-//! ADDRESS` and appends every request head it gets to the `seen` file,
+//! ADDRESS` and notes every request head it gets in the rig's `seen` file,
 //! which only the test reads.
 
 use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::os::fd::AsFd;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 
-use super::network_rig::{ALLOWED, DENIED, SERVERS_NETNS, servers};
+use super::network_rig::{ALLOWED, DENIED, SERVERS_NETNS, note, seen_file, servers};
 
 /// The name of the allowed address.
 pub const API_NAME: &str = "api.cellbox.test";
@@ -43,33 +43,28 @@ pub fn egress_servers() -> &'static EgressRig {
         let rig = EgressRig {
             ca: dir.join("ca.pem"),
             hosts: dir.join("hosts"),
-            seen: dir.join("seen.log"),
+            seen: seen_file(),
         };
         let mut hosts = std::fs::read_to_string("/etc/hosts").unwrap_or_default();
         hosts += &format!("\n{ALLOWED} {API_NAME}\n{DENIED} {OTHER_NAME}\n");
         std::fs::write(&rig.hosts, hosts).unwrap();
-        std::fs::write(&rig.seen, "").unwrap();
         let (ca_pem, tls) = certificates();
         std::fs::write(&rig.ca, ca_pem).unwrap();
-        let seen = Arc::new(Mutex::new(rig.seen.clone()));
         for address in [ALLOWED, DENIED] {
-            for port in [80u16, 443] {
-                let (tls, seen) = ((port == 443).then(|| tls.clone()), seen.clone());
-                let (bound, listening) = std::sync::mpsc::channel();
-                std::thread::spawn(move || {
-                    // This thread (and those it starts) alone is in the servers' namespace.
-                    let ns = std::fs::File::open(format!("/run/netns/{SERVERS_NETNS}")).unwrap();
-                    nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-                    let listener =
-                        TcpListener::bind((address, port)).expect("binding a test server");
-                    bound.send(()).unwrap();
-                    for stream in listener.incoming().flatten() {
-                        let (tls, seen) = (tls.clone(), seen.clone());
-                        std::thread::spawn(move || answer(stream, tls, address, &seen));
-                    }
-                });
-                listening.recv().unwrap();
-            }
+            let tls = tls.clone();
+            let (bound, listening) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                // This thread (and those it starts) alone is in the servers' namespace.
+                let ns = std::fs::File::open(format!("/run/netns/{SERVERS_NETNS}")).unwrap();
+                nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+                let listener = TcpListener::bind((address, 443)).expect("binding a test server");
+                bound.send(()).unwrap();
+                for stream in listener.incoming().flatten() {
+                    let tls = tls.clone();
+                    std::thread::spawn(move || answer(stream, tls, address));
+                }
+            });
+            listening.recv().unwrap();
         }
         rig
     })
@@ -101,23 +96,13 @@ fn certificates() -> (String, Arc<rustls::ServerConfig>) {
     (ca.pem(), Arc::new(config))
 }
 
-/// Reads one request head, notes it, answers `hello from ADDRESS`.
-fn answer(
-    stream: std::net::TcpStream,
-    tls: Option<Arc<rustls::ServerConfig>>,
-    address: &str,
-    seen: &Mutex<PathBuf>,
-) {
+/// Reads one request head over TLS, notes it, answers `hello from ADDRESS`.
+fn answer(stream: std::net::TcpStream, tls: Arc<rustls::ServerConfig>, address: &str) {
     let _ = stream.set_read_timeout(Some(std::time::Duration::from_secs(10)));
-    let mut stream: Box<dyn ReadWrite> = match tls {
-        Some(config) => {
-            let Ok(connection) = rustls::ServerConnection::new(config) else {
-                return;
-            };
-            Box::new(rustls::StreamOwned::new(connection, stream))
-        }
-        None => Box::new(stream),
+    let Ok(connection) = rustls::ServerConnection::new(tls) else {
+        return;
     };
+    let mut stream = rustls::StreamOwned::new(connection, stream);
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") && head.len() < 16 * 1024 {
@@ -126,14 +111,7 @@ fn answer(
             _ => return,
         }
     }
-    {
-        let file = seen.lock().unwrap();
-        let mut log = std::fs::OpenOptions::new()
-            .append(true)
-            .open(&*file)
-            .unwrap();
-        let _ = writeln!(log, "to {address}:\n{}", String::from_utf8_lossy(&head));
-    }
+    note(address, &head);
     let body = format!("hello from {address}");
     let _ = write!(
         stream,
@@ -142,6 +120,3 @@ fn answer(
     );
     let _ = stream.flush();
 }
-
-trait ReadWrite: Read + Write {}
-impl<T: Read + Write> ReadWrite for T {}

@@ -19,6 +19,14 @@ pub const ALLOWED: &str = "198.51.100.1";
 pub const DENIED: &str = "198.51.100.2";
 /// Both servers' port.
 pub const PORT: u16 = 18_080;
+/// The same servers on HTTP's own port (which the sandboxes' egress proxies
+/// handle, by `Host`).
+pub const HTTP_PORT: u16 = 80;
+
+/// Where the servers note every request they get (only the tests read it).
+pub fn seen_file() -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("cellbox-network-rig-{}.log", std::process::id()))
+}
 /// The servers' network namespace (`ip netns`).
 pub const SERVERS_NETNS: &str = "cellbox-test-servers";
 
@@ -36,7 +44,7 @@ fn ip_ok(args: &[&str]) {
 
 /// Makes the servers' namespace and link afresh (whatever an earlier test
 /// binary left goes first), then serves `hello from ADDRESS` on both
-/// addresses; once per test binary.
+/// addresses, on [`PORT`] and [`HTTP_PORT`]; once per test binary.
 pub fn servers() {
     static STARTED: OnceLock<()> = OnceLock::new();
     STARTED.get_or_init(|| {
@@ -58,7 +66,11 @@ pub fn servers() {
         }
         ip_ok(&[&inside[..], &["link", "set", "cbtest1", "up"]].concat());
         ip_ok(&[&inside[..], &["link", "set", "lo", "up"]].concat());
-        for address in [ALLOWED, DENIED] {
+        std::fs::write(seen_file(), "").expect("the servers' log");
+        for (address, port) in [ALLOWED, DENIED]
+            .into_iter()
+            .flat_map(|a| [(a, PORT), (a, HTTP_PORT)])
+        {
             let (bound, listening) = channel();
             let netns = netns.clone();
             std::thread::spawn(move || {
@@ -66,11 +78,12 @@ pub fn servers() {
                 let ns = std::fs::File::open(&netns).expect("the servers' namespace");
                 nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
                     .expect("entering the servers' namespace");
-                let listener = TcpListener::bind((address, PORT)).expect("binding a test server");
+                let listener = TcpListener::bind((address, port)).expect("binding a test server");
                 bound.send(()).unwrap();
                 for mut stream in listener.incoming().flatten() {
-                    let mut request = [0u8; 1024];
-                    let _ = stream.read(&mut request);
+                    let mut request = [0u8; 4096];
+                    let read = stream.read(&mut request).unwrap_or(0);
+                    note(address, &request[..read]);
                     let body = format!("hello from {address}");
                     let _ = write!(
                         stream,
@@ -82,6 +95,15 @@ pub fn servers() {
             listening.recv().expect("a test server started");
         }
     });
+}
+
+/// Appends a request the servers got to [`seen_file`].
+pub fn note(address: &str, request: &[u8]) {
+    static LOG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = LOG.lock().unwrap_or_else(|e| e.into_inner());
+    if let Ok(mut log) = std::fs::OpenOptions::new().append(true).open(seen_file()) {
+        let _ = writeln!(log, "to {address}:\n{}", String::from_utf8_lossy(request));
+    }
 }
 
 /// A sandbox on `backend` with `network` (the servers started first).

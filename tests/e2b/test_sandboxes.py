@@ -507,11 +507,11 @@ bad = raises(lambda: Sandbox.create(network={"deny_out": ["example.com"]}), Sand
 check("network: a domain in deny_out is a clear error", bad is not None and "example.com" in str(bad) and "denied" in str(bad), bad)
 
 # Egress by host name, per-host header rules and secrets (E2B's network `rules`,
-# Secret.fill, update_network). The servers: tests/egress_rig.rs, HTTP and HTTPS named
-# api.cellbox.test (SERVER) and other.cellbox.test (OTHER), which the server resolves from
-# its own hosts file; each logs the request heads it gets to SEEN (which the sandbox cannot
-# read). The sandboxes learn the names from their /etc/hosts: their egress proxy never uses
-# the sandbox's own answers, it resolves each name itself.
+# Secret.fill, update_network). The servers: tests/network_rig.rs and tests/egress_rig.rs,
+# HTTP and HTTPS named api.cellbox.test (SERVER) and other.cellbox.test (OTHER), which the
+# server resolves from its own hosts file; each logs the request heads it gets to SEEN
+# (which the sandbox cannot read). The egress proxy never uses the sandbox's own answers:
+# it resolves each name itself.
 from e2b import ALL_TRAFFIC  # noqa: E402
 from e2b.sandbox.commands.command_handle import CommandExitException  # noqa: E402
 API_NAME = os.environ["CELLBOX_TEST_API_NAME"]
@@ -543,7 +543,13 @@ Secret.create(secret_name, f"tok-{RUN}-one")
 rules = {API_NAME: [{"transform": {"headers": {"Authorization": f"Bearer {Secret.fill(secret_name)}"}}}]}
 egress = Sandbox.create(allow_internet_access=True, metadata={"run": RUN, "who": "egress"},
                         network={"allow_out": [API_NAME], "deny_out": [ALL_TRAFFIC], "rules": rules})
-egress.commands.run(f"printf '{SERVER} {API_NAME}\\n{OTHER} {OTHER_NAME}\\n' >> /etc/hosts", user="root")
+r = egress.commands.run(f"getent hosts {API_NAME}")
+check("egress: the sandbox's DNS (internet closed) answers a name the rules allow, as the host resolves it",
+      r.stdout.split()[:2] == [SERVER, API_NAME], r)
+e = raises(lambda: egress.commands.run(f"getent hosts {RUN}-data.example.com"), CommandExitException)
+check("egress: ... and no other name exists (no data carried out in names)", e is not None and e.exit_code == 2, e)
+# The rest is told in /etc/hosts, to see what the proxy does with names it refuses.
+egress.commands.run(f"echo '{OTHER} {OTHER_NAME}' >> /etc/hosts", user="root")
 egress.files.write(RIG_CA, open(os.environ["CELLBOX_TEST_EGRESS_CA"]).read())
 m = mark()
 code, out = curl(egress, f"https://{API_NAME}/")
@@ -581,7 +587,9 @@ egress.update_network({"allow_out": [OTHER_NAME], "deny_out": [ALL_TRAFFIC]})
 code, out = curl(egress, "--cacert", RIG_CA, f"https://{OTHER_NAME}/")
 check("egress: update_network lets the newly allowed name through at once", (code, out) == (0, f"hello from {OTHER}"), (code, out))
 code, out = curl(egress, f"http://{API_NAME}/")
-check("egress: ... and refuses the name no longer allowed", "not allowed" in out, (code, out))
+check("egress: ... and the name no longer allowed no longer resolves", code == 6, (code, out))
+code, out = curl(egress, "--resolve", f"{API_NAME}:80:{SERVER}", f"http://{API_NAME}/")
+check("egress: ... nor passes the proxy when the sandbox knows its address", "not allowed" in out, (code, out))
 m = mark()
 placeholder = "${e2b.secrets." + secret_name + "}"
 curl(egress, f"http://{OTHER_NAME}/", "-H", f"'X-Steal: {placeholder}'")

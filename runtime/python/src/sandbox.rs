@@ -100,6 +100,7 @@ impl CreateOptions {
                 allow_internet_access: self.allow_internet_access,
                 allow_out: self.allow_out,
                 deny_out: self.deny_out,
+                ..NetworkPolicy::default()
             },
             ..SandboxOptions::default()
         };

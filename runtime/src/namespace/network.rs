@@ -59,13 +59,16 @@ pub struct HostRule {
     pub headers: BTreeMap<String, String>,
 }
 
+/// A secret's value by its name.
+pub type SecretLookup = dyn Fn(&str) -> Option<String> + Send + Sync;
+
 /// Secret values by name, asked for only when a request needs one.
 #[derive(Clone)]
-pub struct SecretSource(std::sync::Arc<dyn Fn(&str) -> Option<String> + Send + Sync>);
+pub struct SecretSource(std::sync::Arc<SecretLookup>);
 
 impl SecretSource {
     /// Secrets from `lookup` (name to value).
-    pub fn new(lookup: std::sync::Arc<dyn Fn(&str) -> Option<String> + Send + Sync>) -> Self {
+    pub fn new(lookup: std::sync::Arc<SecretLookup>) -> Self {
         SecretSource(lookup)
     }
 
@@ -236,11 +239,20 @@ fn host_addresses() -> Vec<IpNet> {
 /// enforcers: nftables here, the VMM's frame filter for microVMs).
 pub use cellbox_vmm::EgressRules;
 
+/// Where the sandbox's egress proxy listens, on the sandbox's loopback.
+#[derive(Debug, Clone, Copy)]
+pub struct ProxyPorts {
+    /// HTTP and TLS (TCP).
+    pub tcp: u16,
+    /// DNS (UDP).
+    pub dns: u16,
+}
+
 /// `rules` as an `nft -f` script: one table, `inet cellbox`, put in place of
 /// any earlier one in a single step. TCP to ports 80 and 443 goes to the
-/// egress proxy listening on `proxy_port` (loopback); the rest is filtered
-/// by address.
-pub fn nft_script(rules: &EgressRules, proxy_port: u16) -> String {
+/// egress proxy (`proxy`), and so does DNS when internet access is closed;
+/// the rest is filtered by address.
+pub fn nft_script(rules: &EgressRules, proxy: ProxyPorts) -> String {
     let set = |name: &str, kind: &str, nets: &[IpNet], v6: bool| {
         let elements: Vec<String> = nets
             .iter()
@@ -262,13 +274,29 @@ pub fn nft_script(rules: &EgressRules, proxy_port: u16) -> String {
     script += &set("deny6", "ipv6_addr", &rules.deny, true);
     script += "  chain to_proxy {\n    type nat hook output priority -100; policy accept;\n";
     script += &format!(
-        "    ip daddr != 127.0.0.0/8 tcp dport {{ 80, 443 }} redirect to :{proxy_port}\n  }}\n"
+        "    ip daddr != 127.0.0.0/8 tcp dport {{ 80, 443 }} redirect to :{}\n",
+        proxy.tcp
     );
+    let closed = !rules.allow_rest
+        || rules
+            .deny
+            .iter()
+            .any(|n| *n == IpNet::V4(Default::default()));
+    if closed {
+        script += &format!(
+            "    ip daddr != 127.0.0.0/8 udp dport 53 redirect to :{}\n",
+            proxy.dns
+        );
+    }
+    script += "  }\n";
     script += "  chain egress {\n    type filter hook output priority 0; policy accept;\n";
     // Redirected to the proxy: the hook still names the first route's device.
     script += "    oifname \"lo\" accept\n    ip daddr 127.0.0.0/8 accept\n";
-    script +=
-        &format!("    ip daddr {DNS_FORWARDER} meta l4proto {{ tcp, udp }} th dport 53 accept\n");
+    if !closed {
+        script += &format!(
+            "    ip daddr {DNS_FORWARDER} meta l4proto {{ tcp, udp }} th dport 53 accept\n"
+        );
+    }
     script += "    ip daddr @allow4 accept\n    ip6 daddr @allow6 accept\n";
     script += "    ip daddr @deny4 reject\n    ip6 daddr @deny6 reject\n";
     if !rules.allow_rest {
@@ -289,7 +317,7 @@ pub struct Network {
     slirp: std::process::Child,
     _exit_pipe: OwnedFd,
     proxy: EgressProxy,
-    proxy_port: u16,
+    ports: ProxyPorts,
     netns: std::fs::File,
     userns: Option<std::fs::File>,
 }
@@ -325,13 +353,19 @@ impl Network {
             true => Some(open("user")?),
             false => None,
         };
-        let listener = super::egress::listen_in(pid, rootless)?;
-        let proxy_port = listener
-            .local_addr()
-            .map_err(|e| Error::io("reading the egress proxy's port", e))?
-            .port();
-        apply_rules(userns.as_ref(), &netns, &nft_script(&rules, proxy_port))?;
-        let proxy = EgressProxy::start(listener, EgressPolicy::new(policy, rules), runtime)?;
+        let (listener, dns) = super::egress::listen_in(pid, rootless)?;
+        let port = |address: std::io::Result<std::net::SocketAddr>| {
+            address
+                .map(|a| a.port())
+                .map_err(|e| Error::io("reading the egress proxy's ports", e))
+        };
+        let ports = ProxyPorts {
+            tcp: port(listener.local_addr())?,
+            dns: port(dns.local_addr())?,
+        };
+        apply_rules(userns.as_ref(), &netns, &nft_script(&rules, ports))?;
+        let policy = EgressPolicy::new(policy, rules);
+        let proxy = EgressProxy::start(listener, dns, policy, runtime)?;
         let (ready_read, ready_write) =
             nix::unistd::pipe().map_err(|e| Error::io("making a pipe", e.into()))?;
         let (exit_read, exit_write) =
@@ -377,7 +411,7 @@ impl Network {
             slirp,
             _exit_pipe: exit_write,
             proxy,
-            proxy_port,
+            ports,
             netns,
             userns,
         })
@@ -388,7 +422,7 @@ impl Network {
     pub fn update(&self, policy: &NetworkPolicy) -> Result<()> {
         policy.check()?;
         let rules = policy.resolve()?;
-        let script = nft_script(&rules, self.proxy_port);
+        let script = nft_script(&rules, self.ports);
         self.proxy.update(EgressPolicy::new(policy, rules));
         apply_rules(self.userns.as_ref(), &self.netns, &script)
     }
@@ -524,11 +558,23 @@ mod tests {
         }
         .resolve()
         .unwrap();
-        let script = nft_script(&rules, 4242);
+        let ports = ProxyPorts {
+            tcp: 4242,
+            dns: 5353,
+        };
+        let script = nft_script(&rules, ports);
         assert!(script.starts_with("table inet cellbox {}\ndelete table inet cellbox\n"));
         assert!(
             script.contains("tcp dport { 80, 443 } redirect to :4242"),
             "{script}"
+        );
+        assert!(
+            script.contains("udp dport 53 redirect to :5353"),
+            "{script}"
+        );
+        assert!(
+            !script.contains("th dport 53 accept"),
+            "closed: the proxy's DNS only"
         );
         assert!(script.contains("set allow4 { type ipv4_addr; flags interval; auto-merge; elements = { 198.51.100.1/32 }; }"), "{script}");
         assert!(script.contains("elements = { 2001:db8::/32 }"), "{script}");
@@ -537,8 +583,28 @@ mod tests {
         let deny = script.find("@deny4 reject").unwrap();
         assert!(allow < deny);
         assert!(script.contains("    reject\n  }"), "{script}");
-        let open = nft_script(&NetworkPolicy::internet().resolve().unwrap(), 4242);
+        let open = nft_script(&NetworkPolicy::internet().resolve().unwrap(), ports);
         assert!(!open.contains("    reject\n"), "{open}");
+        assert!(!open.contains("udp dport 53") && open.contains("th dport 53 accept"));
+        let all_denied = NetworkPolicy {
+            deny_out: vec!["0.0.0.0/0".into()],
+            ..NetworkPolicy::internet()
+        };
+        let closed = nft_script(&all_denied.resolve().unwrap(), ports);
+        assert!(
+            closed.contains("udp dport 53 redirect"),
+            "E2B's closed: {closed}"
+        );
+        assert!(!open.contains("udp dport 53") && open.contains("th dport 53 accept"));
+        let all_denied = NetworkPolicy {
+            deny_out: vec!["0.0.0.0/0".into()],
+            ..NetworkPolicy::internet()
+        };
+        let closed = nft_script(&all_denied.resolve().unwrap(), ports);
+        assert!(
+            closed.contains("udp dport 53 redirect"),
+            "E2B's closed: {closed}"
+        );
         assert!(!NetworkPolicy::default().enabled());
         assert!(NetworkPolicy::internet().enabled());
     }

@@ -275,10 +275,11 @@ fn a_rootless_sandbox_reaches_none_of_its_users_files_processes_or_network() {
 }
 
 /// Network on request, as for root: slirp4netns joined through the
-/// sandbox's own user namespace, and egress rules that hold.
+/// sandbox's own user namespace, and egress rules that hold, by address and
+/// (port 80) through the egress proxy, whose socket is made in there too.
 #[test]
 fn a_rootless_sandbox_gets_the_network_it_asks_for_and_no_more() {
-    use cellbox_tests::network_rig::{ALLOWED, DENIED, PORT, servers};
+    use cellbox_tests::network_rig::{ALLOWED, DENIED, HTTP_PORT, PORT, servers};
     let Some(_turn) = as_root_one_at_a_time() else {
         return;
     };
@@ -287,10 +288,11 @@ fn a_rootless_sandbox_gets_the_network_it_asks_for_and_no_more() {
     let fetch = format!(
         "import urllib.request\n\
          for host in ({ALLOWED:?}, {DENIED:?}):\n\
+         \x20 for port in ({PORT}, {HTTP_PORT}):\n\
          \x20   try:\n\
-         \x20       print(urllib.request.urlopen(f'http://{{host}}:{PORT}/', timeout=10).read().decode())\n\
+         \x20       print(urllib.request.urlopen(f'http://{{host}}:{{port}}/', timeout=10).read().decode(), port)\n\
          \x20   except OSError as e:\n\
-         \x20       print(host, 'refused')"
+         \x20       print(host, port, 'refused')"
     );
     let output = as_user(
         USER,
@@ -307,8 +309,13 @@ fn a_rootless_sandbox_gets_the_network_it_asks_for_and_no_more() {
     );
     let said = text(&output);
     assert!(output.status.success(), "{said}");
-    assert!(said.contains(&format!("hello from {ALLOWED}")), "{said}");
-    assert!(said.contains(&format!("{DENIED} refused")), "{said}");
+    for port in [PORT, HTTP_PORT] {
+        assert!(
+            said.contains(&format!("hello from {ALLOWED} {port}")),
+            "{said}"
+        );
+        assert!(said.contains(&format!("{DENIED} {port} refused")), "{said}");
+    }
 }
 
 /// The control groups of the user's sandboxes (none once they are closed).

@@ -1,11 +1,12 @@
-//! The proxy's listening socket, made inside the sandbox's network
-//! namespace (so that only the sandbox reaches it, and the kernel there
-//! keeps each redirected connection's original destination) but held by
-//! this process. A short-lived child enters the namespaces, makes the
-//! socket and hands it back over a socket pair; it then runs `true`.
+//! The proxy's sockets, made inside the sandbox's network namespace (so
+//! that only the sandbox reaches them, and the kernel there keeps each
+//! redirected connection's original destination) but held by this process:
+//! a TCP listener and a UDP socket (DNS). A short-lived child enters the
+//! namespaces, makes them and hands them back over a socket pair; it then
+//! runs `true`.
 
 use std::io;
-use std::net::TcpListener;
+use std::net::{TcpListener, UdpSocket};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
@@ -13,10 +14,10 @@ use std::process::{Command, Stdio};
 
 use crate::error::{Error, Result};
 
-/// A listener on `127.0.0.1` (a port the kernel picks) in the network
-/// namespace of process `pid`; `rootless`: entering the user namespace
-/// that owns it first. Blocking.
-pub fn listen_in(pid: u32, rootless: bool) -> Result<TcpListener> {
+/// A TCP listener and a UDP socket on `127.0.0.1` (ports the kernel
+/// picks) in the network namespace of process `pid`; `rootless`: entering
+/// the user namespace that owns it first. Blocking.
+pub fn listen_in(pid: u32, rootless: bool) -> Result<(TcpListener, UdpSocket)> {
     let open = |ns: &str| {
         std::fs::File::open(format!("/proc/{pid}/ns/{ns}"))
             .map_err(|e| Error::io(format!("opening the sandbox's {ns} namespace"), e))
@@ -44,9 +45,13 @@ pub fn listen_in(pid: u32, rootless: bool) -> Result<TcpListener> {
             if libc::setns(net_fd, libc::CLONE_NEWNET) != 0 {
                 return Err(io::Error::last_os_error());
             }
-            let socket = make_listener()?;
-            let sent = send_fd(sender, socket);
-            libc::close(socket);
+            let tcp = make_socket(libc::SOCK_STREAM)?;
+            let udp = make_socket(libc::SOCK_DGRAM).inspect_err(|_| {
+                libc::close(tcp);
+            })?;
+            let sent = send_fds(sender, [tcp, udp]);
+            libc::close(tcp);
+            libc::close(udp);
             sent
         });
     }
@@ -60,16 +65,18 @@ pub fn listen_in(pid: u32, rootless: bool) -> Result<TcpListener> {
             io::Error::other(format!("its helper ended with {status}")),
         ));
     }
-    let fd = receive_fd(&ours).map_err(|e| Error::io("receiving the egress proxy's socket", e))?;
-    Ok(TcpListener::from(fd))
+    let [tcp, udp] =
+        receive_fds(&ours).map_err(|e| Error::io("receiving the egress proxy's sockets", e))?;
+    Ok((TcpListener::from(tcp), UdpSocket::from(udp)))
 }
 
-/// A listening TCP socket on 127.0.0.1, any port. Async-signal-safe.
-unsafe fn make_listener() -> io::Result<RawFd> {
+/// A TCP socket listening, or a UDP socket bound, on 127.0.0.1, any port.
+/// Async-signal-safe.
+unsafe fn make_socket(kind: libc::c_int) -> io::Result<RawFd> {
     // SAFETY: plain system calls on a socket this function owns until it
     // returns it; the address is a local value of the right size.
     unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        let fd = libc::socket(libc::AF_INET, kind | libc::SOCK_CLOEXEC, 0);
         if fd < 0 {
             return Err(io::Error::last_os_error());
         }
@@ -77,7 +84,9 @@ unsafe fn make_listener() -> io::Result<RawFd> {
         address.sin_family = libc::AF_INET as libc::sa_family_t;
         address.sin_addr.s_addr = u32::from(std::net::Ipv4Addr::LOCALHOST).to_be();
         let size = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-        if libc::bind(fd, (&raw const address).cast(), size) != 0 || libc::listen(fd, 128) != 0 {
+        // Bound first: listen would bind it to some address of its own.
+        let bound = libc::bind(fd, (&raw const address).cast(), size) == 0;
+        if !bound || (kind == libc::SOCK_STREAM && libc::listen(fd, 128) != 0) {
             let error = io::Error::last_os_error();
             libc::close(fd);
             return Err(error);
@@ -86,13 +95,13 @@ unsafe fn make_listener() -> io::Result<RawFd> {
     }
 }
 
-/// Room for one descriptor's control message (`CMSG_SPACE(sizeof(int))`),
+/// Room for two descriptors' control message (`CMSG_SPACE(2 * sizeof(int))`),
 /// aligned for `cmsghdr`.
 #[repr(C, align(8))]
 struct FdMessage([u8; 24]);
 
-/// Sends `fd` over the Unix socket `socket`. Async-signal-safe.
-unsafe fn send_fd(socket: RawFd, fd: RawFd) -> io::Result<()> {
+/// Sends `fds` over the Unix socket `socket`. Async-signal-safe.
+unsafe fn send_fds(socket: RawFd, fds: [RawFd; 2]) -> io::Result<()> {
     // SAFETY: every pointer is to a local that outlives the sendmsg call;
     // the control buffer is big and aligned enough for one descriptor.
     unsafe {
@@ -106,12 +115,13 @@ unsafe fn send_fd(socket: RawFd, fd: RawFd) -> io::Result<()> {
         message.msg_iov = &raw mut iov;
         message.msg_iovlen = 1;
         message.msg_control = control.0.as_mut_ptr().cast();
-        message.msg_controllen = libc::CMSG_SPACE(std::mem::size_of::<RawFd>() as u32) as usize;
+        let size = std::mem::size_of::<[RawFd; 2]>() as u32;
+        message.msg_controllen = libc::CMSG_SPACE(size) as usize;
         let header = libc::CMSG_FIRSTHDR(&raw const message);
         (*header).cmsg_level = libc::SOL_SOCKET;
         (*header).cmsg_type = libc::SCM_RIGHTS;
-        (*header).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<RawFd>() as u32) as usize;
-        std::ptr::write_unaligned(libc::CMSG_DATA(header).cast::<RawFd>(), fd);
+        (*header).cmsg_len = libc::CMSG_LEN(size) as usize;
+        std::ptr::write_unaligned(libc::CMSG_DATA(header).cast::<[RawFd; 2]>(), fds);
         if libc::sendmsg(socket, &raw const message, 0) < 0 {
             return Err(io::Error::last_os_error());
         }
@@ -119,12 +129,12 @@ unsafe fn send_fd(socket: RawFd, fd: RawFd) -> io::Result<()> {
     }
 }
 
-/// The descriptor the helper sent over `socket`.
-fn receive_fd(socket: &UnixStream) -> io::Result<OwnedFd> {
+/// The two descriptors the helper sent over `socket`.
+fn receive_fds(socket: &UnixStream) -> io::Result<[OwnedFd; 2]> {
     use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
     let mut byte = [0u8; 1];
     let mut iov = [io::IoSliceMut::new(&mut byte)];
-    let mut space = nix::cmsg_space!(RawFd);
+    let mut space = nix::cmsg_space!([RawFd; 2]);
     let message = recvmsg::<()>(
         socket.as_raw_fd(),
         &mut iov,
@@ -132,13 +142,14 @@ fn receive_fd(socket: &UnixStream) -> io::Result<OwnedFd> {
         MsgFlags::MSG_CMSG_CLOEXEC,
     )?;
     for control in message.cmsgs()? {
-        if let ControlMessageOwned::ScmRights(fds) = control
-            && let Some(&fd) = fds.first()
-        {
-            // SAFETY: the kernel just gave this process the descriptor; no
-            // one else owns it.
-            return Ok(unsafe { OwnedFd::from_raw_fd(fd) });
+        if let ControlMessageOwned::ScmRights(fds) = control {
+            // SAFETY: the kernel just gave this process these descriptors;
+            // no one else owns them.
+            let mut owned = fds.iter().map(|&fd| unsafe { OwnedFd::from_raw_fd(fd) });
+            if let (Some(tcp), Some(udp)) = (owned.next(), owned.next()) {
+                return Ok([tcp, udp]);
+            }
         }
     }
-    Err(io::Error::other("the helper sent no socket"))
+    Err(io::Error::other("the helper sent no sockets"))
 }

@@ -13,6 +13,9 @@
 //!   against the host's trusted CAs.
 //! - Plain HTTP: each request's `Host`.
 //!
+//! With internet access closed, the sandbox's DNS queries come here too
+//! ([`dns`]): only the names the rules allow exist.
+//!
 //! The proxy always dials the address it resolved itself for the name it
 //! checked, so the sandbox's own DNS answers, an IP literal behind an
 //! allowed name or another `Host` inside an allowed TLS connection reach
@@ -20,6 +23,7 @@
 //! ([`EgressProxy::update`]); connections already passed through keep going.
 
 mod connection;
+mod dns;
 mod listener;
 mod policy;
 
@@ -74,9 +78,11 @@ impl Shared {
 }
 
 impl EgressProxy {
-    /// Serves `listener` (from [`listen_in`]) on `runtime` under `policy`.
+    /// Serves `listener` and `dns` (from [`listen_in`]) on `runtime` under
+    /// `policy`.
     pub fn start(
         listener: std::net::TcpListener,
+        dns: std::net::UdpSocket,
         policy: EgressPolicy,
         runtime: &tokio::runtime::Handle,
     ) -> Result<EgressProxy> {
@@ -86,13 +92,20 @@ impl EgressProxy {
             acceptor: ca.acceptor(),
             ca,
         });
-        listener
-            .set_nonblocking(true)
-            .map_err(|e| Error::io("configuring the egress proxy's socket", e))?;
+        let failed = |e| Error::io("configuring the egress proxy's sockets", e);
+        listener.set_nonblocking(true).map_err(failed)?;
+        dns.set_nonblocking(true).map_err(failed)?;
         let _entered = runtime.enter();
-        let listener = tokio::net::TcpListener::from_std(listener)
-            .map_err(|e| Error::io("configuring the egress proxy's socket", e))?;
+        let listener = tokio::net::TcpListener::from_std(listener).map_err(failed)?;
+        let dns = tokio::net::UdpSocket::from_std(dns).map_err(failed)?;
         let (stop, stopped) = tokio::sync::watch::channel(());
+        let (dns_shared, mut dns_stopped) = (shared.clone(), stopped.clone());
+        runtime.spawn(async move {
+            tokio::select! {
+                _ = dns::serve(dns, dns_shared) => {}
+                _ = dns_stopped.changed() => {}
+            }
+        });
         let task = runtime.spawn(accept(listener, shared.clone(), stopped));
         Ok(EgressProxy {
             shared,

@@ -137,7 +137,7 @@ impl EgressPolicy {
         if address.is_loopback() || address.is_unspecified() || address.is_multicast() {
             return false;
         }
-        if host.is_some_and(|host| self.allow_names.iter().any(|p| p.matches(host))) {
+        if host.is_some_and(|host| self.allows_name(host)) {
             return true;
         }
         if self.allow_nets.iter().any(|net| net.contains(&address)) {
@@ -147,6 +147,11 @@ impl EgressPolicy {
             return false;
         }
         self.addresses.allow_rest
+    }
+
+    /// Whether `name` is allowed by name (`allow_out`, wildcards included).
+    pub fn allows_name(&self, name: &str) -> bool {
+        self.allow_names.iter().any(|p| p.matches(name))
     }
 
     /// Whether requests to `host` are changed by a rule (so that its TLS
