@@ -82,3 +82,73 @@ async fn pip_install_works_with_network() {
         .unwrap();
     assert_eq!(said.text(), Some("1"), "{said:?}");
 }
+
+/// Port 80 goes through the sandbox's egress proxy: a rule sets a header
+/// whose secret is filled in only there (the library's [`SecretSource`]),
+/// refusals are the proxy's 403, and `update_network` changes both at once.
+#[tokio::test]
+async fn the_egress_proxy_fills_rule_headers_and_takes_new_rules_live() {
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+
+    use cellbox::{HostRule, SecretSource};
+
+    let secrets = SecretSource::new(Arc::new(|name: &str| {
+        (name == "token").then(|| "s3cr3t-value".to_owned())
+    }));
+    let rule = |host: &str| {
+        let headers = BTreeMap::from([("X-Token".into(), "${e2b.secrets.token}".into())]);
+        BTreeMap::from([(host.to_owned(), vec![HostRule { headers }])])
+    };
+    let s = sandbox(
+        NAMESPACE,
+        NetworkPolicy {
+            allow_out: vec![ALLOWED.into()],
+            rules: rule(ALLOWED),
+            secrets: Some(secrets.clone()),
+            ..Default::default()
+        },
+    )
+    .await;
+    let curl = |address: &str| {
+        let command = format!("curl -sS -m 10 http://{address}/");
+        let s = &s;
+        async move {
+            let done = s.commands().run(&command, &Default::default()).await;
+            done.unwrap().stdout
+        }
+    };
+    let before = std::fs::read_to_string(seen_file()).unwrap().len();
+    assert_eq!(curl(ALLOWED).await, format!("hello from {ALLOWED}"));
+    let seen = std::fs::read_to_string(seen_file()).unwrap()[before..].to_ascii_lowercase();
+    assert!(seen.contains("x-token: s3cr3t-value"), "{seen}");
+    let refused = curl(DENIED).await;
+    assert!(refused.contains("not allowed"), "{refused}");
+    let environment = s.commands().run("env", &Default::default()).await.unwrap();
+    assert!(!environment.stdout.contains("s3cr3t"), "{environment:?}");
+
+    let swapped = NetworkPolicy {
+        allow_out: vec![DENIED.into()],
+        secrets: Some(secrets),
+        ..Default::default()
+    };
+    s.update_network(swapped).await.unwrap();
+    assert_eq!(curl(DENIED).await, format!("hello from {DENIED}"));
+    assert!(curl(ALLOWED).await.contains("not allowed"));
+    assert_eq!(
+        fetch(&s, ALLOWED).await,
+        "ConnectionRefusedError",
+        "other ports too"
+    );
+    s.close().await.unwrap();
+
+    let offline = sandbox(NAMESPACE, NetworkPolicy::default()).await;
+    let error = offline
+        .update_network(NetworkPolicy::internet())
+        .await
+        .unwrap_err();
+    assert!(
+        error.to_string().contains("started without network"),
+        "{error}"
+    );
+}
