@@ -91,7 +91,14 @@ async fn tls(mut stream: TcpStream, origin: Origin, shared: Arc<Shared>) -> io::
         return Ok(());
     }
     let port = origin.destination.port();
-    let Some(address) = destination(&policy, name.as_deref(), origin.destination.ip(), port).await
+    let Some(address) = destination(
+        &shared,
+        &policy,
+        name.as_deref(),
+        origin.destination.ip(),
+        port,
+    )
+    .await
     else {
         return Err(io::Error::other(format!(
             "{} is not allowed",
@@ -136,6 +143,7 @@ async fn read_client_hello(stream: &mut TcpStream) -> io::Result<(Vec<u8>, Optio
 /// Where a connection for `name` (or, naming none, to `address`) may go:
 /// the first of the name's addresses, resolved here, that the rules admit.
 async fn destination(
+    shared: &Shared,
     policy: &EgressPolicy,
     name: Option<&str>,
     address: IpAddr,
@@ -151,11 +159,9 @@ async fn destination(
             .admits(None, literal)
             .then_some(SocketAddr::new(literal, port));
     }
-    let resolved = timeout(HANDSHAKE_TIMEOUT, tokio::net::lookup_host((name, port)))
-        .await
-        .ok()?
-        .ok()?;
+    let resolved = super::resolve(shared, name, port).await?;
     resolved
+        .into_iter()
         .filter(|a| policy.admits(Some(name), a.ip()))
         .min_by_key(|a| a.is_ipv6())
 }
@@ -217,7 +223,14 @@ async fn forward(
         return refusal(StatusCode::MISDIRECTED_REQUEST, &why);
     }
     let port = origin.destination.port();
-    let Some(address) = destination(&policy, host.as_deref(), origin.destination.ip(), port).await
+    let Some(address) = destination(
+        shared,
+        &policy,
+        host.as_deref(),
+        origin.destination.ip(),
+        port,
+    )
+    .await
     else {
         let host = host.as_deref().unwrap_or("a request without Host");
         let why = format!("{host} is not allowed by this sandbox's network rules");

@@ -16,7 +16,7 @@ use hickory_proto::rr::{RData, Record, RecordType};
 use tokio::net::UdpSocket;
 use tokio::sync::Semaphore;
 
-use super::{HANDSHAKE_TIMEOUT, Shared};
+use super::Shared;
 
 /// Queries answered at once; past that, more wait in the socket's buffer.
 const MAX_QUERIES: usize = 64;
@@ -71,8 +71,7 @@ async fn answer(query: Message, shared: &Shared) -> Message {
     if !matches!(wanted, RecordType::A | RecordType::AAAA) {
         return answer; // the name exists; nothing of that type
     }
-    let found = tokio::time::timeout(HANDSHAKE_TIMEOUT, tokio::net::lookup_host((name, 0))).await;
-    let Ok(Ok(addresses)) = found else {
+    let Some(addresses) = super::resolve(shared, name, 0).await else {
         answer.set_response_code(ResponseCode::ServFail);
         return answer;
     };

@@ -43,6 +43,29 @@ const MAX_CONNECTIONS: usize = 256;
 /// hello) and how long dialling that may take.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Name lookups one sandbox has under way at once (each holds a thread
+/// of the runtime's blocking pool until the host's resolver answers).
+const LOOKUPS_PER_SANDBOX: usize = 8;
+/// ... and all sandboxes together, well under that pool's size.
+const LOOKUPS_IN_ALL: usize = 128;
+
+/// The addresses `name` has on the host, as the host's resolver (and its
+/// hosts file) gives them; `None` if it has none, or takes too long. At
+/// most [`LOOKUPS_PER_SANDBOX`] at once per sandbox, so that names made up
+/// by the thousand hold up only their own sandbox's lookups.
+async fn resolve(shared: &Shared, name: &str, port: u16) -> Option<Vec<std::net::SocketAddr>> {
+    static ALL: Semaphore = Semaphore::const_new(LOOKUPS_IN_ALL);
+    let lookup = async {
+        let _own = shared.lookups.acquire().await.ok()?;
+        let _turn = ALL.acquire().await.ok()?;
+        tokio::net::lookup_host((name, port)).await.ok()
+    };
+    let found = tokio::time::timeout(HANDSHAKE_TIMEOUT, lookup)
+        .await
+        .ok()??;
+    Some(found.collect())
+}
+
 /// A running egress proxy; stops with it.
 #[derive(Debug)]
 pub struct EgressProxy {
@@ -58,6 +81,8 @@ struct Shared {
     ca: Arc<CertAuthority>,
     /// TLS toward the sandbox, with the sandbox's CA's certificates.
     acceptor: tokio_rustls::TlsAcceptor,
+    /// Room for this sandbox's name lookups.
+    lookups: Semaphore,
 }
 
 impl std::fmt::Debug for Shared {
@@ -91,6 +116,7 @@ impl EgressProxy {
             policy: RwLock::new(Arc::new(policy)),
             acceptor: ca.acceptor(),
             ca,
+            lookups: Semaphore::new(LOOKUPS_PER_SANDBOX),
         });
         let failed = |e| Error::io("configuring the egress proxy's sockets", e);
         listener.set_nonblocking(true).map_err(failed)?;
