@@ -140,6 +140,16 @@ async fn the_egress_proxy_fills_rule_headers_and_takes_new_rules_live() {
         "ConnectionRefusedError",
         "other ports too"
     );
+    let fork = s.fork().await.unwrap();
+    let command = format!("curl -sS -m 10 http://{DENIED}/");
+    let forked = fork.commands().run(&command, &Default::default()).await;
+    let expected = format!("hello from {DENIED}");
+    assert_eq!(
+        forked.unwrap().stdout,
+        expected,
+        "a fork has the rules of now"
+    );
+    fork.close().await.unwrap();
     s.close().await.unwrap();
 
     let offline = sandbox(NAMESPACE, NetworkPolicy::default()).await;

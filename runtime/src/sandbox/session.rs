@@ -43,6 +43,8 @@ struct Side {
     /// The running cells' interrupts, by run number.
     running: std::sync::Mutex<HashMap<u64, Interrupt>>,
     next_run: AtomicU64,
+    /// The network rules since [`Sandbox::update_network`] (forks take them).
+    network: std::sync::Mutex<Option<NetworkPolicy>>,
 }
 
 impl Side {
@@ -260,6 +262,7 @@ impl Sandbox {
             guest: Default::default(),
             running: Default::default(),
             next_run: AtomicU64::new(0),
+            network: std::sync::Mutex::new(None),
         };
         let sandbox = Sandbox {
             inner: Arc::new(Mutex::new(Inner {
@@ -504,11 +507,23 @@ impl Sandbox {
             backend: crate::Backend::Namespace,
             reason: "the sandbox's heavy guest is not running".into(),
         })?;
+        let kept = network.clone();
         tokio::task::spawn_blocking(move || control.update_network(&network))
             .await
             .map_err(|e| Error::SandboxDied {
                 reason: format!("updating the network panicked: {e}"),
-            })?
+            })??;
+        *crate::lock(&self.side.network) = Some(kept);
+        Ok(())
+    }
+
+    /// The sandbox's options, with its network rules as they are now.
+    pub(super) fn options_now(&self) -> SandboxOptions {
+        let mut options = (*self.options).clone();
+        if let Some(network) = crate::lock(&self.side.network).clone() {
+            options.network = network;
+        }
+        options
     }
 
     /// Resumes a paused sandbox where it stopped (nothing if it runs).

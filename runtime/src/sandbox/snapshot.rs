@@ -248,7 +248,7 @@ impl Sandbox {
         let dir =
             std::env::temp_dir().join(format!("cellbox-fork-{:016x}", super::session::rand_id()));
         let snapshot = self.snapshot(&dir).await?;
-        let fork = Sandbox::from_snapshot(&snapshot, (*self.options).clone()).await;
+        let fork = Sandbox::from_snapshot(&snapshot, self.options_now()).await;
         let _ = snapshot.delete();
         fork
     }

@@ -59,6 +59,7 @@ pub async fn fork(State(api): State<Api>, Path(id): Path<String>, body: Bytes) -
     };
     let spec = Spec {
         timeout,
+        network: parent.network(),
         ..parent.spec.clone()
     };
     let forks = api
