@@ -47,35 +47,50 @@ pub struct VolumeMountRequest {
     pub path: String,
 }
 
-/// `network`: E2B's egress lists and per-host rules, whether the sandbox's
-/// servers answer without its traffic token, and the `Host` they see.
+/// The egress fields of `network` on create and of a network update.
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct NetworkConfig {
+pub struct Egress {
     #[serde(default)]
     pub allow_out: Vec<String>,
     #[serde(default)]
     pub deny_out: Vec<String>,
     #[serde(default)]
     pub rules: BTreeMap<String, Vec<NetworkRule>>,
-    pub allow_public_traffic: Option<bool>,
-    pub mask_request_host: Option<String>,
     /// E2B's "bring your own SOCKS5 proxy" (refused: not supported).
     pub egress_proxy: Option<serde_json::Value>,
 }
 
-/// `PUT /sandboxes/{id}/network`: the egress fields, all replaced.
+impl Egress {
+    /// The library's rules, with or without internet access; `secrets`
+    /// fill the rules' placeholders.
+    fn policy(&self, internet: bool, secrets: crate::SecretSource) -> crate::NetworkPolicy {
+        crate::NetworkPolicy {
+            allow_internet_access: internet,
+            allow_out: self.allow_out.clone(),
+            deny_out: self.deny_out.clone(),
+            rules: host_rules(&self.rules),
+            secrets: Some(secrets),
+        }
+    }
+}
+
+/// `network`: E2B's egress fields, whether the sandbox's servers answer
+/// without its traffic token, and the `Host` they see.
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
+pub struct NetworkConfig {
+    #[serde(flatten)]
+    pub egress: Egress,
+    pub allow_public_traffic: Option<bool>,
+    pub mask_request_host: Option<String>,
+}
+
+/// `PUT /sandboxes/{id}/network`: the egress fields, all replaced.
+#[derive(Debug, Default, Deserialize)]
 pub struct NetworkUpdate {
-    #[serde(default)]
-    pub allow_out: Vec<String>,
-    #[serde(default)]
-    pub deny_out: Vec<String>,
-    #[serde(default)]
-    pub rules: BTreeMap<String, Vec<NetworkRule>>,
-    pub egress_proxy: Option<serde_json::Value>,
-    #[serde(rename = "allow_internet_access")]
+    #[serde(flatten)]
+    pub egress: Egress,
     pub allow_internet_access: Option<bool>,
 }
 
@@ -124,13 +139,10 @@ impl NewSandbox {
     /// for or `allowOut` names something (E2B's default is open; cellbox's
     /// is closed). `secrets` fill the rules' placeholders.
     pub fn network_policy(&self, secrets: crate::SecretSource) -> crate::NetworkPolicy {
-        let config = self.network.as_ref();
-        crate::NetworkPolicy {
-            allow_internet_access: self.allow_internet_access == Some(true),
-            allow_out: config.map(|n| n.allow_out.clone()).unwrap_or_default(),
-            deny_out: config.map(|n| n.deny_out.clone()).unwrap_or_default(),
-            rules: config.map(|n| host_rules(&n.rules)).unwrap_or_default(),
-            secrets: Some(secrets),
+        let internet = self.allow_internet_access == Some(true);
+        match &self.network {
+            Some(network) => network.egress.policy(internet, secrets),
+            None => Egress::default().policy(internet, secrets),
         }
     }
 }
@@ -139,13 +151,8 @@ impl NetworkUpdate {
     /// The sandbox's new rules. Omitted fields are cleared, as E2B does:
     /// internet access is then allowed (`denyOut` narrows it).
     pub fn network_policy(&self, secrets: crate::SecretSource) -> crate::NetworkPolicy {
-        crate::NetworkPolicy {
-            allow_internet_access: self.allow_internet_access.unwrap_or(true),
-            allow_out: self.allow_out.clone(),
-            deny_out: self.deny_out.clone(),
-            rules: host_rules(&self.rules),
-            secrets: Some(secrets),
-        }
+        let internet = self.allow_internet_access.unwrap_or(true);
+        self.egress.policy(internet, secrets)
     }
 }
 

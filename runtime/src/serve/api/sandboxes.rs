@@ -118,7 +118,7 @@ pub async fn create(State(api): State<Api>, body: Bytes) -> Response {
     if request
         .network
         .as_ref()
-        .is_some_and(|n| n.egress_proxy.is_some())
+        .is_some_and(|n| n.egress.egress_proxy.is_some())
     {
         return error(StatusCode::BAD_REQUEST, NO_EGRESS_PROXY);
     }
@@ -326,7 +326,7 @@ pub async fn update_network(
         (Ok(entry), Ok(request)) => (entry, request),
         (Err(response), _) | (_, Err(response)) => return response.into_response(),
     };
-    if request.egress_proxy.is_some() {
+    if request.egress.egress_proxy.is_some() {
         return error(StatusCode::BAD_REQUEST, NO_EGRESS_PROXY);
     }
     if entry.state() == Run::Paused {
