@@ -153,8 +153,7 @@ impl NetworkPolicy {
                 deny.push(net);
             }
         }
-        deny.extend(host_addresses());
-        deny.extend(["169.254.0.0/16", "fe80::/10"].map(|n| n.parse::<IpNet>().expect("a CIDR")));
+        deny.extend(always_denied());
         Ok(EgressRules {
             allow,
             deny,
@@ -214,6 +213,14 @@ fn resolve_name(entry: &str) -> Result<Vec<IpNet>> {
         .to_socket_addrs()
         .map_err(|e| invalid(entry, &format!("cannot resolve it: {e}")))?;
     Ok(addresses.map(|a| IpNet::from(a.ip())).collect())
+}
+
+/// What no rule but an address in `allow_out` opens: the host's own
+/// addresses and link-local ones (cloud metadata services live there).
+pub(crate) fn always_denied() -> Vec<IpNet> {
+    let mut nets = host_addresses();
+    nets.extend(["169.254.0.0/16", "fe80::/10"].map(|n| n.parse::<IpNet>().expect("a CIDR")));
+    nets
 }
 
 /// Every address of the host's interfaces but loopback's (the sandbox

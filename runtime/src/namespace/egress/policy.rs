@@ -2,8 +2,10 @@
 //! [`NetworkPolicy`]: E2B's rules, first match wins.
 //!
 //! - A host name (HTTP `Host`, TLS SNI) that `allow_out` names, exactly or
-//!   by a `*.` wildcard (any name under it), is allowed wherever it resolves
-//!   (loopback excepted: the sandbox never reaches the host's own loopback).
+//!   by a `*.` wildcard (any name under it), is allowed wherever it resolves,
+//!   but to loopback, the host's own addresses and link-local ones (unless
+//!   `allow_out` names those addresses): a name under a wildcard may be
+//!   anyone's, and resolve anywhere.
 //! - Otherwise the address decides: the one the name resolves to on the
 //!   host (never the one the sandbox dialled: its own DNS answers do not
 //!   count), or the address itself when the sandbox named none; `allow_out`
@@ -76,6 +78,8 @@ pub struct EgressPolicy {
     /// `allow_out`'s addresses and blocks (not its names' addresses: here
     /// names count by name).
     allow_nets: Vec<IpNet>,
+    /// The host's own addresses and link-local ones.
+    internal: Vec<IpNet>,
     addresses: EgressRules,
     rules: Vec<(HostPattern, Vec<SetHeader>)>,
     secrets: Option<SecretSource>,
@@ -125,6 +129,7 @@ impl EgressPolicy {
         EgressPolicy {
             allow_names,
             allow_nets,
+            internal: super::super::network::always_denied(),
             addresses,
             rules,
             secrets: policy.secrets.clone(),
@@ -137,10 +142,13 @@ impl EgressPolicy {
         if address.is_loopback() || address.is_unspecified() || address.is_multicast() {
             return false;
         }
-        if host.is_some_and(|host| self.allows_name(host)) {
+        if self.allow_nets.iter().any(|net| net.contains(&address)) {
             return true;
         }
-        if self.allow_nets.iter().any(|net| net.contains(&address)) {
+        if self.internal.iter().any(|net| net.contains(&address)) {
+            return false;
+        }
+        if host.is_some_and(|host| self.allows_name(host)) {
             return true;
         }
         if self.addresses.deny.iter().any(|net| net.contains(&address)) {
