@@ -425,13 +425,14 @@ impl Network {
     }
 
     /// Replaces the rules of the running sandbox with `policy`'s: first the
-    /// proxy's, then the addresses' (each in one step). Blocking.
+    /// addresses' (in one step; if nft refuses, nothing changed), then the
+    /// proxy's. Blocking.
     pub fn update(&self, policy: &NetworkPolicy) -> Result<()> {
         policy.check()?;
         let rules = policy.resolve()?;
-        let script = nft_script(&rules, self.ports);
+        apply_rules(self.userns.as_ref(), &self.netns, &nft_script(&rules, self.ports))?;
         self.proxy.update(EgressPolicy::new(policy, rules));
-        apply_rules(self.userns.as_ref(), &self.netns, &script)
+        Ok(())
     }
 
     /// The certificate (PEM) of the CA the sandbox must trust for the
