@@ -430,7 +430,11 @@ impl Network {
     pub fn update(&self, policy: &NetworkPolicy) -> Result<()> {
         policy.check()?;
         let rules = policy.resolve()?;
-        apply_rules(self.userns.as_ref(), &self.netns, &nft_script(&rules, self.ports))?;
+        apply_rules(
+            self.userns.as_ref(),
+            &self.netns,
+            &nft_script(&rules, self.ports),
+        )?;
         self.proxy.update(EgressPolicy::new(policy, rules));
         Ok(())
     }
