@@ -31,6 +31,8 @@ use tokio_rustls::TlsAcceptor;
 use crate::error::{Error, Result};
 use crate::lock;
 
+/// The first byte of a TLS connection (a handshake record).
+pub(crate) const TLS_HANDSHAKE: u8 = 0x16;
 /// Certificates kept for names already asked for; past it, they are made anew.
 const CERTIFICATES_KEPT: usize = 1024;
 /// The server's CA's subject: the same on every start, so a kept CA signs

@@ -15,9 +15,6 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 
-/// The first byte of a TLS connection (a handshake record).
-pub(crate) const HANDSHAKE: u8 = 0x16;
-
 /// A connection that is plain HTTP or TLS, as its first byte says; the TLS
 /// handshake happens on the connection's own task, not the accept loop's.
 pub enum MaybeTls {
@@ -68,7 +65,7 @@ impl MaybeTls {
                     if acceptor.is_some() {
                         ready!(stream.poll_peek(cx, &mut peeked))?;
                     }
-                    let tls = peeked.filled() == [HANDSHAKE];
+                    let tls = peeked.filled() == [crate::tls::TLS_HANDSHAKE];
                     let MaybeTls::Sniffing(stream, acceptor) =
                         std::mem::replace(self, MaybeTls::Broken)
                     else {

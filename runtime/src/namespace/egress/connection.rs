@@ -21,8 +21,6 @@ use tokio::time::timeout;
 
 use super::{EgressPolicy, HANDSHAKE_TIMEOUT, Shared};
 
-/// The first byte of a TLS connection (a handshake record).
-const TLS_HANDSHAKE: u8 = 0x16;
 /// The most a ClientHello may take before the proxy gives up on it.
 const MAX_HELLO: usize = 64 * 1024;
 
@@ -53,7 +51,7 @@ pub(super) async fn handle(stream: TcpStream, shared: Arc<Shared>) {
         destination,
         tls_name: None,
     };
-    if first[0] == TLS_HANDSHAKE {
+    if first[0] == crate::tls::TLS_HANDSHAKE {
         if let Err(e) = tls(stream, origin, shared).await {
             tracing::debug!("egress TLS to {destination}: {e}");
         }
